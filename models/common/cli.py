@@ -1,0 +1,67 @@
+"""Command-line plumbing shared by scripts/: one-line errors and atomic output files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from models.common.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (exit 2), not usage plus an error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def bool01(value: str) -> bool:
+    if value not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a script's main; a UserError becomes `error: ...` on one line and exit status 2."""
+    try:
+        code = main()
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail before any work if the output's folder is missing (never after a long run)."""
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise UserError(f"--output {str(path)!r} is a directory; give a file path")
+    if not path.parent.exists():
+        raise UserError(f"--output folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write via a temporary file and rename, so a failed run leaves no half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: object) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,72 @@
+"""Devices: CPU (fp32, eager) by default, CUDA (bf16, traced) when asked and present.
+
+Tenstorrent (ttnn) and Qualcomm Cloud AI (QEfficient) backends cannot run on these machines;
+asking for them is refused with a clear message instead of silently running on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from models.common.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# tt-metal's MESH_DEVICE names and Qualcomm's: real backends, not available here.
+UNAVAILABLE_BACKENDS = {
+    "ttnn": "Tenstorrent ttnn",
+    "n150": "Tenstorrent ttnn",
+    "n300": "Tenstorrent ttnn",
+    "t3k": "Tenstorrent ttnn",
+    "tg": "Tenstorrent ttnn",
+    "p150": "Tenstorrent ttnn",
+    "qaic": "Qualcomm QEfficient",
+    "qefficient": "Qualcomm QEfficient",
+}
+
+
+class DeviceUnavailable(UserError):
+    """A real device kind that this machine lacks (tests skip on it, scripts refuse it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    torch_device: torch.device
+    dtype: torch.dtype
+    traced: bool  # CUDA graphs per shape; False means the same interface runs eagerly
+
+    @property
+    def type(self) -> str:
+        return self.torch_device.type
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.torch_device) if self.type == "cuda" else "cpu"
+        return f"{name} ({str(self.dtype).removeprefix('torch.')}, {'traced' if self.traced else 'eager'})"
+
+
+def requested_device_name(cli_value: str | None, default: str | None = None) -> str:
+    """--device wins, then $MESH_DEVICE, then the caller's default, then cpu."""
+    return (cli_value or os.environ.get("MESH_DEVICE") or default or "cpu").strip()
+
+
+def open_device(name: str, dtype: str | None = None, traced: bool | None = None) -> Device:
+    key = name.lower()
+    if key in UNAVAILABLE_BACKENDS:
+        raise DeviceUnavailable(
+            f"device {name!r} needs the {UNAVAILABLE_BACKENDS[key]} backend, which is not available here; "
+            "use --device cpu or --device cuda"
+        )
+    if key != "cpu" and not key.startswith("cuda"):
+        raise UserError(f"unknown device {name!r}; expected cpu or cuda[:N]")
+    if key.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceUnavailable(f"device {name!r} requested but this machine has no CUDA GPU; use --device cpu")
+    torch_device = torch.device(key)
+    if dtype is None:
+        dtype = "float32" if torch_device.type == "cpu" else "bfloat16"
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    if traced is None:
+        traced = torch_device.type == "cuda"
+    return Device(torch_device, DTYPES[dtype], traced and torch_device.type == "cuda")

@@ -1,0 +1,70 @@
+"""The speculative-decoding metrics, defined once and used by the demo, scripts and tests.
+
+- acceptance rate = accepted draft tokens / proposed draft tokens
+- mean accepted tokens (tau) = tokens emitted by verification calls / verification calls
+  (counts the bonus or correction token; the first token, from prefill, is not a verify call)
+- per-position acceptance[i] = iterations that accepted draft i / iterations that proposed it
+- TTFT = prefill time up to and including the first token
+- decode tok/s = tokens after the first / time after the first; e2e tok/s = all / all
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class Iteration:
+    proposed: int  # draft tokens sent to verification
+    accepted: int  # of those, accepted
+    emitted: int  # tokens appended to the output (accepted + 1, less any cut by EOS or the cap)
+    seconds: float  # wall time of the whole iteration (draft + verify + bookkeeping)
+    draft_seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class SequenceStats:
+    prompt_tokens: int
+    ttft_s: float
+    iterations: list[Iteration] = dataclasses.field(default_factory=list)
+
+    @property
+    def generated_tokens(self) -> int:
+        return 1 + sum(it.emitted for it in self.iterations)
+
+    @property
+    def decode_seconds(self) -> float:
+        return sum(it.seconds for it in self.iterations)
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else 0.0
+
+
+def summarize(sequences: list[SequenceStats]) -> dict:
+    """Aggregate over sequences (tokens and calls are summed, not per-sequence averages)."""
+    its = [it for s in sequences for it in s.iterations]
+    proposed = sum(it.proposed for it in its)
+    accepted = sum(it.accepted for it in its)
+    emitted = sum(it.emitted for it in its)
+    max_k = max((it.proposed for it in its), default=0)
+    per_position = [
+        _ratio(sum(it.accepted > i for it in its), sum(it.proposed > i for it in its)) for i in range(max_k)
+    ]
+    ttft = sum(s.ttft_s for s in sequences)
+    decode_s = sum(s.decode_seconds for s in sequences)
+    generated = sum(s.generated_tokens for s in sequences)
+    return {
+        "acceptance_rate": _ratio(accepted, proposed),
+        "mean_accepted_tokens": _ratio(emitted, len(its)),
+        "per_position_acceptance": per_position,
+        "proposed_tokens": proposed,
+        "accepted_tokens": accepted,
+        "target_calls": len(its),
+        "generated_tokens": generated,
+        "ttft_s": _ratio(ttft, len(sequences)),
+        "decode_tokens_per_s": _ratio(emitted, decode_s),
+        "e2e_tokens_per_s": _ratio(generated, ttft + decode_s),
+        "decode_seconds": decode_s,
+        "total_seconds": ttft + decode_s,
+    }

@@ -1,0 +1,29 @@
+import pytest
+
+from models.common.metrics import Iteration, SequenceStats, summarize
+
+
+def test_summary_follows_the_one_definition():
+    a = SequenceStats(prompt_tokens=5, ttft_s=0.5, iterations=[
+        Iteration(proposed=4, accepted=4, emitted=5, seconds=1.0),
+        Iteration(proposed=4, accepted=1, emitted=2, seconds=1.0),
+    ])
+    b = SequenceStats(prompt_tokens=3, ttft_s=0.5, iterations=[
+        Iteration(proposed=2, accepted=0, emitted=1, seconds=1.0),
+        Iteration(proposed=0, accepted=0, emitted=1, seconds=1.0),
+    ])
+    s = summarize([a, b])
+    assert s["acceptance_rate"] == pytest.approx(5 / 10)
+    assert s["mean_accepted_tokens"] == pytest.approx(9 / 4)  # emitted by verify calls / calls
+    assert s["target_calls"] == 4
+    assert s["generated_tokens"] == 9 + 2  # plus each sequence's first token
+    # position 0 reached by 3 iterations (accepted in 2), 1 by 3 (1), 2 and 3 by 2 (1)
+    assert s["per_position_acceptance"] == pytest.approx([2 / 3, 1 / 3, 1 / 2, 1 / 2])
+    assert s["ttft_s"] == pytest.approx(0.5)
+    assert s["decode_tokens_per_s"] == pytest.approx(9 / 4.0)
+    assert s["e2e_tokens_per_s"] == pytest.approx(11 / 5.0)
+
+
+def test_empty_summary_has_no_division_by_zero():
+    s = summarize([SequenceStats(prompt_tokens=1, ttft_s=0.1)])
+    assert s["acceptance_rate"] == 0.0 and s["target_calls"] == 0 and s["generated_tokens"] == 1

@@ -1,0 +1,252 @@
+"""The lean Llama-family model: Llama, Mistral, Qwen2 in plain torch.
+
+forward(tokens, start, cache) writes the new tokens' keys and values at cache slots
+[start, start + T) and returns logits (and, on request, the final hidden states). Attention
+uses an explicit mask, so the same call verifies a chain of drafts (causal block) or a token
+tree (ancestor mask, RoPE position = depth), and stale cache entries past the block are never
+seen. Weights live in fused tensors (q|k|v, gate|up) so a step is few, large matmuls.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.common.cpu_kernels import skinny_kernels
+from models.llama.config import ModelArgs
+from models.llama.kv_cache import KVCache
+
+
+SKINNY_MAX_ROWS = 32
+
+
+def cpu_kernels_for(x: torch.Tensor, rows: int):
+    """The batch-invariant CPU kernels when they apply (fp32 on the CPU, few rows), else None.
+
+    Decode, verify and draft steps all run through them, so a token's logits are bit-identical
+    whether it was decoded alone or verified among k drafts: fp32 speculative output equals
+    target-only output by construction, not by luck. Prefill (many rows) uses torch's kernels;
+    both generators share it.
+    """
+    if x.device.type == "cpu" and x.dtype == torch.float32 and rows <= SKINNY_MAX_ROWS:
+        return skinny_kernels()
+    return None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ weight[N, K]^T."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    kernels = cpu_kernels_for(x2, x2.shape[0])
+    if kernels is not None:
+        return kernels.skinny_linear(x2, weight).reshape(*shape[:-1], weight.shape[0])
+    return F.linear(x, weight)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float32:  # one fused op; the reference's upcast is a no-op in fp32
+        return F.rms_norm(x, weight.shape, weight, eps)
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, with the sign of rotate_half folded into the table."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, dtype: torch.dtype, device: torch.device | str):
+        super().__init__()
+        qkv_out = args.head_dim * (args.n_heads + 2 * args.n_kv_heads)
+
+        def empty(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+
+        self.wqkv = empty(qkv_out, args.dim)
+        self.bqkv = empty(qkv_out) if args.qkv_bias else None
+        self.wo = empty(args.dim, args.n_heads * args.head_dim)
+        self.w_gate_up = empty(2 * args.hidden_dim, args.dim)
+        self.w_down = empty(args.dim, args.hidden_dim)
+        self.attn_norm = empty(args.dim)
+        self.ffn_norm = empty(args.dim)
+
+
+class Transformer(nn.Module):
+    """Owns the weights; `truncated(n)` gives a view on the first n layers sharing them."""
+
+    def __init__(self, args: ModelArgs, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Parameter(
+            torch.empty(args.vocab_size, args.dim, dtype=dtype, device=device), requires_grad=False
+        )
+        self.layers = nn.ModuleList(Block(args, dtype, device) for _ in range(args.n_layers))
+        self.norm = nn.Parameter(torch.empty(args.dim, dtype=dtype, device=device), requires_grad=False)
+        if args.tie_embeddings:
+            self.output = self.tok_embeddings
+        else:
+            self.output = nn.Parameter(
+                torch.empty(args.vocab_size, args.dim, dtype=dtype, device=device), requires_grad=False
+            )
+        inv_freq = torch.tensor(args.inv_freq, dtype=torch.float32, device=device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_embeddings.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_embeddings.device
+
+    def truncated(self, n_layers: int) -> "Transformer":
+        """The first n_layers plus the final norm and LM head, sharing (not copying) weights."""
+        if not 1 <= n_layers <= self.args.n_layers:
+            raise ValueError(f"n_layers={n_layers} outside [1, {self.args.n_layers}]")
+        view = Transformer.__new__(Transformer)
+        nn.Module.__init__(view)
+        view.args = self.args.with_layers(n_layers)
+        view.tok_embeddings = self.tok_embeddings
+        view.layers = nn.ModuleList(list(self.layers[:n_layers]))
+        view.norm = self.norm
+        view.output = self.output
+        view.register_buffer("inv_freq", self.inv_freq, persistent=False)
+        view._rope_cache = self._rope_cache
+        return view
+
+    def new_cache(self, max_seq_len: int, batch_size: int = 1) -> KVCache:
+        return KVCache(
+            self.args.n_layers,
+            self.args.n_kv_heads,
+            self.args.head_dim,
+            max_seq_len,
+            batch_size=batch_size,
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    def rope_tables(self, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sign-folded sin for positions [0, max_seq_len), computed as transformers does."""
+        if self._rope_cache is None or self._rope_cache[0].shape[0] < max_seq_len:
+            pos = torch.arange(max_seq_len, device=self.device, dtype=torch.int64).float()
+            freqs = pos[:, None] * self.inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            scale = self.args.rope_attention_scaling
+            sin = emb.sin() * scale
+            half = sin.shape[-1] // 2
+            sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+            self._rope_cache = ((emb.cos() * scale).to(self.dtype), sin_signed.to(self.dtype))
+        return self._rope_cache
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache,
+        start: int | torch.Tensor,
+        *,
+        positions: torch.Tensor | None = None,
+        tree_mask: torch.Tensor | None = None,
+        logits_for: str = "all",
+        return_hidden: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
+        """Run T new tokens [B, T] stored at cache slots [start, start + T).
+
+        start: an int (eager: attend over the filled prefix only, cache.length is advanced), or a
+          0-d device tensor (static: attend over the whole cache under a mask, no host value
+          read, so the call can be captured in a CUDA graph; the caller sets cache.length).
+        positions: RoPE positions [T] (default start..start+T-1; a tree passes start + depth).
+        tree_mask: [T, T] bool, True where token i may attend to block token j (default causal).
+        logits_for: "all", "last" (prefill) or "none" (hidden states only).
+        """
+        bsz, seqlen = tokens.shape
+        static = isinstance(start, torch.Tensor)
+        kv_len = cache.max_seq_len if static else start + seqlen
+        if not static and kv_len > cache.max_seq_len:
+            raise ValueError(f"slots up to {kv_len} exceed the cache ({cache.max_seq_len})")
+        device = tokens.device
+        slots = start + torch.arange(seqlen, device=device)
+        if positions is None:
+            positions = slots
+        cos_t, sin_t = self.rope_tables(cache.max_seq_len)
+        cos, sin = cos_t[positions].unsqueeze(1), sin_t[positions].unsqueeze(1)  # [T, 1, hd]
+        mask = self._attention_mask(slots, kv_len, tree_mask, need=static or seqlen > 1)
+
+        h = self.tok_embeddings[tokens]
+        for i, layer in enumerate(self.layers):
+            h = self._block(layer, i, h, cos, sin, cache, slots, kv_len, mask)
+        h = rms_norm(h, self.norm, self.args.norm_eps)
+        if not static:
+            cache.length = kv_len
+        if logits_for == "none":
+            logits = None
+        else:
+            logits = linear(h[:, -1:] if logits_for == "last" else h, self.output)
+        return (logits, h) if return_hidden else logits
+
+    def _attention_mask(
+        self, slots: torch.Tensor, kv_len: int, tree_mask: torch.Tensor | None, need: bool
+    ) -> torch.Tensor | None:
+        """Bool [T, kv_len]: the cached prefix is visible to all, the block by causality or tree;
+        slots past the block (stale or unused) never are."""
+        cols = torch.arange(kv_len, device=slots.device)
+        window = self.args.sliding_window
+        if tree_mask is None:
+            if not need and (window is None or kv_len <= window):
+                return None
+            mask = cols[None, :] <= slots[:, None]
+        else:
+            rel = cols[None, :] - slots[:1, None]  # column offset inside the block
+            inside = (rel >= 0) & (rel < slots.numel())
+            tree = tree_mask.to(device=slots.device, dtype=torch.bool)
+            in_tree = tree.gather(1, rel.clamp(0, slots.numel() - 1).expand(slots.numel(), -1))
+            mask = (rel < 0) | (inside & in_tree)
+        if window is not None:
+            mask = mask & ((slots[:, None] - cols[None, :]) < window)
+        return mask
+
+    def _block(
+        self,
+        layer: Block,
+        index: int,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache,
+        slots: torch.Tensor,
+        kv_len: int,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        args = self.args
+        bsz, seqlen, _ = x.shape
+        hd, nh, nkv = args.head_dim, args.n_heads, args.n_kv_heads
+        h = rms_norm(x, layer.attn_norm, args.norm_eps)
+        qkv = linear(h, layer.wqkv)
+        if layer.bqkv is not None:
+            qkv = qkv + layer.bqkv
+        qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], dim=-1)
+        qk = apply_rope(qk.reshape(bsz, seqlen, nh + nkv, hd), cos, sin)  # q and k in one pass
+        q, k = qk.split([nh, nkv], dim=2)
+        v = v.view(bsz, seqlen, nkv, hd)
+        cache.k[index].index_copy_(2, slots, k.transpose(1, 2))
+        cache.v[index].index_copy_(2, slots, v.transpose(1, 2))
+        kernels = cpu_kernels_for(x, seqlen) if bsz == 1 else None
+        if kernels is not None:
+            empty = torch.empty(0, dtype=torch.bool)
+            attn = kernels.attend(
+                q[0], cache.k[index, 0], cache.v[index, 0], empty if mask is None else mask, kv_len, hd**-0.5
+            )
+        else:
+            keys = cache.k[index, :, :, :kv_len]
+            values = cache.v[index, :, :, :kv_len]
+            attn = F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=nkv != nh
+            ).transpose(1, 2)
+        attn = attn.reshape(bsz, seqlen, nh * hd)
+        x = x + linear(attn, layer.wo)
+        h = rms_norm(x, layer.ffn_norm, args.norm_eps)
+        gate, up = linear(h, layer.w_gate_up).chunk(2, dim=-1)
+        return x + linear(F.silu(gate) * up, layer.w_down)

@@ -1,0 +1,123 @@
+"""The draft/verify loop. Target-only greedy decoding is the same loop with no proposer.
+
+Each iteration: the proposer drafts up to k tokens; ONE target forward over the last accepted
+token and the drafts (k + 1 positions) yields the target's own choice at every position;
+the longest agreeing prefix plus the target's next token are emitted; the target cache is
+rolled back to the accepted length. Output equals target-only greedy decoding by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import torch
+
+from models.common.errors import UserError
+from models.common.metrics import Iteration, SequenceStats
+from models.llama.kv_cache import KVCache
+from models.llama.model import Transformer
+from models.speculative.proposers.base import Proposer, ProposerContext
+from models.speculative.verification import greedy_accept
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    tokens: list[int]  # generated ids, prompt excluded, EOS included when it ended the sequence
+    stats: SequenceStats  # per-iteration accepted/emitted counts give the per-token view
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Generator:
+    def __init__(
+        self,
+        target: Transformer,
+        proposer: Proposer | None = None,
+        *,
+        n_draft_tokens: int = 0,
+        max_seq_len: int = 1024,
+        eos_token_ids: tuple[int, ...] = (),
+    ):
+        if proposer is not None and n_draft_tokens < 1:
+            raise UserError(f"--n_draft_tokens must be >= 1 for speculative methods, got {n_draft_tokens}")
+        self.target = target
+        self.proposer = proposer
+        self.k = n_draft_tokens if proposer is not None else 0
+        self.max_seq_len = max_seq_len
+        self.eos = frozenset(eos_token_ids)
+        self.cache: KVCache = target.new_cache(max_seq_len)
+
+    def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
+        if prompt_len < 1:
+            raise UserError("empty prompt: nothing to condition on")
+        if max_new_tokens < 1:
+            raise UserError(f"max_generated_tokens must be >= 1, got {max_new_tokens}")
+        if prompt_len + max_new_tokens > self.max_seq_len:
+            raise UserError(
+                f"prompt ({prompt_len} tokens) + max_generated_tokens ({max_new_tokens}) exceeds "
+                f"max_seq_len={self.max_seq_len}; raise --max_seq_len or shorten the prompt"
+            )
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        on_iteration: Callable[[int, Iteration], None] | None = None,
+    ) -> GenerationResult:
+        self.check_fits(len(prompt), max_new_tokens)
+        device = self.target.device
+        cache = self.cache
+        cache.reset()
+
+        synchronize(device)
+        t0 = time.perf_counter()
+        logits = self.target(torch.tensor([prompt], device=device), cache, 0, logits_for="last")
+        first = int(logits[0, -1].argmax())
+        stats = SequenceStats(prompt_tokens=len(prompt), ttft_s=time.perf_counter() - t0)
+        out = [first]
+        tokens = list(prompt) + out
+        if self.proposer is not None:
+            self.proposer.start(prompt, cache)
+        ctx = ProposerContext(tokens=tokens, target_cache=cache)
+
+        while out[-1] not in self.eos and len(out) < max_new_tokens:
+            t_iter = time.perf_counter()
+            remaining = max_new_tokens - len(out)
+            k = min(self.k, remaining - 1)
+            if k > 0:
+                drafts = self.proposer.propose(ctx, k)
+                synchronize(device)
+            else:
+                drafts = torch.empty(0, dtype=torch.int64, device=device)
+            t_draft = time.perf_counter() - t_iter
+
+            start = cache.length
+            block = torch.cat([torch.tensor([tokens[-1]], device=device), drafts.to(device)])
+            logits = self.target(block.view(1, -1), cache, start)
+            acceptance = greedy_accept(drafts, logits[0])
+            cache.rollback(start + 1 + acceptance.n_accepted)
+
+            emitted = acceptance.tokens[:remaining]
+            for i, tok in enumerate(emitted):
+                if tok in self.eos:
+                    emitted = emitted[: i + 1]
+                    break
+            out.extend(emitted)
+            tokens.extend(emitted)
+            it = Iteration(
+                proposed=drafts.numel(),
+                accepted=acceptance.n_accepted,
+                emitted=len(emitted),
+                seconds=time.perf_counter() - t_iter,
+                draft_seconds=t_draft,
+            )
+            stats.iterations.append(it)
+            if on_iteration is not None:
+                on_iteration(len(stats.iterations), it)
+        return GenerationResult(out, stats)

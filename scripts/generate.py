@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Generate with one method over a prompts file and write ids, text and stats as JSON.
+
+    python scripts/generate.py --input_prompts sample_prompts/demo_prompts.json \
+        --method prompt_lookup --n_draft_tokens 4 --max_generated_tokens 128 --output out.json
+
+`--method target` is target-only greedy decoding on the same model code: the reference every
+other method's output_ids must equal.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loguru import logger  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from models.common.cli import ArgumentParser, bool01, check_writable, run_cli, write_json_atomic  # noqa: E402
+from models.common.device import requested_device_name  # noqa: E402
+from models.common.metrics import summarize  # noqa: E402
+from models.common.prompts import load_prompts  # noqa: E402
+from models.speculative.engine import METHODS, Engine, RunConfig  # noqa: E402
+
+STATS_KEYS = (
+    "acceptance_rate", "mean_accepted_tokens", "target_calls", "generated_tokens", "decode_tokens_per_s",
+    "ttft_s", "e2e_tokens_per_s", "per_position_acceptance", "proposed_tokens", "accepted_tokens",
+)
+
+
+def parse_args(argv: list[str] | None = None):
+    d = RunConfig()
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--input_prompts", required=True, help="JSON list of {prompt, context?, max_length?}")
+    p.add_argument("--output", required=True, help="where to write the JSON result")
+    p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--model", default=d.model, help="smollm2-135m, a checkpoint folder, a .gguf, or random:PRESET")
+    p.add_argument("--n_draft_tokens", type=int, default=d.n_draft_tokens)
+    p.add_argument("--max_generated_tokens", type=int, default=d.max_generated_tokens)
+    p.add_argument("--draft_layers", type=int, default=None)
+    p.add_argument("--target_layers", type=int, default=None)
+    p.add_argument("--draft_model", default=None, help="draft model spec for --method draft_model (default: the target)")
+    p.add_argument("--max_ngram_size", type=int, default=d.max_ngram_size)
+    p.add_argument("--max_seq_len", type=int, default=d.max_seq_len)
+    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--instruct", type=bool01, default=d.instruct, help="1: apply the chat template")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")
+    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    output = check_writable(args.output)
+    prompts = load_prompts(args.input_prompts)
+    config = RunConfig(
+        model=args.model, method=args.method, n_draft_tokens=args.n_draft_tokens,
+        draft_layers=args.draft_layers, target_layers=args.target_layers, draft_model=args.draft_model,
+        max_ngram_size=args.max_ngram_size, max_seq_len=args.max_seq_len,
+        max_generated_tokens=args.max_generated_tokens, batch_size=args.batch_size,
+        instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
+    )
+    config.validate()
+    engine = Engine(config)
+    encoded = engine.encode(prompts)
+    logger.info(f"{config.method} on {len(prompts)} prompts, {engine.device.describe()}")
+
+    results, records = [], []
+    for i, ids in enumerate(tqdm(encoded, desc=config.method, unit="prompt", file=sys.stderr)):
+        res = engine.run(ids)
+        results.append(res)
+        records.append({"index": i, "output_ids": res.tokens, "text": engine.tokenizer.decode(res.tokens)})
+    summary = summarize([r.stats for r in results])
+    stats = {key: summary[key] for key in STATS_KEYS}
+    config_out = {**config.describe(), "device": engine.device.describe(), "input_prompts": args.input_prompts}
+    if engine.proposer is not None:
+        config_out["proposer"] = engine.proposer.describe()
+    write_json_atomic(output, {"config": config_out, "prompts": records, "stats": stats})
+    logger.info(
+        f"acceptance {stats['acceptance_rate']:.3f}, mean accepted {stats['mean_accepted_tokens']:.2f}, "
+        f"decode {stats['decode_tokens_per_s']:.1f} tok/s -> {output}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

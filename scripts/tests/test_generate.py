@@ -1,0 +1,125 @@
+"""scripts/generate.py: the output contract, equality across methods, and every bad input."""
+
+import json
+
+import pytest
+
+TINY = "random:tiny-llama:31"
+PROMPTS = [
+    {"prompt": "count: one two three one two three one two"},
+    {"prompt": "Summarize.", "context": "alpha beta gamma delta alpha beta gamma delta", "max_length": 30},
+]
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(PROMPTS))
+    return path
+
+
+def generate(run_script, prompts, out, *extra):
+    argv = ["--input_prompts", str(prompts), "--output", str(out), "--model", TINY,
+            "--max_generated_tokens", "24", "--max_seq_len", "256", *extra]
+    return run_script("generate", argv)
+
+
+def test_output_contract_and_equality_across_methods(run_script, prompts_file, tmp_path):
+    outs = {}
+    for method, extra in [
+        ("target", []),
+        ("prompt_lookup", ["--max_ngram_size", "2"]),
+        ("self_draft", ["--draft_layers", "2"]),
+        ("draft_model", ["--draft_model", "random:tiny-llama:32"]),
+    ]:
+        for k in ["1", "4"]:
+            out = tmp_path / f"{method}-{k}.json"
+            code, err = generate(run_script, prompts_file, out, "--method", method, "--n_draft_tokens", k, *extra)
+            assert code == 0, err
+            outs[method, k] = json.loads(out.read_text())
+    ref = outs["target", "1"]
+    assert set(ref) == {"config", "prompts", "stats"}
+    assert {"acceptance_rate", "mean_accepted_tokens", "target_calls", "generated_tokens",
+            "decode_tokens_per_s", "ttft_s"} <= set(ref["stats"])
+    assert [p["index"] for p in ref["prompts"]] == [0, 1]
+    assert all(isinstance(p["text"], str) and p["output_ids"] for p in ref["prompts"])
+    for key, data in outs.items():
+        assert [p["output_ids"] for p in data["prompts"]] == [p["output_ids"] for p in ref["prompts"]], key
+        assert data["config"]["method"] == key[0]
+    assert ref["stats"]["target_calls"] == ref["stats"]["generated_tokens"] - len(PROMPTS)
+
+
+BAD = [
+    # (description, argv tweak, expected fragment of the one-line error)
+    ("missing prompts", ["--input_prompts", "nope.json"], "not found"),
+    ("n_draft_tokens < 1", ["--method", "prompt_lookup", "--n_draft_tokens", "0"], "--n_draft_tokens must be >= 1"),
+    ("draft_layers too high", ["--method", "self_draft", "--draft_layers", "4"], "--draft_layers 4 is outside [1, 3]"),
+    ("draft_layers zero", ["--method", "self_draft", "--draft_layers", "0"], "--draft_layers must be >= 1"),
+    ("draft model too short", ["--method", "draft_model", "--draft_layers", "9"], "outside [1, 4]"),
+    ("self_draft without layers", ["--method", "self_draft"], "needs --draft_layers"),
+    ("target_layers too high", ["--target_layers", "5"], "--target_layers 5 is outside [1, 4]"),
+    ("too long", ["--max_seq_len", "40"], "exceeds max_seq_len=40"),
+    ("unknown method", ["--method", "medusa7"], "unknown method 'medusa7'"),
+    ("unknown device", ["--device", "tpu"], "unknown device 'tpu'"),
+    ("tenstorrent", ["--device", "n150"], "Tenstorrent ttnn backend, which is not available here"),
+    ("qualcomm", ["--device", "qaic"], "Qualcomm QEfficient backend, which is not available here"),
+    ("batch", ["--batch_size", "4"], "--batch_size 4 is not supported"),
+    ("unknown model", ["--model", "no/such/model"], "model 'no/such/model' not found"),
+    ("bad random preset", ["--model", "random:huge"], "unknown random preset 'huge'"),
+    ("instruct", ["--instruct", "2"], "expected 0 or 1"),
+    ("k not int", ["--n_draft_tokens", "four"], "invalid int value"),
+    ("dtype", ["--dtype", "int3"], "unknown dtype 'int3'"),
+]
+
+
+@pytest.mark.parametrize("name, tweak, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_one_line_and_writes_nothing(run_script, prompts_file, tmp_path, name, tweak, message):
+    out = tmp_path / "out.json"
+    argv = ["--input_prompts", str(prompts_file), "--output", str(out), "--model", TINY,
+            "--max_generated_tokens", "24", "--max_seq_len", "256"]
+    for i in range(0, len(tweak), 2):  # a tweak replaces the flag's value, or adds the flag
+        if tweak[i] in argv:
+            argv[argv.index(tweak[i]) + 1] = tweak[i + 1]
+        else:
+            argv += tweak[i : i + 2]
+    code, err = run_script("generate", argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.json.*"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"prompt": "x"}', "expected a non-empty JSON list"),
+        ("[]", "expected a non-empty JSON list"),
+        ('["just a string"]', "item 0 is a str"),
+        ('[{"text": "x"}]', "unknown field(s) ['text']"),
+        ('[{"prompt": ""}]', "'prompt' must be a non-empty string"),
+        ('[{"prompt": "x", "max_length": -3}]', "'max_length' must be a positive integer"),
+        ('[{"prompt": "x", "context": 5}]', "'context' must be a string"),
+    ],
+)
+def test_malformed_prompts_files(run_script, tmp_path, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    out = tmp_path / "out.json"
+    code, err = generate(run_script, bad, out)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_missing_output_folder(run_script, prompts_file, tmp_path):
+    code, err = generate(run_script, prompts_file, tmp_path / "nope" / "out.json")
+    assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.default_model
+def test_vocabulary_mismatch(run_script, prompts_file, tmp_path, default_model):
+    out = tmp_path / "out.json"
+    code, err = generate(run_script, prompts_file, out, "--method", "draft_model", "--draft_model", "smollm2-135m")
+    assert code == 2 and "different vocabulary" in err, err
+    assert not out.exists()
