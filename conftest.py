@@ -23,9 +23,10 @@ DEMO_OPTIONS = {
     "--n_draft_tokens": (int, "draft tokens verified per target call (k)"),
     "--draft_layers": (int, "self_draft: target layers used to draft; draft_model: the draft's layers"),
     "--target_layers": (int, "keep only the target's first N layers"),
-    "--method": (str, "target, draft_model, self_draft or prompt_lookup"),
+    "--method": (str, "target, draft_model, self_draft, prompt_lookup, multi_projection or eagle"),
     "--max_ngram_size": (int, "prompt_lookup: longest n-gram matched"),
     "--draft_model": (str, "draft_model: the draft's model spec"),
+    "--speculator": (str, "multi_projection / eagle: trained speculator folder (default: the shipped one)"),
     "--target_model": (str, "the target's model spec (default smollm2-135m)"),
     "--dtype": (str, "float32 or bfloat16"),
 }

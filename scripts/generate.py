@@ -15,14 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loguru import logger  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from loguru import logger
+from tqdm import tqdm
 
-from models.common.cli import ArgumentParser, bool01, check_writable, run_cli, write_json_atomic  # noqa: E402
-from models.common.device import requested_device_name  # noqa: E402
-from models.common.metrics import summarize  # noqa: E402
-from models.common.prompts import load_prompts  # noqa: E402
-from models.speculative.engine import METHODS, Engine, RunConfig  # noqa: E402
+from models.common.cli import ArgumentParser, bool01, check_writable, run_cli, write_json_atomic
+from models.common.device import requested_device_name
+from models.common.metrics import summarize
+from models.common.prompts import load_prompts
+from models.speculative.engine import METHODS, Engine, RunConfig
 
 STATS_KEYS = (
     "acceptance_rate", "mean_accepted_tokens", "target_calls", "generated_tokens", "decode_tokens_per_s",
@@ -41,9 +41,11 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--max_generated_tokens", type=int, default=d.max_generated_tokens)
     p.add_argument("--draft_layers", type=int, default=None)
     p.add_argument("--target_layers", type=int, default=None)
-    p.add_argument("--draft_model", default=None, help="draft model spec for --method draft_model (default: the target)")
+    p.add_argument("--draft_model", default=None, help="draft model for --method draft_model (default: the target)")
+    p.add_argument("--speculator", default=None, help="multi_projection/eagle weights folder (default: shipped)")
     p.add_argument("--max_ngram_size", type=int, default=d.max_ngram_size)
     p.add_argument("--max_seq_len", type=int, default=d.max_seq_len)
+    p.add_argument("--prefill_seq_len", type=int, default=None, help="prefill in chunks of this many tokens")
     p.add_argument("--batch_size", type=int, default=d.batch_size)
     p.add_argument("--instruct", type=bool01, default=d.instruct, help="1: apply the chat template")
     p.add_argument("--device", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     config = RunConfig(
         model=args.model, method=args.method, n_draft_tokens=args.n_draft_tokens,
         draft_layers=args.draft_layers, target_layers=args.target_layers, draft_model=args.draft_model,
-        max_ngram_size=args.max_ngram_size, max_seq_len=args.max_seq_len,
+        speculator=args.speculator, max_ngram_size=args.max_ngram_size, max_seq_len=args.max_seq_len,
+        prefill_seq_len=args.prefill_seq_len,
         max_generated_tokens=args.max_generated_tokens, batch_size=args.batch_size,
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
     )

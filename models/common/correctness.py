@@ -9,7 +9,7 @@ the two sequences condition on different tokens afterwards.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

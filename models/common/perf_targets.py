@@ -16,7 +16,7 @@ from pathlib import Path
 # Configuration keys an entry must match exactly for its goldens to apply.
 MATCH_KEYS = (
     "model", "method", "n_draft_tokens", "draft_layers", "target_layers", "draft_model", "max_ngram_size",
-    "max_generated_tokens", "input_prompts", "instruct",
+    "max_generated_tokens", "input_prompts", "instruct", "speculator",
 )
 
 
@@ -50,15 +50,20 @@ def check(target: PerfTarget, summary: dict, speedup: float, k: int) -> list[str
     if target.acceptance_rate is not None:
         got = summary["acceptance_rate"]
         if abs(got - target.acceptance_rate) > target.tolerance:
-            failures.append(f"acceptance rate {got:.4f} differs from golden {target.acceptance_rate:.4f} (+-{target.tolerance})")
+            failures.append(
+                f"acceptance rate {got:.4f} differs from golden {target.acceptance_rate:.4f} (+-{target.tolerance})"
+            )
     if target.mean_accepted_tokens is not None:
         got, tol = summary["mean_accepted_tokens"], target.tolerance * (k + 1)
         if abs(got - target.mean_accepted_tokens) > tol:
-            failures.append(f"mean accepted tokens {got:.3f} differs from golden {target.mean_accepted_tokens:.3f} (+-{tol:.3f})")
+            failures.append(
+                f"mean accepted tokens {got:.3f} differs from golden {target.mean_accepted_tokens:.3f} (+-{tol:.3f})"
+            )
     if target.min_speedup is not None and speedup < target.min_speedup:
         failures.append(f"speedup {speedup:.2f}x over target-only is below the target {target.min_speedup:.2f}x")
     if target.min_decode_tokens_per_s is not None and summary["decode_tokens_per_s"] < target.min_decode_tokens_per_s:
         failures.append(
-            f"decode {summary['decode_tokens_per_s']:.1f} tok/s is below the target {target.min_decode_tokens_per_s:.1f}"
+            f"decode {summary['decode_tokens_per_s']:.1f} tok/s is below "
+            f"the target {target.min_decode_tokens_per_s:.1f}"
         )
     return failures

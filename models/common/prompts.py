@@ -47,7 +47,8 @@ def parse_prompts(data: object, source: str) -> list[Prompt]:
         if context is not None and not isinstance(context, str):
             raise UserError(f"{where}: 'context' must be a string")
         max_length = item.get("max_length")
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        bad_type = isinstance(max_length, bool) or not isinstance(max_length, int)
+        if max_length is not None and (bad_type or max_length < 1):
             raise UserError(f"{where}: 'max_length' must be a positive integer (characters of context kept)")
         prompts.append(Prompt(prompt, context, max_length))
     return prompts

@@ -35,7 +35,9 @@ class HFTokenizer:
             if not getattr(self.hf, "chat_template", None):
                 from models.common.errors import UserError
 
-                raise UserError("--instruct 1 needs a chat template, and this model's tokenizer has none; use --instruct 0")
+                raise UserError(
+                    "--instruct 1 needs a chat template, and this model's tokenizer has none; use --instruct 0"
+                )
             text = self.hf.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )

@@ -45,7 +45,7 @@ class ModelArgs:
         head = 0 if self.tie_embeddings else self.vocab_size * self.dim
         return self.n_layers * (attn + mlp + 2 * self.dim) + self.vocab_size * self.dim + head + self.dim
 
-    def with_layers(self, n_layers: int) -> "ModelArgs":
+    def with_layers(self, n_layers: int) -> ModelArgs:
         return dataclasses.replace(self, n_layers=n_layers)
 
 

@@ -30,7 +30,7 @@ class KVCache:
         self.length = 0
 
     @classmethod
-    def view(cls, other: "KVCache", n_layers: int) -> "KVCache":
+    def view(cls, other: KVCache, n_layers: int) -> KVCache:
         """A cache over the first n_layers of `other`, sharing its memory, with its own length.
 
         A self-draft runs the target's first layers, so the target's cache already holds the

@@ -17,7 +17,6 @@ from models.common.cpu_kernels import skinny_kernels
 from models.llama.config import ModelArgs
 from models.llama.kv_cache import KVCache
 
-
 SKINNY_MAX_ROWS = 32
 
 
@@ -30,7 +29,8 @@ def cpu_kernels_for(x: torch.Tensor, rows: int):
     both generators share it.
     """
     if x.device.type == "cpu" and x.dtype == torch.float32 and rows <= SKINNY_MAX_ROWS:
-        return skinny_kernels()
+        if not (x.requires_grad and torch.is_grad_enabled()):  # no autograd through the kernels
+            return skinny_kernels()
     return None
 
 
@@ -77,20 +77,31 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Owns the weights; `truncated(n)` gives a view on the first n layers sharing them."""
 
-    def __init__(self, args: ModelArgs, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        args: ModelArgs,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        tok_embeddings: nn.Parameter | None = None,
+        output: nn.Parameter | None = None,
+    ):
+        """tok_embeddings / output: another model's tensors to share (a draft head reuses the
+        target's embedding and LM head rows instead of holding copies)."""
         super().__init__()
         self.args = args
-        self.tok_embeddings = nn.Parameter(
-            torch.empty(args.vocab_size, args.dim, dtype=dtype, device=device), requires_grad=False
-        )
-        self.layers = nn.ModuleList(Block(args, dtype, device) for _ in range(args.n_layers))
-        self.norm = nn.Parameter(torch.empty(args.dim, dtype=dtype, device=device), requires_grad=False)
-        if args.tie_embeddings:
-            self.output = self.tok_embeddings
-        else:
-            self.output = nn.Parameter(
+        if tok_embeddings is None:
+            tok_embeddings = nn.Parameter(
                 torch.empty(args.vocab_size, args.dim, dtype=dtype, device=device), requires_grad=False
             )
+        self.tok_embeddings = tok_embeddings
+        self.layers = nn.ModuleList(Block(args, dtype, device) for _ in range(args.n_layers))
+        self.norm = nn.Parameter(torch.empty(args.dim, dtype=dtype, device=device), requires_grad=False)
+        if output is None:
+            output = self.tok_embeddings if args.tie_embeddings else nn.Parameter(
+                torch.empty(args.vocab_size, args.dim, dtype=dtype, device=device), requires_grad=False
+            )
+        self.output = output
         inv_freq = torch.tensor(args.inv_freq, dtype=torch.float32, device=device)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -103,7 +114,7 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.tok_embeddings.device
 
-    def truncated(self, n_layers: int) -> "Transformer":
+    def truncated(self, n_layers: int) -> Transformer:
         """The first n_layers plus the final norm and LM head, sharing (not copying) weights."""
         if not 1 <= n_layers <= self.args.n_layers:
             raise ValueError(f"n_layers={n_layers} outside [1, {self.args.n_layers}]")
@@ -150,6 +161,8 @@ class Transformer(nn.Module):
         *,
         positions: torch.Tensor | None = None,
         tree_mask: torch.Tensor | None = None,
+        pad: torch.Tensor | None = None,
+        embeds: torch.Tensor | None = None,
         logits_for: str = "all",
         return_hidden: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
@@ -160,22 +173,30 @@ class Transformer(nn.Module):
           read, so the call can be captured in a CUDA graph; the caller sets cache.length).
         positions: RoPE positions [T] (default start..start+T-1; a tree passes start + depth).
         tree_mask: [T, T] bool, True where token i may attend to block token j (default causal).
+        pad: [B] left-padding slots per row, for a batch of prompts of unequal length: padding is
+          never attended to, and RoPE positions count from each row's first real token.
+        embeds: [B, T, D] input vectors used instead of the tokens' embeddings (a draft head).
         logits_for: "all", "last" (prefill) or "none" (hidden states only).
         """
-        bsz, seqlen = tokens.shape
+        bsz, seqlen = tokens.shape if embeds is None else embeds.shape[:2]
         static = isinstance(start, torch.Tensor)
         kv_len = cache.max_seq_len if static else start + seqlen
         if not static and kv_len > cache.max_seq_len:
             raise ValueError(f"slots up to {kv_len} exceed the cache ({cache.max_seq_len})")
-        device = tokens.device
+        device = self.device
         slots = start + torch.arange(seqlen, device=device)
         if positions is None:
-            positions = slots
+            positions = slots if pad is None else (slots[None, :] - pad[:, None]).clamp(min=0)
         cos_t, sin_t = self.rope_tables(cache.max_seq_len)
-        cos, sin = cos_t[positions].unsqueeze(1), sin_t[positions].unsqueeze(1)  # [T, 1, hd]
-        mask = self._attention_mask(slots, kv_len, tree_mask, need=static or seqlen > 1)
+        cos, sin = cos_t[positions].unsqueeze(-2), sin_t[positions].unsqueeze(-2)  # [(B,) T, 1, hd]
+        mask = self._attention_mask(slots, kv_len, tree_mask, need=static or seqlen > 1 or pad is not None)
+        if pad is not None:  # per row: hide the padding (a padding query still sees itself)
+            cols = torch.arange(kv_len, device=device)
+            real = cols[None, :] >= pad[:, None]
+            mask = (mask[None] & real[:, None, :]) | (cols[None, None, :] == slots[None, :, None])
+            mask = mask[:, None]  # [B, 1, T, kv_len]
 
-        h = self.tok_embeddings[tokens]
+        h = self.tok_embeddings[tokens] if embeds is None else embeds
         for i, layer in enumerate(self.layers):
             h = self._block(layer, i, h, cos, sin, cache, slots, kv_len, mask)
         h = rms_norm(h, self.norm, self.args.norm_eps)
@@ -233,7 +254,7 @@ class Transformer(nn.Module):
         v = v.view(bsz, seqlen, nkv, hd)
         cache.k[index].index_copy_(2, slots, k.transpose(1, 2))
         cache.v[index].index_copy_(2, slots, v.transpose(1, 2))
-        kernels = cpu_kernels_for(x, seqlen) if bsz == 1 else None
+        kernels = cpu_kernels_for(x, seqlen) if bsz == 1 and (mask is None or mask.dim() == 2) else None
         if kernels is not None:
             empty = torch.empty(0, dtype=torch.bool)
             attn = kernels.attend(

@@ -14,7 +14,7 @@ class HFReference:
         self.model = hf_model.eval()
 
     @classmethod
-    def from_config(cls, hf_config: PretrainedConfig, state: dict[str, torch.Tensor]) -> "HFReference":
+    def from_config(cls, hf_config: PretrainedConfig, state: dict[str, torch.Tensor]) -> HFReference:
         model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32, attn_implementation="eager")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if m != "lm_head.weight"]:
@@ -24,21 +24,31 @@ class HFReference:
         return cls(model)
 
     @classmethod
-    def random(cls, preset: str, seed: int = 0, n_layers: int | None = None) -> "HFReference":
+    def random(cls, preset: str, seed: int = 0, n_layers: int | None = None) -> HFReference:
         config = random_hf_config(preset)
         state = random_state_dict(config, seed)
         if n_layers is not None:
             config.num_hidden_layers = n_layers
             if hasattr(config, "layer_types") and config.layer_types:
                 config.layer_types = config.layer_types[:n_layers]
-            state = {k: v for k, v in state.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < n_layers}
+            state = {
+                k: v for k, v in state.items()
+                if not k.startswith("model.layers.") or int(k.split(".")[2]) < n_layers
+            }
         return cls.from_config(config, state)
 
     @classmethod
-    def for_loaded(cls, loaded: LoadedModel, dtype: torch.dtype = torch.float32) -> "HFReference":
+    def for_loaded(cls, loaded: LoadedModel, dtype: torch.dtype = torch.float32) -> HFReference:
         if loaded.folder is None:
             raise ValueError(f"{loaded.name} has no checkpoint folder for transformers to load")
         return cls(AutoModelForCausalLM.from_pretrained(str(loaded.folder), dtype=dtype, local_files_only=True))
+
+    @classmethod
+    def for_random_loaded(cls, loaded: LoadedModel) -> HFReference:
+        """A random:PRESET[:SEED] model has no folder; its seed rebuilds the same weights for transformers."""
+        parts = loaded.name.split(":")
+        seed = int(parts[2]) if len(parts) == 3 else 0
+        return cls.from_config(loaded.hf_config, random_state_dict(loaded.hf_config, seed))
 
     @torch.inference_mode()
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,19 @@
 """Traced decode and verify: one CUDA graph per block length, replayed; eager elsewhere.
 
 A small model's decode step on a GPU is bound by kernel launches, so each block length the
-engine uses (1 for decode, k + 1 for verify, 1..k for drafts) is captured once against the
-static cache and replayed with new inputs copied into fixed buffers. On the CPU (or with
-tracing off) the same call runs the model eagerly: one interface, two executions.
+engine uses (1 for decode, k + 1 for verify, 1 for draft steps) is captured once against the
+static cache and replayed with new inputs copied into fixed buffers: the static forward (a
+tensor `start`, attention over the whole cache under a mask) reads no host value, so the
+graph stays valid for every position. On the CPU (or with tracing off) the same call runs the
+model eagerly: one interface, two executions.
+
+The capture logic is tested on the CPU with `ReplayGraph`, a stand-in that records the
+captured call and reruns it on the same buffers, which is what a graph replay does.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -14,16 +21,50 @@ from models.llama.kv_cache import KVCache
 from models.llama.model import Transformer
 
 
+class ReplayGraph:
+    """A CUDA graph's contract without CUDA: replay() recomputes into the captured output."""
+
+    def capture(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        self.fn = fn
+        self.out = fn()
+        return self.out
+
+    def replay(self) -> None:
+        self.out.copy_(self.fn())
+
+
+class CudaGraph:
+    def __init__(self, pool=None):
+        self.graph = torch.cuda.CUDAGraph()
+        self.pool = pool
+
+    def capture(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        device = torch.cuda.current_device()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):  # warm-up outside the graph, as capture requires
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        with torch.cuda.graph(self.graph, pool=self.pool):
+            out = fn()
+        return out
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
 class TracedModel:
     """Callable like Transformer.forward for (tokens, cache, start, logits_for)."""
 
-    def __init__(self, model: Transformer, *, traced: bool, max_block: int = 16):
-        if traced and model.device.type != "cuda":
-            raise ValueError("tracing needs a CUDA model; on the CPU the model runs eagerly")
+    def __init__(self, model: Transformer, *, traced: bool, max_block: int = 16, graph: str = "cuda"):
+        if traced and graph == "cuda" and model.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA model; on the CPU the model runs eagerly")
         self.model = model
         self.traced = traced
         self.max_block = max_block
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.graph_kind = graph
+        self._graphs: dict[tuple, tuple] = {}
         self._pool = None
 
     def __getattr__(self, name: str):
@@ -37,11 +78,10 @@ class TracedModel:
             return self.model(tokens, cache, start, logits_for=logits_for, **kwargs)
         if start + seqlen > cache.max_seq_len:
             raise ValueError(f"slots up to {start + seqlen} exceed the cache ({cache.max_seq_len})")
-        key = (seqlen, cache.k.data_ptr(), logits_for)
+        key = (seqlen, cache.k.data_ptr(), cache.max_seq_len, logits_for)
         if key not in self._graphs:
             self._graphs[key] = self._capture(seqlen, cache, logits_for)
         graph, tokens_buf, start_buf, out = self._graphs[key]
-
         tokens_buf.copy_(tokens, non_blocking=True)
         start_buf.fill_(start)
         graph.replay()
@@ -50,20 +90,14 @@ class TracedModel:
 
     def _capture(self, seqlen: int, cache: KVCache, logits_for: str):
         """Capture at the end of the cache: those slots are past any live entry (the real call
-        fits), and the warm-up's writes there are stale entries that masks hide."""
+        fits), and the capture's writes there are stale entries that masks hide."""
         device = self.model.device
         tokens_buf = torch.zeros(1, seqlen, dtype=torch.int64, device=device)
         start_buf = torch.full((), cache.max_seq_len - seqlen, dtype=torch.int64, device=device)
         saved = cache.length
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):  # warm-up outside the graph, as CUDA graphs require
-            for _ in range(2):
-                self.model(tokens_buf, cache, start_buf, logits_for=logits_for)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self.model(tokens_buf, cache, start_buf, logits_for=logits_for)
-        self._pool = graph.pool()
+        graph = CudaGraph(self._pool) if self.graph_kind == "cuda" else ReplayGraph()
+        out = graph.capture(lambda: self.model(tokens_buf, cache, start_buf, logits_for=logits_for))
+        if self.graph_kind == "cuda":
+            self._pool = graph.graph.pool()
         cache.length = saved
         return graph, tokens_buf, start_buf, out

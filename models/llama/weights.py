@@ -232,9 +232,7 @@ def random_state_dict(hf_config: PretrainedConfig, seed: int) -> dict[str, torch
     # Norm weights of ones make every layer alike; jitter them so parity tests see them used.
     gen = torch.Generator().manual_seed(seed + 1)
     for name, t in state.items():
-        if name.endswith("norm.weight"):
-            t.add_(0.1 * torch.randn(t.shape, generator=gen))
-        elif name.endswith("bias"):
+        if name.endswith("norm.weight") or name.endswith("bias"):
             t.add_(0.1 * torch.randn(t.shape, generator=gen))
     return state
 

@@ -7,8 +7,10 @@ benchmark refuse the same bad input with the same one-line message.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
+from loguru import logger
 
 from models.common.correctness import top2_margin
 from models.common.device import Device, open_device
@@ -19,9 +21,14 @@ from models.llama.weights import DEFAULT_MODEL, LoadedModel, load_model
 from models.speculative.generator import GenerationResult, Generator
 from models.speculative.proposers.base import Proposer
 from models.speculative.proposers.draft_model import DraftModelProposer, SelfDraftProposer
+from models.speculative.proposers.eagle import EagleProposer
+from models.speculative.proposers.multi_projection import MultiProjectionProposer
 from models.speculative.proposers.prompt_lookup import PromptLookupProposer
+from models.speculative.speculators import heads
 
-METHODS = ("target", "draft_model", "self_draft", "prompt_lookup")
+METHODS = ("target", "draft_model", "self_draft", "prompt_lookup", "multi_projection", "eagle")
+SPECULATOR_METHODS = ("multi_projection", "eagle")
+SHIPPED_SPECULATORS = Path(__file__).resolve().parent / "speculators" / "weights"
 MAX_BATCH_SIZE = 1
 
 
@@ -33,8 +40,10 @@ class RunConfig:
     draft_layers: int | None = None  # self_draft: layers of the target; draft_model: draft's layers
     target_layers: int | None = None
     draft_model: str | None = None  # default: the target's own spec (every draft accepted)
+    speculator: str | None = None  # multi_projection / eagle weights (default: the shipped ones)
     max_ngram_size: int = 3
     max_seq_len: int = 1024
+    prefill_seq_len: int | None = None  # prefill in chunks of this many tokens
     max_generated_tokens: int = 128
     batch_size: int = 1
     instruct: bool = True
@@ -56,6 +65,8 @@ class RunConfig:
             raise UserError(f"--max_ngram_size must be >= 1, got {self.max_ngram_size}")
         if self.max_generated_tokens < 1:
             raise UserError(f"--max_generated_tokens must be >= 1, got {self.max_generated_tokens}")
+        if self.prefill_seq_len is not None and self.prefill_seq_len < 1:
+            raise UserError(f"--prefill_seq_len must be >= 1, got {self.prefill_seq_len}")
         if self.max_seq_len < 2:
             raise UserError(f"--max_seq_len must be >= 2, got {self.max_seq_len}")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -63,6 +74,17 @@ class RunConfig:
 
     def describe(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def default_speculator(model: str, method: str) -> Path:
+    """The shipped speculator weights for a model, or a one-line pointer to training them."""
+    folder = SHIPPED_SPECULATORS / f"{model}-{method}"
+    if model != DEFAULT_MODEL or not folder.is_dir():
+        raise UserError(
+            f"no shipped {method} speculator for model {model!r}; train one with "
+            f"scripts/train_speculator.py --kind {method} and pass --speculator PATH"
+        )
+    return folder
 
 
 _MODELS: dict[tuple, LoadedModel] = {}
@@ -98,12 +120,13 @@ class Engine:
         eos = self.target.tokenizer.eos_token_ids
         self.generator = Generator(
             self.model, self.proposer, n_draft_tokens=config.n_draft_tokens,
-            max_seq_len=config.max_seq_len, eos_token_ids=eos,
+            max_seq_len=config.max_seq_len, eos_token_ids=eos, prefill_seq_len=config.prefill_seq_len,
         )
         self.baseline = (
             self.generator
             if self.proposer is None
-            else Generator(self.model, None, max_seq_len=config.max_seq_len, eos_token_ids=eos)
+            else Generator(self.model, None, max_seq_len=config.max_seq_len, eos_token_ids=eos,
+                           prefill_seq_len=config.prefill_seq_len)
         )
 
     @property
@@ -118,6 +141,19 @@ class Engine:
             return PromptLookupProposer(c.max_ngram_size, device=self.device.torch_device)
         if c.method == "self_draft":
             return SelfDraftProposer(self.target.model, c.draft_layers)
+        if c.method in SPECULATOR_METHODS:
+            folder = Path(c.speculator) if c.speculator else default_speculator(c.model, c.method)
+            head = heads.load(folder, self.target.model)
+            if head.config.kind != c.method:
+                raise UserError(f"--speculator {folder} holds a {head.config.kind} speculator, not {c.method}")
+            if c.method == "eagle":
+                return EagleProposer(head, label=str(folder))
+            if c.n_draft_tokens > head.config.n_heads:
+                logger.warning(
+                    f"{folder} has {head.config.n_heads} heads: multi_projection drafts "
+                    f"{head.config.n_heads} tokens per step, not --n_draft_tokens {c.n_draft_tokens}"
+                )
+            return MultiProjectionProposer(head, label=str(folder))
         draft = cached_model(c.draft_model or c.model, c.draft_layers, self.device)
         if not _same_vocabulary(draft, self.target):
             raise UserError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -42,13 +42,17 @@ class Generator:
         n_draft_tokens: int = 0,
         max_seq_len: int = 1024,
         eos_token_ids: tuple[int, ...] = (),
+        prefill_seq_len: int | None = None,
     ):
+        """prefill_seq_len: prefill the prompt in chunks of this many tokens (fixed shapes for
+        traces, bounded activation memory); None: one pass."""
         if proposer is not None and n_draft_tokens < 1:
             raise UserError(f"--n_draft_tokens must be >= 1 for speculative methods, got {n_draft_tokens}")
         self.target = target
         self.proposer = proposer
         self.k = n_draft_tokens if proposer is not None else 0
         self.max_seq_len = max_seq_len
+        self.prefill_seq_len = prefill_seq_len
         self.eos = frozenset(eos_token_ids)
         self.cache: KVCache = target.new_cache(max_seq_len)
 
@@ -63,6 +67,21 @@ class Generator:
                 f"max_seq_len={self.max_seq_len}; raise --max_seq_len or shorten the prompt"
             )
 
+    def _forward(self, tokens: torch.Tensor, start: int, logits_for: str, want_hidden: bool):
+        """Target forward; hidden states [T, D] too when the proposer drafts from them."""
+        if not want_hidden:
+            return self.target(tokens, self.cache, start, logits_for=logits_for), None
+        logits, hidden = self.target(tokens, self.cache, start, logits_for=logits_for, return_hidden=True)
+        return logits, hidden[0]
+
+    def _prefill(self, prompt: torch.Tensor, want_hidden: bool):
+        chunk = self.prefill_seq_len or prompt.shape[1]
+        hiddens = []
+        for lo in range(0, prompt.shape[1], chunk):
+            logits, hidden = self._forward(prompt[:, lo : lo + chunk], lo, "last", want_hidden)
+            hiddens.append(hidden)
+        return logits, torch.cat(hiddens) if want_hidden else None
+
     @torch.inference_mode()
     def generate(
         self,
@@ -75,16 +94,17 @@ class Generator:
         cache = self.cache
         cache.reset()
 
+        want_hidden = self.proposer is not None and self.proposer.uses_target_hidden
         synchronize(device)
         t0 = time.perf_counter()
-        logits = self.target(torch.tensor([prompt], device=device), cache, 0, logits_for="last")
+        logits, hidden = self._prefill(torch.tensor([prompt], device=device), want_hidden)
         first = int(logits[0, -1].argmax())
         stats = SequenceStats(prompt_tokens=len(prompt), ttft_s=time.perf_counter() - t0)
         out = [first]
         tokens = list(prompt) + out
         if self.proposer is not None:
             self.proposer.start(prompt, cache)
-        ctx = ProposerContext(tokens=tokens, target_cache=cache)
+        ctx = ProposerContext(tokens=tokens, target_cache=cache, target_hidden=hidden)
 
         while out[-1] not in self.eos and len(out) < max_new_tokens:
             t_iter = time.perf_counter()
@@ -99,9 +119,12 @@ class Generator:
 
             start = cache.length
             block = torch.cat([torch.tensor([tokens[-1]], device=device), drafts.to(device)])
-            logits = self.target(block.view(1, -1), cache, start)
+            logits, hidden = self._forward(block.view(1, -1), start, "all", want_hidden)
             acceptance = greedy_accept(drafts, logits[0])
             cache.rollback(start + 1 + acceptance.n_accepted)
+            if want_hidden:  # rows not yet consumed by the proposer are kept (a no-draft step)
+                new = hidden[: 1 + acceptance.n_accepted]
+                ctx.target_hidden = new if ctx.target_hidden is None else torch.cat([ctx.target_hidden, new])
 
             emitted = acceptance.tokens[:remaining]
             for i, tok in enumerate(emitted):

@@ -1,6 +1,7 @@
 """Load scripts/*.py as modules and run their main like the command line does."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,28 @@ def run_script(capsys):
         return exit_info.value.code, capsys.readouterr().err
 
     return run
+
+
+BENCH_MODEL = "random:tiny-llama:1"
+BENCH_PROMPTS = [
+    {"prompt": "count: one two three one two three one two"},
+    {"prompt": "Summarize.", "context": "alpha beta gamma delta alpha beta gamma delta", "max_length": 30},
+    {"prompt": "Repeat: red green blue red green blue red"},
+]
+
+
+@pytest.fixture(scope="session")
+def benchmark_run(tmp_path_factory):
+    """One tiny end-to-end sweep (suite methods, target-only and transformers peers), shared by
+    the benchmark and report tests: (run folder, prompts file, exit code)."""
+    root = tmp_path_factory.mktemp("bench")
+    prompts = root / "tiny_prompts.json"
+    prompts.write_text(json.dumps(BENCH_PROMPTS))
+    folder = root / "run"
+    argv = ["--model", BENCH_MODEL, "--input_prompts", str(prompts),
+            "--methods", "draft_model,self_draft,prompt_lookup", "--n_draft_tokens", "2",
+            "--max_generated_tokens", "16", "--instruct", "0", "--max_seq_len", "256", "--output_dir", str(folder)]
+    module = load_script("benchmark")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: module.main(argv))
+    return folder, prompts, exit_info.value.code

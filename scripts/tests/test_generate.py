@@ -123,3 +123,17 @@ def test_vocabulary_mismatch(run_script, prompts_file, tmp_path, default_model):
     code, err = generate(run_script, prompts_file, out, "--method", "draft_model", "--draft_model", "smollm2-135m")
     assert code == 2 and "different vocabulary" in err, err
     assert not out.exists()
+
+
+def test_decode_step_bench_runs_on_cpu_and_reports_ratios(run_script, tmp_path):
+    out = tmp_path / "step.json"
+    code, err = run_script("decode_step_bench", ["--shape", "random:tiny-llama", "--device", "cpu", "--q", "2,5",
+                                                 "--context", "16", "--repeats", "3", "--copy_mb", "4",
+                                                 "--output", str(out)])
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert set(result["verify_over_decode"]) == {"2", "5"}
+    assert result["decode_step_ms"] > 0 and result["copy_bandwidth_gb_s"] > 0
+    assert 0 < result["decode_fraction_of_copy_bandwidth"]
+    code, err = run_script("decode_step_bench", ["--shape", "llama-9000", "--output", str(tmp_path / "x.json")])
+    assert code == 2 and "unknown --shape 'llama-9000'" in err

@@ -49,6 +49,7 @@ def demo_config(request, mesh_device, params: dict) -> RunConfig:
         draft_layers=values["draft_layers"],
         target_layers=values["target_layers"],
         draft_model=opt("--draft_model"),
+        speculator=opt("--speculator"),
         max_ngram_size=values["max_ngram_size"],
         max_seq_len=values["max_seq_len"],
         max_generated_tokens=values["max_generated_tokens"],
@@ -73,8 +74,10 @@ def log_block(title: str, rows: dict) -> None:
         ("prompt_lookup", 4, None, 64, DEFAULT_PROMPTS),
         ("prompt_lookup", 4, None, 64, LOOKUP_PROMPTS),
         ("draft_model", 4, None, 41, DEFAULT_PROMPTS),
+        ("multi_projection", 4, None, 64, DEFAULT_PROMPTS),
+        ("eagle", 3, None, 64, DEFAULT_PROMPTS),
     ],
-    ids=["self-draft", "prompt-lookup", "prompt-lookup-copying", "draft-model"],
+    ids=["self-draft", "prompt-lookup", "prompt-lookup-copying", "draft-model", "multi-projection", "eagle"],
 )
 def test_speculative_demo(
     request, mesh_device, device_params, method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts
@@ -141,7 +144,9 @@ def test_speculative_demo(
         "target calls": f"{summary['target_calls']} (target-only: {base_summary['target_calls']})",
         "generated tokens": summary["generated_tokens"],
         "TTFT": f"{summary['ttft_s'] * 1e3:.1f} ms (target-only: {base_summary['ttft_s'] * 1e3:.1f} ms)",
-        "decode tok/s": f"{summary['decode_tokens_per_s']:.1f} (target-only: {base_summary['decode_tokens_per_s']:.1f})",
+        "decode tok/s": (
+            f"{summary['decode_tokens_per_s']:.1f} (target-only: {base_summary['decode_tokens_per_s']:.1f})"
+        ),
         "e2e tok/s": f"{summary['e2e_tokens_per_s']:.1f} (target-only: {base_summary['e2e_tokens_per_s']:.1f})",
         "speedup over target-only": f"{speedup:.2f}x (same run, interleaved)",
     })

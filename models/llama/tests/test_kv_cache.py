@@ -109,3 +109,23 @@ def test_sliding_window_is_applied():
     without = no_window(seq, no_window.new_cache(64), 0)
     assert torch.equal(with_w[:, :48], without[:, :48])  # inside the window: the same
     assert not torch.allclose(with_w[:, 50:], without[:, 50:])  # beyond: early tokens dropped
+
+
+def test_left_padded_batch_equals_separate_runs(model):
+    """Prompts of unequal length in one batch: each row's logits equal its own unpadded run."""
+    lengths = [5, 9, 12]
+    rows = [tokens(n, seed=10 + n)[0] for n in lengths]
+    width = max(lengths)
+    batch = torch.zeros(len(rows), width, dtype=torch.int64)
+    for b, r in enumerate(rows):
+        batch[b, width - len(r):] = r
+    pad = torch.tensor([width - n for n in lengths])
+    cache = model.new_cache(32, batch_size=len(rows))
+    got = model(batch, cache, 0, pad=pad)
+    step = model(torch.tensor([[7], [8], [9]]), cache, width, pad=pad)  # one decode step
+    for b, r in enumerate(rows):
+        c = model.new_cache(32)
+        alone = model(r[None], c, 0)[0]
+        torch.testing.assert_close(got[b, pad[b]:], alone, atol=1e-4, rtol=1e-4)
+        alone_step = model(torch.tensor([[7 + b]]), c, len(r))[0]
+        torch.testing.assert_close(step[b], alone_step, atol=1e-4, rtol=1e-4)

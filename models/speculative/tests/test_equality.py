@@ -110,3 +110,13 @@ def test_perturbed_own_draft_partial_acceptance(preset, noise):
         rate = summarize([r.stats for r in results])["acceptance_rate"]
         assert 0.05 < rate < 1.0, f"k={k}: acceptance {rate:.2f} does not exercise partial acceptance"
     assert {a for kk, a in seen if kk == 3} >= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("method, extra", [("self_draft", {"draft_layers": 2}), ("prompt_lookup", {})])
+def test_chunked_prefill_gives_the_same_output(method, extra):
+    """--prefill_seq_len: the prompt in chunks (fixed shapes for traces) changes nothing."""
+    common = dict(model="random:tiny-qwen2:13", max_generated_tokens=30, max_seq_len=160, instruct=False)
+    whole = [r.tokens for r in outputs(RunConfig(method="target", **common))]
+    for chunk in (1, 5, 16):
+        got = outputs(RunConfig(method=method, n_draft_tokens=3, prefill_seq_len=chunk, **common, **extra))
+        assert [r.tokens for r in got] == whole, f"chunk={chunk}"

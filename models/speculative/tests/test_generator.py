@@ -1,6 +1,6 @@
 """The loop on a scripted target: exact counters, EOS inside a block, the length cap, rollback."""
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch

@@ -1,0 +1,170 @@
+"""The configurations a sweep times, and a runner for each on one shared set of weights.
+
+A configuration is a way of decoding (a suite method, or a transformers peer) at one k and one
+length. Suite methods run through Engine, so they are built and validated exactly as in the demo
+and generate.py; the peers are transformers' own `generate` on the same weights (greedy, and
+greedy with its prompt lookup), so the table says how the suite compares with the stock path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+from loguru import logger
+
+from models.common.device import Device
+from models.common.errors import UserError
+from models.common.metrics import SequenceStats
+from models.llama.reference import HFReference
+from models.llama.weights import LoadedModel
+from models.speculative.engine import METHODS, Engine, RunConfig
+from models.speculative.generator import synchronize
+
+TARGET = "target"
+HF_GREEDY = "hf_greedy"
+HF_PROMPT_LOOKUP = "hf_prompt_lookup"
+HF_PEERS = (HF_GREEDY, HF_PROMPT_LOOKUP)
+SELF_DRAFT_FRACTION = 0.8  # self_draft's default: 24 of the default model's 30 layers
+
+
+def default_methods() -> list[str]:
+    """Every speculative method the engine knows, read at run time so new ones join the sweep."""
+    return [m for m in METHODS if m != TARGET]
+
+
+def default_draft_layers(n_layers: int) -> int:
+    return max(1, round(SELF_DRAFT_FRACTION * n_layers))
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    method: str  # a suite method, or one of HF_PEERS
+    k: int  # draft tokens per target call; 0 when nothing is drafted
+    max_generated_tokens: int
+
+    @property
+    def is_peer(self) -> bool:
+        return self.method in HF_PEERS
+
+    @property
+    def id(self) -> str:
+        k = f"-k{self.k}" if self.k else ""
+        return f"{self.method}{k}-n{self.max_generated_tokens}"
+
+    @property
+    def baseline_id(self) -> str:
+        return Configuration(TARGET, 0, self.max_generated_tokens).id
+
+    def label(self, with_length: bool = False) -> str:
+        text = self.method + (f" k={self.k}" if self.k else "")
+        return f"{text} n={self.max_generated_tokens}" if with_length else text
+
+
+@dataclasses.dataclass
+class Outcome:
+    tokens: list[int]
+    seconds: float  # wall time of the whole call, the same clock for suite and peers
+    stats: SequenceStats | None  # per-iteration records; None for peers, which expose none
+
+
+Runner = Callable[[list[int], int], Outcome]
+
+
+def suite_runner(engine: Engine, baseline: bool) -> Runner:
+    generator = engine.baseline if baseline else engine.generator
+
+    def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
+        t0 = time.perf_counter()
+        result = generator.generate(prompt_ids, max_new_tokens)
+        synchronize(engine.device.torch_device)
+        return Outcome(result.tokens, time.perf_counter() - t0, result.stats)
+
+    return run
+
+
+def hf_runner(
+    reference: HFReference, eos_token_ids: tuple[int, ...], device: torch.device, **generate_kwargs
+) -> Runner:
+    def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
+        synchronize(device)
+        t0 = time.perf_counter()
+        tokens = reference.greedy(prompt_ids, max_new_tokens, eos_token_id=list(eos_token_ids), **generate_kwargs)
+        synchronize(device)
+        return Outcome(tokens, time.perf_counter() - t0, None)
+
+    return run
+
+
+def hf_reference(loaded: LoadedModel, device: Device) -> HFReference:
+    """transformers' model on the very weights the suite loaded (a folder, or the random seed)."""
+    if loaded.folder is not None:
+        reference = HFReference.for_loaded(loaded, dtype=device.dtype)
+    else:
+        reference = HFReference.for_random_loaded(loaded)
+    reference.model.to(device=device.torch_device, dtype=device.dtype)
+    return reference
+
+
+@dataclasses.dataclass
+class SweepPlan:
+    """What to build: the knobs every engine shares, and which methods, k and lengths to time."""
+
+    base: RunConfig  # model, device, dtype, max_seq_len, instruct, max_ngram_size, draft_model
+    methods: list[str]
+    ks: list[int]
+    lengths: list[int]
+    draft_layers: int | None = None  # self_draft; None: SELF_DRAFT_FRACTION of the target
+    method_options: dict[str, dict] = dataclasses.field(default_factory=dict)
+    hf_peers: bool = True
+    explicit: set[str] = dataclasses.field(default_factory=set)  # methods the user asked for by name or option;
+    # any other (a default) that cannot be built here, e.g. no shipped speculator, is skipped with a warning
+
+
+@dataclasses.dataclass
+class Built:
+    target: Engine  # target-only decoding: the reference every output is compared with
+    runners: dict[Configuration, Runner]
+
+
+def _method_config(plan: SweepPlan, method: str, k: int, n_layers: int) -> RunConfig:
+    config = dataclasses.replace(plan.base, method=method, n_draft_tokens=k, max_generated_tokens=max(plan.lengths))
+    if method == "self_draft":
+        config.draft_layers = plan.draft_layers or default_draft_layers(n_layers)
+    return dataclasses.replace(config, **plan.method_options.get(method, {}))
+
+
+def build(plan: SweepPlan, device: Device) -> Built:
+    """Load the target once and build every configuration's runner on it (engines share weights)."""
+    target = Engine(dataclasses.replace(plan.base, method=TARGET, max_generated_tokens=max(plan.lengths)), device)
+    n_layers = target.target.model.args.n_layers
+    runners: dict[Configuration, Runner] = {}
+    for n in plan.lengths:
+        runners[Configuration(TARGET, 0, n)] = suite_runner(target, baseline=True)
+    for method in plan.methods:
+        # a method whose options fix its k (e.g. {"eagle": {"n_draft_tokens": 5}}) runs at that k only
+        ks = plan.ks[:1] if "n_draft_tokens" in plan.method_options.get(method, {}) else plan.ks
+        for k in ks:
+            config = _method_config(plan, method, k, n_layers)
+            try:
+                engine = Engine(config, device)
+            except UserError as exc:
+                if method in plan.explicit:
+                    raise UserError(f"{method} k={config.n_draft_tokens}: {exc}") from None
+                logger.warning(f"skipping {method} (a default method that cannot run here): {exc}")
+                break
+            for n in plan.lengths:
+                runners[Configuration(method, config.n_draft_tokens, n)] = suite_runner(engine, baseline=False)
+    if plan.hf_peers:
+        reference = hf_reference(target.target, device)
+        eos, torch_device = target.tokenizer.eos_token_ids, device.torch_device
+        for n in plan.lengths:
+            runners[Configuration(HF_GREEDY, 0, n)] = hf_runner(reference, eos, torch_device)
+            for k in plan.ks:
+                runners[Configuration(HF_PROMPT_LOOKUP, k, n)] = hf_runner(
+                    reference, eos, torch_device, prompt_lookup_num_tokens=k,
+                    max_matching_ngram_size=plan.base.max_ngram_size,
+                )
+    return Built(target, runners)

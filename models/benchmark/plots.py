@@ -1,0 +1,110 @@
+"""The report's three plots, drawn once with matplotlib (Agg) and kept as PNG bytes: the same
+images go into report.html (inline) and beside it as files for CI artifacts."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from models.benchmark.configurations import HF_GREEDY, TARGET
+from models.benchmark.summary import OVERALL, Row
+
+DPI = 110
+LEGEND = dict(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)  # below the axes
+STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _series_name(r: Row, several_lengths: bool) -> str:
+    return r.method + (f" n={r.max_generated_tokens}" if several_lengths else "")
+
+
+def speedup_vs_k(rows: list[Row]) -> bytes:
+    """Overall speedup per method as k grows; 1.0 is target-only, dashed lines are transformers greedy."""
+    overall = [r for r in rows if r.category == OVERALL and r.speedup is not None]
+    several = len({r.max_generated_tokens for r in overall}) > 1
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in overall:
+        if r.k:
+            series[_series_name(r, several)].append((r.k, r.speedup))
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.0, 3.6))
+        for name, points in series.items():
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, marker="o", label=name)
+        ax.axhline(1.0, color="black", lw=1, label="target-only (suite)")
+        for r in overall:
+            if r.method == HF_GREEDY:
+                label = _series_name(r, several).replace("hf_", "transformers ")
+                ax.axhline(r.speedup, color="grey", ls="--", lw=1, label=label)
+        ks = sorted({r.k for r in overall if r.k})
+        ax.set_xticks(ks or [1])
+        ax.set_xlabel("k (draft tokens per target call)")
+        ax.set_ylabel("speedup over target-only")
+        ax.set_title("Speedup vs k (all prompts)")
+        ax.legend(**LEGEND)
+        return _png(fig)
+
+
+def acceptance_by_position(rows: list[Row]) -> bytes:
+    """Per-position acceptance: of the drafts that reached position i, the share accepted."""
+    curves = [r for r in rows if r.category == OVERALL and r.per_position_acceptance]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.0, 3.6))
+        for r in curves:
+            xs = range(1, len(r.per_position_acceptance) + 1)
+            ax.plot(xs, r.per_position_acceptance, marker="o", label=r.label)
+        if not curves:
+            ax.text(0.5, 0.5, "no drafting configuration", ha="center", va="center", transform=ax.transAxes)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("draft position")
+        ax.set_ylabel("acceptance")
+        ax.set_title("Per-position acceptance (all prompts)")
+        if curves:
+            ax.legend(**LEGEND)
+            ax.set_xticks(range(1, max(len(r.per_position_acceptance) for r in curves) + 1))
+        return _png(fig)
+
+
+def mean_accepted_by_category(rows: list[Row]) -> bytes:
+    """Mean accepted tokens per target call (tau) by category, one bar per drafting configuration."""
+    drafting = [r for r in rows if r.method != TARGET and r.mean_accepted_tokens is not None]
+    categories = list(dict.fromkeys(r.category for r in drafting)) or [OVERALL]
+    labels = list(dict.fromkeys(r.label for r in drafting))
+    value = {(r.label, r.category): r.mean_accepted_tokens for r in drafting}
+    width = 0.8 / max(len(labels), 1)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(categories) * max(1, len(labels)) ** 0.5 + 2), 3.6))
+        for j, label in enumerate(labels):
+            xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(categories))]
+            ax.bar(xs, [value.get((label, c), 0.0) for c in categories], width, label=label)
+        ax.axhline(1.0, color="black", lw=1)
+        ax.set_xticks(range(len(categories)))
+        ax.set_xticklabels(categories, rotation=30, ha="right")
+        ax.set_ylabel("mean accepted tokens")
+        ax.set_title("Mean accepted tokens per target call, by category")
+        if labels:
+            ax.legend(**{**LEGEND, "bbox_to_anchor": (0.5, -0.32)})
+        return _png(fig)
+
+
+PLOTS = {
+    "speedup_vs_k.png": speedup_vs_k,
+    "acceptance_by_position.png": acceptance_by_position,
+    "mean_accepted_by_category.png": mean_accepted_by_category,
+}
+
+
+def draw_all(rows: list[Row]) -> dict[str, bytes]:
+    return {name: draw(rows) for name, draw in PLOTS.items()}

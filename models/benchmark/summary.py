@@ -1,0 +1,168 @@
+"""Per configuration x category numbers from the run log, and the tables that show them.
+
+The metric definitions are models.common.metrics.summarize's; this module only groups runs and
+adds the one number a single run cannot give: speedup = the target-only runs' summed wall time
+over this configuration's, on the same prompts, in the same sweep (interleaved, so drift hits
+both alike). transformers peers expose no iterations, so their acceptance columns stay empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from collections import defaultdict
+
+from models.benchmark.configurations import TARGET, Configuration
+from models.benchmark.runlog import RunRecord
+from models.common.metrics import summarize
+
+OVERALL = "overall"
+
+
+@dataclasses.dataclass
+class Row:
+    config_id: str
+    label: str
+    method: str
+    k: int
+    max_generated_tokens: int
+    category: str
+    prompts: int
+    generated_tokens: int
+    seconds: float
+    speedup: float | None  # None when the sweep has no target-only runs for these prompts
+    mean_accepted_tokens: float | None
+    acceptance_rate: float | None
+    per_position_acceptance: list[float]
+    decode_tokens_per_s: float | None
+    e2e_tokens_per_s: float
+    ttft_ms: float | None
+    matches_target_only: int  # prompts whose output ids equal target-only's
+
+
+def configuration_of(record: RunRecord) -> Configuration:
+    return Configuration(record.method, record.k, record.max_generated_tokens)
+
+
+def categories_in_order(records: list[RunRecord]) -> list[str]:
+    return list(dict.fromkeys(r.category for r in sorted(records, key=lambda r: r.prompt_index)))
+
+
+def _row(config: Configuration, label: str, category: str, runs: list[RunRecord], baseline: dict) -> Row:
+    seconds = sum(r.total_s for r in runs)
+    base = [baseline.get((config.baseline_id, r.prompt_index)) for r in runs]
+    speedup = sum(b.total_s for b in base) / seconds if all(base) and seconds else None
+    stats = [s for s in (r.stats() for r in runs) if s is not None]
+    drafted = bool(stats) and config.method != TARGET
+    m = summarize(stats) if stats else None
+    generated = sum(r.generated_tokens for r in runs)
+    return Row(
+        config_id=config.id, label=label, method=config.method, k=config.k,
+        max_generated_tokens=config.max_generated_tokens, category=category, prompts=len(runs),
+        generated_tokens=generated, seconds=seconds, speedup=speedup,
+        mean_accepted_tokens=m["mean_accepted_tokens"] if m else None,
+        acceptance_rate=m["acceptance_rate"] if drafted else None,
+        per_position_acceptance=m["per_position_acceptance"] if drafted else [],
+        decode_tokens_per_s=m["decode_tokens_per_s"] if m else None,
+        e2e_tokens_per_s=generated / seconds if seconds else 0.0,
+        ttft_ms=m["ttft_s"] * 1e3 if m else None,
+        matches_target_only=sum(r.matches_target_only for r in runs),
+    )
+
+
+def summary_rows(records: list[RunRecord]) -> list[Row]:
+    """Per configuration (in sweep order): one row per category in file order, then overall."""
+    by_config: dict[Configuration, list[RunRecord]] = defaultdict(list)
+    for r in records:
+        by_config[configuration_of(r)].append(r)
+    baseline = {(r.config_id, r.prompt_index): r for r in records if r.method == TARGET}
+    several_lengths = len({c.max_generated_tokens for c in by_config}) > 1
+    categories = categories_in_order(records)
+    rows = []
+    for config, runs in by_config.items():
+        label = config.label(several_lengths)
+        for category in categories:
+            selected = [r for r in runs if r.category == category]
+            if selected:
+                rows.append(_row(config, label, category, selected, baseline))
+        rows.append(_row(config, label, OVERALL, runs, baseline))
+    return rows
+
+
+def _fmt(value, spec: str, empty: str = "") -> str:
+    return empty if value is None else format(value, spec)
+
+
+CSV_COLUMNS = [f.name for f in dataclasses.fields(Row)]
+
+
+def to_csv(rows: list[Row]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        values = dataclasses.asdict(row)
+        values["per_position_acceptance"] = " ".join(f"{a:.4f}" for a in row.per_position_acceptance)
+        writer.writerow(
+            [f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v) for v in values.values()]
+        )
+    return out.getvalue()
+
+
+def _markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def spec_bench_table(rows: list[Row]) -> str:
+    """Spec-Bench's layout: a row per method, a column per category and overall;
+    each cell is speedup over target-only, then mean accepted tokens (tau)."""
+    categories = list(dict.fromkeys(r.category for r in rows))
+    cells: dict[str, dict[str, Row]] = defaultdict(dict)
+    for r in rows:
+        if r.method != TARGET:
+            cells[r.label][r.category] = r
+
+    def cell(r: Row | None) -> str:
+        if r is None:
+            return ""
+        return f"{_fmt(r.speedup, '.2f', '-')}x / {_fmt(r.mean_accepted_tokens, '.2f', '-')}"
+
+    body = [[label] + [cell(by_cat.get(c)) for c in categories] for label, by_cat in cells.items()]
+    return _markdown(["method"] + categories, body)
+
+
+def full_table(rows: list[Row]) -> str:
+    header = ["configuration", "category", "prompts", "tokens", "seconds", "speedup", "mean accepted",
+              "acceptance", "decode tok/s", "e2e tok/s", "TTFT ms", "matches target-only"]
+    body = [[
+        r.label, r.category, str(r.prompts), str(r.generated_tokens), f"{r.seconds:.2f}",
+        _fmt(r.speedup, ".2f", "-"), _fmt(r.mean_accepted_tokens, ".2f", "-"), _fmt(r.acceptance_rate, ".3f", "-"),
+        _fmt(r.decode_tokens_per_s, ".1f", "-"), f"{r.e2e_tokens_per_s:.1f}", _fmt(r.ttft_ms, ".1f", "-"),
+        f"{r.matches_target_only}/{r.prompts}",
+    ] for r in rows]
+    return _markdown(header, body)
+
+
+def summary_markdown(rows: list[Row], meta: dict) -> str:
+    """summary.md: how the numbers were made, the Spec-Bench table, then every row."""
+    return "\n".join([
+        "# Benchmark summary",
+        "",
+        f"Command: `{meta.get('command', '')}`  ",
+        f"Model: {meta.get('model', '')}; device: {meta.get('device', '')} ({meta.get('cpu', '')}); "
+        f"started {meta.get('started', '')}; load average at start (1/5/15 min) "
+        f"{'/'.join(str(v) for v in meta.get('load_average_at_start', []))}",
+        "",
+        "## Spec-Bench table",
+        "",
+        "Each cell: speedup over this suite's target-only decoding (summed wall time, same prompts, same "
+        "sweep) / mean accepted tokens per target call (tau; '-' where transformers exposes no iterations).",
+        "",
+        spec_bench_table(rows),
+        "## All configurations",
+        "",
+        full_table(rows),
+    ])

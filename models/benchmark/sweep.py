@@ -1,0 +1,78 @@
+"""The timed loop: every configuration on every prompt, interleaved, rotating the order.
+
+Per prompt, all configurations run back to back and the starting one moves on by one from prompt
+to prompt, so machine drift (thermal, a noisy neighbour) falls on every configuration alike
+rather than on whichever ran last. Each configuration gets one untimed warm-up first.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from loguru import logger
+from tqdm import tqdm
+
+from models.benchmark.configurations import Configuration, Outcome, Runner
+from models.benchmark.runlog import RunRecord, first_mismatch, iteration_dicts
+from models.benchmark.sources import BenchPrompt
+
+WARMUP_TOKENS = 16
+
+
+def rotated(items: list, shift: int) -> list:
+    shift %= max(len(items), 1)
+    return items[shift:] + items[:shift]
+
+
+def warm_up(runners: dict[Configuration, Runner], prompt_ids: list[int]) -> None:
+    """One short untimed generation per configuration: allocations, kernels, traces."""
+    for config, run in runners.items():
+        run(prompt_ids, min(WARMUP_TOKENS, config.max_generated_tokens))
+
+
+def _record(
+    config: Configuration, index: int, order: int, prompt: BenchPrompt, ids: list[int], outcome: Outcome,
+    reference: list[int], token_strings: Callable[[list[int]], list[str]],
+) -> RunRecord:
+    mismatch = first_mismatch(outcome.tokens, reference)
+    return RunRecord(
+        config_id=config.id, method=config.method, k=config.k, max_generated_tokens=config.max_generated_tokens,
+        prompt_index=index, run_order=order, category=prompt.category, source=prompt.source,
+        question_id=prompt.question_id,
+        prompt_tokens=len(ids), output_ids=outcome.tokens, token_strings=token_strings(outcome.tokens),
+        total_s=outcome.seconds, ttft_s=outcome.stats.ttft_s if outcome.stats else None,
+        iterations=iteration_dicts(outcome.stats), matches_target_only=mismatch is None, first_mismatch=mismatch,
+    )
+
+
+def sweep(
+    prompts: list[tuple[int, BenchPrompt, list[int]]],
+    runners: dict[Configuration, Runner],
+    token_strings: Callable[[list[int]], list[str]],
+    sink: Callable[[list[RunRecord]], None],
+) -> int:
+    """Run (index, prompt, ids) x configurations; hand each prompt's records to `sink`.
+    Returns the number of runs whose output differs from target-only decoding."""
+    configs = list(runners)
+    warm_up(runners, prompts[0][2])
+    mismatches = 0
+    with tqdm(total=len(prompts) * len(configs), desc="sweep", unit="run", file=sys.stderr) as bar:
+        for turn, (index, prompt, ids) in enumerate(prompts):
+            outcomes: dict[Configuration, Outcome] = {}
+            for config in rotated(configs, turn):
+                bar.set_postfix_str(f"prompt {index} {config.id}", refresh=False)
+                outcomes[config] = runners[config](ids, config.max_generated_tokens)
+                bar.update()
+            reference = {c.max_generated_tokens: o.tokens for c, o in outcomes.items() if c.id == c.baseline_id}
+            order = {c: i for i, c in enumerate(outcomes)}
+            records = [
+                _record(c, index, order[c], prompt, ids, outcomes[c], reference[c.max_generated_tokens], token_strings)
+                for c in configs
+            ]
+            for r in records:
+                if not r.matches_target_only:
+                    mismatches += 1
+                    logger.warning(f"prompt {index}: {r.config_id} differs from target-only at {r.first_mismatch}")
+            sink(records)
+    return mismatches

@@ -1,0 +1,43 @@
+"""The traced path's logic (static buffers, capture position, cache length) on the CPU, with a
+stand-in graph that reruns the captured call the way a CUDA graph replays it."""
+
+import torch
+
+from models.llama.trace import TracedModel
+from models.llama.weights import load_model
+from models.speculative.generator import Generator
+from models.speculative.proposers.draft_model import DraftModelProposer
+
+
+def test_replayed_steps_equal_eager_steps_and_keep_the_cache_intact():
+    model = load_model("random:tiny-llama:61").model
+    traced = TracedModel(model, traced=True, max_block=4, graph="replay")
+    seq = torch.randint(3, 320, (1, 40), generator=torch.Generator().manual_seed(0))
+    eager_cache, traced_cache = model.new_cache(64), model.new_cache(64)
+    model(seq[:, :20], eager_cache, 0)
+    traced(seq[:, :20], traced_cache, 0)  # prefill (start 0) runs eagerly
+    pos = 20
+    for size in [1, 4, 1, 3, 1, 1, 4, 2]:  # decode and verify blocks, each shape captured once
+        block = seq[:, pos : pos + size]
+        expected = model(block, eager_cache, pos)
+        got = traced(block, traced_cache, pos)
+        assert torch.equal(got, expected)
+        assert traced_cache.length == pos + size
+        pos += size
+    assert len(traced._graphs) == 4
+    # capturing wrote only past the live entries: the cached prefix is what eager wrote
+    assert torch.equal(traced_cache.k[:, :, :, :pos], eager_cache.k[:, :, :, :pos])
+
+
+def test_generation_through_traces_equals_eager():
+    loaded = load_model("random:tiny-llama:62")
+    model, eos = loaded.model, loaded.tokenizer.eos_token_ids
+    prompt = loaded.tokenizer.encode("traces replay the same numbers")
+    eager = Generator(model, None, max_seq_len=128, eos_token_ids=eos).generate(prompt, 30).tokens
+    traced = TracedModel(model, traced=True, max_block=5, graph="replay")
+    draft = TracedModel(load_model("random:tiny-llama:62", n_layers=2).model, traced=True, max_block=2,
+                        graph="replay")
+    proposer = DraftModelProposer(draft, 128, target_vocab_size=model.args.vocab_size)
+    spec = Generator(traced, proposer, n_draft_tokens=4, max_seq_len=128, eos_token_ids=eos)
+    assert spec.generate(prompt, 30).tokens == eager
+    assert Generator(traced, None, max_seq_len=128, eos_token_ids=eos).generate(prompt, 30).tokens == eager

@@ -1,0 +1,180 @@
+"""Trained speculators that draft from the target's own hidden states.
+
+- MultiProjectionHeads (QEfficient's "Turbo" speculator, Medusa's heads): head i maps the
+  target's last hidden state through residual blocks x + SiLU(W x + b) to a feature whose
+  projection predicts the token i + 1 places after the target's own next token. One target
+  pass yields the verification logits and all the next proposals.
+- EagleHead: an autoregressive feature-level draft. One decoder layer, shaped like a target
+  layer, reads [embedding of token t+1 ; target feature at t] (through a 2D -> D projection)
+  and predicts the feature at t+1, whose projection gives token t+2; it drafts a chain with its
+  own KV cache and re-reads the target's real features for the tokens accepted after each
+  verification.
+
+Both project onto a reduced draft vocabulary (the target's LM-head rows for the tokens the
+target actually emits, as EAGLE-3 does): the full 49152-row head is a fifth of the default
+model's weights, and reading it at every draft step would eat the gain. `draft_vocab` maps
+draft index -> target token id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.common.errors import UserError
+from models.llama.config import ModelArgs
+from models.llama.model import Transformer, linear
+
+KINDS = ("multi_projection", "eagle")
+CONFIG_FILE = "speculator_config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclasses.dataclass
+class SpeculatorConfig:
+    kind: str
+    target: str  # the model spec it was trained for
+    dim: int
+    vocab_size: int  # the target's
+    draft_vocab_size: int
+    n_heads: int = 4  # multi_projection
+    n_blocks: int = 1  # multi_projection
+    training: dict = dataclasses.field(default_factory=dict)  # how it was made, for the record
+
+    def save(self, folder: Path) -> None:
+        (folder / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> SpeculatorConfig:
+        path = folder / CONFIG_FILE
+        if not path.is_file():
+            raise UserError(f"{folder} has no {CONFIG_FILE}; expected a speculator folder")
+        data = json.loads(path.read_text())
+        if data.get("kind") not in KINDS:
+            raise UserError(f"{path}: unknown speculator kind {data.get('kind')!r}; expected one of {KINDS}")
+        return cls(**data)
+
+
+def draft_lm_head(target: Transformer, draft_vocab: torch.Tensor) -> nn.Parameter:
+    """The target's LM-head rows for the draft vocabulary (a frozen gathered copy)."""
+    return nn.Parameter(target.output.detach()[draft_vocab.to(target.device)].clone(), requires_grad=False)
+
+
+class MultiProjectionHeads(nn.Module):
+    def __init__(self, config: SpeculatorConfig, target: Transformer, draft_vocab: torch.Tensor):
+        super().__init__()
+        d, h, b = config.dim, config.n_heads, config.n_blocks
+        self.config = config
+        dtype, device = target.dtype, target.device
+        self.weight = nn.Parameter(torch.zeros(h, b, d, d, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(h, b, d, dtype=dtype, device=device))
+        self.register_buffer("draft_vocab", draft_vocab.to(device))
+        self.lm_head = draft_lm_head(target, draft_vocab)
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., D] -> per-head features [..., n_heads, D]. Zero weights = identity."""
+        x = hidden.unsqueeze(-2).expand(*hidden.shape[:-1], self.config.n_heads, self.config.dim)
+        for b in range(self.config.n_blocks):
+            x = x + F.silu(torch.einsum("...hd,hed->...he", x, self.weight[:, b]) + self.bias[:, b])
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary logits [..., n_heads, V'] (one pass over the head for all heads)."""
+        return linear(self.features(hidden), self.lm_head)
+
+
+class EagleHead(nn.Module):
+    def __init__(self, config: SpeculatorConfig, target: Transformer, draft_vocab: torch.Tensor):
+        super().__init__()
+        self.config = config
+        args: ModelArgs = target.args.with_layers(1)
+        dtype, device = target.dtype, target.device
+        self.fc_weight = nn.Parameter(torch.zeros(args.dim, 2 * args.dim, dtype=dtype, device=device))
+        self.fc_bias = nn.Parameter(torch.zeros(args.dim, dtype=dtype, device=device))
+        self.register_buffer("draft_vocab", draft_vocab.to(device))
+        # A one-layer model sharing the target's embeddings; its "LM head" is the draft head.
+        self.layer = Transformer(
+            args, dtype=dtype, device=device,
+            tok_embeddings=target.tok_embeddings, output=draft_lm_head(target, draft_vocab),
+        )
+
+    def inputs(self, next_tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """[embedding of the token after position t ; feature at t] -> the layer's input."""
+        x = torch.cat([self.layer.tok_embeddings[next_tokens], features], dim=-1)
+        return linear(x, self.fc_weight) + self.fc_bias
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [self.fc_weight, self.fc_bias, self.layer.norm, *self.layer.layers.parameters()]
+
+
+def initialise(head: nn.Module, target: Transformer, seed: int = 0) -> None:
+    """Starting weights for training. Multi-projection: zero blocks, so every head starts as
+    the LM head itself. EAGLE: a freshly initialised layer (normal 0.02, unit norms; measured
+    to learn faster than a copy of the target's last layer), the target's final norm, and an
+    input projection that passes the feature through (identity) plus small noise."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if isinstance(head, MultiProjectionHeads):
+            head.weight.zero_()
+            head.bias.zero_()
+            return
+        for name, p in head.layer.layers.named_parameters():
+            if name.endswith("norm"):
+                p.fill_(1.0)
+            elif name.endswith("bqkv"):
+                p.zero_()
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+        head.layer.norm.copy_(target.norm)
+        dim = target.args.dim
+        head.fc_weight.copy_(0.02 * torch.randn(head.fc_weight.shape, generator=gen))
+        head.fc_weight[:, dim:] += torch.eye(dim, dtype=head.fc_weight.dtype)
+        head.fc_bias.zero_()
+
+
+def build(config: SpeculatorConfig, target: Transformer, draft_vocab: torch.Tensor) -> nn.Module:
+    if config.dim != target.args.dim or config.vocab_size != target.args.vocab_size:
+        raise UserError(
+            f"speculator for dim {config.dim} / vocab {config.vocab_size} does not fit this target "
+            f"(dim {target.args.dim} / vocab {target.args.vocab_size}); train one for it"
+        )
+    cls = MultiProjectionHeads if config.kind == "multi_projection" else EagleHead
+    return cls(config, target, draft_vocab)
+
+
+def _trained_state(head: nn.Module) -> dict[str, torch.Tensor]:
+    """What a speculator file holds: its own weights and the draft vocabulary, not the
+    target's embeddings or LM-head rows (those come from the target at load time)."""
+    shared = {"lm_head", "layer.tok_embeddings", "layer.output"}
+    return {k: v for k, v in head.state_dict().items() if k not in shared}
+
+
+def save(head: nn.Module, folder: Path, dtype: torch.dtype = torch.bfloat16) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: (v if k == "draft_vocab" else v.to(dtype)).contiguous().cpu() for k, v in _trained_state(head).items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    head.config.save(folder)
+
+
+def load(folder: str | Path, target: Transformer) -> nn.Module:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = SpeculatorConfig.load(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise UserError(f"{folder} has no {WEIGHTS_FILE}")
+    state = load_file(str(folder / WEIGHTS_FILE))
+    head = build(config, target, state["draft_vocab"].long())
+    expected = set(_trained_state(head))
+    if set(state) != expected:
+        raise UserError(f"{folder}/{WEIGHTS_FILE} does not match its config (tensors {sorted(set(state) ^ expected)})")
+    state = {k: v.to(target.dtype) if v.is_floating_point() else v for k, v in state.items()}
+    head.load_state_dict(state, strict=False)
+    return head.eval()

@@ -1,0 +1,205 @@
+"""Training loops for the speculators, on self-distillation examples (see data.py).
+
+multi_projection: head i reads the target feature at position p and learns the token at
+p + 1 + i (cross-entropy over the draft vocabulary; the LM head stays frozen).
+
+eagle: pair p = (token p+1, feature p) goes through the draft layer; the output regresses the
+feature at p+1 (smooth L1) and its projection learns token p+2 (cross-entropy, weight 0.1, as
+EAGLE does). A second pass feeds the draft its own predicted features (detached) in place of
+the real ones, as it will see them from the second draft step on.
+
+Both: AdamW, linear warm-up then cosine decay, gradient clipping, a fixed seed and data order,
+and a checkpoint (weights, optimiser, step) every `checkpoint_every` steps for resuming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from loguru import logger
+from tqdm import tqdm
+
+from models.speculative.speculators.data import Example
+from models.speculative.speculators.heads import EagleHead, MultiProjectionHeads
+
+IGNORE = -100
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: float = 2.0
+    batch_size: int = 8
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    feature_noise: float = 0.05  # eagle: gaussian noise on input features, x the features' std
+    cls_weight: float = 1.0  # eagle: cross-entropy weight beside the feature regression
+    own_feature_weight: float = 0.5  # eagle: weight of the pass on its own predicted features
+    seed: int = 0
+    checkpoint_every: int = 50
+
+
+def _batches(examples: list[Example], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
+    """Deterministic batches of similar-length examples, shuffled, for `epochs` passes."""
+    rng = random.Random(seed)
+    batches: list[list[int]] = []
+    for _ in range(math.ceil(epochs)):
+        order = sorted(range(len(examples)), key=lambda i: (len(examples[i].tokens), rng.random()))
+        chunk = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        rng.shuffle(chunk)
+        batches.extend(chunk)
+    return batches[: max(1, round(len(batches) * epochs / math.ceil(epochs)))]
+
+
+def _pad_batch(examples: list[Example], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded tokens [B, W], features [B, W, D] (fp32), pad [B], answer start [B] (absolute)."""
+    width = max(len(e.tokens) for e in examples)
+    dim = examples[0].features.shape[1]
+    tokens = torch.zeros(len(examples), width, dtype=torch.int64)
+    feats = torch.zeros(len(examples), width, dim)
+    pad = torch.zeros(len(examples), dtype=torch.int64)
+    start = torch.zeros(len(examples), dtype=torch.int64)
+    for b, e in enumerate(examples):
+        p = width - len(e.tokens)
+        tokens[b, p:], feats[b, p:], pad[b], start[b] = e.tokens, e.features.float(), p, p + e.answer_start
+    return tokens.to(device), feats.to(device), pad.to(device), start.to(device)
+
+
+def _target_to_draft(draft_vocab: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    t2d = torch.full((vocab_size,), IGNORE, dtype=torch.int64, device=draft_vocab.device)
+    t2d[draft_vocab] = torch.arange(draft_vocab.numel(), device=draft_vocab.device)
+    return t2d
+
+
+def multi_projection_loss(heads: MultiProjectionHeads, batch: list[Example], t2d: torch.Tensor) -> torch.Tensor:
+    device = heads.weight.device
+    tokens, feats, pad, start = _pad_batch(batch, device)
+    width = tokens.shape[1]
+    pos = torch.arange(width, device=device)
+    losses = []
+    for i in range(heads.config.n_heads):
+        offset = i + 2  # head i at position p predicts the token at p + 1 + (i + 1)
+        if width <= offset:
+            break
+        p = pos[: width - offset]
+        label = t2d[tokens[:, offset:]]  # token at p + offset
+        # used at the last accepted position, which is the last prompt token or later
+        valid = (p[None, :] >= start[:, None] - 1) & (label != IGNORE)
+        if not bool(valid.any()):
+            continue
+        h = feats[:, : width - offset][valid]  # [N, D]
+        x = h
+        for b in range(heads.config.n_blocks):
+            x = x + F.silu(x @ heads.weight[i, b].T + heads.bias[i, b])
+        losses.append(F.cross_entropy(x @ heads.lm_head.T, label[valid]))
+    return torch.stack(losses).mean()
+
+
+def eagle_loss(head: EagleHead, batch: list[Example], t2d: torch.Tensor, config: TrainConfig,
+               generator: torch.Generator) -> torch.Tensor:
+    device = head.fc_weight.device
+    tokens, feats, pad, start = _pad_batch(batch, device)
+    width = tokens.shape[1]
+    n_pairs = width - 1
+    pos = torch.arange(n_pairs, device=device)
+    # pair p: token p+1 and feature p -> feature p+1 and token p+2; learn where p+2 is an answer token
+    real = pos[None, :] >= pad[:, None]
+    learn = real & (pos[None, :] + 2 >= start[:, None] + 1)
+    label = torch.full((len(batch), n_pairs), IGNORE, dtype=torch.int64, device=device)
+    label[:, :-1] = t2d[tokens[:, 2:]]
+    cls_mask = learn & (label != IGNORE)
+
+    def run(in_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = head.inputs(tokens[:, 1:], in_feats)
+        cache = head.layer.new_cache(n_pairs, batch_size=len(batch))
+        _, hidden = head.layer(None, cache, 0, pad=pad, embeds=x, logits_for="none", return_hidden=True)
+        reg = F.smooth_l1_loss(hidden[learn], feats[:, 1:][learn])
+        logits = hidden[cls_mask] @ head.layer.output.T  # only where a token is learnt
+        cls = F.cross_entropy(logits, label[cls_mask]) if bool(cls_mask.any()) else reg * 0
+        return reg + config.cls_weight * cls, hidden
+
+    in_feats = feats[:, :-1]
+    if config.feature_noise:
+        scale = config.feature_noise * in_feats[real].std()
+        in_feats = in_feats + scale * torch.randn(in_feats.shape, generator=generator, device=device)
+    loss, hidden = run(in_feats)
+    if config.own_feature_weight:
+        own = torch.cat([feats[:, :1], hidden[:, :-1].detach()], dim=1)  # predicted feature p from pass 1
+        loss2, _ = run(own)
+        loss = loss + config.own_feature_weight * loss2
+    return loss
+
+
+def train(
+    head: torch.nn.Module,
+    examples: list[Example],
+    config: TrainConfig,
+    *,
+    checkpoint: Path | None = None,
+    log: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train in place; resumes from `checkpoint` when it exists. Returns the per-step losses."""
+    torch.manual_seed(config.seed)
+    eagle = isinstance(head, EagleHead)
+    params = head.trainable() if eagle else [head.weight, head.bias]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    batches = _batches(examples, config.batch_size, config.epochs, config.seed)
+    total = len(batches)
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    losses: list[float] = []
+    step, seconds_before = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        head.load_state_dict(state["head"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, losses = state["step"], state["losses"]
+        seconds_before = state.get("seconds", 0.0)
+        logger.info(f"resuming from {checkpoint} at step {step}/{total}")
+    generator = torch.Generator(device=params[0].device).manual_seed(config.seed + step)
+    t2d = _target_to_draft(head.draft_vocab, head.config.vocab_size)
+    head.train()
+    started = time.perf_counter()
+    with tqdm(total=total, initial=step, desc=f"training {head.config.kind}", unit="step") as bar:
+        while step < total:
+            batch = [examples[i] for i in batches[step]]
+            loss = (eagle_loss(head, batch, t2d, config, generator) if eagle
+                    else multi_projection_loss(head, batch, t2d))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+            bar.update(1)
+            if log is not None:
+                log(step, losses[-1])
+            if checkpoint is not None and (step % config.checkpoint_every == 0 or step == total):
+                tmp = checkpoint.with_suffix(".tmp")
+                torch.save({"head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "step": step, "losses": losses,
+                            "seconds": seconds_before + time.perf_counter() - started}, tmp)
+                tmp.replace(checkpoint)
+    head.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return losses

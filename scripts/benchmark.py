@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Benchmark sweep: every method x k x length, target-only and transformers peers, interleaved.
+
+    python scripts/benchmark.py --bench_file ../shared/data/spec_bench/question.jsonl --per_category 4
+    python scripts/benchmark.py --input_prompts sample_prompts/*.json --methods prompt_lookup --n_draft_tokens 2,4
+
+Writes meta.json, runs.jsonl (one line per configuration x prompt), summary.csv, summary.md and
+done.json under --output_dir (default logs/<timestamp>/), and prints the Spec-Bench table.
+`--config FILE` reads the same options from JSON ({"methods": ["prompt_lookup"], "n_draft_tokens":
+[2, 4], ...}; flags on the command line win), plus "method_options": {METHOD: {RunConfig field:
+value}} for knobs of one method (e.g. {"eagle": {"speculator": "PATH"}}).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from loguru import logger  # noqa: E402
+
+from models.benchmark import sources  # noqa: E402
+from models.benchmark.configurations import HF_PEERS, TARGET, SweepPlan, build, default_methods  # noqa: E402
+from models.benchmark.runlog import DONE, SUMMARY_CSV, SUMMARY_MD, RunRecord, RunWriter, prepare_output_dir  # noqa: E402
+from models.benchmark.summary import spec_bench_table, summary_markdown, summary_rows, to_csv  # noqa: E402
+from models.benchmark.sweep import sweep  # noqa: E402
+from models.common.cli import ArgumentParser, bool01, run_cli, write_atomic, write_json_atomic  # noqa: E402
+from models.common.device import open_device, requested_device_name  # noqa: E402
+from models.common.errors import UserError  # noqa: E402
+from models.llama.weights import DEFAULT_MODEL  # noqa: E402
+from models.speculative.engine import METHODS, RunConfig  # noqa: E402
+
+DEFAULT_K = "4"  # one k keeps the default Spec-Bench sweep (52 prompts) near 40 min on a 2-core CPU
+DEFAULT_LENGTHS = "128"
+DEFAULT_MAX_SEQ_LEN = 2048  # Spec-Bench's longest first turn is 1598 tokens with SmolLM2's template
+LIST_OPTIONS = ("methods", "n_draft_tokens", "max_generated_tokens", "categories", "input_prompts")
+
+
+def build_parser() -> ArgumentParser:
+    d = RunConfig()
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=None, help="JSON file with any of these options (flags win)")
+    p.add_argument("--methods", default=None, help="comma list (default: every method except target)")
+    p.add_argument("--n_draft_tokens", default=DEFAULT_K, help="comma list of k values")
+    p.add_argument("--max_generated_tokens", default=DEFAULT_LENGTHS, help="comma list of lengths")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="smollm2-135m, a checkpoint folder, a .gguf, random:PRESET")
+    p.add_argument("--input_prompts", nargs="+", default=None, help="prompt files; category = file stem")
+    p.add_argument("--bench_file", default=None, help="Spec-Bench question.jsonl (first turn of each question)")
+    p.add_argument("--categories", default=None, help="comma list of categories to keep")
+    p.add_argument("--per_category", type=int, default=None, help="first N prompts per category, in file order")
+    p.add_argument("--instruct", type=bool01, default=True, help="1: apply the chat template")
+    p.add_argument("--output_dir", default=None, help="new folder for the logs (default logs/<timestamp>/)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")
+    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
+    p.add_argument("--max_seq_len", type=int, default=DEFAULT_MAX_SEQ_LEN, help="prompts that do not fit are skipped")
+    p.add_argument("--draft_layers", type=int, default=None, help="self_draft's layers (default: 80%% of the target's)")
+    p.add_argument("--draft_model", default=None, help="draft_model's draft (default: the target itself)")
+    p.add_argument("--max_ngram_size", type=int, default=d.max_ngram_size, help="prompt lookup, suite and transformers")
+    p.add_argument("--hf_peers", type=bool01, default=True, help="1: also time transformers generate (greedy, lookup)")
+    p.set_defaults(method_options={})
+    return p
+
+
+def load_config_file(path: str, parser: ArgumentParser) -> dict:
+    """A JSON object of option names (as flags, without dashes); lists become comma lists."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--config {path!r} not found")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object of options")
+    known = ({a.dest for a in parser._actions} | {"method_options"}) - {"help", "config"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    fields = {f.name for f in dataclasses.fields(RunConfig)} - {"method"}
+    for method, options in data.get("method_options", {}).items():
+        bad = sorted(set(options) - fields) if isinstance(options, dict) else ["(not an object)"]
+        if bad:
+            raise UserError(f"{path}: method_options.{method}: unknown field(s) {', '.join(bad)}")
+    for key in LIST_OPTIONS:
+        if isinstance(data.get(key), list) and key != "input_prompts":
+            data[key] = ",".join(str(v) for v in data[key])
+    return data
+
+
+def parse_args(argv: list[str]):
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    from_file = load_config_file(first.config, parser) if first.config else {}
+    parser.set_defaults(**from_file)
+    args = parser.parse_args(argv)
+    # options the user set (file or flag): a default method they configured is not skipped quietly
+    args.given = set(from_file) | {a.lstrip("-").split("=")[0] for a in argv if a.startswith("--")}
+    return args
+
+
+def comma_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def int_list(flag: str, value: str) -> list[int]:
+    try:
+        values = [int(v) for v in comma_list(value)]
+    except ValueError:
+        raise UserError(f"--{flag} expects a comma list of integers, got {value!r}") from None
+    if not values:
+        raise UserError(f"--{flag} is empty")
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise UserError(f"--{flag} values must be >= 1, got {bad[0]}")
+    return list(dict.fromkeys(values))
+
+
+def choose_methods(value: str | None) -> list[str]:
+    if value is None:
+        return default_methods()
+    methods = [m for m in comma_list(value) if m != TARGET]  # target-only always runs
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        choices = ", ".join(m for m in METHODS if m != TARGET)
+        peers = " (transformers peers are on with --hf_peers 1)" if set(unknown) & set(HF_PEERS) else ""
+        raise UserError(f"unknown method {unknown[0]!r}; choose from {choices}{peers}")
+    return list(dict.fromkeys(methods))
+
+
+def load_bench_prompts(args) -> list[sources.BenchPrompt]:
+    if bool(args.input_prompts) == bool(args.bench_file):
+        raise UserError("give either --input_prompts FILE... or --bench_file question.jsonl")
+    if args.bench_file:
+        prompts = sources.from_spec_bench(args.bench_file)
+    else:
+        prompts = sources.from_prompt_files([str(p) for p in args.input_prompts])
+    return sources.select(prompts, comma_list(args.categories) or None, args.per_category)
+
+
+def fitting_prompts(prompts, target, max_new_tokens: int, instruct: bool) -> list[tuple[int, object, list[int]]]:
+    """(index, prompt, ids) for prompts that fit max_seq_len; each one that does not is named and skipped."""
+    kept = []
+    for i, prompt in enumerate(prompts):
+        ids = target.tokenizer.encode(prompt.text, chat=instruct)
+        try:
+            target.generator.check_fits(len(ids), max_new_tokens)
+        except UserError as exc:
+            logger.warning(f"skipping prompt {i} ({prompt.describe()}): {exc}")
+            continue
+        kept.append((i, prompt, ids))
+    if not kept:
+        raise UserError(f"no prompt fits --max_seq_len {target.config.max_seq_len}; raise it")
+    return kept
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    methods = choose_methods(args.methods)
+    ks = int_list("n_draft_tokens", args.n_draft_tokens)
+    lengths = int_list("max_generated_tokens", args.max_generated_tokens)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    output_dir = prepare_output_dir(Path(args.output_dir) if args.output_dir else REPO_ROOT / "logs" / stamp)
+    prompts = load_bench_prompts(args)
+
+    base = RunConfig(
+        model=args.model, method=TARGET, max_seq_len=args.max_seq_len, max_generated_tokens=max(lengths),
+        instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
+        max_ngram_size=args.max_ngram_size, draft_model=args.draft_model,
+    )
+    base.validate()
+    explicit = set(methods if "methods" in args.given else []) | set(args.method_options)
+    explicit |= {"self_draft"} if "draft_layers" in args.given else set()
+    explicit |= {"draft_model"} if "draft_model" in args.given else set()
+    plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, args.method_options, args.hf_peers, explicit)
+    device = open_device(base.device, base.dtype)
+    built = build(plan, device)
+    selected = fitting_prompts(prompts, built.target, max(lengths), args.instruct)
+    configs = list(built.runners)
+    logger.info(f"{len(configs)} configurations x {len(selected)} prompts on {device.describe()} -> {output_dir}")
+
+    meta = {
+        "command": "python scripts/benchmark.py " + shlex.join(argv),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "model": args.model, "device": device.describe(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],  # other work skews every timing
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+        "options": {k: v for k, v in vars(args).items() if k != "given"},
+        "configurations": [{"id": c.id, "label": c.label(len(lengths) > 1), "method": c.method, "k": c.k,
+                            "max_generated_tokens": c.max_generated_tokens} for c in configs],
+        "prompts": [{"index": i, "category": p.category, "subcategory": p.subcategory, "source": p.source,
+                     "question_id": p.question_id,
+                     "prompt_tokens": len(ids), "text": p.text} for i, p, ids in selected],
+        "skipped_prompts": len(prompts) - len(selected),
+    }
+    t0 = time.perf_counter()
+    writer = RunWriter(output_dir, meta)
+    records: list[RunRecord] = []
+
+    def keep(batch: list[RunRecord]) -> None:
+        writer.append(batch)
+        records.extend(batch)
+
+    try:
+        mismatches = sweep(selected, built.runners, built.target.tokenizer.token_strings, keep)
+    except BaseException:
+        logger.error(f"sweep stopped; the partial logs in {output_dir} have no {DONE}")
+        raise
+    finally:
+        writer.close()
+
+    rows = summary_rows(records)
+    write_atomic(output_dir / SUMMARY_CSV, to_csv(rows))
+    write_atomic(output_dir / SUMMARY_MD, summary_markdown(rows, meta))
+    write_json_atomic(output_dir / DONE, {
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "elapsed_s": round(time.perf_counter() - t0, 1), "runs": len(records), "mismatches": mismatches,
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+    })
+    print(spec_bench_table(rows))
+    logger.info(f"{len(records)} runs, {mismatches} differing from target-only -> {output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

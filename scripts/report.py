@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Build a self-contained HTML report (and PNG plots) from a scripts/benchmark.py folder.
+
+    python scripts/report.py logs/20260101-120000/            # writes report.html and *.png there
+    python scripts/report.py logs/20260101-120000/ --output /tmp/report.html
+
+The page opens offline (inline CSS, JS and images): the Spec-Bench table, speedup vs k,
+per-position acceptance, mean accepted tokens by category, a sortable and filterable results
+table, and every generation with accepted drafts in green and target tokens in red.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loguru import logger
+
+from models.benchmark.html_report import render
+from models.benchmark.plots import draw_all
+from models.benchmark.runlog import read_run_log
+from models.benchmark.summary import summary_rows
+from models.common.cli import ArgumentParser, check_writable, run_cli, write_atomic
+
+
+def parse_args(argv: list[str] | None = None):
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("folder", help="a folder written by scripts/benchmark.py")
+    p.add_argument("--output", default=None, help="HTML file to write (default: FOLDER/report.html)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = read_run_log(args.folder)
+    output = check_writable(args.output or log.folder / "report.html")
+    rows = summary_rows(log.records)
+    images = draw_all(rows)
+    for name, png in images.items():
+        write_atomic(log.folder / name, png)
+    write_atomic(output, render(log, rows, images))
+    logger.info(f"{len(log.records)} runs -> {output} (+ {', '.join(images)} in {log.folder})")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,234 @@
+"""scripts/benchmark.py: the run log's contract, equality with target-only, the interleaving,
+the summary, prompt selection, the config file, and every bad input (one line, no output).
+
+Timing is never asserted; the tests gate on deterministic counters (tokens, iterations, order)."""
+
+import csv
+import json
+
+import pytest
+from loguru import logger
+
+from models.benchmark import sources
+from models.benchmark.configurations import default_methods
+from models.benchmark.runlog import RunRecord
+from models.common.errors import UserError
+from models.speculative.engine import METHODS
+
+from .conftest import BENCH_MODEL, BENCH_PROMPTS
+
+CONFIGS = ["target-n16", "draft_model-k2-n16", "self_draft-k2-n16", "prompt_lookup-k2-n16",
+           "hf_greedy-n16", "hf_prompt_lookup-k2-n16"]
+
+
+def read_runs(folder) -> list[RunRecord]:
+    return [RunRecord(**json.loads(line)) for line in (folder / "runs.jsonl").read_text().splitlines()]
+
+
+def read_summary(folder) -> list[dict]:
+    with (folder / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_writes_a_complete_run_log(benchmark_run):
+    folder, _, code = benchmark_run
+    assert code == 0
+    for name in ("meta.json", "runs.jsonl", "summary.csv", "summary.md", "done.json"):
+        assert (folder / name).is_file(), name
+    meta = json.loads((folder / "meta.json").read_text())
+    assert [c["id"] for c in meta["configurations"]] == CONFIGS
+    runs = read_runs(folder)
+    assert len(runs) == len(CONFIGS) * len(BENCH_PROMPTS)
+    assert sorted((r.config_id, r.prompt_index) for r in runs) == sorted(
+        (c, i) for c in CONFIGS for i in range(len(BENCH_PROMPTS)))
+    assert json.loads((folder / "done.json").read_text())["runs"] == len(runs)
+
+
+def test_every_output_equals_target_only_and_counts_add_up(benchmark_run):
+    folder = benchmark_run[0]
+    runs = read_runs(folder)
+    target = {r.prompt_index: r.output_ids for r in runs if r.method == "target"}
+    for r in runs:
+        assert len(r.token_strings) == len(r.output_ids) and r.category == "tiny_prompts"
+        if r.method.startswith("hf_"):
+            assert r.iterations is None and r.ttft_s is None
+        else:  # suite: the prefill token plus every emitted token
+            assert 1 + sum(it["emitted"] for it in r.iterations) == len(r.output_ids)
+            assert all(it["accepted"] <= it["proposed"] <= r.k for it in r.iterations)
+        # fp32 on the CPU kernels: every suite method is token-for-token target-only; transformers'
+        # greedy agrees on this tiny model, and a disagreement would be reported in the same field
+        assert r.matches_target_only == (r.output_ids == target[r.prompt_index]), r.config_id
+        assert r.output_ids == target[r.prompt_index], f"{r.config_id} prompt {r.prompt_index}"
+    draft = [r for r in runs if r.method == "draft_model"]  # the target drafting for itself
+    assert all(it["accepted"] == it["proposed"] for r in draft for it in r.iterations)
+
+
+def test_configurations_run_interleaved_in_a_rotating_order(benchmark_run):
+    runs = read_runs(benchmark_run[0])
+    for i in range(len(BENCH_PROMPTS)):
+        order = sorted((r for r in runs if r.prompt_index == i), key=lambda r: r.run_order)
+        assert [r.config_id for r in order] == CONFIGS[i:] + CONFIGS[:i]
+
+
+def test_summary_has_speedup_acceptance_and_matches(benchmark_run):
+    folder = benchmark_run[0]
+    rows = read_summary(folder)
+    assert {(r["config_id"], r["category"]) for r in rows} == {
+        (c, cat) for c in CONFIGS for cat in ("tiny_prompts", "overall")}
+    for r in rows:
+        assert float(r["speedup"]) > 0 and int(r["prompts"]) == len(BENCH_PROMPTS)
+        assert int(r["matches_target_only"]) == len(BENCH_PROMPTS)
+    by_id = {r["config_id"]: r for r in rows if r["category"] == "overall"}
+    assert float(by_id["target-n16"]["speedup"]) == 1.0
+    assert float(by_id["draft_model-k2-n16"]["acceptance_rate"]) == 1.0
+    assert by_id["hf_greedy-n16"]["mean_accepted_tokens"] == ""  # transformers exposes no iterations
+    runs = read_runs(folder)
+    assert int(by_id["prompt_lookup-k2-n16"]["generated_tokens"]) == sum(
+        len(r.output_ids) for r in runs if r.config_id == "prompt_lookup-k2-n16")
+    md = (folder / "summary.md").read_text()
+    assert "## Spec-Bench table" in md and "| prompt_lookup k=2 |" in md and "| method | tiny_prompts | overall |" in md
+
+
+def test_default_methods_follow_the_engine():
+    assert default_methods() == [m for m in METHODS if m != "target"]
+
+
+def write_bench_file(path, long_text: str = "word " * 400):
+    questions = [
+        {"question_id": 1, "category": "a", "turns": ["first a question, count to five", "second turn"]},
+        {"question_id": 2, "category": "b", "turns": ["first b question"]},
+        {"question_id": 3, "category": "a", "turns": [long_text]},
+        {"question_id": 4, "category": "b", "turns": ["second b question"]},
+        {"question_id": 5, "category": "c", "turns": ["a c question"]},
+    ]
+    path.write_text("\n".join(json.dumps(q) for q in questions) + "\n")
+    return path
+
+
+def test_spec_bench_selection_is_first_n_per_category_in_file_order(tmp_path):
+    prompts = sources.from_spec_bench(str(write_bench_file(tmp_path / "q.jsonl")))
+    assert [p.text for p in prompts][:2] == ["first a question, count to five", "first b question"]
+    chosen = sources.select(prompts, ["b", "a"], 1)
+    assert [(p.category, p.question_id) for p in chosen] == [("a", 1), ("b", 2)]
+    assert [p.question_id for p in sources.select(prompts, None, 2)] == [1, 2, 3, 4, 5]
+    with pytest.raises(UserError, match="unknown category zz"):
+        sources.select(prompts, ["zz"], 1)
+
+
+def test_spec_bench_groups_mt_bench_and_takes_its_subcategories_in_turn(tmp_path):
+    questions = [
+        {"question_id": 1, "category": "writing", "turns": ["w1"]},
+        {"question_id": 2, "category": "writing", "turns": ["w2"]},
+        {"question_id": 3, "category": "roleplay", "turns": ["r1"]},
+        {"question_id": 4, "category": "math", "turns": ["m1"]},
+        {"question_id": 5, "category": "qa", "turns": ["q1"]},
+        {"question_id": 6, "category": "qa", "turns": ["q2"]},
+    ]
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps(q) for q in questions) + "\n")
+    prompts = sources.from_spec_bench(str(path))
+    assert [p.category for p in prompts] == ["mt_bench"] * 4 + ["qa"] * 2
+    assert [p.subcategory for p in prompts][:4] == ["writing", "writing", "roleplay", "math"]
+    # three MT-bench prompts: one per subcategory before a second writing one; file order kept
+    assert [p.question_id for p in sources.select(prompts, None, 3)] == [1, 3, 4, 5, 6]
+    assert [p.question_id for p in sources.select(prompts, ["writing"], None)] == [1, 2]
+    assert prompts[2].describe() == "q.jsonl question_id=3 (mt_bench/roleplay)"
+
+
+@pytest.fixture
+def warnings():
+    """loguru's warnings as lines (loguru writes to the stderr it saw at import, not capsys's)."""
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(str(message).strip()), level="WARNING", format="{message}")
+    yield lines
+    logger.remove(handler)
+
+
+def test_config_file_bench_file_lengths_and_skipped_prompt(run_script, tmp_path, warnings):
+    bench = write_bench_file(tmp_path / "q.jsonl")
+    config = tmp_path / "sweep.json"
+    config.write_text(json.dumps({
+        "bench_file": str(bench), "categories": ["a", "b"], "per_category": 2,
+        "methods": ["prompt_lookup", "self_draft"], "n_draft_tokens": [1, 3], "max_generated_tokens": [8, 12],
+        "hf_peers": 0, "model": BENCH_MODEL, "max_seq_len": 300, "instruct": 1,
+        "method_options": {"self_draft": {"n_draft_tokens": 3, "draft_layers": 1}},  # fixes self_draft's k
+    }))
+    out = tmp_path / "run"
+    code, err = run_script("benchmark", ["--config", str(config), "--n_draft_tokens", "2", "--output_dir", str(out)])
+    assert code == 0, err
+    assert len(warnings) == 1 and warnings[0].startswith(  # 400 words do not fit 300 slots
+        "skipping prompt 2 (q.jsonl question_id=3 (a)): prompt (2021 tokens) + max_generated_tokens (12) exceeds")
+    meta = json.loads((out / "meta.json").read_text())
+    assert [(p["index"], p["question_id"]) for p in meta["prompts"]] == [(0, 1), (1, 2), (3, 4)]
+    assert meta["skipped_prompts"] == 1
+    assert [c["id"] for c in meta["configurations"]] == [  # the flag overrode the file's k values
+        "target-n8", "target-n12", "prompt_lookup-k2-n8", "prompt_lookup-k2-n12", "self_draft-k3-n8",
+        "self_draft-k3-n12"]
+    runs = read_runs(out)
+    assert len(runs) == 6 * 3 and all(r.matches_target_only for r in runs)
+    assert max(it["proposed"] for r in runs if r.method == "self_draft" for it in r.iterations) == 3
+    assert all(len(r.output_ids) <= r.max_generated_tokens for r in runs)
+    labels = {r["label"] for r in read_summary(out)}
+    assert labels == {"target n=8", "target n=12", "prompt_lookup k=2 n=8", "prompt_lookup k=2 n=12",
+                      "self_draft k=3 n=8", "self_draft k=3 n=12"}
+
+
+BAD = [
+    # (id, extra argv, fragment of the one-line error)
+    ("unknown method", ["--methods", "prompt_lookup,medusa9"], "unknown method 'medusa9'"),
+    ("k zero", ["--n_draft_tokens", "2,0"], "--n_draft_tokens values must be >= 1, got 0"),
+    ("k not int", ["--n_draft_tokens", "two"], "--n_draft_tokens expects a comma list of integers"),
+    ("length zero", ["--max_generated_tokens", "0"], "--max_generated_tokens values must be >= 1"),
+    ("missing bench file", ["--bench_file", "nope.jsonl", "--input_prompts"], "bench file 'nope.jsonl' not found"),
+    ("no prompt source", ["--input_prompts"], "give either --input_prompts FILE... or --bench_file"),
+    ("unknown category", ["--categories", "poetry"], "unknown category poetry"),
+    ("per_category zero", ["--per_category", "0"], "--per_category must be >= 1, got 0"),
+    ("missing prompts file", ["--input_prompts", "nope.json"], "prompts file 'nope.json' not found"),
+    ("instruct", ["--instruct", "2"], "expected 0 or 1"),
+    ("unknown device", ["--device", "tpu"], "unknown device 'tpu'"),
+    ("no prompt fits", ["--max_seq_len", "20"], "no prompt fits --max_seq_len 20"),
+    ("explicit self_draft layers", ["--methods", "self_draft", "--draft_layers", "9"], "self_draft k=2:"),
+    ("unknown model", ["--model", "no/such/model"], "model 'no/such/model' not found"),
+]
+
+
+@pytest.mark.parametrize("name, extra, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_one_line_and_writes_nothing(run_script, tmp_path, name, extra, message):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(BENCH_PROMPTS[:1]))
+    out = tmp_path / "run"
+    argv = ["--model", BENCH_MODEL, "--input_prompts", str(prompts), "--methods", "prompt_lookup",
+            "--n_draft_tokens", "2", "--max_generated_tokens", "8", "--instruct", "0", "--hf_peers", "0",
+            "--output_dir", str(out)]
+    for i, token in enumerate(extra):  # a flag in `extra` replaces its value in argv, or is added
+        if token.startswith("--"):
+            value = extra[i + 1] if i + 1 < len(extra) and not extra[i + 1].startswith("--") else None
+            if token in argv:
+                at = argv.index(token)
+                if value is None:  # the flag is dropped
+                    argv[at: at + 2] = []
+                else:
+                    argv[at + 1] = value
+            elif value is not None:
+                argv += [token, value]
+    code, err = run_script("benchmark", argv)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip() and " | WARNING " not in line and " | INFO " not in line]
+    assert len(lines) == 1 and message in lines[0], err
+    assert not out.exists()
+
+
+def test_output_dir_that_is_a_file_or_holds_a_run_is_refused(run_script, tmp_path):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(BENCH_PROMPTS[:1]))
+    for target, message in [(tmp_path / "a_file", "is a file"), (tmp_path / "full", "is not empty")]:
+        if target.name == "a_file":
+            target.write_text("keep me")
+        else:
+            target.mkdir()
+            (target / "runs.jsonl").write_text("{}\n")
+        code, err = run_script("benchmark", ["--model", BENCH_MODEL, "--input_prompts", str(prompts),
+                                             "--output_dir", str(target)])
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "a_file").read_text() == "keep me"
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["runs.jsonl"]

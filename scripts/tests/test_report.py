@@ -1,0 +1,113 @@
+"""scripts/report.py: the page built from a real (tiny) sweep, the token colouring rebuilt from
+per-iteration counts, bad inputs, and the page rendered by headless Chromium when it is installed."""
+
+import re
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+from models.benchmark.runlog import RunRecord, read_run_log
+from models.benchmark.token_view import DRAFT, PEER, PLAIN, TARGET, token_sources
+from models.common.cli import run_cli
+
+from .conftest import load_script
+
+PNGS = ("speedup_vs_k.png", "acceptance_by_position.png", "mean_accepted_by_category.png")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def report(benchmark_run):
+    folder, _, code = benchmark_run
+    assert code == 0
+    module = load_script("report")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: module.main([str(folder)]))
+    assert exit_info.value.code == 0
+    return folder, (folder / "report.html").read_text(encoding="utf-8")
+
+
+def test_report_is_self_contained_with_table_plots_and_coloured_tokens(report):
+    folder, page = report
+    assert "<table id=results class=sortable>" in page and "Spec-Bench table" in page
+    assert not re.search(r"https?://", page), "the page must not reference anything online"
+    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r"src='([^']*)'", page))
+    assert page.count("data:image/png;base64,") == len(PNGS)
+    for name in PNGS:
+        width, height = png_size((folder / name).read_bytes())
+        assert width > 300 and height > 200 and (folder / name).stat().st_size > 5000, name
+
+    records = read_run_log(folder).records
+    spans = re.findall(r"<span class='(draft|target|plain|peer)( div)?'( title='[^']*')?>", page)
+    assert len(spans) == sum(len(r.output_ids) for r in records)  # every generated token, once
+    drafts = sum(min(it["accepted"], it["emitted"]) for r in records for it in r.iterations or [])
+    assert drafts > 0 and sum(kind == "draft" for kind, _, _ in spans) == drafts
+    assert any(kind == "target" for kind, _, _ in spans)
+    assert "iteration 1: accepted draft, accepted 2/2" in page  # draft_model: the target drafts for itself
+    assert page.count("<details class=prompt") == 3
+
+
+def record(iterations, n_tokens):
+    return RunRecord(
+        config_id="x", method="prompt_lookup", k=4, max_generated_tokens=64, prompt_index=0, run_order=0,
+        category="c", source="s", question_id=None, prompt_tokens=5, output_ids=list(range(n_tokens)),
+        token_strings=["t"] * n_tokens, total_s=1.0, ttft_s=0.1, iterations=iterations,
+        matches_target_only=True, first_mismatch=None,
+    )
+
+
+def it(proposed, accepted, emitted):
+    return {"proposed": proposed, "accepted": accepted, "emitted": emitted, "seconds": 0.1, "draft_seconds": 0.0}
+
+
+def test_token_sources_split_drafts_from_target_tokens():
+    # prefill; 2 of 4 accepted + correction; all 4 accepted + bonus; nothing drafted; EOS inside 3 accepted
+    r = record([it(4, 2, 3), it(4, 4, 5), it(0, 0, 1), it(3, 3, 2)], 1 + 3 + 5 + 1 + 2)
+    kinds = [s.kind for s in token_sources(r)]
+    assert kinds == [TARGET, DRAFT, DRAFT, TARGET, DRAFT, DRAFT, DRAFT, DRAFT, TARGET, PLAIN, DRAFT, DRAFT]
+    sources = token_sources(r)
+    assert [s.iteration for s in sources] == [0, 1, 1, 1, 2, 2, 2, 2, 2, 3, 4, 4]
+    assert sources[3].describe() == "iteration 1: target token, accepted 2/4"
+    peer = record(None, 3)
+    assert [s.kind for s in token_sources(peer)] == [PEER] * 3
+
+
+def test_bad_inputs_are_one_line(run_script, benchmark_run, tmp_path):
+    code, err = run_script("report", [str(tmp_path / "nope")])
+    assert code == 2 and "is not a folder written by scripts/benchmark.py" in err
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(benchmark_run[0], unfinished)
+    (unfinished / "done.json").unlink()
+    (unfinished / "report.html").unlink(missing_ok=True)
+    code, err = run_script("report", [str(unfinished)])
+    assert code == 2 and "did not finish (no done.json)" in err and len(err.strip().splitlines()) == 1
+    assert not (unfinished / "report.html").exists()
+    code, err = run_script("report", [str(benchmark_run[0]), "--output", str(tmp_path / "no" / "r.html")])
+    assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    folder, _ = report
+    shot = tmp_path / "report.png"
+    command = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,1000",
+        (folder / "report.html").as_uri(),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), done.stderr[-2000:]
+    assert png_size(shot.read_bytes()) == (1400, 1000)
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 200, "the screenshot looks blank"
