@@ -2,6 +2,7 @@
 """Build a self-contained HTML report (and PNG plots) from a scripts/benchmark.py folder.
 
     python scripts/report.py logs/20260101-120000/            # writes report.html and *.png there
+    python scripts/report.py logs/                            # the newest finished sweep in logs/
     python scripts/report.py logs/20260101-120000/ --output /tmp/report.html
 
 The page opens offline (inline CSS, JS and images): the Spec-Bench table, speedup vs k,
@@ -27,7 +28,7 @@ from models.common.cli import ArgumentParser, check_writable, run_cli, write_ato
 
 def parse_args(argv: list[str] | None = None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("folder", help="a folder written by scripts/benchmark.py")
+    p.add_argument("folder", help="a folder written by scripts/benchmark.py, or its parent (newest sweep)")
     p.add_argument("--output", default=None, help="HTML file to write (default: FOLDER/report.html)")
     return p.parse_args(argv)
 
@@ -35,6 +36,8 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = read_run_log(args.folder)
+    if log.folder != Path(args.folder):
+        logger.info(f"newest finished sweep in {args.folder}: {log.folder}")
     output = check_writable(args.output or log.folder / "report.html")
     rows = summary_rows(log.records)
     images = draw_all(rows)

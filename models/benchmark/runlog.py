@@ -104,11 +104,22 @@ class RunLog:
     done: dict
 
 
+def newest_finished_sweep(folder: Path) -> Path | None:
+    """The most recently finished sweep directly under `folder` (e.g. logs/), if any."""
+    finished = [d for d in folder.iterdir() if d.is_dir() and (d / DONE).is_file() and (d / RUNS).is_file()]
+    return max(finished, key=lambda d: ((d / DONE).stat().st_mtime, d.name), default=None)
+
+
 def read_run_log(folder: str | Path) -> RunLog:
-    """A finished sweep's folder; anything else is refused in one line."""
+    """A finished sweep's folder, or a parent such as logs/ (its newest finished sweep); anything
+    else is refused in one line."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{str(folder)!r} is not a folder written by scripts/benchmark.py")
+    if not (folder / META).is_file():
+        newest = newest_finished_sweep(folder)
+        if newest is not None:
+            folder = newest
     for name in (META, RUNS):
         if not (folder / name).is_file():
             raise UserError(f"{folder} has no {name}; give a folder written by scripts/benchmark.py")

@@ -1,6 +1,7 @@
 """scripts/report.py: the page built from a real (tiny) sweep, the token colouring rebuilt from
 per-iteration counts, bad inputs, and the page rendered by headless Chromium when it is installed."""
 
+import os
 import re
 import shutil
 import struct
@@ -91,6 +92,23 @@ def test_bad_inputs_are_one_line(run_script, benchmark_run, tmp_path):
     assert not (unfinished / "report.html").exists()
     code, err = run_script("report", [str(benchmark_run[0]), "--output", str(tmp_path / "no" / "r.html")])
     assert code == 2 and "does not exist" in err
+
+
+def test_parent_folder_means_its_newest_finished_sweep(run_script, benchmark_run, tmp_path):
+    parent = tmp_path / "logs"
+    parent.mkdir()
+    code, err = run_script("report", [str(parent)])
+    assert code == 2 and "has no meta.json" in err
+    older, newer, unfinished = parent / "b-older", parent / "a-newer", parent / "c-unfinished"
+    for folder in (older, newer, unfinished):
+        shutil.copytree(benchmark_run[0], folder)
+        (folder / "report.html").unlink(missing_ok=True)
+    (unfinished / "done.json").unlink()
+    os.utime(older / "done.json", (1_000_000_000, 1_000_000_000))
+    code, _ = run_script("report", [str(parent)])
+    assert code == 0
+    assert (newer / "report.html").is_file()
+    assert not (older / "report.html").exists() and not (unfinished / "report.html").exists()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
