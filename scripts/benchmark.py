@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -35,7 +34,9 @@ from models.benchmark.configurations import HF_PEERS, TARGET, SweepPlan, build, 
 from models.benchmark.runlog import DONE, SUMMARY_CSV, SUMMARY_MD, RunRecord, RunWriter, prepare_output_dir  # noqa: E402
 from models.benchmark.summary import spec_bench_table, summary_markdown, summary_rows, to_csv  # noqa: E402
 from models.benchmark.sweep import sweep  # noqa: E402
-from models.common.cli import ArgumentParser, bool01, run_cli, write_atomic, write_json_atomic  # noqa: E402
+from models.common.cli import (  # noqa: E402
+    ArgumentParser, bool01, read_json_file, run_cli, write_atomic, write_json_atomic,
+)
 from models.common.device import open_device, requested_device_name  # noqa: E402
 from models.common.errors import UserError  # noqa: E402
 from models.llama.weights import DEFAULT_MODEL  # noqa: E402
@@ -74,13 +75,7 @@ def build_parser() -> ArgumentParser:
 
 def load_config_file(path: str, parser: ArgumentParser) -> dict:
     """A JSON object of option names (as flags, without dashes); lists become comma lists."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"--config {path!r} not found")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json_file(path, "--config")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object of options")
     known = ({a.dest for a in parser._actions} | {"method_options"}) - {"help", "config"}

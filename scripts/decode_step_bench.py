@@ -129,7 +129,12 @@ def main(argv=None) -> int:
 
     def step(q: int):
         tokens = torch.ones(1, q, dtype=torch.int64, device=dev)
-        return lambda: traced(tokens, cache, args.context)
+
+        def run():
+            cache.length = args.context  # each timed call rewrites the same slots
+            return traced(tokens, cache, args.context)
+
+        return run
 
     with torch.inference_mode():
         times = {q: timer(step(q), args.repeats) for q in [1, *qs]}

@@ -10,6 +10,7 @@ other method's output_ids must equal.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from models.speculative.engine import METHODS, Engine, RunConfig
 STATS_KEYS = (
     "acceptance_rate", "mean_accepted_tokens", "target_calls", "generated_tokens", "decode_tokens_per_s",
     "ttft_s", "e2e_tokens_per_s", "per_position_acceptance", "proposed_tokens", "accepted_tokens",
+    "mean_tree_nodes", "mean_tree_depth", "mean_branching", "accepted_by_source",
 )
 
 
@@ -44,6 +46,12 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--draft_model", default=None, help="draft model for --method draft_model (default: the target)")
     p.add_argument("--speculator", default=None, help="multi_projection/eagle weights folder (default: shipped)")
     p.add_argument("--max_ngram_size", type=int, default=d.max_ngram_size)
+    p.add_argument("--tree_topk", type=int, default=d.tree_topk,
+                   help="children per draft node; 1 (default): a chain of --n_draft_tokens")
+    p.add_argument("--tree_depth", type=int, default=None, help="draft tree levels (default: --n_draft_tokens)")
+    p.add_argument("--tree_budget", type=int, default=None,
+                   help="tree nodes verified per target call, root excluded (default: 16 on cpu, 32 on cuda)")
+    p.add_argument("--proposers", default=None, help="--method multi: proposers to merge, e.g. eagle,prompt_lookup")
     p.add_argument("--max_seq_len", type=int, default=d.max_seq_len)
     p.add_argument("--prefill_seq_len", type=int, default=None, help="prefill in chunks of this many tokens")
     p.add_argument("--batch_size", type=int, default=d.batch_size)
@@ -61,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, method=args.method, n_draft_tokens=args.n_draft_tokens,
         draft_layers=args.draft_layers, target_layers=args.target_layers, draft_model=args.draft_model,
         speculator=args.speculator, max_ngram_size=args.max_ngram_size, max_seq_len=args.max_seq_len,
+        tree_topk=args.tree_topk, tree_depth=args.tree_depth, tree_budget=args.tree_budget, proposers=args.proposers,
         prefill_seq_len=args.prefill_seq_len,
         max_generated_tokens=args.max_generated_tokens, batch_size=args.batch_size,
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
@@ -77,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         records.append({"index": i, "output_ids": res.tokens, "text": engine.tokenizer.decode(res.tokens)})
     summary = summarize([r.stats for r in results])
     stats = {key: summary[key] for key in STATS_KEYS}
-    config_out = {**config.describe(), "device": engine.device.describe(), "input_prompts": args.input_prompts}
+    config_out = {**config.describe(), "device": engine.device.describe(), "input_prompts": args.input_prompts,
+                  "tree": dataclasses.asdict(engine.spec) if engine.proposer is not None else None}
     if engine.proposer is not None:
         config_out["proposer"] = engine.proposer.describe()
     write_json_atomic(output, {"config": config_out, "prompts": records, "stats": stats})

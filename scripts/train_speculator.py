@@ -29,7 +29,7 @@ from models.common.cli import ArgumentParser, run_cli, write_json_atomic
 from models.common.device import open_device, requested_device_name
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL, load_model
-from models.speculative.engine import SHIPPED_SPECULATORS
+from models.speculative.speculators.heads import SHIPPED as SHIPPED_SPECULATORS
 from models.speculative.speculators import corpus, data, heads
 from models.speculative.speculators.train import TrainConfig, train
 

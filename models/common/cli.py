@@ -50,6 +50,19 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
+def read_json_file(path: str | Path, what: str) -> object:
+    """A user-given JSON file, or a one-line error naming it (`what`: e.g. "prompts file")."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {str(path)!r} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -3,7 +3,9 @@
 - acceptance rate = accepted draft tokens / proposed draft tokens
 - mean accepted tokens (tau) = tokens emitted by verification calls / verification calls
   (counts the bonus or correction token; the first token, from prefill, is not a verify call)
-- per-position acceptance[i] = iterations that accepted draft i / iterations that proposed it
+- per-position acceptance[i] = iterations that accepted a draft at depth i + 1 / iterations
+  whose draft reached that depth (a chain's depth is its length; a tree's, its deepest node)
+- tree nodes, depth, branching factor (nodes / depth: mean nodes per level, 1 for a chain)
 - TTFT = prefill time up to and including the first token
 - decode tok/s = tokens after the first / time after the first; e2e tok/s = all / all
 """
@@ -20,6 +22,12 @@ class Iteration:
     emitted: int  # tokens appended to the output (accepted + 1, less any cut by EOS or the cap)
     seconds: float  # wall time of the whole iteration (draft + verify + bookkeeping)
     draft_seconds: float = 0.0
+    depth: int | None = None  # deepest draft level (None: a chain, depth = proposed)
+    source: str | None = None  # multi-draft: the proposer whose branch the accepted path ends on
+
+    @property
+    def draft_depth(self) -> int:
+        return self.proposed if self.depth is None else self.depth
 
 
 @dataclasses.dataclass
@@ -47,10 +55,15 @@ def summarize(sequences: list[SequenceStats]) -> dict:
     proposed = sum(it.proposed for it in its)
     accepted = sum(it.accepted for it in its)
     emitted = sum(it.emitted for it in its)
-    max_k = max((it.proposed for it in its), default=0)
+    max_depth = max((it.draft_depth for it in its), default=0)
     per_position = [
-        _ratio(sum(it.accepted > i for it in its), sum(it.proposed > i for it in its)) for i in range(max_k)
+        _ratio(sum(it.accepted > i for it in its), sum(it.draft_depth > i for it in its)) for i in range(max_depth)
     ]
+    drafted = [it for it in its if it.proposed]
+    sources: dict[str, int] = {}
+    for it in its:
+        if it.source is not None:
+            sources[it.source] = sources.get(it.source, 0) + 1
     ttft = sum(s.ttft_s for s in sequences)
     decode_s = sum(s.decode_seconds for s in sequences)
     generated = sum(s.generated_tokens for s in sequences)
@@ -61,6 +74,10 @@ def summarize(sequences: list[SequenceStats]) -> dict:
         "proposed_tokens": proposed,
         "accepted_tokens": accepted,
         "target_calls": len(its),
+        "mean_tree_nodes": _ratio(proposed, len(drafted)),
+        "mean_tree_depth": _ratio(sum(it.draft_depth for it in drafted), len(drafted)),
+        "mean_branching": _ratio(sum(it.proposed / it.draft_depth for it in drafted), len(drafted)),
+        "accepted_by_source": sources,
         "generated_tokens": generated,
         "ttft_s": _ratio(ttft, len(sequences)),
         "decode_tokens_per_s": _ratio(emitted, decode_s),

@@ -16,8 +16,11 @@ from pathlib import Path
 # Configuration keys an entry must match exactly for its goldens to apply.
 MATCH_KEYS = (
     "model", "method", "n_draft_tokens", "draft_layers", "target_layers", "draft_model", "max_ngram_size",
-    "max_generated_tokens", "input_prompts", "instruct", "speculator",
+    "max_generated_tokens", "input_prompts", "instruct", "speculator", "tree_topk", "tree_depth", "tree_budget",
+    "proposers",
 )
+# Keys an entry may leave out: their default (a chain, as before trees existed).
+DEFAULTS = {"tree_topk": 1, "tree_depth": None, "tree_budget": None, "proposers": None, "speculator": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +42,14 @@ def load_targets(path: str | Path) -> list[PerfTarget]:
 
 def find_target(targets: list[PerfTarget], device_type: str, config: dict) -> PerfTarget | None:
     for t in targets:
-        if t.device == device_type and all(t.config.get(k) == config.get(k) for k in MATCH_KEYS):
+        if t.device == device_type and all(t.config.get(k, DEFAULTS.get(k)) == config.get(k) for k in MATCH_KEYS):
             return t
     return None
 
 
 def check(target: PerfTarget, summary: dict, speedup: float, k: int) -> list[str]:
-    """Every missed target as a sentence naming measured vs expected; empty when all pass."""
+    """Every missed target as a sentence naming measured vs expected; empty when all pass.
+    k: the draft depth (the tolerance on mean accepted tokens scales with k + 1)."""
     failures = []
     if target.acceptance_rate is not None:
         got = summary["acceptance_rate"]

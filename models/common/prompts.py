@@ -7,9 +7,9 @@ characters. Every malformed file is refused with one line naming the file, item 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
+from models.common.cli import read_json_file
 from models.common.errors import UserError
 
 ALLOWED_KEYS = {"prompt", "context", "max_length"}
@@ -55,13 +55,4 @@ def parse_prompts(data: object, source: str) -> list[Prompt]:
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"prompts file {str(path)!r} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
-    return parse_prompts(data, str(path))
+    return parse_prompts(read_json_file(path, "prompts file"), str(path))

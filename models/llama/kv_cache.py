@@ -46,12 +46,29 @@ class KVCache:
     def n_layers(self) -> int:
         return self.k.shape[0]
 
-    def reserve(self, n_tokens: int) -> tuple[int, int]:
-        """Slots [start, end) for n new tokens; raises when the cache would overflow."""
-        start, end = self.length, self.length + n_tokens
-        if end > self.max_seq_len:
-            raise UserError(f"sequence of {end} tokens exceeds max_seq_len={self.max_seq_len}; raise --max_seq_len")
-        return start, end
+    def check_append(self, start: int, n_tokens: int) -> None:
+        """The one checked path for an eager write: a block goes right after the live entries
+        (a start past them would attend to stale slots) and must fit."""
+        if start != self.length:
+            raise ValueError(f"block starts at slot {start} but the cache holds {self.length} entries; roll back first")
+        if start + n_tokens > self.max_seq_len:
+            raise UserError(
+                f"sequence of {start + n_tokens} tokens exceeds max_seq_len={self.max_seq_len}; raise --max_seq_len"
+            )
+
+    def compact(self, start: int, keep: list[int]) -> None:
+        """Keep the block entries at slots start + keep[j] as slots start + j, and drop the rest.
+
+        After a tree verification, `keep` lists the root and the accepted path's block
+        positions; only those few rows are gathered (in every layer at once), never the cache.
+        """
+        n = len(keep)
+        if keep != list(range(n)):
+            src = torch.tensor(keep, device=self.k.device) + start
+            dst = torch.arange(start, start + n, device=self.k.device)
+            self.k.index_copy_(3, dst, self.k.index_select(3, src))
+            self.v.index_copy_(3, dst, self.v.index_select(3, src))
+        self.rollback(start + n)
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self.length:

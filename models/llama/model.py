@@ -172,7 +172,9 @@ class Transformer(nn.Module):
           0-d device tensor (static: attend over the whole cache under a mask, no host value
           read, so the call can be captured in a CUDA graph; the caller sets cache.length).
         positions: RoPE positions [T] (default start..start+T-1; a tree passes start + depth).
-        tree_mask: [T, T] bool, True where token i may attend to block token j (default causal).
+        tree_mask: [T, W] bool (W >= T), True where new token i may attend to token j of the last W
+          slots up to the block's end (default causal). W = T: a tree verified in one pass;
+          W > T: a tree grown level by level, its earlier levels already cached (tree drafting).
         pad: [B] left-padding slots per row, for a batch of prompts of unequal length: padding is
           never attended to, and RoPE positions count from each row's first real token.
         embeds: [B, T, D] input vectors used instead of the tokens' embeddings (a draft head).
@@ -181,8 +183,8 @@ class Transformer(nn.Module):
         bsz, seqlen = tokens.shape if embeds is None else embeds.shape[:2]
         static = isinstance(start, torch.Tensor)
         kv_len = cache.max_seq_len if static else start + seqlen
-        if not static and kv_len > cache.max_seq_len:
-            raise ValueError(f"slots up to {kv_len} exceed the cache ({cache.max_seq_len})")
+        if not static:
+            cache.check_append(start, seqlen)
         device = self.device
         slots = start + torch.arange(seqlen, device=device)
         if positions is None:
@@ -220,10 +222,11 @@ class Transformer(nn.Module):
                 return None
             mask = cols[None, :] <= slots[:, None]
         else:
-            rel = cols[None, :] - slots[:1, None]  # column offset inside the block
-            inside = (rel >= 0) & (rel < slots.numel())
             tree = tree_mask.to(device=slots.device, dtype=torch.bool)
-            in_tree = tree.gather(1, rel.clamp(0, slots.numel() - 1).expand(slots.numel(), -1))
+            width = tree.shape[1]
+            rel = cols[None, :] - (slots[-1:, None] + 1 - width)  # column offset inside the tree
+            inside = (rel >= 0) & (rel < width)
+            in_tree = tree.gather(1, rel.clamp(0, width - 1).expand(slots.numel(), -1))
             mask = (rel < 0) | (inside & in_tree)
         if window is not None:
             mask = mask & ((slots[:, None] - cols[None, :]) < window)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from models.llama.weights import LoadedModel, random_hf_config, random_state_dict
+from models.llama.weights import LoadedModel, parse_random_spec, random_hf_config, random_state_dict
 
 
 class HFReference:
@@ -46,8 +46,7 @@ class HFReference:
     @classmethod
     def for_random_loaded(cls, loaded: LoadedModel) -> HFReference:
         """A random:PRESET[:SEED] model has no folder; its seed rebuilds the same weights for transformers."""
-        parts = loaded.name.split(":")
-        seed = int(parts[2]) if len(parts) == 3 else 0
+        _, seed = parse_random_spec(loaded.name)
         return cls.from_config(loaded.hf_config, random_state_dict(loaded.hf_config, seed))
 
     @torch.inference_mode()

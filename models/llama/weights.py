@@ -237,16 +237,19 @@ def random_state_dict(hf_config: PretrainedConfig, seed: int) -> dict[str, torch
     return state
 
 
-def _load_random(spec: str, *, n_layers, dtype, device) -> LoadedModel:
+def parse_random_spec(spec: str) -> tuple[str, int]:
+    """random:PRESET[:SEED] -> (preset, seed); the seed defaults to 0."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[1]:
         raise UserError(f"bad random model spec {spec!r}; expected random:PRESET[:SEED]")
-    seed = 0
-    if len(parts) == 3:
-        if not parts[2].isdigit():
-            raise UserError(f"bad seed in {spec!r}; expected an integer")
-        seed = int(parts[2])
-    hf_config = random_hf_config(parts[1])
+    if len(parts) == 3 and not parts[2].isdigit():
+        raise UserError(f"bad seed in {spec!r}; expected an integer")
+    return parts[1], int(parts[2]) if len(parts) == 3 else 0
+
+
+def _load_random(spec: str, *, n_layers, dtype, device) -> LoadedModel:
+    preset, seed = parse_random_spec(spec)
+    hf_config = random_hf_config(preset)
     model = build_model(hf_config, random_state_dict(hf_config, seed), n_layers=n_layers, dtype=dtype, device=device)
     return LoadedModel(model, ByteTokenizer(hf_config.vocab_size), hf_config, spec, None)
 

@@ -7,10 +7,8 @@ benchmark refuse the same bad input with the same one-line message.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
-from loguru import logger
 
 from models.common.correctness import top2_margin
 from models.common.device import Device, open_device
@@ -18,18 +16,16 @@ from models.common.errors import UserError
 from models.common.prompts import Prompt
 from models.llama.trace import TracedModel
 from models.llama.weights import DEFAULT_MODEL, LoadedModel, load_model
+from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
 from models.speculative.generator import GenerationResult, Generator
-from models.speculative.proposers.base import Proposer
-from models.speculative.proposers.draft_model import DraftModelProposer, SelfDraftProposer
-from models.speculative.proposers.eagle import EagleProposer
-from models.speculative.proposers.multi_projection import MultiProjectionProposer
-from models.speculative.proposers.prompt_lookup import PromptLookupProposer
-from models.speculative.speculators import heads
+from models.speculative.proposers.base import REGISTRY, BuildContext, Proposer
+from models.speculative.tree import TreeSpec
 
-METHODS = ("target", "draft_model", "self_draft", "prompt_lookup", "multi_projection", "eagle")
-SPECULATOR_METHODS = ("multi_projection", "eagle")
-SHIPPED_SPECULATORS = Path(__file__).resolve().parent / "speculators" / "weights"
+TARGET = "target"
+METHODS = (TARGET, *REGISTRY)
 MAX_BATCH_SIZE = 1
+MAX_TREE_NODES = 63  # the verify block (nodes + root) must fit the CPU kernels' row limit
+DEFAULT_TREE_BUDGET = {"cpu": 16, "cuda": 32}  # nodes per target call for --tree_topk > 1
 
 
 @dataclasses.dataclass
@@ -42,6 +38,10 @@ class RunConfig:
     draft_model: str | None = None  # default: the target's own spec (every draft accepted)
     speculator: str | None = None  # multi_projection / eagle weights (default: the shipped ones)
     max_ngram_size: int = 3
+    tree_topk: int = 1  # children per node; 1: a chain (the default)
+    tree_depth: int | None = None  # levels; default n_draft_tokens
+    tree_budget: int | None = None  # nodes verified per target call (root excluded); default per device
+    proposers: str | None = None  # --method multi: comma-separated proposer names
     max_seq_len: int = 1024
     prefill_seq_len: int | None = None  # prefill in chunks of this many tokens
     max_generated_tokens: int = 128
@@ -53,10 +53,20 @@ class RunConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.method != "target" and self.n_draft_tokens < 1:
+        if self.method != TARGET and self.n_draft_tokens < 1:
             raise UserError(f"--n_draft_tokens must be >= 1, got {self.n_draft_tokens}")
         if self.method == "self_draft" and self.draft_layers is None:
             raise UserError("--method self_draft needs --draft_layers")
+        for flag in ("tree_topk", "tree_depth", "tree_budget"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise UserError(f"--{flag} must be >= 1, got {value}")
+        if self.tree_budget is not None and self.tree_budget > MAX_TREE_NODES:
+            raise UserError(f"--tree_budget {self.tree_budget} is above the largest verified tree ({MAX_TREE_NODES})")
+        if self.tree_budget is not None and self.tree_budget + 2 > self.max_seq_len:
+            raise UserError(f"--tree_budget {self.tree_budget} cannot fit --max_seq_len {self.max_seq_len}")
+        if self.proposers is not None and self.method != "multi":
+            raise UserError(f"--proposers is for --method multi, not --method {self.method}")
         if self.draft_layers is not None and self.draft_layers < 1:
             raise UserError(f"--draft_layers must be >= 1, got {self.draft_layers}")
         if self.target_layers is not None and self.target_layers < 1:
@@ -75,16 +85,12 @@ class RunConfig:
     def describe(self) -> dict:
         return dataclasses.asdict(self)
 
-
-def default_speculator(model: str, method: str) -> Path:
-    """The shipped speculator weights for a model, or a one-line pointer to training them."""
-    folder = SHIPPED_SPECULATORS / f"{model}-{method}"
-    if model != DEFAULT_MODEL or not folder.is_dir():
-        raise UserError(
-            f"no shipped {method} speculator for model {model!r}; train one with "
-            f"scripts/train_speculator.py --kind {method} and pass --speculator PATH"
-        )
-    return folder
+    def tree_spec(self, device_type: str) -> TreeSpec:
+        """The draft shape: a chain of n_draft_tokens unless --tree_topk > 1."""
+        depth = self.tree_depth or self.n_draft_tokens
+        if self.tree_topk == 1:
+            return TreeSpec(1, depth, min(depth, self.tree_budget or depth))
+        return TreeSpec(self.tree_topk, depth, self.tree_budget or DEFAULT_TREE_BUDGET.get(device_type, 16))
 
 
 _MODELS: dict[tuple, LoadedModel] = {}
@@ -98,15 +104,6 @@ def cached_model(spec: str, n_layers: int | None, device: Device) -> LoadedModel
     return _MODELS[key]
 
 
-def _same_vocabulary(a: LoadedModel, b: LoadedModel) -> bool:
-    if a.model.args.vocab_size != b.model.args.vocab_size:
-        return False
-    hf_a, hf_b = getattr(a.tokenizer, "hf", None), getattr(b.tokenizer, "hf", None)
-    if hf_a is not None and hf_b is not None:
-        return hf_a.get_vocab() == hf_b.get_vocab()
-    return type(a.tokenizer) is type(b.tokenizer)
-
-
 class Engine:
     """A loaded target, the configured proposer, and a target-only baseline on the same model."""
 
@@ -115,11 +112,12 @@ class Engine:
         self.config = config
         self.device = device or open_device(config.device, config.dtype)
         self.target = cached_model(config.model, config.target_layers, self.device)
-        self.model = TracedModel(self.target.model, traced=self.device.traced, max_block=config.n_draft_tokens + 1)
+        self.spec = config.tree_spec(self.device.torch_device.type)
+        self.model = TracedModel(self.target.model, traced=self.device.traced, max_block=self.spec.budget + 1)
         self.proposer = self._build_proposer()
         eos = self.target.tokenizer.eos_token_ids
         self.generator = Generator(
-            self.model, self.proposer, n_draft_tokens=config.n_draft_tokens,
+            self.model, self.proposer, tree=self.spec if self.proposer is not None else None,
             max_seq_len=config.max_seq_len, eos_token_ids=eos, prefill_seq_len=config.prefill_seq_len,
         )
         self.baseline = (
@@ -134,37 +132,11 @@ class Engine:
         return self.target.tokenizer
 
     def _build_proposer(self) -> Proposer | None:
-        c = self.config
-        if c.method == "target":
+        if self.config.method == TARGET:
             return None
-        if c.method == "prompt_lookup":
-            return PromptLookupProposer(c.max_ngram_size, device=self.device.torch_device)
-        if c.method == "self_draft":
-            return SelfDraftProposer(self.target.model, c.draft_layers)
-        if c.method in SPECULATOR_METHODS:
-            folder = Path(c.speculator) if c.speculator else default_speculator(c.model, c.method)
-            head = heads.load(folder, self.target.model)
-            if head.config.kind != c.method:
-                raise UserError(f"--speculator {folder} holds a {head.config.kind} speculator, not {c.method}")
-            if c.method == "eagle":
-                return EagleProposer(head, label=str(folder))
-            if c.n_draft_tokens > head.config.n_heads:
-                logger.warning(
-                    f"{folder} has {head.config.n_heads} heads: multi_projection drafts "
-                    f"{head.config.n_heads} tokens per step, not --n_draft_tokens {c.n_draft_tokens}"
-                )
-            return MultiProjectionProposer(head, label=str(folder))
-        draft = cached_model(c.draft_model or c.model, c.draft_layers, self.device)
-        if not _same_vocabulary(draft, self.target):
-            raise UserError(
-                f"draft model {c.draft_model!r} has a different vocabulary from the target {c.model!r}; "
-                "a draft must share the target's tokenizer"
-            )
-        traced = TracedModel(draft.model, traced=self.device.traced, max_block=2)
-        return DraftModelProposer(
-            traced, c.max_seq_len, target_vocab_size=self.target.model.args.vocab_size,
-            label=c.draft_model or c.model,
-        )
+        build = REGISTRY[self.config.method].build
+        return build(BuildContext(self.config, self.target, self.device,
+                                  lambda spec, n_layers: cached_model(spec, n_layers, self.device)))
 
     def encode(self, prompts: list[Prompt]) -> list[list[int]]:
         """Token ids per prompt; refuses any prompt that cannot fit with its generation."""

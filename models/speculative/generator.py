@@ -1,9 +1,11 @@
 """The draft/verify loop. Target-only greedy decoding is the same loop with no proposer.
 
-Each iteration: the proposer drafts up to k tokens; ONE target forward over the last accepted
-token and the drafts (k + 1 positions) yields the target's own choice at every position;
-the longest agreeing prefix plus the target's next token are emitted; the target cache is
-rolled back to the accepted length. Output equals target-only greedy decoding by construction.
+Each iteration: the proposer drafts a token tree (a chain is a tree with one branch); ONE
+target forward over the last accepted token and the tree's nodes (ancestor mask, positions by
+depth) yields the target's own choice after every node; the longest agreeing root-to-node
+path plus the target's next token are emitted; the path's cache entries are moved into
+consecutive slots and the rest dropped. Output equals target-only greedy decoding by
+construction.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from models.common.metrics import Iteration, SequenceStats
 from models.llama.kv_cache import KVCache
 from models.llama.model import Transformer
 from models.speculative.proposers.base import Proposer, ProposerContext
+from models.speculative.tree import DraftTree, TreeSpec
 from models.speculative.verification import greedy_accept
 
 
@@ -40,17 +43,19 @@ class Generator:
         proposer: Proposer | None = None,
         *,
         n_draft_tokens: int = 0,
+        tree: TreeSpec | None = None,
         max_seq_len: int = 1024,
         eos_token_ids: tuple[int, ...] = (),
         prefill_seq_len: int | None = None,
     ):
-        """prefill_seq_len: prefill the prompt in chunks of this many tokens (fixed shapes for
+        """tree: the shape of the drafts (default: a chain of n_draft_tokens).
+        prefill_seq_len: prefill the prompt in chunks of this many tokens (fixed shapes for
         traces, bounded activation memory); None: one pass."""
-        if proposer is not None and n_draft_tokens < 1:
+        if proposer is not None and tree is None and n_draft_tokens < 1:
             raise UserError(f"--n_draft_tokens must be >= 1 for speculative methods, got {n_draft_tokens}")
         self.target = target
         self.proposer = proposer
-        self.k = n_draft_tokens if proposer is not None else 0
+        self.spec = (tree or TreeSpec(1, n_draft_tokens, n_draft_tokens)) if proposer is not None else None
         self.max_seq_len = max_seq_len
         self.prefill_seq_len = prefill_seq_len
         self.eos = frozenset(eos_token_ids)
@@ -67,12 +72,27 @@ class Generator:
                 f"max_seq_len={self.max_seq_len}; raise --max_seq_len or shorten the prompt"
             )
 
-    def _forward(self, tokens: torch.Tensor, start: int, logits_for: str, want_hidden: bool):
+    def _forward(self, tokens: torch.Tensor, start: int, logits_for: str, want_hidden: bool, **tree):
         """Target forward; hidden states [T, D] too when the proposer drafts from them."""
         if not want_hidden:
-            return self.target(tokens, self.cache, start, logits_for=logits_for), None
-        logits, hidden = self.target(tokens, self.cache, start, logits_for=logits_for, return_hidden=True)
+            return self.target(tokens, self.cache, start, logits_for=logits_for, **tree), None
+        logits, hidden = self.target(tokens, self.cache, start, logits_for=logits_for, return_hidden=True, **tree)
         return logits, hidden[0]
+
+    def _verify(self, root: int, tree: DraftTree, want_hidden: bool):
+        """One target pass over [root, *tree]; the accepted path ends up in consecutive slots."""
+        start = self.cache.length
+        device = self.target.device
+        block = torch.cat([torch.tensor([root], device=device), tree.tokens.to(device)])
+        shape = {}
+        if not tree.is_chain:
+            shape = {"positions": tree.positions(start).to(device), "tree_mask": tree.attention_mask().to(device)}
+        logits, hidden = self._forward(block.view(1, -1), start, "all", want_hidden, **shape)
+        acceptance = greedy_accept(tree, logits[0])
+        keep = [0] + [node + 1 for node in acceptance.path]
+        self.cache.compact(start, keep)
+        kept_hidden = hidden[keep] if want_hidden else None
+        return acceptance, kept_hidden
 
     def _prefill(self, prompt: torch.Tensor, want_hidden: bool):
         chunk = self.prefill_seq_len or prompt.shape[1]
@@ -109,22 +129,16 @@ class Generator:
         while out[-1] not in self.eos and len(out) < max_new_tokens:
             t_iter = time.perf_counter()
             remaining = max_new_tokens - len(out)
-            k = min(self.k, remaining - 1)
-            if k > 0:
-                drafts = self.proposer.propose(ctx, k)
+            if self.proposer is not None and remaining > 1:  # the target's own token always fits
+                tree = self.proposer.propose(ctx, self.spec.capped(remaining - 1))
                 synchronize(device)
             else:
-                drafts = torch.empty(0, dtype=torch.int64, device=device)
+                tree = DraftTree.empty(device)
             t_draft = time.perf_counter() - t_iter
 
-            start = cache.length
-            block = torch.cat([torch.tensor([tokens[-1]], device=device), drafts.to(device)])
-            logits, hidden = self._forward(block.view(1, -1), start, "all", want_hidden)
-            acceptance = greedy_accept(drafts, logits[0])
-            cache.rollback(start + 1 + acceptance.n_accepted)
+            acceptance, new_hidden = self._verify(tokens[-1], tree, want_hidden)
             if want_hidden:  # rows not yet consumed by the proposer are kept (a no-draft step)
-                new = hidden[: 1 + acceptance.n_accepted]
-                ctx.target_hidden = new if ctx.target_hidden is None else torch.cat([ctx.target_hidden, new])
+                ctx.target_hidden = new_hidden if ctx.target_hidden is None else torch.cat([ctx.target_hidden, new_hidden])
 
             emitted = acceptance.tokens[:remaining]
             for i, tok in enumerate(emitted):
@@ -133,12 +147,15 @@ class Generator:
                     break
             out.extend(emitted)
             tokens.extend(emitted)
+            accepted = min(acceptance.n_accepted, len(emitted))  # drafts past an EOS are not output
             it = Iteration(
-                proposed=drafts.numel(),
-                accepted=acceptance.n_accepted,
+                proposed=tree.n_nodes,
+                accepted=accepted,
                 emitted=len(emitted),
                 seconds=time.perf_counter() - t_iter,
                 draft_seconds=t_draft,
+                depth=tree.depth,
+                source=tree.sources[acceptance.path[accepted - 1]] if tree.sources and accepted else None,
             )
             stats.iterations.append(it)
             if on_iteration is not None:

@@ -27,3 +27,17 @@ def test_summary_follows_the_one_definition():
 def test_empty_summary_has_no_division_by_zero():
     s = summarize([SequenceStats(prompt_tokens=1, ttft_s=0.1)])
     assert s["acceptance_rate"] == 0.0 and s["target_calls"] == 0 and s["generated_tokens"] == 1
+
+
+def test_tree_iterations_count_depth_not_nodes_for_per_position_acceptance():
+    s = summarize([SequenceStats(prompt_tokens=2, ttft_s=0.1, iterations=[
+        Iteration(proposed=12, accepted=3, emitted=4, seconds=1.0, depth=4, source="eagle"),
+        Iteration(proposed=6, accepted=0, emitted=1, seconds=1.0, depth=2),
+        Iteration(proposed=0, accepted=0, emitted=1, seconds=1.0),
+    ])])
+    assert s["per_position_acceptance"] == pytest.approx([1 / 2, 1 / 2, 1, 0])
+    assert s["acceptance_rate"] == pytest.approx(3 / 18)
+    assert s["mean_accepted_tokens"] == pytest.approx(6 / 3)
+    assert s["mean_tree_nodes"] == pytest.approx(9) and s["mean_tree_depth"] == pytest.approx(3)
+    assert s["mean_branching"] == pytest.approx((3 + 3) / 2)
+    assert s["accepted_by_source"] == {"eagle": 1}

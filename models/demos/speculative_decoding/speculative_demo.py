@@ -51,6 +51,10 @@ def demo_config(request, mesh_device, params: dict) -> RunConfig:
         draft_model=opt("--draft_model"),
         speculator=opt("--speculator"),
         max_ngram_size=values["max_ngram_size"],
+        tree_topk=values["tree_topk"],
+        tree_depth=values["tree_depth"],
+        tree_budget=values["tree_budget"],
+        proposers=values["proposers"],
         max_seq_len=values["max_seq_len"],
         max_generated_tokens=values["max_generated_tokens"],
         batch_size=values["batch_size"],
@@ -68,22 +72,31 @@ def log_block(title: str, rows: dict) -> None:
 @pytest.mark.parametrize("device_params", [{"trace": True}], indirect=True)
 @pytest.mark.parametrize("mesh_device", [None], indirect=True)
 @pytest.mark.parametrize(
-    "method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts",
+    "method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree",
     [
-        ("self_draft", 2, 24, 48, DEFAULT_PROMPTS),
-        ("prompt_lookup", 4, None, 64, DEFAULT_PROMPTS),
-        ("prompt_lookup", 4, None, 64, LOOKUP_PROMPTS),
-        ("draft_model", 4, None, 41, DEFAULT_PROMPTS),
-        ("multi_projection", 4, None, 64, DEFAULT_PROMPTS),
-        ("eagle", 3, None, 64, DEFAULT_PROMPTS),
+        ("self_draft", 2, 24, 48, DEFAULT_PROMPTS, None),
+        ("prompt_lookup", 4, None, 64, DEFAULT_PROMPTS, None),
+        ("prompt_lookup", 4, None, 64, LOOKUP_PROMPTS, None),
+        ("draft_model", 4, None, 41, DEFAULT_PROMPTS, None),
+        ("multi_projection", 4, None, 64, DEFAULT_PROMPTS, None),
+        ("eagle", 3, None, 64, DEFAULT_PROMPTS, None),
+        ("eagle", 4, None, 64, DEFAULT_PROMPTS, (4, 16, None)),
+        ("multi_projection", 4, None, 64, DEFAULT_PROMPTS, (4, 16, None)),
+        ("prompt_lookup", 6, None, 64, LOOKUP_PROMPTS, (4, 24, None)),
+        ("suffix", 6, None, 64, LOOKUP_PROMPTS, (4, 24, None)),
+        ("multi", 4, None, 64, DEFAULT_PROMPTS, (4, 24, "eagle,prompt_lookup")),
     ],
-    ids=["self-draft", "prompt-lookup", "prompt-lookup-copying", "draft-model", "multi-projection", "eagle"],
+    ids=["self-draft", "prompt-lookup", "prompt-lookup-copying", "draft-model", "multi-projection", "eagle",
+         "tree-eagle", "tree-multi-projection", "tree-prompt-lookup-copying", "suffix", "multi-draft"],
 )
 def test_speculative_demo(
-    request, mesh_device, device_params, method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts
+    request, mesh_device, device_params, method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts,
+    tree,
 ):
+    tree_topk, tree_budget, proposers = tree or (1, None, None)
     params = dict(
         method=method, n_draft_tokens=n_draft_tokens, draft_layers=draft_layers,
+        tree_topk=tree_topk, tree_depth=None, tree_budget=tree_budget, proposers=proposers,
         max_generated_tokens=max_generated_tokens, target_layers=None, max_ngram_size=3,
         max_seq_len=1024, batch_size=1, instruct=1, input_prompts=input_prompts,
     )
@@ -100,6 +113,10 @@ def test_speculative_demo(
         **{k: v for k, v in config.describe().items() if k not in ("device", "dtype")},
         "input_prompts": prompts_file, "prompts": len(prompts), "device": mesh_device.describe(),
         "proposer": engine.proposer.describe() if engine.proposer else "none (target only)",
+        "draft tree": (
+            "chain" if engine.spec.is_chain else f"top-{engine.spec.topk}, depth {engine.spec.depth}, "
+            f"{engine.spec.budget} nodes per target call"
+        ) + ("" if config.tree_budget or engine.spec.is_chain else f" (default for {mesh_device.type})"),
     })
 
     # Warm-up (allocations, traces) outside the measurement, then interleave target-only and
@@ -108,12 +125,11 @@ def test_speculative_demo(
     engine.generator.generate(encoded[0], WARMUP_TOKENS)
     spec_results, base_results = [], []
     for i, ids in enumerate(encoded):
-        k = config.n_draft_tokens
-
-        def log_iteration(n: int, it: Iteration, k=k) -> None:
+        def log_iteration(n: int, it: Iteration) -> None:
+            shape = "" if it.depth is None or it.proposed == it.depth else f" (tree: {it.proposed} nodes, depth {it.depth})"
             logger.info(
                 f"Iteration {n}: {it.seconds * 1e3:.1f} ms @ {it.emitted / it.seconds:.1f} tok/s, "
-                f"accepted {it.accepted}/{it.proposed} draft tokens"
+                f"accepted {it.accepted}/{it.proposed} draft tokens{shape}"
             )
 
         order = ("spec", "base") if i % 2 else ("base", "spec")
@@ -142,6 +158,10 @@ def test_speculative_demo(
         "mean accepted tokens / target call": f"{summary['mean_accepted_tokens']:.3f}",
         "per-position acceptance": " ".join(f"{a:.2f}" for a in summary["per_position_acceptance"]),
         "target calls": f"{summary['target_calls']} (target-only: {base_summary['target_calls']})",
+        "tree nodes / depth / branching": (
+            f"{summary['mean_tree_nodes']:.1f} / {summary['mean_tree_depth']:.2f} / {summary['mean_branching']:.2f}"
+        ),
+        **({"accepted paths by proposer": summary["accepted_by_source"]} if summary["accepted_by_source"] else {}),
         "generated tokens": summary["generated_tokens"],
         "TTFT": f"{summary['ttft_s'] * 1e3:.1f} ms (target-only: {base_summary['ttft_s'] * 1e3:.1f} ms)",
         "decode tok/s": (
@@ -159,6 +179,6 @@ def test_speculative_demo(
     if target is None:
         logger.warning("no perf target matches this configuration: correctness checked, metrics not gated")
         return
-    failures = check(target, summary, speedup, config.n_draft_tokens)
+    failures = check(target, summary, speedup, engine.spec.depth)
     assert not failures, f"perf target {target.id!r} missed: " + "; ".join(failures)
     logger.info(f"perf target {target.id!r} met")

@@ -41,12 +41,29 @@ def test_rollback_is_only_a_length_change():
         cache.rollback(5)
 
 
-def test_reserve_refuses_overflow_with_a_clear_message():
-    cache = KVCache(1, 1, 8, 16)
-    cache.length = 14
-    assert cache.reserve(2) == (14, 16)
+def test_appends_are_checked_with_a_clear_message(model):
+    cache = model.new_cache(16)
+    model(tokens(14), cache, 0)
     with pytest.raises(UserError, match="exceeds max_seq_len=16"):
-        cache.reserve(3)
+        model(tokens(3), cache, 14)
+    with pytest.raises(ValueError, match="roll back first"):
+        model(tokens(1), cache, 15)  # past the live entries: would attend to a stale slot
+    cache.rollback(10)
+    with pytest.raises(ValueError, match="roll back first"):
+        model(tokens(1), cache, 12)  # a rollback one slot short would be caught, not read
+
+
+def test_compact_moves_the_kept_rows_into_place():
+    cache = KVCache(2, 1, 1, 16)
+    cache.k[:, 0, 0, :, 0] = torch.arange(16, dtype=torch.float32)
+    cache.v.copy_(-cache.k)
+    cache.length = 12
+    cache.compact(4, [0, 2, 5, 7])  # root at slot 4, accepted nodes at slots 6, 9, 11
+    assert cache.length == 8
+    assert cache.k[1, 0, 0, :8, 0].tolist() == [0, 1, 2, 3, 4, 6, 9, 11]
+    assert cache.v[0, 0, 0, :8, 0].tolist() == [-0.0, -1, -2, -3, -4, -6, -9, -11]
+    cache.compact(4, [0, 1])  # a chain prefix: nothing moves
+    assert cache.length == 6 and cache.k[0, 0, 0, 5, 0] == 6
 
 
 def test_view_shares_memory_and_has_its_own_length():

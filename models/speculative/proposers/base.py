@@ -1,13 +1,20 @@
-"""The proposer interface: context in, draft tokens out. The generator never knows which one runs."""
+"""The proposer interface (context in, a token tree out) and the registry that finds them.
+
+The generator never knows which proposer runs. Each proposer module registers a builder under
+its method name, so adding a way of drafting is one new file in this package.
+"""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from models.llama.kv_cache import KVCache
+from models.speculative.tree import DraftTree, TreeSpec
 
 
 @dataclasses.dataclass
@@ -15,7 +22,7 @@ class ProposerContext:
     """What a proposer may look at: all tokens so far (the last one is not yet in the target
     cache), the target cache itself, which holds every token before the last, and, for
     proposers that draft from features, the target's final hidden states [m, D] of the m
-    tokens that entered the cache since the last proposal (the prompt, then each accepted block);
+    tokens that entered the cache since the last proposal (the prompt, then each accepted path);
     a proposer that reads them sets it to None."""
 
     tokens: list[int]
@@ -31,8 +38,42 @@ class Proposer(abc.ABC):
         """A new sequence begins (after the target's prefill)."""
 
     @abc.abstractmethod
-    def propose(self, ctx: ProposerContext, k: int) -> torch.Tensor:
-        """Up to k draft tokens (int64, on the target's device); fewer, or none, is allowed."""
+    def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
+        """A tree within spec (depth, nodes; topk = 1: a chain), on the target's device;
+        a smaller tree, or an empty one, is allowed."""
 
     def describe(self) -> dict:
         return {"method": self.name}
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    """What a builder gets: the run configuration, the loaded target, the device, and a loader
+    that shares models across the process (spec, n_layers) -> LoadedModel."""
+
+    config: Any  # models.speculative.engine.RunConfig
+    target: Any  # models.llama.weights.LoadedModel
+    device: Any  # models.common.device.Device
+    load_model: Callable[[str, int | None], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposerEntry:
+    name: str
+    build: Callable[[BuildContext], Proposer]
+    summary: str  # one line for --help
+
+
+REGISTRY: dict[str, ProposerEntry] = {}
+
+
+def register(name: str, summary: str):
+    """Decorator for a builder: `@register("suffix", "...")\ndef build(ctx): ...`."""
+
+    def wrap(build: Callable[[BuildContext], Proposer]) -> Callable[[BuildContext], Proposer]:
+        if name in REGISTRY:
+            raise ValueError(f"proposer {name!r} registered twice")
+        REGISTRY[name] = ProposerEntry(name, build, summary)
+        return build
+
+    return wrap

@@ -1,4 +1,10 @@
-"""Drafting with a model: a separate smaller model, or the target's own first layers."""
+"""Drafting with a model: a separate smaller model, or the target's own first layers.
+
+Both grow the draft as a tree (tree_search.grow_tree; topk = 1 is a greedy chain) in the
+draft's own cache: the context first, then one call per level for the nodes being expanded,
+written after the context and seen through an ancestor mask. Before the next proposal the
+cache is rolled back to the context and the newly accepted tokens are fed.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +13,31 @@ import torch
 from models.common.errors import UserError
 from models.llama.kv_cache import KVCache
 from models.llama.model import Transformer
-from models.speculative.proposers.base import Proposer, ProposerContext
+from models.llama.trace import TracedModel
+from models.speculative.proposers.base import BuildContext, Proposer, ProposerContext, register
+from models.speculative.tree import DraftTree, TreeSpec
+from models.speculative.tree_search import Frontier, grow_tree
 
 
-def draft_chain(model: Transformer, cache: KVCache, pending: torch.Tensor, k: int) -> torch.Tensor:
-    """Feed the pending tokens [P], then draft k tokens greedily, one forward each.
-
-    Tokens stay on the device (no host read per step). On return the cache holds the pending
-    tokens and the first k - 1 drafts; the last draft was never fed.
-    """
+def draft_tree(model: Transformer, cache: KVCache, pending: torch.Tensor, spec: TreeSpec) -> DraftTree:
+    """Feed the pending tokens [P] (the last is the tree's root), then grow the tree. On return
+    the cache still holds the expanded nodes; callers roll back to the context."""
+    context = cache.length + pending.numel()
     logits = model(pending.view(1, -1), cache, cache.length, logits_for="last")
-    token = logits[0, -1].argmax()
-    drafts = [token]
-    for _ in range(k - 1):
-        logits = model(token.view(1, 1), cache, cache.length, logits_for="last")
-        token = logits[0, -1].argmax()
-        drafts.append(token)
-    return torch.stack(drafts)
+
+    def step(frontier: Frontier) -> torch.Tensor:
+        tree = {}  # a chain's level is one token seeing all before it: the plain (traceable) call
+        if not bool(frontier.mask.all()):
+            positions = context - 1 + torch.tensor(frontier.depths, device=model.device)
+            tree = {"positions": positions, "tree_mask": frontier.mask}
+        out = model(frontier.tokens.view(1, -1), cache, cache.length, **tree)
+        return torch.log_softmax(out[0].float(), dim=-1)
+
+    return grow_tree(torch.log_softmax(logits[0, -1].float(), dim=-1), step, spec)
 
 
 class DraftModelProposer(Proposer):
-    """A separate model with the target's vocabulary and its own KV cache.
-
-    The cache is kept in step with the context from lengths alone: after a verification that
-    accepted n drafts, the first min(n, k - 1) drafts the model fed are still valid.
-    """
+    """A separate model with the target's vocabulary and its own KV cache."""
 
     name = "draft_model"
 
@@ -45,27 +51,19 @@ class DraftModelProposer(Proposer):
         self.max_seq_len = max_seq_len
         self.label = label
         self.cache: KVCache | None = None
-        self._ctx_len = 0
-        self._fed_drafts = 0
+        self._context = 0  # tokens of the sequence in the draft cache
 
     def start(self, prompt: list[int], target_cache: KVCache) -> None:
         if self.cache is None or self.cache.max_seq_len < target_cache.max_seq_len:
             self.cache = self.model.new_cache(target_cache.max_seq_len)
         self.cache.reset()
-        self._ctx_len = 0
-        self._fed_drafts = 0
+        self._context = 0
 
-    def propose(self, ctx: ProposerContext, k: int) -> torch.Tensor:
-        tokens = ctx.tokens
-        if k < 1:
-            return torch.empty(0, dtype=torch.int64, device=self.model.device)
-        if self._ctx_len:
-            new = len(tokens) - self._ctx_len  # accepted drafts + the target's token
-            self.cache.rollback(self._ctx_len + min(new - 1, self._fed_drafts))
-        pending = torch.tensor(tokens[self.cache.length :], dtype=torch.int64, device=self.model.device)
-        drafts = draft_chain(self.model, self.cache, pending, k)
-        self._ctx_len, self._fed_drafts = len(tokens), k - 1
-        return drafts
+    def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
+        self.cache.rollback(self._context)
+        pending = torch.tensor(ctx.tokens[self._context :], dtype=torch.int64, device=self.model.device)
+        self._context = len(ctx.tokens)
+        return draft_tree(self.model, self.cache, pending, spec)
 
     def describe(self) -> dict:
         return {"method": self.name, "draft_model": self.label, "draft_layers": self.model.args.n_layers}
@@ -92,12 +90,41 @@ class SelfDraftProposer(Proposer):
     def start(self, prompt: list[int], target_cache: KVCache) -> None:
         self.cache = KVCache.view(target_cache, self.model.args.n_layers)
 
-    def propose(self, ctx: ProposerContext, k: int) -> torch.Tensor:
-        if k < 1:
-            return torch.empty(0, dtype=torch.int64, device=self.model.device)
+    def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         self.cache.length = ctx.target_cache.length
         pending = torch.tensor(ctx.tokens[self.cache.length :], dtype=torch.int64, device=self.model.device)
-        return draft_chain(self.model, self.cache, pending, k)
+        return draft_tree(self.model, self.cache, pending, spec)
 
     def describe(self) -> dict:
         return {"method": self.name, "draft_layers": self.model.args.n_layers}
+
+
+def _check_vocabulary(draft, target, config) -> None:
+    if draft.model.args.vocab_size != target.model.args.vocab_size:
+        same = False
+    else:
+        hf_a, hf_b = getattr(draft.tokenizer, "hf", None), getattr(target.tokenizer, "hf", None)
+        same = hf_a.get_vocab() == hf_b.get_vocab() if hf_a is not None and hf_b is not None else (
+            type(draft.tokenizer) is type(target.tokenizer))
+    if not same:
+        raise UserError(
+            f"draft model {config.draft_model!r} has a different vocabulary from the target {config.model!r}; "
+            "a draft must share the target's tokenizer"
+        )
+
+
+@register("draft_model", "a separate smaller model with the target's tokenizer (--draft_model, --draft_layers)")
+def build_draft_model(b: BuildContext) -> Proposer:
+    c = b.config
+    draft = b.load_model(c.draft_model or c.model, c.draft_layers)
+    _check_vocabulary(draft, b.target, c)
+    traced = TracedModel(draft.model, traced=b.device.traced, max_block=2)
+    return DraftModelProposer(traced, c.max_seq_len, target_vocab_size=b.target.model.args.vocab_size,
+                              label=c.draft_model or c.model)
+
+
+@register("self_draft", "the target's own first --draft_layers layers, sharing its weights and cache")
+def build_self_draft(b: BuildContext) -> Proposer:
+    if b.config.draft_layers is None:
+        raise UserError("--method self_draft needs --draft_layers")
+    return SelfDraftProposer(b.target.model, b.config.draft_layers)

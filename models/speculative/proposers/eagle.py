@@ -1,9 +1,10 @@
-"""EAGLE-style drafting: a one-layer feature-level draft chained k times.
+"""EAGLE-style drafting: a one-layer feature-level draft, grown as a dynamic tree (EAGLE-2).
 
 The draft's cache holds one entry per target position: the pair (token after it, the target's
-feature at it). After each verification the pairs built on drafted (predicted) features are
-dropped and the accepted positions are re-read with the target's real features, then the
-draft chains from its own predicted features.
+feature at it). After each verification the entries built on drafted (predicted) features are
+dropped and the accepted positions are re-read with the target's real features; then the tree
+grows from the draft's own predicted features: a node's input is its token with its parent's
+predicted feature, and the nodes of one level are fed together under an ancestor mask.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import torch
 
 from models.llama.kv_cache import KVCache
-from models.speculative.proposers.base import Proposer, ProposerContext
+from models.speculative.proposers.base import BuildContext, Proposer, ProposerContext, register
+from models.speculative.speculators import heads
 from models.speculative.speculators.heads import EagleHead
+from models.speculative.tree import DraftTree, TreeSpec
+from models.speculative.tree_search import Frontier, grow_tree
 
 
 class EagleProposer(Proposer):
@@ -31,12 +35,12 @@ class EagleProposer(Proposer):
         self.cache.reset()
         self.real = 0
 
-    def propose(self, ctx: ProposerContext, k: int) -> torch.Tensor:
+    def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         features, ctx.target_hidden = ctx.target_hidden, None
-        layer, vocab = self.head.layer, self.head.draft_vocab
+        layer = self.head.layer
         device = features.device
         # The m positions that just entered the target cache end at its length; each pairs
-        # with the token after it (the last of these is the target's newest token).
+        # with the token after it (the last of these is the root, the target's newest token).
         end = ctx.target_cache.length
         m = features.shape[0]
         next_tokens = torch.tensor(ctx.tokens[end - m + 1 : end + 1], device=device)
@@ -44,15 +48,28 @@ class EagleProposer(Proposer):
         x = self.head.inputs(next_tokens, features)
         logits, hidden = layer(None, self.cache, self.real, embeds=x[None], logits_for="last", return_hidden=True)
         self.real += m
-        draft = vocab[logits[0, -1].argmax()]
-        drafts = [draft]
-        for _ in range(k - 1):
-            x = self.head.inputs(draft.view(1), hidden[0, -1:])
-            logits, hidden = layer(None, self.cache, self.cache.length, embeds=x[None], logits_for="last",
-                                   return_hidden=True)
-            draft = vocab[logits[0, -1].argmax()]
-            drafts.append(draft)
-        return torch.stack(drafts)
+        node_hidden = {-1: hidden[0, -1]}  # predicted feature per fed node; -1 = the root's
+
+        def step(frontier: Frontier) -> torch.Tensor:
+            parent_features = torch.stack([node_hidden[p] for p in frontier.parents])
+            x = self.head.inputs(self.head.draft_vocab[frontier.tokens], parent_features)
+            tree = {}
+            if not bool(frontier.mask.all()):
+                positions = self.real - 1 + torch.tensor(frontier.depths, device=device)
+                tree = {"positions": positions, "tree_mask": frontier.mask}
+            out, h = layer(None, self.cache, self.cache.length, embeds=x[None], return_hidden=True, **tree)
+            for i, node in enumerate(frontier.nodes):
+                node_hidden[node] = h[0, i]
+            return torch.log_softmax(out[0].float(), dim=-1)
+
+        return grow_tree(torch.log_softmax(logits[0, -1].float(), dim=-1), step, spec,
+                         token_map=self.head.draft_vocab)
 
     def describe(self) -> dict:
         return {"method": self.name, "speculator": self.label, "draft_vocab_size": self.head.config.draft_vocab_size}
+
+
+@register("eagle", "a trained one-layer feature-level draft head (--speculator; default: shipped)")
+def build(b: BuildContext) -> Proposer:
+    head, folder = heads.load_configured(b.config.speculator, b.config.model, b.target.model, "eagle")
+    return EagleProposer(head, label=str(folder))

@@ -19,18 +19,20 @@ draft index -> target token id.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.common.cli import read_json_file, write_json_atomic
 from models.common.errors import UserError
 from models.llama.config import ModelArgs
 from models.llama.model import Transformer, linear
+from models.llama.weights import DEFAULT_MODEL
 
 KINDS = ("multi_projection", "eagle")
+SHIPPED = Path(__file__).resolve().parent / "weights"  # shipped speculators: <model>-<kind>/
 CONFIG_FILE = "speculator_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -47,16 +49,17 @@ class SpeculatorConfig:
     training: dict = dataclasses.field(default_factory=dict)  # how it was made, for the record
 
     def save(self, folder: Path) -> None:
-        (folder / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        write_json_atomic(folder / CONFIG_FILE, dataclasses.asdict(self))
 
     @classmethod
     def load(cls, folder: Path) -> SpeculatorConfig:
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise UserError(f"{folder} has no {CONFIG_FILE}; expected a speculator folder")
-        data = json.loads(path.read_text())
-        if data.get("kind") not in KINDS:
-            raise UserError(f"{path}: unknown speculator kind {data.get('kind')!r}; expected one of {KINDS}")
+        data = read_json_file(path, "speculator config")
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind not in KINDS:
+            raise UserError(f"{path}: unknown speculator kind {kind!r}; expected one of {KINDS}")
         return cls(**data)
 
 
@@ -178,3 +181,23 @@ def load(folder: str | Path, target: Transformer) -> nn.Module:
     state = {k: v.to(target.dtype) if v.is_floating_point() else v for k, v in state.items()}
     head.load_state_dict(state, strict=False)
     return head.eval()
+
+
+def shipped_folder(model: str, kind: str) -> Path:
+    """The shipped speculator weights for a model, or a one-line pointer to training them."""
+    folder = SHIPPED / f"{model}-{kind}"
+    if model != DEFAULT_MODEL or not folder.is_dir():
+        raise UserError(
+            f"no shipped {kind} speculator for model {model!r}; train one with "
+            f"scripts/train_speculator.py --kind {kind} and pass --speculator PATH"
+        )
+    return folder
+
+
+def load_configured(speculator: str | None, model: str, target: Transformer, kind: str) -> tuple[nn.Module, Path]:
+    """--speculator PATH (default: the shipped one for --model), checked to be of this kind."""
+    folder = Path(speculator) if speculator else shipped_folder(model, kind)
+    head = load(folder, target)
+    if head.config.kind != kind:
+        raise UserError(f"--speculator {folder} holds a {head.config.kind} speculator, not {kind}")
+    return head, folder

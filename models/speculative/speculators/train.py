@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from loguru import logger
 from tqdm import tqdm
 
+from models.llama.model import linear
 from models.speculative.speculators.data import Example
 from models.speculative.speculators.heads import EagleHead, MultiProjectionHeads
 
@@ -84,6 +85,7 @@ def multi_projection_loss(heads: MultiProjectionHeads, batch: list[Example], t2d
     tokens, feats, pad, start = _pad_batch(batch, device)
     width = tokens.shape[1]
     pos = torch.arange(width, device=device)
+    features = heads.features(feats[:, : max(0, width - 2)])  # [B, W-2, n_heads, D]: the inference path
     losses = []
     for i in range(heads.config.n_heads):
         offset = i + 2  # head i at position p predicts the token at p + 1 + (i + 1)
@@ -95,11 +97,8 @@ def multi_projection_loss(heads: MultiProjectionHeads, batch: list[Example], t2d
         valid = (p[None, :] >= start[:, None] - 1) & (label != IGNORE)
         if not bool(valid.any()):
             continue
-        h = feats[:, : width - offset][valid]  # [N, D]
-        x = h
-        for b in range(heads.config.n_blocks):
-            x = x + F.silu(x @ heads.weight[i, b].T + heads.bias[i, b])
-        losses.append(F.cross_entropy(x @ heads.lm_head.T, label[valid]))
+        x = features[:, : width - offset, i][valid]  # [N, D]
+        losses.append(F.cross_entropy(linear(x, heads.lm_head), label[valid]))
     return torch.stack(losses).mean()
 
 

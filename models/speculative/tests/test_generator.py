@@ -1,4 +1,5 @@
-"""The loop on a scripted target: exact counters, EOS inside a block, the length cap, rollback."""
+"""The loop on a scripted target: exact counters, EOS inside a block, the length cap, rollback,
+tree verification and cache compaction."""
 
 from collections.abc import Callable
 
@@ -10,6 +11,7 @@ from models.common.metrics import summarize
 from models.llama.kv_cache import KVCache
 from models.speculative.generator import Generator
 from models.speculative.proposers.base import Proposer, ProposerContext
+from models.speculative.tree import DraftTree, TreeSpec
 
 V = 16
 EOS = 0
@@ -17,7 +19,9 @@ EOS = 0
 
 class ScriptedTarget:
     """A model whose greedy next token is rule(context). The context is read back from the KV
-    cache (token ids stored in it), so a wrong rollback shows up as a wrong token."""
+    cache (token ids and RoPE positions stored in it) and, inside a tree block, through the
+    tree mask, so a wrong rollback, a wrong compaction or a wrong position shows up as a wrong
+    token."""
 
     device = torch.device("cpu")
 
@@ -26,34 +30,53 @@ class ScriptedTarget:
         self.calls = 0
 
     def new_cache(self, max_seq_len: int) -> KVCache:
-        return KVCache(1, 1, 1, max_seq_len)
+        return KVCache(1, 1, 2, max_seq_len)
 
-    def __call__(self, tokens, cache, start, logits_for="all"):
+    def __call__(self, tokens, cache, start, logits_for="all", positions=None, tree_mask=None):
         self.calls += 1
         n = tokens.shape[1]
+        cache.check_append(start, n)
+        if positions is None:
+            positions = start + torch.arange(n)
+        if tree_mask is None:
+            tree_mask = torch.ones(n, n, dtype=torch.bool).tril()
         cache.k[0, 0, 0, start : start + n, 0] = tokens[0].float()
+        cache.k[0, 0, 0, start : start + n, 1] = positions.float()
         cache.length = start + n
         rows = range(n - 1, n) if logits_for == "last" else range(n)
         logits = torch.zeros(1, len(rows), V)
         for r, i in enumerate(rows):
-            context = cache.k[0, 0, 0, : start + i + 1, 0].long().tolist()
-            logits[0, r, self.rule(context)] = 1.0
+            slots = list(range(start)) + [start + j for j in range(n) if tree_mask[i, j]]
+            entries = cache.k[0, 0, 0, slots]
+            # every entry must sit at the position its order says, else the "model" is off by it
+            shift = int((entries[:, 1] - torch.arange(len(slots))).abs().sum())
+            logits[0, r, (self.rule(entries[:, 0].long().tolist()) + shift) % V] = 1.0
         return logits
 
 
 class ScriptedProposer(Proposer):
-    def __init__(self, draft: Callable[[list[int], int], list[int]]):
+    """Drafts a chain from draft(tokens, k), or any tree from tree(tokens, spec)."""
+
+    def __init__(self, draft: Callable[[list[int], int], list[int]] | None = None, tree=None):
         self.draft = draft
+        self.tree = tree
         self.asked: list[int] = []
 
-    def propose(self, ctx: ProposerContext, k: int) -> torch.Tensor:
-        self.asked.append(k)
-        return torch.tensor(self.draft(list(ctx.tokens), k), dtype=torch.int64)
+    def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
+        self.asked.append(spec.depth)
+        if self.tree is not None:
+            return self.tree(list(ctx.tokens), spec)
+        return DraftTree.chain(self.draft(list(ctx.tokens), spec.depth))
 
 
 def counting_rule(context: list[int]) -> int:
     """Never EOS: 1, 2, ..., 15, 1, 2, ..."""
     return context[-1] % (V - 1) + 1
+
+
+def mixing_rule(context: list[int]) -> int:
+    """Never EOS; depends on every token of the context and on its length."""
+    return (sum((j + 3) * t for j, t in enumerate(context)) + len(context)) % (V - 1) + 1
 
 
 def oracle_for(rule):
@@ -66,10 +89,10 @@ def oracle_for(rule):
     return draft
 
 
-def run(rule, draft, k, max_new, prompt=(1, 2, 3)):
+def run(rule, draft, k, max_new, prompt=(1, 2, 3), tree=None, spec=None):
     target = ScriptedTarget(rule)
-    proposer = ScriptedProposer(draft) if draft else None
-    gen = Generator(target, proposer, n_draft_tokens=k, max_seq_len=64, eos_token_ids=(EOS,))
+    proposer = ScriptedProposer(draft, tree) if draft or tree else None
+    gen = Generator(target, proposer, n_draft_tokens=k, tree=spec, max_seq_len=96, eos_token_ids=(EOS,))
     result = gen.generate(list(prompt), max_new)
     return result, target, proposer
 
@@ -116,9 +139,9 @@ def test_eos_inside_an_accepted_block_ends_generation_there():
     spec, _, _ = run(eos_after_four, oracle_for(eos_after_four), 4, 30, prompt=(1,))
     assert base.tokens == [2, 3, 4, EOS]
     assert spec.tokens == base.tokens
-    # drafts [3, 4, EOS, 1] were all accepted, but nothing after EOS was emitted
+    # drafts [3, 4, EOS, 1] all match the target, but nothing after EOS was emitted
     (it,) = spec.stats.iterations
-    assert (it.accepted, it.emitted) == (4, 3)
+    assert (it.accepted, it.emitted) == (3, 3)  # the draft after EOS is never output, so not counted
 
 
 def test_eos_as_first_token_stops_after_prefill():
@@ -148,3 +171,98 @@ def test_prompt_plus_generation_must_fit_max_seq_len():
 def test_speculative_generator_needs_a_positive_k():
     with pytest.raises(UserError, match="n_draft_tokens must be >= 1"):
         Generator(ScriptedTarget(counting_rule), ScriptedProposer(lambda t, k: []), n_draft_tokens=0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_a_rule_over_the_whole_context_catches_rollback_and_positions(k):
+    """With a rule that reads every cached token and position, partial acceptance must leave
+    exactly the accepted context in the cache (a rollback one slot short changes the tokens)."""
+    def half_right(tokens, k):
+        good = oracle_for(mixing_rule)(tokens, k)
+        return good[: len(tokens) % (k + 1)] + [(t % (V - 2)) + 1 for t in good[len(tokens) % (k + 1):]]
+
+    base, _, _ = run(mixing_rule, None, 0, 40)
+    spec, _, _ = run(mixing_rule, half_right, k, 40)
+    assert spec.tokens == base.tokens
+    assert len(set(base.tokens)) > 5  # the rule really mixes
+
+
+def test_the_scripted_target_notices_a_short_rollback(monkeypatch):
+    """The check above can fail: roll back one slot short and the output changes."""
+    real = KVCache.compact
+
+    def short(self, start, keep):
+        real(self, start, keep)
+        self.length -= 1 if len(keep) > 1 else 0
+
+    base, _, _ = run(mixing_rule, None, 0, 30)
+    monkeypatch.setattr(KVCache, "compact", short)
+    spec, _, _ = run(mixing_rule, oracle_for(mixing_rule), 3, 30)
+    assert spec.tokens != base.tokens
+
+
+def tree_with_answer_on(branch: int, width: int, depth: int, rule, wrong_tail: bool = False):
+    """A proposer drafting `width` chains of `depth` under the root, merged (first tokens
+    differ); only chain `branch` follows the rule. Node order interleaves levels, as a real
+    tree does, so compaction must gather non-adjacent slots."""
+    def tree(tokens, spec):
+        d = min(depth, spec.depth)
+        good = oracle_for(rule)(tokens, d)
+        chains = []
+        for b in range(width):
+            if b == branch:
+                chain = list(good)
+                if wrong_tail and d > 1:
+                    chain[-1] = chain[-1] % (V - 1) + 1
+            else:
+                chain = [(good[0] + b + (b >= branch)) % (V - 1) + 1] + good[1:]
+            chains.append(chain)
+        toks, parents = [], []
+        last = [-1] * width
+        for level in range(d):
+            for b in range(width):
+                toks.append(chains[b][level])
+                parents.append(last[b])
+                last[b] = len(toks) - 1
+        return DraftTree(torch.tensor(toks), tuple(parents))
+    return tree
+
+
+@pytest.mark.parametrize("branch, width, depth", [(0, 3, 4), (2, 3, 4), (1, 4, 2), (3, 4, 5)])
+def test_tree_accepts_the_right_branch_and_compacts_the_cache(branch, width, depth):
+    base, _, _ = run(mixing_rule, None, 0, 41)
+    spec, target, _ = run(mixing_rule, None, depth, 41, tree=tree_with_answer_on(branch, width, depth, mixing_rule),
+                          spec=TreeSpec(width, depth, width * depth))
+    assert spec.tokens == base.tokens
+    s = summarize([spec.stats])
+    assert s["mean_accepted_tokens"] == pytest.approx(40 / s["target_calls"])
+    assert all(it.accepted == min(depth, 40 - sum(x.emitted for x in spec.stats.iterations[:i]) - 1)
+               for i, it in enumerate(spec.stats.iterations))
+    assert spec.stats.iterations[0].proposed == width * depth and spec.stats.iterations[0].depth == depth
+
+
+def test_tree_partial_path_is_exact():
+    base, _, _ = run(mixing_rule, None, 0, 30)
+    spec, _, _ = run(mixing_rule, None, 4, 30, tree=tree_with_answer_on(1, 3, 4, mixing_rule, wrong_tail=True),
+                     spec=TreeSpec(3, 4, 12))
+    assert spec.tokens == base.tokens
+    assert all(it.accepted == 3 for it in spec.stats.iterations[:-1])
+
+
+def test_eos_inside_an_accepted_tree_path_ends_generation_there():
+    def eos_after_four(context):
+        return EOS if context[-1] == 4 else context[-1] % (V - 1) + 1
+
+    base, _, _ = run(eos_after_four, None, 0, 30, prompt=(1,))
+    spec, _, _ = run(eos_after_four, None, 4, 30, prompt=(1,), tree=tree_with_answer_on(1, 2, 4, eos_after_four),
+                     spec=TreeSpec(2, 4, 8))
+    assert spec.tokens == base.tokens == [2, 3, 4, EOS]
+    (it,) = spec.stats.iterations
+    assert (it.accepted, it.emitted) == (3, 3)
+
+
+def test_tree_depth_is_capped_by_the_tokens_left():
+    spec, _, proposer = run(mixing_rule, None, 4, 8, tree=tree_with_answer_on(0, 2, 4, mixing_rule),
+                            spec=TreeSpec(2, 4, 8))
+    assert len(spec.tokens) == 8
+    assert proposer.asked == [4, 1]

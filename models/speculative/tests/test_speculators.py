@@ -134,11 +134,11 @@ def test_eagle_incremental_cache_equals_recomputing_from_scratch(target):
     checked = []
 
     class Recording(EagleProposer):
-        def propose(self, ctx, k):
+        def propose(self, ctx, spec):
             features_so_far.append(ctx.target_hidden.clone())
-            drafts = proposer.propose(ctx, k)
+            drafts = proposer.propose(ctx, spec)
             feats = torch.cat(features_so_far)
-            checked.append(drafts.tolist() == eagle_from_scratch(head, ctx.tokens, feats, k))
+            checked.append(drafts.tokens.tolist() == eagle_from_scratch(head, ctx.tokens, feats, spec.depth))
             return drafts
 
         def start(self, prompt, cache):

@@ -1,9 +1,12 @@
+"""Greedy acceptance on hand-built logits, over chains and trees."""
+
 import pytest
 import torch
 
+from models.speculative.tree import DraftTree
 from models.speculative.verification import greedy_accept
 
-V = 6
+V = 8
 
 
 def logits_for(choices: list[int]) -> torch.Tensor:
@@ -15,30 +18,80 @@ def logits_for(choices: list[int]) -> torch.Tensor:
     return logits
 
 
+def chain(tokens):
+    return DraftTree.chain(torch.tensor(tokens, dtype=torch.int64))
+
+
 def test_all_accepted_gives_bonus_token():
-    acc = greedy_accept(torch.tensor([3, 1, 4]), logits_for([3, 1, 4, 5]))
+    acc = greedy_accept(chain([3, 1, 4]), logits_for([3, 1, 4, 5]))
     assert acc.n_accepted == 3
+    assert acc.path == [0, 1, 2]
     assert acc.tokens == [3, 1, 4, 5]
 
 
 def test_none_accepted_gives_the_correction():
-    acc = greedy_accept(torch.tensor([2, 1, 4]), logits_for([3, 1, 4, 5]))
+    acc = greedy_accept(chain([2, 1, 4]), logits_for([3, 1, 4, 5]))
     assert acc.n_accepted == 0
     assert acc.tokens == [3]
 
 
 def test_partial_prefix_stops_at_first_mismatch_even_if_later_ones_match():
-    acc = greedy_accept(torch.tensor([3, 0, 4]), logits_for([3, 1, 4, 5]))
+    acc = greedy_accept(chain([3, 0, 4]), logits_for([3, 1, 4, 5]))
     assert acc.n_accepted == 1
     assert acc.tokens == [3, 1]
 
 
 def test_no_drafts_is_a_plain_decode_step():
-    acc = greedy_accept(torch.empty(0, dtype=torch.int64), logits_for([2]))
+    acc = greedy_accept(DraftTree.empty(), logits_for([2]))
     assert acc.n_accepted == 0
     assert acc.tokens == [2]
 
 
-def test_rows_must_be_k_plus_one():
+def test_rows_must_be_nodes_plus_one():
     with pytest.raises(ValueError, match="need 3 rows"):
-        greedy_accept(torch.tensor([1, 2]), logits_for([1, 2]))
+        greedy_accept(chain([1, 2]), logits_for([1, 2]))
+
+
+# A tree of 7 nodes:        root
+#                        /   |    \
+#                    0:3   1:5    2:6
+#                   /   \          |
+#                 3:1   4:2       5:7
+#                  |
+#                 6:4
+TREE = DraftTree(torch.tensor([3, 5, 6, 1, 2, 7, 4]), (-1, -1, -1, 0, 0, 2, 3))
+
+
+def test_deepest_branch_is_accepted():
+    # block rows: root, then nodes 0..6; the target says 3 after root, 1 after node 0, 4 after node 3,
+    # 0 after node 6 (the bonus); rows of nodes off the path do not matter
+    choices = [3, 1, 0, 4, 0, 0, 0, 0]
+    choices[0 + 1], choices[3 + 1], choices[6 + 1] = 1, 4, 0
+    acc = greedy_accept(TREE, logits_for(choices))
+    assert acc.path == [0, 3, 6]
+    assert acc.tokens == [3, 1, 4, 0]
+
+
+def test_a_later_sibling_branch_is_accepted():
+    choices = [6, 0, 0, 7, 0, 0, 2, 0]  # root -> 6 (node 2, row 3) -> 7 (node 5, row 6) -> bonus 2
+    acc = greedy_accept(TREE, logits_for(choices))
+    assert acc.path == [2, 5]
+    assert acc.tokens == [6, 7, 2]
+
+
+def test_no_child_matches_gives_the_correction_only():
+    choices = [4] + [0] * 7
+    acc = greedy_accept(TREE, logits_for(choices))
+    assert acc.path == [] and acc.tokens == [4]
+
+
+def test_path_stops_where_the_tree_ends_and_takes_the_bonus_there():
+    choices = [5, 0, 3, 0, 0, 0, 0, 0]  # root -> 5 (node 1, a leaf) -> bonus 3
+    acc = greedy_accept(TREE, logits_for(choices))
+    assert acc.path == [1] and acc.tokens == [5, 3]
+
+
+def test_duplicate_siblings_take_the_first():
+    tree = DraftTree(torch.tensor([2, 2, 3]), (-1, -1, 1))
+    acc = greedy_accept(tree, logits_for([2, 3, 3, 1]))
+    assert acc.path == [0] and acc.tokens == [2, 3]

@@ -23,7 +23,8 @@ class FakeRequest:
 
 
 PARAMS = dict(method="self_draft", n_draft_tokens=2, draft_layers=24, max_generated_tokens=48, target_layers=None,
-              max_ngram_size=3, max_seq_len=1024, batch_size=1, instruct=1, input_prompts="p.json")
+              max_ngram_size=3, max_seq_len=1024, batch_size=1, instruct=1, input_prompts="p.json",
+              tree_topk=1, tree_depth=None, tree_budget=None, proposers=None)
 
 
 def test_command_line_overrides_parametrized_values_including_zero():

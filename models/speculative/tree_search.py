@@ -1,0 +1,88 @@
+"""Growing a draft tree from a model's next-token log-probabilities (EAGLE-2's dynamic tree).
+
+Level by level: the `topk` best nodes of the newest level (by cumulative draft log-probability,
+i.e. the draft's own probability of the whole path) are fed to the draft in one call, each
+gets its `topk` best children; after `depth` levels every candidate is reranked and the
+`budget` best are kept. A child never scores above its parent, so the kept set is a tree.
+
+One departure from EAGLE-2: the draft's own greedy chain (the best child of the best child...)
+is always expanded and always kept (when the budget holds `depth` nodes), so a tree never
+accepts less than the chain of the same depth would; the other nodes compete by score.
+With topk = 1 this is exactly greedy chain drafting: one fed token per level.
+
+The draft model is hidden behind `step`: it gets the frontier (nodes to feed, their tokens,
+depths, and the attention mask over the nodes fed so far) and returns their log-probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
+from models.speculative.tree import DraftTree, TreeSpec
+
+
+@dataclasses.dataclass
+class Frontier:
+    nodes: list[int]  # candidate ids being fed (ids index GrownTree.tokens / parents)
+    parents: list[int]  # their parents (-1: the root)
+    tokens: torch.Tensor  # [F] draft-vocabulary ids
+    depths: list[int]  # 1 = a child of the root
+    mask: torch.Tensor  # [F, W] bool over the W nodes fed so far incl. these (slot order)
+
+
+Step = Callable[[Frontier], torch.Tensor]  # -> log-probabilities [F, V]
+
+
+def grow_tree(root_logprobs: torch.Tensor, step: Step, spec: TreeSpec,
+              token_map: torch.Tensor | None = None) -> DraftTree:
+    """root_logprobs: [V] for the token after the root. token_map: draft id -> target id."""
+    device = root_logprobs.device
+    k = max(1, spec.topk)
+    budget = min(spec.budget, spec.depth) if k == 1 else spec.budget
+    scores: list[float] = []
+    tokens: list[int] = []
+    parents: list[int] = []
+    depths: list[int] = []
+    fed: list[int] = []  # candidate ids in draft-cache slot order
+    ancestors: list[set[int]] = []  # per candidate: itself and its fed ancestors
+
+    def add_children(parent_ids: list[int], logprobs: torch.Tensor, depth: int) -> list[int]:
+        values, ids = logprobs.float().topk(k, dim=-1)  # [F, k]
+        base = torch.tensor([scores[p] if p >= 0 else 0.0 for p in parent_ids], device=values.device)
+        cum = (values + base[:, None]).tolist()
+        ids = ids.tolist()
+        new = []
+        for row, parent in enumerate(parent_ids):
+            for j in range(k):
+                new.append(len(tokens))
+                scores.append(cum[row][j])
+                tokens.append(ids[row][j])
+                parents.append(parent)
+                depths.append(depth)
+                ancestors.append((ancestors[parent] if parent >= 0 else set()) | {new[-1]})
+        return new
+
+    level = add_children([-1], root_logprobs[None], 1)
+    greedy = [level[0]]  # topk lists the best child first
+    for depth in range(2, spec.depth + 1):
+        others = sorted((c for c in level if c != greedy[-1]), key=lambda c: -scores[c])
+        level = [greedy[-1], *others[: k - 1]]
+        fed.extend(level)
+        mask = torch.tensor([[f in ancestors[c] for f in fed] for c in level], dtype=torch.bool, device=device)
+        frontier = Frontier(level, [parents[c] for c in level],
+                            torch.tensor([tokens[c] for c in level], device=device), [depth - 1] * len(level), mask)
+        logprobs = step(frontier)
+        level = add_children(level, logprobs, depth)
+        greedy.append(level[0])  # the greedy node was fed first, its best child comes first
+
+    in_chain = set(greedy)
+    order = sorted(range(len(tokens)), key=lambda c: (c not in in_chain, -scores[c], depths[c], c))[:budget]
+    keep = sorted(order)  # creation order is topological
+    index = {c: i for i, c in enumerate(keep)}
+    out = torch.tensor([tokens[c] for c in keep], dtype=torch.int64, device=device)
+    if token_map is not None:
+        out = token_map[out]
+    return DraftTree(out, tuple(index[parents[c]] if parents[c] >= 0 else -1 for c in keep))
