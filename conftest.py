@@ -10,6 +10,7 @@ import importlib.util
 
 import pytest
 
+from models.common.cli import tree_budget_arg
 from models.common.device import DeviceUnavailable, open_device, requested_device_name
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_GGUF_PACKAGE, DEFAULT_MODEL, load_model
@@ -27,7 +28,7 @@ DEMO_OPTIONS = {
     "--max_ngram_size": (int, "prompt_lookup: longest n-gram matched"),
     "--tree_topk": (int, "children per draft-tree node (1: a chain)"),
     "--tree_depth": (int, "draft-tree levels (default: --n_draft_tokens)"),
-    "--tree_budget": (int, "tree nodes verified per target call, root excluded"),
+    "--tree_budget": (tree_budget_arg, "tree nodes verified per target call, root excluded, or auto"),
     "--proposers": (str, "--method multi: comma-separated proposers whose trees are merged"),
     "--draft_model": (str, "draft_model: the draft's model spec"),
     "--speculator": (str, "multi_projection / eagle: trained speculator folder (default: the shipped one)"),

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loguru import logger
 from tqdm import tqdm
 
-from models.common.cli import ArgumentParser, bool01, check_writable, run_cli, write_json_atomic
+from models.common.cli import ArgumentParser, bool01, check_writable, run_cli, tree_budget_arg, write_json_atomic
 from models.common.device import requested_device_name
 from models.common.metrics import summarize
 from models.common.prompts import load_prompts
@@ -49,8 +49,9 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--tree_topk", type=int, default=d.tree_topk,
                    help="children per draft node; 1 (default): a chain of --n_draft_tokens")
     p.add_argument("--tree_depth", type=int, default=None, help="draft tree levels (default: --n_draft_tokens)")
-    p.add_argument("--tree_budget", type=int, default=None,
-                   help="tree nodes verified per target call, root excluded (default: 16 on cpu, 32 on cuda)")
+    p.add_argument("--tree_budget", type=tree_budget_arg, default=None,
+                   help="tree nodes verified per target call, root excluded, or 'auto' (picked from this "
+                        "device's measured verify cost and the acceptance seen); default: 16 on cpu, 32 on cuda")
     p.add_argument("--proposers", default=None, help="--method multi: proposers to merge, e.g. eagle,prompt_lookup")
     p.add_argument("--max_seq_len", type=int, default=d.max_seq_len)
     p.add_argument("--prefill_seq_len", type=int, default=None, help="prefill in chunks of this many tokens")

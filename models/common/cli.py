@@ -27,6 +27,16 @@ def bool01(value: str) -> bool:
     return value == "1"
 
 
+def tree_budget_arg(value: str) -> int | str:
+    """--tree_budget: a number of nodes, or 'auto'."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of nodes or 'auto', got {value!r}") from None
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a script's main; a UserError becomes `error: ...` on one line and exit status 2."""
     try:

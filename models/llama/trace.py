@@ -13,6 +13,7 @@ captured call and reruns it on the same buffers, which is what a graph replay do
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -64,7 +65,9 @@ class TracedModel:
         self.traced = traced
         self.max_block = max_block
         self.graph_kind = graph
-        self._graphs: dict[tuple, tuple] = {}
+        # Graphs per cache object, dropped with it: a graph bakes in its cache's memory, so it
+        # holds the cache's tensors (through a view), never the KVCache object that keys it.
+        self._graphs: weakref.WeakKeyDictionary[KVCache, dict[tuple, tuple]] = weakref.WeakKeyDictionary()
         self._pool = None
 
     def __getattr__(self, name: str):
@@ -78,15 +81,20 @@ class TracedModel:
             return self.model(tokens, cache, start, logits_for=logits_for, **kwargs)
         if start + seqlen > cache.max_seq_len:
             raise ValueError(f"slots up to {start + seqlen} exceed the cache ({cache.max_seq_len})")
-        key = (seqlen, cache.k.data_ptr(), cache.max_seq_len, logits_for)
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(seqlen, cache, logits_for)
-        graph, tokens_buf, start_buf, out = self._graphs[key]
+        graphs = self._graphs.setdefault(cache, {})
+        key = (seqlen, logits_for)
+        if key not in graphs:
+            graphs[key] = self._capture(seqlen, cache, logits_for)
+        graph, tokens_buf, start_buf, out = graphs[key]
         tokens_buf.copy_(tokens, non_blocking=True)
         start_buf.fill_(start)
         graph.replay()
         cache.length = start + seqlen
-        return out
+        return out.clone()  # the next replay of this shape overwrites `out`
+
+    @property
+    def n_graphs(self) -> int:
+        return sum(len(g) for g in self._graphs.values())
 
     def _capture(self, seqlen: int, cache: KVCache, logits_for: str):
         """Capture at the end of the cache: those slots are past any live entry (the real call
@@ -95,8 +103,9 @@ class TracedModel:
         tokens_buf = torch.zeros(1, seqlen, dtype=torch.int64, device=device)
         start_buf = torch.full((), cache.max_seq_len - seqlen, dtype=torch.int64, device=device)
         saved = cache.length
+        shadow = KVCache.view(cache, cache.n_layers)  # the same memory, without a reference to `cache`
         graph = CudaGraph(self._pool) if self.graph_kind == "cuda" else ReplayGraph()
-        out = graph.capture(lambda: self.model(tokens_buf, cache, start_buf, logits_for=logits_for))
+        out = graph.capture(lambda: self.model(tokens_buf, shadow, start_buf, logits_for=logits_for))
         if self.graph_kind == "cuda":
             self._pool = graph.graph.pool()
         cache.length = saved

@@ -15,8 +15,9 @@ from models.common.device import Device, open_device
 from models.common.errors import UserError
 from models.common.prompts import Prompt
 from models.llama.trace import TracedModel
-from models.llama.weights import DEFAULT_MODEL, LoadedModel, load_model
+from models.llama.weights import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
 from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
+from models.speculative.budget import AutoBudget, cached_verify_cost
 from models.speculative.generator import GenerationResult, Generator
 from models.speculative.proposers.base import REGISTRY, BuildContext, Proposer
 from models.speculative.tree import TreeSpec
@@ -26,6 +27,7 @@ METHODS = (TARGET, *REGISTRY)
 MAX_BATCH_SIZE = 1
 MAX_TREE_NODES = 63  # the verify block (nodes + root) must fit the CPU kernels' row limit
 DEFAULT_TREE_BUDGET = {"cpu": 16, "cuda": 32}  # nodes per target call for --tree_topk > 1
+AUTO = "auto"
 
 
 @dataclasses.dataclass
@@ -40,7 +42,7 @@ class RunConfig:
     max_ngram_size: int = 3
     tree_topk: int = 1  # children per node; 1: a chain (the default)
     tree_depth: int | None = None  # levels; default n_draft_tokens
-    tree_budget: int | None = None  # nodes verified per target call (root excluded); default per device
+    tree_budget: int | str | None = None  # nodes per target call (root excluded), "auto", or the device default
     proposers: str | None = None  # --method multi: comma-separated proposer names
     max_seq_len: int = 1024
     prefill_seq_len: int | None = None  # prefill in chunks of this many tokens
@@ -57,14 +59,7 @@ class RunConfig:
             raise UserError(f"--n_draft_tokens must be >= 1, got {self.n_draft_tokens}")
         if self.method == "self_draft" and self.draft_layers is None:
             raise UserError("--method self_draft needs --draft_layers")
-        for flag in ("tree_topk", "tree_depth", "tree_budget"):
-            value = getattr(self, flag)
-            if value is not None and value < 1:
-                raise UserError(f"--{flag} must be >= 1, got {value}")
-        if self.tree_budget is not None and self.tree_budget > MAX_TREE_NODES:
-            raise UserError(f"--tree_budget {self.tree_budget} is above the largest verified tree ({MAX_TREE_NODES})")
-        if self.tree_budget is not None and self.tree_budget + 2 > self.max_seq_len:
-            raise UserError(f"--tree_budget {self.tree_budget} cannot fit --max_seq_len {self.max_seq_len}")
+        self._validate_tree()
         if self.proposers is not None and self.method != "multi":
             raise UserError(f"--proposers is for --method multi, not --method {self.method}")
         if self.draft_layers is not None and self.draft_layers < 1:
@@ -82,15 +77,31 @@ class RunConfig:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise UserError(f"--batch_size {self.batch_size} is not supported; supported: 1 (batching comes later)")
 
+    def _validate_tree(self) -> None:
+        for flag in ("tree_topk", "tree_depth", "tree_budget"):
+            value = getattr(self, flag)
+            if isinstance(value, int) and value < 1:
+                raise UserError(f"--{flag} must be >= 1, got {value}")
+        budget = self.tree_budget
+        if isinstance(budget, str) and budget != AUTO:
+            raise UserError(f"--tree_budget must be a number of nodes or 'auto', got {budget!r}")
+        if isinstance(budget, int) and budget > MAX_TREE_NODES:
+            raise UserError(f"--tree_budget {budget} is above the largest tree verified in one pass ({MAX_TREE_NODES})")
+        if isinstance(budget, int) and budget + 2 > self.max_seq_len:
+            raise UserError(f"--tree_budget {budget} cannot fit --max_seq_len {self.max_seq_len}")
+
     def describe(self) -> dict:
         return dataclasses.asdict(self)
 
     def tree_spec(self, device_type: str) -> TreeSpec:
         """The draft shape: a chain of n_draft_tokens unless --tree_topk > 1."""
         depth = self.tree_depth or self.n_draft_tokens
-        if self.tree_topk == 1:
-            return TreeSpec(1, depth, min(depth, self.tree_budget or depth))
-        return TreeSpec(self.tree_topk, depth, self.tree_budget or DEFAULT_TREE_BUDGET.get(device_type, 16))
+        k = self.tree_topk
+        if self.tree_budget == AUTO:  # the largest tree worth drafting; the tuner picks below it
+            budget = k + (depth - 1) * k * k  # what tree drafting generates at most
+        else:
+            budget = self.tree_budget or (depth if k == 1 else DEFAULT_TREE_BUDGET.get(device_type, 16))
+        return TreeSpec(k, depth, min(budget, depth if k == 1 else MAX_TREE_NODES))
 
 
 _MODELS: dict[tuple, LoadedModel] = {}
@@ -120,6 +131,10 @@ class Engine:
             self.model, self.proposer, tree=self.spec if self.proposer is not None else None,
             max_seq_len=config.max_seq_len, eos_token_ids=eos, prefill_seq_len=config.prefill_seq_len,
         )
+        if config.tree_budget == AUTO and self.proposer is not None:
+            cost = cached_verify_cost(self.target.model, config.model, self.device.describe(),
+                                      self.spec.budget + 1, cache_dir())
+            self.generator.auto_budget = AutoBudget(cost, self.spec.budget)
         self.baseline = (
             self.generator
             if self.proposer is None

@@ -20,6 +20,7 @@ from models.common.errors import UserError
 from models.common.metrics import Iteration, SequenceStats
 from models.llama.kv_cache import KVCache
 from models.llama.model import Transformer
+from models.speculative.budget import AutoBudget
 from models.speculative.proposers.base import Proposer, ProposerContext
 from models.speculative.tree import DraftTree, TreeSpec
 from models.speculative.verification import greedy_accept
@@ -60,6 +61,7 @@ class Generator:
         self.prefill_seq_len = prefill_seq_len
         self.eos = frozenset(eos_token_ids)
         self.cache: KVCache = target.new_cache(max_seq_len)
+        self.auto_budget: AutoBudget | None = None  # set for --tree_budget auto
 
     def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
         if prompt_len < 1:
@@ -130,7 +132,10 @@ class Generator:
             t_iter = time.perf_counter()
             remaining = max_new_tokens - len(out)
             if self.proposer is not None and remaining > 1:  # the target's own token always fits
-                tree = self.proposer.propose(ctx, self.spec.capped(remaining - 1))
+                spec = self.spec.capped(remaining - 1)
+                if self.auto_budget is not None:
+                    spec = dataclasses.replace(spec, budget=min(spec.budget, self.auto_budget.next_budget()))
+                tree = self.proposer.propose(ctx, spec)
                 synchronize(device)
             else:
                 tree = DraftTree.empty(device)
@@ -157,6 +162,8 @@ class Generator:
                 depth=tree.depth,
                 source=tree.sources[acceptance.path[accepted - 1]] if tree.sources and accepted else None,
             )
+            if self.auto_budget is not None and tree.n_nodes:
+                self.auto_budget.observe(acceptance.path, spec.budget, it.seconds)
             stats.iterations.append(it)
             if on_iteration is not None:
                 on_iteration(len(stats.iterations), it)

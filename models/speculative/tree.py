@@ -1,6 +1,8 @@
 """The draft type: a token tree verified in one target pass. A chain is the tree with one branch.
 
-Nodes are in topological order (a parent before its children) with a parent index each; -1 is
+Proposers list nodes best first where they rank them, so that the first b nodes are the tree
+they would draft with a budget of b (the auto budget learns from that). Nodes are in
+topological order (a parent before its children) with a parent index each; -1 is
 the root, the last accepted token, which is already decided and sits at block position 0.
 Node i sits at block position i + 1, attends to the cached prefix and to its own ancestors
 (the ancestor mask), and is rotated as the token at position start + depth. So one forward

@@ -79,8 +79,9 @@ def grow_tree(root_logprobs: torch.Tensor, step: Step, spec: TreeSpec,
         greedy.append(level[0])  # the greedy node was fed first, its best child comes first
 
     in_chain = set(greedy)
-    order = sorted(range(len(tokens)), key=lambda c: (c not in in_chain, -scores[c], depths[c], c))[:budget]
-    keep = sorted(order)  # creation order is topological
+    # Rank order is topological (a parent outranks its children) and prefix-closed: the first b
+    # nodes are exactly the tree this rule keeps for budget b (what --tree_budget auto relies on).
+    keep = sorted(range(len(tokens)), key=lambda c: (c not in in_chain, -scores[c], depths[c], c))[:budget]
     index = {c: i for i, c in enumerate(keep)}
     out = torch.tensor([tokens[c] for c in keep], dtype=torch.int64, device=device)
     if token_map is not None:

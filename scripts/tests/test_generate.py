@@ -37,6 +37,17 @@ def test_output_contract_and_equality_across_methods(run_script, prompts_file, t
             code, err = generate(run_script, prompts_file, out, "--method", method, "--n_draft_tokens", k, *extra)
             assert code == 0, err
             outs[method, k] = json.loads(out.read_text())
+    for method, extra in [
+        ("prompt_lookup", ["--tree_topk", "3", "--tree_budget", "8"]),
+        ("suffix", ["--tree_topk", "2"]),
+        ("self_draft", ["--draft_layers", "2", "--tree_topk", "2", "--tree_depth", "3", "--tree_budget", "auto"]),
+        ("multi", ["--proposers", "suffix,prompt_lookup", "--tree_topk", "2", "--tree_budget", "6"]),
+    ]:
+        out = tmp_path / f"{method}-tree.json"
+        code, err = generate(run_script, prompts_file, out, "--method", method, "--n_draft_tokens", "4", *extra)
+        assert code == 0, err
+        outs[method, "tree"] = json.loads(out.read_text())
+        assert outs[method, "tree"]["config"]["tree"]["topk"] > 1
     ref = outs["target", "1"]
     assert set(ref) == {"config", "prompts", "stats"}
     assert {"acceptance_rate", "mean_accepted_tokens", "target_calls", "generated_tokens",
@@ -69,6 +80,19 @@ BAD = [
     ("instruct", ["--instruct", "2"], "expected 0 or 1"),
     ("k not int", ["--n_draft_tokens", "four"], "invalid int value"),
     ("dtype", ["--dtype", "int3"], "unknown dtype 'int3'"),
+    ("tree_topk zero", ["--method", "prompt_lookup", "--tree_topk", "0"], "--tree_topk must be >= 1, got 0"),
+    ("tree_depth zero", ["--method", "prompt_lookup", "--tree_depth", "0"], "--tree_depth must be >= 1, got 0"),
+    ("tree_budget zero", ["--method", "prompt_lookup", "--tree_budget", "0"], "--tree_budget must be >= 1, got 0"),
+    ("tree_budget word", ["--tree_budget", "lots"], "expected a number of nodes or 'auto', got 'lots'"),
+    ("tree_budget too big", ["--method", "prompt_lookup", "--tree_topk", "4", "--tree_budget", "64"],
+     "--tree_budget 64 is above the largest tree verified in one pass (63)"),
+    ("tree_budget past cache", ["--method", "prompt_lookup", "--tree_topk", "4", "--tree_budget", "40",
+                                "--max_seq_len", "40"], "--tree_budget 40 cannot fit --max_seq_len 40"),
+    ("unknown proposer", ["--method", "multi", "--proposers", "prompt_lookup,medusa"],
+     "unknown proposer 'medusa' in --proposers"),
+    ("proposers without multi", ["--method", "prompt_lookup", "--proposers", "suffix"],
+     "--proposers is for --method multi, not --method prompt_lookup"),
+    ("multi without proposers", ["--method", "multi"], "--method multi needs --proposers"),
 ]
 
 

@@ -24,7 +24,7 @@ def test_replayed_steps_equal_eager_steps_and_keep_the_cache_intact():
         assert torch.equal(got, expected)
         assert traced_cache.length == pos + size
         pos += size
-    assert len(traced._graphs) == 4
+    assert traced.n_graphs == 4
     # capturing wrote only past the live entries: the cached prefix is what eager wrote
     assert torch.equal(traced_cache.k[:, :, :, :pos], eager_cache.k[:, :, :, :pos])
 
@@ -41,3 +41,26 @@ def test_generation_through_traces_equals_eager():
     spec = Generator(traced, proposer, n_draft_tokens=4, max_seq_len=128, eos_token_ids=eos)
     assert spec.generate(prompt, 30).tokens == eager
     assert Generator(traced, None, max_seq_len=128, eos_token_ids=eos).generate(prompt, 30).tokens == eager
+
+
+def test_outputs_can_be_kept_and_graphs_go_with_their_cache():
+    """A returned tensor is the caller's: the next replay of that shape does not overwrite it.
+    Graphs are keyed by the cache object and dropped with it (a graph pins its cache's memory)."""
+    import gc
+
+    model = load_model("random:tiny-llama:63").model
+    traced = TracedModel(model, traced=True, max_block=2, graph="replay")
+    cache = model.new_cache(32)
+    traced(torch.tensor([[5, 6, 7]]), cache, 0)
+    first = traced(torch.tensor([[8]]), cache, 3)
+    kept = first.clone()
+    traced(torch.tensor([[9]]), cache, 4)
+    assert torch.equal(first, kept)
+    assert traced.n_graphs == 1
+    other = model.new_cache(32)
+    traced(torch.tensor([[5, 6, 7]]), other, 0)
+    traced(torch.tensor([[8]]), other, 3)
+    assert traced.n_graphs == 2
+    del cache
+    gc.collect()
+    assert traced.n_graphs == 1

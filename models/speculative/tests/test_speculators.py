@@ -13,6 +13,7 @@ from models.llama.weights import load_model
 from models.speculative.generator import Generator
 from models.speculative.proposers.eagle import EagleProposer
 from models.speculative.proposers.multi_projection import MultiProjectionProposer
+from models.speculative.tree import TreeSpec
 from models.speculative.speculators import corpus, data, heads
 from models.speculative.speculators.train import TrainConfig, train
 
@@ -153,7 +154,8 @@ def test_eagle_incremental_cache_equals_recomputing_from_scratch(target):
 
 @pytest.mark.parametrize("kind", heads.KINDS)
 def test_speculators_equal_target_only(kind, target, examples):
-    """Lossless whatever the heads say: trained briefly (some acceptance) and for every k."""
+    """Lossless whatever the heads say: trained briefly (some acceptance), for every chain
+    length k and for trees (EAGLE-2 dynamic tree, Medusa cartesian tree)."""
     vocab = data.draft_vocabulary(examples, 250, target.tokenizer.eos_token_ids)
     head = make_head(kind, target, vocab, n_heads=8)
     train(head, examples, TrainConfig(epochs=4, batch_size=4, lr=3e-3, warmup_steps=3))
@@ -162,12 +164,15 @@ def test_speculators_equal_target_only(kind, target, examples):
     baseline = Generator(target.model, None, max_seq_len=300, eos_token_ids=eos)
     expected = [baseline.generate(p, 40).tokens for p in prompts]
     accepted = 0
-    for k in [1, 2, 3, 5, 8]:
+    shapes = [TreeSpec(1, k, k) for k in [1, 2, 3, 5, 8]] + [TreeSpec(2, 3, 6), TreeSpec(4, 5, 24), TreeSpec(3, 8, 40)]
+    for shape in shapes:
         proposer = EagleProposer(head) if kind == "eagle" else MultiProjectionProposer(head)
-        spec = Generator(target.model, proposer, n_draft_tokens=k, max_seq_len=300, eos_token_ids=eos)
+        spec = Generator(target.model, proposer, tree=shape, max_seq_len=300, eos_token_ids=eos)
         results = [spec.generate(p, 40) for p in prompts]
-        assert [r.tokens for r in results] == expected, f"k={k}"
+        assert [r.tokens for r in results] == expected, f"{shape}"
         accepted += summarize([r.stats for r in results])["accepted_tokens"]
+        if shape.topk > 1:
+            assert any(it.proposed > it.depth for r in results for it in r.stats.iterations)  # really trees
     assert accepted > 0  # the drafts were not all rejected: acceptance paths were exercised
 
 

@@ -160,3 +160,20 @@ def test_trees_accept_more_than_chains_for_a_perturbed_draft():
         assert [r.tokens for r in results] == expected
         tau[spec.topk] = summarize([r.stats for r in results])["mean_accepted_tokens"]
     assert tau[3] > tau[1] > 1.0
+
+
+@pytest.mark.parametrize("method, topk", [("self_draft", 3), ("prompt_lookup", 1)])
+def test_auto_budget_equals_target_only_and_stays_within_its_largest_tree(method, topk, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path))
+    target = "random:tiny-llama:7"
+    expected = [r.tokens for r in outputs(RunConfig(model=target, method="target", **COMMON))]
+    config = RunConfig(model=target, method=method, tree_topk=topk, tree_depth=4, tree_budget="auto",
+                       draft_layers=3 if method == "self_draft" else None, **COMMON)
+    engine = Engine(config)
+    assert engine.generator.auto_budget is not None
+    largest = engine.spec.budget
+    assert largest == (3 + 3 * 9 if topk == 3 else 4)
+    results = [engine.run(ids) for ids in engine.encode(PROMPTS)]
+    assert [r.tokens for r in results] == expected
+    assert all(it.proposed <= largest for r in results for it in r.stats.iterations)
+    assert list(tmp_path.glob("verify_cost-*.json"))  # the calibration was cached
