@@ -1,8 +1,16 @@
 #!/usr/bin/env python3
-"""Benchmark sweep: every method x k x length, target-only and transformers peers, interleaved.
+"""Benchmark sweep: every method x draft shape x length, target-only and transformers peers, interleaved.
 
     python scripts/benchmark.py --bench_file ../shared/data/spec_bench/question.jsonl --per_category 4
     python scripts/benchmark.py --input_prompts sample_prompts/*.json --methods prompt_lookup --n_draft_tokens 2,4
+    python scripts/benchmark.py --input_prompts sample_prompts/*.json --methods eagle,prompt_lookup \
+        --tree_topk 1,2,4 --tree_depth 3,5 --tree_budget 8,16,32
+
+Draft shapes: --tree_topk 1 (the default) is a chain at each --n_draft_tokens value (ids such as
+eagle-k4-n128); each --tree_topk value above 1 x each --tree_depth (default: the --n_draft_tokens
+values) x each --tree_budget (default: the device's) is a token tree (eagle-t4d5b16-n128, label
+"eagle tree 4x5/16"). --proposers a,b feeds the multi method, which the default --methods only
+include when it is given.
 
 Writes meta.json, runs.jsonl (one line per configuration x prompt), summary.csv, summary.md and
 done.json under --output_dir (default logs/<timestamp>/), and prints the Spec-Bench table.
@@ -30,7 +38,9 @@ import transformers  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from models.benchmark import sources  # noqa: E402
-from models.benchmark.configurations import HF_PEERS, TARGET, SweepPlan, build, default_methods  # noqa: E402
+from models.benchmark.configurations import (  # noqa: E402
+    HF_PEERS, MULTI, TARGET, Configuration, SweepPlan, build, default_methods, sweep_shapes,
+)
 from models.benchmark.runlog import DONE, SUMMARY_CSV, SUMMARY_MD, RunRecord, RunWriter, prepare_output_dir  # noqa: E402
 from models.benchmark.summary import spec_bench_table, summary_markdown, summary_rows, to_csv  # noqa: E402
 from models.benchmark.sweep import sweep  # noqa: E402
@@ -45,16 +55,23 @@ from models.speculative.engine import METHODS, RunConfig  # noqa: E402
 DEFAULT_K = "4"  # one k keeps the default Spec-Bench sweep (52 prompts) near 40 min on a 2-core CPU
 DEFAULT_LENGTHS = "128"
 DEFAULT_MAX_SEQ_LEN = 2048  # Spec-Bench's longest first turn is 1598 tokens with SmolLM2's template
-LIST_OPTIONS = ("methods", "n_draft_tokens", "max_generated_tokens", "categories", "input_prompts")
+LIST_OPTIONS = ("methods", "n_draft_tokens", "max_generated_tokens", "categories", "input_prompts",
+                "tree_topk", "tree_depth", "tree_budget", "proposers")
 
 
 def build_parser() -> ArgumentParser:
     d = RunConfig()
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=None, help="JSON file with any of these options (flags win)")
-    p.add_argument("--methods", default=None, help="comma list (default: every method except target)")
+    p.add_argument("--methods", default=None,
+                   help="comma list (default: every method except target; multi only with --proposers)")
     p.add_argument("--n_draft_tokens", default=DEFAULT_K, help="comma list of k values")
     p.add_argument("--max_generated_tokens", default=DEFAULT_LENGTHS, help="comma list of lengths")
+    p.add_argument("--tree_topk", default="1", help="comma list of children per node; 1: chains at each k")
+    p.add_argument("--tree_depth", default=None, help="comma list of tree levels (default: the k values)")
+    p.add_argument("--tree_budget", default=None,
+                   help="comma list of tree nodes verified per target call (default: the device's)")
+    p.add_argument("--proposers", default=None, help="the multi method's proposers, e.g. eagle,prompt_lookup")
     p.add_argument("--model", default=DEFAULT_MODEL, help="smollm2-135m, a checkpoint folder, a .gguf, random:PRESET")
     p.add_argument("--input_prompts", nargs="+", default=None, help="prompt files; category = file stem")
     p.add_argument("--bench_file", default=None, help="Spec-Bench question.jsonl (first turn of each question)")
@@ -82,15 +99,29 @@ def load_config_file(path: str, parser: ArgumentParser) -> dict:
     unknown = sorted(set(data) - known)
     if unknown:
         raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
-    fields = {f.name for f in dataclasses.fields(RunConfig)} - {"method"}
-    for method, options in data.get("method_options", {}).items():
-        bad = sorted(set(options) - fields) if isinstance(options, dict) else ["(not an object)"]
-        if bad:
-            raise UserError(f"{path}: method_options.{method}: unknown field(s) {', '.join(bad)}")
+    method_options = data.get("method_options", {})
+    if not isinstance(method_options, dict):
+        raise UserError(f"{path}: method_options must be an object of {{METHOD: {{RunConfig field: value}}}}")
+    for method, options in method_options.items():
+        check_method_options(path, method, options)
     for key in LIST_OPTIONS:
         if isinstance(data.get(key), list) and key != "input_prompts":
             data[key] = ",".join(str(v) for v in data[key])
+        elif isinstance(data.get(key), int | float) and not isinstance(data[key], bool):
+            data[key] = str(data[key])  # "n_draft_tokens": 4 is the list [4]
     return data
+
+
+def check_method_options(path: str, method: str, options: object) -> None:
+    """RunConfig fields with values of their type, so a typo fails here in one line, not mid-build."""
+    fields = {f.name: str(f.type) for f in dataclasses.fields(RunConfig) if f.name != "method"}
+    bad = sorted(set(options) - set(fields)) if isinstance(options, dict) else ["(not an object)"]
+    if bad:
+        raise UserError(f"{path}: method_options.{method}: unknown field(s) {', '.join(bad)}")
+    for name, value in options.items():
+        wants_int = fields[name].startswith("int")
+        if value is not None and wants_int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"{path}: method_options.{method}.{name} must be an integer, got {value!r}")
 
 
 def parse_args(argv: list[str]):
@@ -121,9 +152,14 @@ def int_list(flag: str, value: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def choose_methods(value: str | None) -> list[str]:
+def optional_int_list(flag: str, value: str | None) -> list[int] | None:
+    return None if value is None else int_list(flag, value)
+
+
+def choose_methods(value: str | None, with_multi: bool = False) -> list[str]:
+    """The --methods list; the default is every engine method (multi only with its proposers)."""
     if value is None:
-        return default_methods()
+        return default_methods(with_multi)
     methods = [m for m in comma_list(value) if m != TARGET]  # target-only always runs
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -131,6 +167,23 @@ def choose_methods(value: str | None) -> list[str]:
         peers = " (transformers peers are on with --hf_peers 1)" if set(unknown) & set(HF_PEERS) else ""
         raise UserError(f"unknown method {unknown[0]!r}; choose from {choices}{peers}")
     return list(dict.fromkeys(methods))
+
+
+def check_tree_flags(base: RunConfig, topks: list[int], depths: list[int] | None, budgets: list[int] | None) -> None:
+    """Tree depth and budget shape trees only, and every value must be one the engine can verify;
+    both are checked here, before any model loads, so a bad sweep writes nothing."""
+    if max(topks) == 1:
+        for flag, values in (("tree_depth", depths), ("tree_budget", budgets)):
+            if values is not None:
+                raise UserError(f"--{flag} shapes token trees; add a --tree_topk value above 1 "
+                                "(--tree_topk 1 sweeps chains at each --n_draft_tokens)")
+    for budget in budgets or []:
+        dataclasses.replace(base, tree_budget=budget).validate()
+
+
+def check_proposers(methods: list[str], proposers: str | None) -> None:
+    if proposers is not None and MULTI not in methods:
+        raise UserError(f"--proposers {proposers!r} is for the multi method; add multi to --methods")
 
 
 def load_bench_prompts(args) -> list[sources.BenchPrompt]:
@@ -169,12 +222,26 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def configuration_meta(config: Configuration, with_length: bool) -> dict:
+    """meta.json's entry for a configuration: its id, label and draft shape (None: nothing drafted)."""
+    topk, depth, budget = config.shape or (None, None, None)
+    return {"id": config.id, "label": config.label(with_length), "method": config.method, "k": config.k,
+            "tree_topk": topk, "tree_depth": depth, "tree_budget": budget,
+            "max_generated_tokens": config.max_generated_tokens}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    methods = choose_methods(args.methods)
+    proposers = args.proposers
+    with_multi = proposers is not None or "proposers" in args.method_options.get(MULTI, {})
+    methods = choose_methods(args.methods, with_multi)
+    check_proposers(methods, proposers)
     ks = int_list("n_draft_tokens", args.n_draft_tokens)
     lengths = int_list("max_generated_tokens", args.max_generated_tokens)
+    topks = int_list("tree_topk", args.tree_topk)
+    depths = optional_int_list("tree_depth", args.tree_depth)
+    budgets = optional_int_list("tree_budget", args.tree_budget)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     output_dir = prepare_output_dir(Path(args.output_dir) if args.output_dir else REPO_ROOT / "logs" / stamp)
     prompts = load_bench_prompts(args)
@@ -185,10 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         max_ngram_size=args.max_ngram_size, draft_model=args.draft_model,
     )
     base.validate()
+    check_tree_flags(base, topks, depths, budgets)
     explicit = set(methods if "methods" in args.given else []) | set(args.method_options)
     explicit |= {"self_draft"} if "draft_layers" in args.given else set()
     explicit |= {"draft_model"} if "draft_model" in args.given else set()
-    plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, args.method_options, args.hf_peers, explicit)
+    explicit |= {MULTI} if "proposers" in args.given else set()
+    plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, args.method_options, args.hf_peers, explicit,
+                     shapes=sweep_shapes(ks, topks, depths, budgets), proposers=proposers)
     device = open_device(base.device, base.dtype)
     built = build(plan, device)
     selected = fitting_prompts(prompts, built.target, max(lengths), args.instruct)
@@ -203,8 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "options": {k: v for k, v in vars(args).items() if k != "given"},
-        "configurations": [{"id": c.id, "label": c.label(len(lengths) > 1), "method": c.method, "k": c.k,
-                            "max_generated_tokens": c.max_generated_tokens} for c in configs],
+        "configurations": [configuration_meta(c, len(lengths) > 1) for c in configs],
         "prompts": [{"index": i, "category": p.category, "subcategory": p.subcategory, "source": p.source,
                      "question_id": p.question_id,
                      "prompt_tokens": len(ids), "text": p.text} for i, p, ids in selected],

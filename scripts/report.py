@@ -5,9 +5,11 @@
     python scripts/report.py logs/                            # the newest finished sweep in logs/
     python scripts/report.py logs/20260101-120000/ --output /tmp/report.html
 
-The page opens offline (inline CSS, JS and images): the Spec-Bench table, speedup vs k,
-per-position acceptance, mean accepted tokens by category, a sortable and filterable results
-table, and every generation with accepted drafts in green and target tokens in red.
+The page opens offline (inline CSS, JS and images): the Spec-Bench table, speedup vs k, tau and
+speedup vs node budget (chains and token trees), per-depth acceptance, mean accepted tokens by
+category, a sortable and filterable results table with each configuration's tree shape, and
+every generation with accepted drafts in green and target tokens in red (hover: the iteration,
+accepted/proposed and its tree's size).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The configurations a sweep times, and a runner for each on one shared set of weights.
 
-A configuration is a way of decoding (a suite method, or a transformers peer) at one k and one
-length. Suite methods run through Engine, so they are built and validated exactly as in the demo
-and generate.py; the peers are transformers' own `generate` on the same weights (greedy, and
-greedy with its prompt lookup), so the table says how the suite compares with the stock path.
+A configuration is a way of decoding (a suite method, or a transformers peer) at one draft shape
+and one length. The shape is a chain of k draft tokens (tree_topk 1, the classic sweep) or a
+token tree: topk children per node, `depth` levels, `budget` nodes verified per target call.
+Suite methods run through Engine, so they are built and validated exactly as in the demo and
+generate.py; the peers are transformers' own `generate` on the same weights (greedy, and greedy
+with its prompt lookup), so the table says how the suite compares with the stock path.
 """
 
 from __future__ import annotations
@@ -22,17 +24,20 @@ from models.llama.reference import HFReference
 from models.llama.weights import LoadedModel
 from models.speculative.engine import METHODS, Engine, RunConfig
 from models.speculative.generator import synchronize
+from models.speculative.tree import TreeSpec
 
 TARGET = "target"
 HF_GREEDY = "hf_greedy"
 HF_PROMPT_LOOKUP = "hf_prompt_lookup"
 HF_PEERS = (HF_GREEDY, HF_PROMPT_LOOKUP)
+MULTI = "multi"  # merges several proposers' trees; cannot run without --proposers
 SELF_DRAFT_FRACTION = 0.8  # self_draft's default: 24 of the default model's 30 layers
 
 
-def default_methods() -> list[str]:
-    """Every speculative method the engine knows, read at run time so new ones join the sweep."""
-    return [m for m in METHODS if m != TARGET]
+def default_methods(with_multi: bool = False) -> list[str]:
+    """Every speculative method the engine knows, read at run time so new ones join the sweep;
+    multi only when proposers were given (without them it has nothing to merge)."""
+    return [m for m in METHODS if m != TARGET and (with_multi or m != MULTI)]
 
 
 def default_draft_layers(n_layers: int) -> int:
@@ -42,24 +47,50 @@ def default_draft_layers(n_layers: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Configuration:
     method: str  # a suite method, or one of HF_PEERS
-    k: int  # draft tokens per target call; 0 when nothing is drafted
+    k: int  # a chain's draft tokens per target call, a tree's depth; 0 when nothing is drafted
     max_generated_tokens: int
+    topk: int = 1  # children per node; > 1: a token tree of depth k
+    budget: int = 0  # a tree's nodes verified per target call (root excluded); 0 for a chain
+
+    @classmethod
+    def of_spec(cls, method: str, spec: TreeSpec, max_generated_tokens: int) -> Configuration:
+        """The configuration an engine with this draft shape runs (a chain's length is its budget)."""
+        if spec.is_chain:
+            return cls(method, spec.budget, max_generated_tokens)
+        return cls(method, spec.depth, max_generated_tokens, spec.topk, spec.budget)
 
     @property
     def is_peer(self) -> bool:
         return self.method in HF_PEERS
 
     @property
+    def is_tree(self) -> bool:
+        return self.topk > 1
+
+    @property
+    def shape(self) -> tuple[int, int, int] | None:
+        """(topk, depth, nodes per call): a chain of k is (1, k, k); None when nothing is drafted."""
+        if not self.k:
+            return None
+        return (self.topk, self.k, self.budget) if self.is_tree else (1, self.k, self.k)
+
+    @property
     def id(self) -> str:
-        k = f"-k{self.k}" if self.k else ""
-        return f"{self.method}{k}-n{self.max_generated_tokens}"
+        if self.is_tree:
+            draft = f"-t{self.topk}d{self.k}b{self.budget}"
+        else:
+            draft = f"-k{self.k}" if self.k else ""
+        return f"{self.method}{draft}-n{self.max_generated_tokens}"
 
     @property
     def baseline_id(self) -> str:
         return Configuration(TARGET, 0, self.max_generated_tokens).id
 
     def label(self, with_length: bool = False) -> str:
-        text = self.method + (f" k={self.k}" if self.k else "")
+        if self.is_tree:
+            text = f"{self.method} tree {self.topk}x{self.k}/{self.budget}"
+        else:
+            text = self.method + (f" k={self.k}" if self.k else "")
         return f"{text} n={self.max_generated_tokens}" if with_length else text
 
 
@@ -108,9 +139,32 @@ def hf_reference(loaded: LoadedModel, device: Device) -> HFReference:
     return reference
 
 
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One draft shape the sweep asks for, before a method's options and the device resolve it:
+    topk 1 is a chain of `depth` tokens; topk > 1 a tree (budget None: the device's default)."""
+
+    topk: int
+    depth: int
+    budget: int | None = None
+
+
+def sweep_shapes(ks: list[int], topks: list[int], depths: list[int] | None = None,
+                 budgets: list[int] | None = None) -> list[Shape]:
+    """topk 1: a chain at each k (the classic sweep, same ids); each topk > 1 x depth (default:
+    the k values) x budget (default: the device's) is one tree."""
+    shapes: list[Shape] = []
+    for topk in topks:
+        if topk == 1:
+            shapes += [Shape(1, k) for k in ks]
+        else:
+            shapes += [Shape(topk, d, b) for d in depths or ks for b in budgets or [None]]
+    return list(dict.fromkeys(shapes))
+
+
 @dataclasses.dataclass
 class SweepPlan:
-    """What to build: the knobs every engine shares, and which methods, k and lengths to time."""
+    """What to build: the knobs every engine shares, and which methods, shapes and lengths to time."""
 
     base: RunConfig  # model, device, dtype, max_seq_len, instruct, max_ngram_size, draft_model
     methods: list[str]
@@ -121,6 +175,11 @@ class SweepPlan:
     hf_peers: bool = True
     explicit: set[str] = dataclasses.field(default_factory=set)  # methods the user asked for by name or option;
     # any other (a default) that cannot be built here, e.g. no shipped speculator, is skipped with a warning
+    shapes: list[Shape] | None = None  # None: a chain at each k
+    proposers: str | None = None  # multi's --proposers
+
+    def draft_shapes(self) -> list[Shape]:
+        return self.shapes if self.shapes is not None else sweep_shapes(self.ks, [1])
 
 
 @dataclasses.dataclass
@@ -129,8 +188,14 @@ class Built:
     runners: dict[Configuration, Runner]
 
 
-def _method_config(plan: SweepPlan, method: str, k: int, n_layers: int) -> RunConfig:
-    config = dataclasses.replace(plan.base, method=method, n_draft_tokens=k, max_generated_tokens=max(plan.lengths))
+def _method_config(plan: SweepPlan, method: str, shape: Shape, n_layers: int) -> RunConfig:
+    """The engine's RunConfig: the shared knobs, this shape, then the method's own options (which win)."""
+    config = dataclasses.replace(
+        plan.base, method=method, n_draft_tokens=shape.depth, max_generated_tokens=max(plan.lengths),
+        proposers=plan.proposers if method == MULTI else None,
+    )
+    if shape.topk > 1:
+        config = dataclasses.replace(config, tree_topk=shape.topk, tree_depth=shape.depth, tree_budget=shape.budget)
     if method == "self_draft":
         config.draft_layers = plan.draft_layers or default_draft_layers(n_layers)
     return dataclasses.replace(config, **plan.method_options.get(method, {}))
@@ -144,19 +209,22 @@ def build(plan: SweepPlan, device: Device) -> Built:
     for n in plan.lengths:
         runners[Configuration(TARGET, 0, n)] = suite_runner(target, baseline=True)
     for method in plan.methods:
-        # a method whose options fix its k (e.g. {"eagle": {"n_draft_tokens": 5}}) runs at that k only
-        ks = plan.ks[:1] if "n_draft_tokens" in plan.method_options.get(method, {}) else plan.ks
-        for k in ks:
-            config = _method_config(plan, method, k, n_layers)
+        # a method whose options fix its shape (e.g. {"eagle": {"n_draft_tokens": 5}}) runs at that shape
+        # only: shapes that resolve to one already built are not built twice
+        for shape in plan.draft_shapes():
+            config = _method_config(plan, method, shape, n_layers)
+            first = Configuration.of_spec(method, config.tree_spec(device.torch_device.type), plan.lengths[0])
+            if first in runners:
+                continue
             try:
                 engine = Engine(config, device)
             except UserError as exc:
                 if method in plan.explicit:
-                    raise UserError(f"{method} k={config.n_draft_tokens}: {exc}") from None
+                    raise UserError(f"{first.label()}: {exc}") from None
                 logger.warning(f"skipping {method} (a default method that cannot run here): {exc}")
                 break
             for n in plan.lengths:
-                runners[Configuration(method, config.n_draft_tokens, n)] = suite_runner(engine, baseline=False)
+                runners[Configuration.of_spec(method, engine.spec, n)] = suite_runner(engine, baseline=False)
     if plan.hf_peers:
         reference = hf_reference(target.target, device)
         eos, torch_device = target.tokenizer.eos_token_ids, device.torch_device

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 from models.benchmark.configurations import TARGET
 from models.benchmark.runlog import RunLog, RunRecord
-from models.benchmark.summary import OVERALL, Row
+from models.benchmark.summary import OVERALL, Row, by_source
 from models.benchmark.token_view import PEER, token_sources
 from models.common.metrics import summarize
 
@@ -153,15 +153,20 @@ def spec_bench(rows: list[Row]) -> str:
     return (
         "<h2>Spec-Bench table</h2><p class=meta>Speedup over this suite's target-only decoding (summed wall time, "
         "same prompts, same interleaved sweep) and &tau; = mean accepted tokens per target call "
-        "('-' where transformers exposes no iterations).</p>"
+        "('-' where transformers exposes no iterations). <i>k=K</i>: a chain of K draft tokens; "
+        "<i>tree T&times;D/B</i>: a token tree of T children per node, D levels, B nodes verified per call.</p>"
         f"<div class=wide><table class=sb><thead><tr><th>method</th>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
 PLOT_CAPTIONS = {
-    "speedup_vs_k.png": "Speedup over target-only vs k, all prompts.",
-    "acceptance_by_position.png": "Per-position acceptance: of the drafts that reached position i, the share accepted.",
+    "speedup_vs_k.png": "Speedup over target-only vs k (chains), all prompts.",
+    "tau_speedup_vs_budget.png": "Mean accepted tokens per target call (tau) and speedup vs nodes verified per "
+    "call (a chain of k counts as k): one line per method through its best configuration at each budget; "
+    "circles are chains, triangles trees.",
+    "acceptance_by_position.png": "Per-depth acceptance: of the drafts that reached depth i, the share that "
+    "accepted a token there (a chain's depth is its position).",
     "mean_accepted_by_category.png": "Mean accepted tokens per target call by category.",
 }
 
@@ -175,27 +180,45 @@ def plots(images: dict[str, bytes]) -> str:
     return f"<h2>Plots</h2><div class=plots>{figures}</div>"
 
 
-RESULT_COLUMNS = ["configuration", "k", "n", "category", "prompts", "tokens", "seconds", "speedup",
-                  "mean accepted", "acceptance", "decode tok/s", "e2e tok/s", "TTFT ms", "matches target-only"]
+RESULT_COLUMNS = ["configuration", "topk", "depth", "budget", "n", "category", "prompts", "tokens", "seconds",
+                  "speedup", "mean accepted", "acceptance", "nodes/call", "mean depth", "branching", "calls",
+                  "accepted", "bonus", "by proposer", "decode tok/s", "e2e tok/s", "TTFT ms", "matches target-only"]
+
+
+def _int(value: int | None) -> tuple[str, str]:
+    return ("-", "") if value is None else (str(value), str(value))
+
+
+def _number_cell(item: tuple[str, str]) -> str:
+    """A number cell: shown text, sorted by its data-v value."""
+    return f"<td data-v='{item[1]}'>{esc(item[0])}</td>"
+
+
+def _text_cell(value: str) -> str:
+    return f"<td class=l>{esc(value)}</td>"
+
+
+def _result_cells(r: Row) -> str:
+    """One results row: label, shape (topk, depth, nodes per call), counters and timings."""
+    shape = [_int(r.tree_topk), _int(r.tree_depth), _int(r.tree_budget), _int(r.max_generated_tokens)]
+    counts = [
+        _int(r.prompts), _int(r.generated_tokens), _num(r.seconds, ".2f"), _num(r.speedup, ".2f"),
+        _num(r.mean_accepted_tokens, ".2f"), _num(r.acceptance_rate, ".3f"), _num(r.mean_tree_nodes, ".2f"),
+        _num(r.mean_tree_depth, ".2f"), _num(r.mean_branching, ".2f"), _int(r.target_calls),
+        _int(r.accepted_tokens), _int(r.bonus_tokens),
+    ]
+    speeds = [
+        _num(r.decode_tokens_per_s, ".1f"), _num(r.e2e_tokens_per_s, ".1f"), _num(r.ttft_ms, ".1f"),
+        (f"{r.matches_target_only}/{r.prompts}", str(r.matches_target_only / r.prompts)),
+    ]
+    return "".join([
+        f"<td>{esc(r.label)}</td>", *map(_number_cell, shape), _text_cell(r.category), *map(_number_cell, counts),
+        _text_cell(by_source(r.accepted_by_source) or "-"), *map(_number_cell, speeds),
+    ])
 
 
 def results(rows: list[Row]) -> str:
-    body = []
-    for r in rows:
-        numbers = [
-            (str(r.k), str(r.k)), (str(r.max_generated_tokens), str(r.max_generated_tokens)),
-            None, (str(r.prompts), str(r.prompts)), (str(r.generated_tokens), str(r.generated_tokens)),
-            _num(r.seconds, ".2f"), _num(r.speedup, ".2f"), _num(r.mean_accepted_tokens, ".2f"),
-            _num(r.acceptance_rate, ".3f"), _num(r.decode_tokens_per_s, ".1f"), _num(r.e2e_tokens_per_s, ".1f"),
-            _num(r.ttft_ms, ".1f"), (f"{r.matches_target_only}/{r.prompts}", str(r.matches_target_only / r.prompts)),
-        ]
-        cells = [f"<td>{esc(r.label)}</td>"]
-        for item in numbers:
-            if item is None:
-                cells.append(f"<td class=l>{esc(r.category)}</td>")
-            else:
-                cells.append(f"<td data-v='{item[1]}'>{esc(item[0])}</td>")
-        body.append(f"<tr data-category='{esc(r.category)}'>{''.join(cells)}</tr>")
+    body = [f"<tr data-category='{esc(r.category)}'>{_result_cells(r)}</tr>" for r in rows]
     head = "".join(f"<th>{esc(c)}</th>" for c in RESULT_COLUMNS)
     return (
         "<h2>Results</h2><div class=controls>"
@@ -234,7 +257,7 @@ LEGEND = (
     "<div class=legend><span class=draft>accepted draft</span><span class=target>target token (prefill, correction "
     "or bonus)</span><span class=plain>target decode step, nothing drafted</span><span class=peer>transformers "
     "generate</span><span style='text-decoration:underline wavy #b3261e'>after the first difference from "
-    "target-only</span> hover a token for its iteration and accepted/proposed</div>"
+    "target-only</span> hover a token for its iteration, accepted/proposed and its tree's size (nodes, depth)</div>"
 )
 
 

@@ -1,5 +1,5 @@
-"""The report's three plots, drawn once with matplotlib (Agg) and kept as PNG bytes: the same
-images go into report.html (inline) and beside it as files for CI artifacts."""
+"""The report's plots, drawn once with matplotlib (Agg) and kept as PNG bytes: the same images
+go into report.html (inline) and beside it as files for CI artifacts."""
 
 from __future__ import annotations
 
@@ -31,12 +31,13 @@ def _series_name(r: Row, several_lengths: bool) -> str:
 
 
 def speedup_vs_k(rows: list[Row]) -> bytes:
-    """Overall speedup per method as k grows; 1.0 is target-only, dashed lines are transformers greedy."""
+    """Overall speedup per method as the chain grows (trees are in the budget plot); 1.0 is
+    target-only, dashed lines are transformers greedy."""
     overall = [r for r in rows if r.category == OVERALL and r.speedup is not None]
     several = len({r.max_generated_tokens for r in overall}) > 1
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in overall:
-        if r.k:
+        if r.k and r.tree_topk in (1, None):
             series[_series_name(r, several)].append((r.k, r.speedup))
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.0, 3.6))
@@ -48,7 +49,7 @@ def speedup_vs_k(rows: list[Row]) -> bytes:
             if r.method == HF_GREEDY:
                 label = _series_name(r, several).replace("hf_", "transformers ")
                 ax.axhline(r.speedup, color="grey", ls="--", lw=1, label=label)
-        ks = sorted({r.k for r in overall if r.k})
+        ks = sorted({k for points in series.values() for k, _ in points})
         ax.set_xticks(ks or [1])
         ax.set_xlabel("k (draft tokens per target call)")
         ax.set_ylabel("speedup over target-only")
@@ -68,7 +69,7 @@ def acceptance_by_position(rows: list[Row]) -> bytes:
         if not curves:
             ax.text(0.5, 0.5, "no drafting configuration", ha="center", va="center", transform=ax.transAxes)
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("draft position")
+        ax.set_xlabel("draft depth (a chain's position)")
         ax.set_ylabel("acceptance")
         ax.set_title("Per-position acceptance (all prompts)")
         if curves:
@@ -99,8 +100,59 @@ def mean_accepted_by_category(rows: list[Row]) -> bytes:
         return _png(fig)
 
 
+def _budget_points(rows: list[Row], value: str) -> dict[str, list[tuple[int, float, bool]]]:
+    """Per method: (nodes verified per call, value, is a tree) for each drafting configuration."""
+    overall = [r for r in rows if r.category == OVERALL and r.tree_budget and getattr(r, value) is not None]
+    several = len({r.max_generated_tokens for r in overall}) > 1
+    series: dict[str, list[tuple[int, float, bool]]] = defaultdict(list)
+    for r in overall:
+        series[_series_name(r, several)].append((r.tree_budget, getattr(r, value), r.tree_topk > 1))
+    return series
+
+
+def _budget_panel(ax, series: dict[str, list[tuple[int, float, bool]]], colours: dict[str, str], ylabel: str) -> None:
+    """One line per method through its best value at each budget; circles are chains, triangles trees."""
+    for name, points in series.items():
+        colour = colours[name]
+        best: dict[int, float] = {}
+        for x, y, _ in points:
+            best[x] = max(best.get(x, y), y)
+        xs = sorted(best)
+        ax.plot(xs, [best[x] for x in xs], color=colour, lw=1.2)
+        for marker, tree in (("o", False), ("^", True)):
+            chosen = [(x, y) for x, y, t in points if t == tree]
+            if chosen:
+                ax.scatter(*zip(*chosen, strict=True), color=colour, marker=marker, s=22, zorder=3)
+    ax.axhline(1.0, color="black", lw=1)
+    budgets = sorted({x for points in series.values() for x, _, _ in points})
+    ax.set_xticks(budgets or [1])
+    ax.set_xlabel("nodes verified per target call")
+    ax.set_ylabel(ylabel)
+    if not series:
+        ax.text(0.5, 0.5, "no drafting configuration", ha="center", va="center", transform=ax.transAxes)
+
+
+def tau_and_speedup_vs_budget(rows: list[Row]) -> bytes:
+    """tau and speedup against the node budget (a chain of k is k nodes): does a wider tree buy
+    more accepted tokens per call than a longer chain, and does that pay in wall time?"""
+    tau, speed = _budget_points(rows, "mean_accepted_tokens"), _budget_points(rows, "speedup")
+    names = list(dict.fromkeys([*tau, *speed]))  # one colour per method in both panels
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    with plt.rc_context(STYLE):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6))
+        _budget_panel(left, tau, colours, "mean accepted tokens (tau)")
+        _budget_panel(right, speed, colours, "speedup over target-only")
+        left.set_title("tau vs node budget (all prompts)")
+        right.set_title("Speedup vs node budget (all prompts)")
+        handles = [plt.Line2D([], [], color=colours[n]) for n in names]
+        handles += [plt.Line2D([], [], color="grey", marker=m, ls="") for m in ("o", "^")]
+        fig.legend(handles, [*names, "chain", "tree"], **{**LEGEND, "bbox_to_anchor": (0.5, -0.02), "ncol": 4})
+        return _png(fig)
+
+
 PLOTS = {
     "speedup_vs_k.png": speedup_vs_k,
+    "tau_speedup_vs_budget.png": tau_and_speedup_vs_budget,
     "acceptance_by_position.png": acceptance_by_position,
     "mean_accepted_by_category.png": mean_accepted_by_category,
 }

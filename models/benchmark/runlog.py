@@ -7,7 +7,10 @@
     done.json     written last: a folder without it is a sweep that did not finish
 
 Each line keeps what the report needs and nothing it would have to recompute from a model:
-output ids and their strings, and the per-iteration counts that tell drafts from target tokens.
+output ids and their strings, the draft shape (tree_topk, tree_depth, tree_budget; a chain of k
+is 1, k, k), and the per-iteration counts that tell drafts from target tokens (tree nodes,
+depth and, for multi-draft, the proposer whose branch was accepted). Logs written before token
+trees (no shape, no depth/source per iteration) still load: their drafts are chains.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class RunRecord:
     iterations: list[dict] | None  # Iteration fields per verification call; None for peers
     matches_target_only: bool
     first_mismatch: int | None  # first position where the output differs from target-only
+    # the draft shape; None where nothing is drafted (target-only, transformers greedy) or in an
+    # older log (a chain of k); a chain of k is 1, k, k
+    tree_topk: int | None = None
+    tree_depth: int | None = None
+    tree_budget: int | None = None  # nodes verified per target call (root excluded)
 
     @property
     def generated_tokens(self) -> int:

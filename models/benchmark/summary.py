@@ -4,6 +4,12 @@ The metric definitions are models.common.metrics.summarize's; this module only g
 adds the one number a single run cannot give: speedup = the target-only runs' summed wall time
 over this configuration's, on the same prompts, in the same sweep (interleaved, so drift hits
 both alike). transformers peers expose no iterations, so their acceptance columns stay empty.
+
+Every row carries its draft shape (tree_topk, tree_depth, tree_budget = nodes verified per call;
+a chain of k is 1, k, k) and the tree counters: nodes drafted, mean nodes / depth / branching
+per drafting call, verification calls, accepted draft tokens, bonus tokens (the target's own
+token, one per call that emitted one: tokens = prompts + accepted + bonus) and, for multi-draft,
+the calls whose accepted path ended on each proposer's branch.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections import defaultdict
 
 from models.benchmark.configurations import TARGET, Configuration
 from models.benchmark.runlog import RunRecord
-from models.common.metrics import summarize
+from models.common.metrics import SequenceStats, summarize
 
 OVERALL = "overall"
 
@@ -26,6 +32,9 @@ class Row:
     label: str
     method: str
     k: int
+    tree_topk: int | None  # None where nothing is drafted
+    tree_depth: int | None
+    tree_budget: int | None  # nodes verified per target call; a chain of k: k
     max_generated_tokens: int
     category: str
     prompts: int
@@ -34,7 +43,15 @@ class Row:
     speedup: float | None  # None when the sweep has no target-only runs for these prompts
     mean_accepted_tokens: float | None
     acceptance_rate: float | None
-    per_position_acceptance: list[float]
+    per_position_acceptance: list[float]  # by tree depth (a chain's depth is its position)
+    tree_nodes: int | None  # draft nodes verified in all
+    mean_tree_nodes: float | None  # per call that drafted
+    mean_tree_depth: float | None
+    mean_branching: float | None  # nodes / depth per call; 1 for a chain
+    target_calls: int | None  # verification calls (target decode steps after the prefill)
+    accepted_tokens: int | None
+    bonus_tokens: int | None  # the target's own token (correction or bonus), one per call that emitted one
+    accepted_by_source: dict[str, int]  # multi: calls whose accepted path ended on each proposer's branch
     decode_tokens_per_s: float | None
     e2e_tokens_per_s: float
     ttft_ms: float | None
@@ -42,11 +59,19 @@ class Row:
 
 
 def configuration_of(record: RunRecord) -> Configuration:
-    return Configuration(record.method, record.k, record.max_generated_tokens)
+    """A record's configuration; records from before token trees have no shape: chains of k."""
+    topk = record.tree_topk or 1
+    budget = (record.tree_budget or 0) if topk > 1 else 0
+    return Configuration(record.method, record.k, record.max_generated_tokens, topk, budget)
 
 
 def categories_in_order(records: list[RunRecord]) -> list[str]:
     return list(dict.fromkeys(r.category for r in sorted(records, key=lambda r: r.prompt_index)))
+
+
+def _bonus_tokens(stats: list[SequenceStats]) -> int:
+    """Tokens the target chose itself in verification calls (emitted minus accepted drafts)."""
+    return sum(it.emitted - it.accepted for s in stats for it in s.iterations)
 
 
 def _row(config: Configuration, label: str, category: str, runs: list[RunRecord], baseline: dict) -> Row:
@@ -57,13 +82,23 @@ def _row(config: Configuration, label: str, category: str, runs: list[RunRecord]
     drafted = bool(stats) and config.method != TARGET
     m = summarize(stats) if stats else None
     generated = sum(r.generated_tokens for r in runs)
+    topk, depth, budget = config.shape or (None, None, None)
     return Row(
         config_id=config.id, label=label, method=config.method, k=config.k,
+        tree_topk=topk, tree_depth=depth, tree_budget=budget,
         max_generated_tokens=config.max_generated_tokens, category=category, prompts=len(runs),
         generated_tokens=generated, seconds=seconds, speedup=speedup,
         mean_accepted_tokens=m["mean_accepted_tokens"] if m else None,
         acceptance_rate=m["acceptance_rate"] if drafted else None,
         per_position_acceptance=m["per_position_acceptance"] if drafted else [],
+        tree_nodes=m["proposed_tokens"] if drafted else None,
+        mean_tree_nodes=m["mean_tree_nodes"] if drafted else None,
+        mean_tree_depth=m["mean_tree_depth"] if drafted else None,
+        mean_branching=m["mean_branching"] if drafted else None,
+        target_calls=m["target_calls"] if m else None,
+        accepted_tokens=m["accepted_tokens"] if m else None,
+        bonus_tokens=_bonus_tokens(stats) if m else None,
+        accepted_by_source=m["accepted_by_source"] if m else {},
         decode_tokens_per_s=m["decode_tokens_per_s"] if m else None,
         e2e_tokens_per_s=generated / seconds if seconds else 0.0,
         ttft_ms=m["ttft_s"] * 1e3 if m else None,
@@ -104,10 +139,25 @@ def to_csv(rows: list[Row]) -> str:
     for row in rows:
         values = dataclasses.asdict(row)
         values["per_position_acceptance"] = " ".join(f"{a:.4f}" for a in row.per_position_acceptance)
+        values["accepted_by_source"] = by_source(row.accepted_by_source)
         writer.writerow(
             [f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v) for v in values.values()]
         )
     return out.getvalue()
+
+
+def by_source(counts: dict[str, int]) -> str:
+    """'eagle:12 prompt_lookup:3' (multi-draft's accepted paths per proposer); '' otherwise."""
+    return " ".join(f"{name}:{n}" for name, n in counts.items())
+
+
+def shape_text(row: Row) -> str:
+    """'chain 4' or 'tree 4x5/16' (topk x depth / nodes per call); '-' where nothing is drafted."""
+    if row.tree_topk is None:
+        return "-"
+    if row.tree_topk == 1:
+        return f"chain {row.tree_depth}"
+    return f"tree {row.tree_topk}x{row.tree_depth}/{row.tree_budget}"
 
 
 def _markdown(header: list[str], body: list[list[str]]) -> str:
@@ -135,11 +185,15 @@ def spec_bench_table(rows: list[Row]) -> str:
 
 
 def full_table(rows: list[Row]) -> str:
-    header = ["configuration", "category", "prompts", "tokens", "seconds", "speedup", "mean accepted",
-              "acceptance", "decode tok/s", "e2e tok/s", "TTFT ms", "matches target-only"]
+    header = ["configuration", "shape", "category", "prompts", "tokens", "seconds", "speedup", "mean accepted",
+              "acceptance", "nodes/call", "mean depth", "branching", "calls", "accepted", "bonus",
+              "accepted by proposer", "decode tok/s", "e2e tok/s", "TTFT ms", "matches target-only"]
     body = [[
-        r.label, r.category, str(r.prompts), str(r.generated_tokens), f"{r.seconds:.2f}",
+        r.label, shape_text(r), r.category, str(r.prompts), str(r.generated_tokens), f"{r.seconds:.2f}",
         _fmt(r.speedup, ".2f", "-"), _fmt(r.mean_accepted_tokens, ".2f", "-"), _fmt(r.acceptance_rate, ".3f", "-"),
+        _fmt(r.mean_tree_nodes, ".2f", "-"), _fmt(r.mean_tree_depth, ".2f", "-"), _fmt(r.mean_branching, ".2f", "-"),
+        _fmt(r.target_calls, "d", "-"), _fmt(r.accepted_tokens, "d", "-"), _fmt(r.bonus_tokens, "d", "-"),
+        by_source(r.accepted_by_source) or "-",
         _fmt(r.decode_tokens_per_s, ".1f", "-"), f"{r.e2e_tokens_per_s:.1f}", _fmt(r.ttft_ms, ".1f", "-"),
         f"{r.matches_target_only}/{r.prompts}",
     ] for r in rows]
@@ -159,7 +213,9 @@ def summary_markdown(rows: list[Row], meta: dict) -> str:
         "## Spec-Bench table",
         "",
         "Each cell: speedup over this suite's target-only decoding (summed wall time, same prompts, same "
-        "sweep) / mean accepted tokens per target call (tau; '-' where transformers exposes no iterations).",
+        "sweep) / mean accepted tokens per target call (tau; '-' where transformers exposes no iterations). "
+        "`tree TxD/B`: a token tree of T children per node, D levels, B nodes verified per target call; "
+        "`k=K`: a chain of K draft tokens.",
         "",
         spec_bench_table(rows),
         "## All configurations",

@@ -36,6 +36,7 @@ def _record(
     reference: list[int], token_strings: Callable[[list[int]], list[str]],
 ) -> RunRecord:
     mismatch = first_mismatch(outcome.tokens, reference)
+    topk, depth, budget = config.shape or (None, None, None)
     return RunRecord(
         config_id=config.id, method=config.method, k=config.k, max_generated_tokens=config.max_generated_tokens,
         prompt_index=index, run_order=order, category=prompt.category, source=prompt.source,
@@ -43,6 +44,7 @@ def _record(
         prompt_tokens=len(ids), output_ids=outcome.tokens, token_strings=token_strings(outcome.tokens),
         total_s=outcome.seconds, ttft_s=outcome.stats.ttft_s if outcome.stats else None,
         iterations=iteration_dicts(outcome.stats), matches_target_only=mismatch is None, first_mismatch=mismatch,
+        tree_topk=topk, tree_depth=depth, tree_budget=budget,
     )
 
 

@@ -135,12 +135,19 @@ class Engine:
             cost = cached_verify_cost(self.target.model, config.model, self.device.describe(),
                                       self.spec.budget + 1, cache_dir())
             self.generator.auto_budget = AutoBudget(cost, self.spec.budget)
-        self.baseline = (
-            self.generator
-            if self.proposer is None
-            else Generator(self.model, None, max_seq_len=config.max_seq_len, eos_token_ids=eos,
-                           prefill_seq_len=config.prefill_seq_len)
-        )
+        self._baseline: Generator | None = None
+
+    @property
+    def baseline(self) -> Generator:
+        """Target-only decoding on the same model, built on first use (its own KV cache)."""
+        if self.proposer is None:
+            return self.generator
+        if self._baseline is None:
+            c = self.config
+            self._baseline = Generator(self.model, None, max_seq_len=c.max_seq_len,
+                                       eos_token_ids=self.target.tokenizer.eos_token_ids,
+                                       prefill_seq_len=c.prefill_seq_len)
+        return self._baseline
 
     @property
     def tokenizer(self):

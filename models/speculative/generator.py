@@ -96,6 +96,19 @@ class Generator:
         kept_hidden = hidden[keep] if want_hidden else None
         return acceptance, kept_hidden
 
+    def _draft(self, ctx: ProposerContext, remaining: int) -> tuple[DraftTree, int]:
+        """The proposer's tree for this iteration (no deeper than the tokens left allow; the
+        target's own token always fits) and the node budget it was given."""
+        device = self.target.device
+        if self.proposer is None or remaining < 2:
+            return DraftTree.empty(device), 0
+        spec = self.spec.capped(remaining - 1)
+        if self.auto_budget is not None:
+            spec = dataclasses.replace(spec, budget=min(spec.budget, self.auto_budget.next_budget()))
+        tree = self.proposer.propose(ctx, spec)
+        synchronize(device)
+        return tree, spec.budget
+
     def _prefill(self, prompt: torch.Tensor, want_hidden: bool):
         chunk = self.prefill_seq_len or prompt.shape[1]
         hiddens = []
@@ -131,14 +144,7 @@ class Generator:
         while out[-1] not in self.eos and len(out) < max_new_tokens:
             t_iter = time.perf_counter()
             remaining = max_new_tokens - len(out)
-            if self.proposer is not None and remaining > 1:  # the target's own token always fits
-                spec = self.spec.capped(remaining - 1)
-                if self.auto_budget is not None:
-                    spec = dataclasses.replace(spec, budget=min(spec.budget, self.auto_budget.next_budget()))
-                tree = self.proposer.propose(ctx, spec)
-                synchronize(device)
-            else:
-                tree = DraftTree.empty(device)
+            tree, budget = self._draft(ctx, remaining)
             t_draft = time.perf_counter() - t_iter
 
             acceptance, new_hidden = self._verify(tokens[-1], tree, want_hidden)
@@ -163,7 +169,7 @@ class Generator:
                 source=tree.sources[acceptance.path[accepted - 1]] if tree.sources and accepted else None,
             )
             if self.auto_budget is not None and tree.n_nodes:
-                self.auto_budget.observe(acceptance.path, spec.budget, it.seconds)
+                self.auto_budget.observe(acceptance.path, budget, it.seconds)
             stats.iterations.append(it)
             if on_iteration is not None:
                 on_iteration(len(stats.iterations), it)

@@ -39,18 +39,33 @@ BENCH_PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def benchmark_run(tmp_path_factory):
-    """One tiny end-to-end sweep (suite methods, target-only and transformers peers), shared by
-    the benchmark and report tests: (run folder, prompts file, exit code)."""
-    root = tmp_path_factory.mktemp("bench")
+def sweep(root: Path, extra: list[str]):
+    """scripts/benchmark.py on the tiny prompts into root/run: (run folder, prompts file, exit code)."""
     prompts = root / "tiny_prompts.json"
     prompts.write_text(json.dumps(BENCH_PROMPTS))
     folder = root / "run"
-    argv = ["--model", BENCH_MODEL, "--input_prompts", str(prompts),
-            "--methods", "draft_model,self_draft,prompt_lookup", "--n_draft_tokens", "2",
-            "--max_generated_tokens", "16", "--instruct", "0", "--max_seq_len", "256", "--output_dir", str(folder)]
+    argv = ["--model", BENCH_MODEL, "--input_prompts", str(prompts), "--max_generated_tokens", "16",
+            "--instruct", "0", "--max_seq_len", "256", "--output_dir", str(folder), *extra]
     module = load_script("benchmark")
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: module.main(argv))
     return folder, prompts, exit_info.value.code
+
+
+@pytest.fixture(scope="session")
+def benchmark_run(tmp_path_factory):
+    """One tiny end-to-end sweep (suite methods, target-only and transformers peers), shared by
+    the benchmark and report tests: (run folder, prompts file, exit code)."""
+    return sweep(tmp_path_factory.mktemp("bench"),
+                 ["--methods", "draft_model,self_draft,prompt_lookup", "--n_draft_tokens", "2"])
+
+
+TREE_ARGV = ["--methods", "prompt_lookup,suffix,multi", "--proposers", "prompt_lookup,suffix", "--n_draft_tokens", "2",
+             "--tree_topk", "1,2", "--tree_depth", "3", "--tree_budget", "6", "--hf_peers", "0"]
+
+
+@pytest.fixture(scope="session")
+def tree_benchmark_run(tmp_path_factory):
+    """A tiny sweep of chains and token trees, model-free proposers and their multi-draft merge:
+    (run folder, prompts file, exit code)."""
+    return sweep(tmp_path_factory.mktemp("bench_tree"), TREE_ARGV)

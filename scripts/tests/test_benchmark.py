@@ -1,5 +1,6 @@
 """scripts/benchmark.py: the run log's contract, equality with target-only, the interleaving,
-the summary, prompt selection, the config file, and every bad input (one line, no output).
+the summary, prompt selection, the config file, token-tree shapes and their counters, and every
+bad input (one line, no output).
 
 Timing is never asserted; the tests gate on deterministic counters (tokens, iterations, order)."""
 
@@ -10,12 +11,15 @@ import pytest
 from loguru import logger
 
 from models.benchmark import sources
-from models.benchmark.configurations import default_methods
-from models.benchmark.runlog import RunRecord
+from models.benchmark.configurations import Configuration, Shape, SweepPlan, build, default_methods, sweep_shapes
+from models.benchmark.runlog import RunRecord, iteration_dicts, read_run_log
+from models.benchmark.summary import configuration_of, summary_rows
+from models.common.device import open_device
 from models.common.errors import UserError
-from models.speculative.engine import METHODS
+from models.common.metrics import Iteration, SequenceStats
+from models.speculative.engine import DEFAULT_TREE_BUDGET, METHODS, RunConfig
 
-from .conftest import BENCH_MODEL, BENCH_PROMPTS
+from .conftest import BENCH_MODEL, BENCH_PROMPTS, load_script
 
 CONFIGS = ["target-n16", "draft_model-k2-n16", "self_draft-k2-n16", "prompt_lookup-k2-n16",
            "hf_greedy-n16", "hf_prompt_lookup-k2-n16"]
@@ -90,7 +94,140 @@ def test_summary_has_speedup_acceptance_and_matches(benchmark_run):
 
 
 def test_default_methods_follow_the_engine():
-    assert default_methods() == [m for m in METHODS if m != "target"]
+    # multi merges the proposers named by --proposers: without them it has nothing to run
+    assert default_methods() == [m for m in METHODS if m not in ("target", "multi")]
+    assert default_methods(with_multi=True) == [m for m in METHODS if m != "target"]
+
+
+TREE_CONFIGS = ["target-n16", "prompt_lookup-k2-n16", "prompt_lookup-t2d3b6-n16", "suffix-k2-n16",
+                "suffix-t2d3b6-n16", "multi-k2-n16", "multi-t2d3b6-n16"]
+
+
+def expected_shape(config_id: str) -> tuple:
+    if config_id.startswith("target"):
+        return None, None, None
+    return (2, 3, 6) if "-t2d3b6-" in config_id else (1, 2, 2)
+
+
+def test_tree_sweep_ids_shapes_and_equality(tree_benchmark_run):
+    folder, _, code = tree_benchmark_run
+    assert code == 0
+    meta = json.loads((folder / "meta.json").read_text())
+    assert [c["id"] for c in meta["configurations"]] == TREE_CONFIGS
+    by_id = {c["id"]: c for c in meta["configurations"]}
+    assert by_id["suffix-t2d3b6-n16"]["label"] == "suffix tree 2x3/6"
+    assert by_id["suffix-k2-n16"]["label"] == "suffix k=2"
+    assert (by_id["multi-t2d3b6-n16"]["tree_topk"], by_id["multi-t2d3b6-n16"]["tree_budget"]) == (2, 6)
+    runs = read_runs(folder)
+    assert len(runs) == len(TREE_CONFIGS) * len(BENCH_PROMPTS)
+    target = {r.prompt_index: r.output_ids for r in runs if r.method == "target"}
+    for r in runs:
+        assert r.matches_target_only and r.output_ids == target[r.prompt_index], f"{r.config_id} {r.prompt_index}"
+        assert 1 + sum(it["emitted"] for it in r.iterations) == len(r.output_ids)
+        topk, depth, budget = (r.tree_topk, r.tree_depth, r.tree_budget)
+        assert (topk, depth, budget) == expected_shape(r.config_id)
+        for it in r.iterations:
+            assert it["accepted"] <= it["depth"] <= (depth or 0) and it["proposed"] <= (budget or 0)
+            multi_accepted = r.method == "multi" and it["accepted"]
+            assert it["source"] in ({"prompt_lookup", "suffix"} if multi_accepted else {None})
+    trees = [it for r in runs if r.tree_topk == 2 for it in r.iterations]
+    assert any(it["proposed"] > it["depth"] for it in trees), "no tree branched"
+    assert any(it["source"] for r in runs if r.method == "multi" for it in r.iterations)
+
+
+def test_tree_summary_carries_shape_and_tree_counters(tree_benchmark_run):
+    folder = tree_benchmark_run[0]
+    runs = read_runs(folder)
+    rows = {r["config_id"]: r for r in read_summary(folder) if r["category"] == "overall"}
+    assert list(rows) == TREE_CONFIGS
+    for config_id, row in rows.items():
+        mine = [r for r in runs if r.config_id == config_id]
+        its = [it for r in mine for it in r.iterations]
+        shape = tuple(int(row[c]) if row[c] else None for c in ("tree_topk", "tree_depth", "tree_budget"))
+        assert shape == expected_shape(config_id)
+        assert int(row["matches_target_only"]) == len(BENCH_PROMPTS)
+        assert int(row["target_calls"]) == len(its)
+        assert int(row["accepted_tokens"]) == sum(it["accepted"] for it in its)
+        # every token is the prefill's, an accepted draft or the target's own (one per call that emitted)
+        assert int(row["generated_tokens"]) == len(mine) + int(row["accepted_tokens"]) + int(row["bonus_tokens"])
+        if config_id.startswith("target"):
+            assert row["tree_nodes"] == row["mean_branching"] == row["per_position_acceptance"] == ""
+            continue
+        assert int(row["tree_nodes"]) == sum(it["proposed"] for it in its)
+        assert float(row["mean_tree_depth"]) <= shape[1] and len(row["per_position_acceptance"].split()) <= shape[1]
+        branching = float(row["mean_branching"])
+        assert branching == 1.0 if shape[0] == 1 else branching >= 1.0
+        sources_ = dict(pair.split(":") for pair in row["accepted_by_source"].split())
+        assert set(sources_) <= ({"prompt_lookup", "suffix"} if config_id.startswith("multi") else set())
+        assert sum(int(n) for n in sources_.values()) == sum(bool(it["source"]) for it in its)
+    md = (folder / "summary.md").read_text()
+    assert "| suffix tree 2x3/6 |" in md and "| multi tree 2x3/6 | tree 2x3/6 | overall |" in md
+    assert "| suffix k=2 | chain 2 |" in md
+
+
+def test_configuration_ids_and_sweep_shapes():
+    assert Configuration("eagle", 5, 128, 4, 16).id == "eagle-t4d5b16-n128"
+    assert Configuration("eagle", 5, 128, 4, 16).label() == "eagle tree 4x5/16"
+    assert Configuration("eagle", 4, 128).id == "eagle-k4-n128" and Configuration("target", 0, 128).id == "target-n128"
+    assert Configuration("eagle", 4, 128).shape == (1, 4, 4) and Configuration("target", 0, 128).shape is None
+    assert sweep_shapes([2, 4], [1]) == [Shape(1, 2), Shape(1, 4)]  # today's sweep: a chain per k
+    assert sweep_shapes([4], [1, 2, 4], [3, 5], [8, 16]) == [Shape(1, 4)] + [
+        Shape(t, d, b) for t in (2, 4) for d in (3, 5) for b in (8, 16)]
+    assert sweep_shapes([3, 5], [2]) == [Shape(2, 3), Shape(2, 5)]  # depths default to k, budget to the device
+
+
+def test_method_options_fix_a_shape_and_the_device_picks_the_default_budget():
+    base = RunConfig(model=BENCH_MODEL, method="target", max_seq_len=256, max_generated_tokens=8, instruct=False)
+    plan = SweepPlan(base, ["prompt_lookup", "suffix"], [2, 3], [8], hf_peers=False,
+                     method_options={"suffix": {"tree_topk": 3, "tree_depth": 2, "tree_budget": 5}},
+                     shapes=sweep_shapes([2, 3], [1, 2]))
+    built = build(plan, open_device("cpu", None))
+    default = DEFAULT_TREE_BUDGET["cpu"]
+    assert [c.id for c in built.runners] == [
+        "target-n8", "prompt_lookup-k2-n8", "prompt_lookup-k3-n8", f"prompt_lookup-t2d2b{default}-n8",
+        f"prompt_lookup-t2d3b{default}-n8", "suffix-t3d2b5-n8"]  # suffix's options fix one shape
+
+
+def test_config_file_takes_tree_lists_and_checks_method_option_types(tmp_path):
+    module = load_script("benchmark")
+    config = tmp_path / "sweep.json"
+    config.write_text(json.dumps({"tree_topk": [1, 4], "tree_depth": 5, "tree_budget": [8, 16],
+                                  "proposers": ["eagle", "suffix"],
+                                  "method_options": {"eagle": {"tree_topk": 2, "tree_budget": 12}}}))
+    args = module.parse_args(["--config", str(config)])
+    assert (args.tree_topk, args.tree_depth, args.tree_budget, args.proposers) == ("1,4", "5", "8,16", "eagle,suffix")
+    assert args.method_options == {"eagle": {"tree_topk": 2, "tree_budget": 12}}
+    config.write_text(json.dumps({"method_options": {"suffix": {"tree_topk": "2"}}}))
+    with pytest.raises(UserError, match="method_options.suffix.tree_topk must be an integer, got '2'"):
+        module.parse_args(["--config", str(config)])
+
+
+def test_run_log_round_trips_tree_iterations_and_reads_logs_from_before_trees(tmp_path):
+    stats = SequenceStats(5, 0.1, [Iteration(6, 2, 3, 0.01, 0.001, depth=3, source="suffix"),
+                                   Iteration(0, 0, 1, 0.01)])
+    record = RunRecord(
+        config_id="multi-t2d3b6-n4", method="multi", k=3, max_generated_tokens=4, prompt_index=0, run_order=0,
+        category="c", source="s", question_id=None, prompt_tokens=5, output_ids=[1, 2, 3, 4],
+        token_strings=["a", "b", "c", "d"], total_s=0.1, ttft_s=0.1, iterations=iteration_dicts(stats),
+        matches_target_only=True, first_mismatch=None, tree_topk=2, tree_depth=3, tree_budget=6,
+    )
+    back = RunRecord(**json.loads(record.to_json()))
+    assert back == record and back.stats().iterations == stats.iterations
+    assert configuration_of(back) == Configuration("multi", 3, 4, 2, 6)
+    # a runs.jsonl line written before token trees: no shape, no depth/source per iteration
+    old = json.loads(record.to_json()) | {"config_id": "prompt_lookup-k2-n4", "method": "prompt_lookup", "k": 2}
+    for key in ("tree_topk", "tree_depth", "tree_budget"):
+        del old[key]
+    old["iterations"] = [{k: v for k, v in it.items() if k not in ("depth", "source")} for it in old["iterations"]]
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "meta.json").write_text("{}")
+    (folder / "done.json").write_text("{}")
+    (folder / "runs.jsonl").write_text(json.dumps(old) + "\n")
+    log = read_run_log(folder)
+    assert log.records[0].stats().iterations[0].draft_depth == 6  # a chain: as deep as it is long
+    row = summary_rows(log.records)[-1]
+    assert (row.config_id, row.tree_topk, row.tree_depth, row.tree_budget) == ("prompt_lookup-k2-n4", 1, 2, 2)
 
 
 def write_bench_file(path, long_text: str = "word " * 400):
@@ -189,6 +326,14 @@ BAD = [
     ("no prompt fits", ["--max_seq_len", "20"], "no prompt fits --max_seq_len 20"),
     ("explicit self_draft layers", ["--methods", "self_draft", "--draft_layers", "9"], "self_draft k=2:"),
     ("unknown model", ["--model", "no/such/model"], "model 'no/such/model' not found"),
+    ("topk zero", ["--tree_topk", "1,0"], "--tree_topk values must be >= 1, got 0"),
+    ("depth not int", ["--tree_topk", "2", "--tree_depth", "3.5"], "--tree_depth expects a comma list of integers"),
+    ("budget zero", ["--tree_topk", "2", "--tree_budget", "0"], "--tree_budget values must be >= 1, got 0"),
+    ("budget too big", ["--tree_topk", "2", "--tree_budget", "64"], "--tree_budget 64 is above the largest"),
+    ("depth without trees", ["--tree_depth", "3"], "--tree_depth shapes token trees; add a --tree_topk value above 1"),
+    ("multi without proposers", ["--methods", "multi"], "multi k=2: --method multi needs --proposers"),
+    ("proposers without multi", ["--proposers", "suffix"], "--proposers 'suffix' is for the multi method"),
+    ("unknown proposer", ["--methods", "multi", "--proposers", "medusa9"], "unknown proposer 'medusa9' in --proposers"),
 ]
 
 

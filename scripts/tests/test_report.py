@@ -1,5 +1,6 @@
-"""scripts/report.py: the page built from a real (tiny) sweep, the token colouring rebuilt from
-per-iteration counts, bad inputs, and the page rendered by headless Chromium when it is installed."""
+"""scripts/report.py: the page built from a real (tiny) sweep, the token-tree view (budget plot,
+shape columns, tree size on hover), the token colouring rebuilt from per-iteration counts, bad
+inputs, and the page rendered by headless Chromium when it is installed."""
 
 import os
 import re
@@ -15,7 +16,8 @@ from models.common.cli import run_cli
 
 from .conftest import load_script
 
-PNGS = ("speedup_vs_k.png", "acceptance_by_position.png", "mean_accepted_by_category.png")
+PNGS = ("speedup_vs_k.png", "tau_speedup_vs_budget.png", "acceptance_by_position.png",
+        "mean_accepted_by_category.png")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -24,15 +26,26 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-@pytest.fixture(scope="module")
-def report(benchmark_run):
-    folder, _, code = benchmark_run
-    assert code == 0
+def build_report(folder):
     module = load_script("report")
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: module.main([str(folder)]))
     assert exit_info.value.code == 0
     return folder, (folder / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def report(benchmark_run):
+    folder, _, code = benchmark_run
+    assert code == 0
+    return build_report(folder)
+
+
+@pytest.fixture(scope="module")
+def tree_report(tree_benchmark_run):
+    folder, _, code = tree_benchmark_run
+    assert code == 0
+    return build_report(folder)
 
 
 def test_report_is_self_contained_with_table_plots_and_coloured_tokens(report):
@@ -55,6 +68,27 @@ def test_report_is_self_contained_with_table_plots_and_coloured_tokens(report):
     assert page.count("<details class=prompt") == 3
 
 
+def test_tree_report_has_the_budget_plot_shape_columns_and_tree_sizes_on_hover(tree_report):
+    folder, page = tree_report
+    width, height = png_size((folder / "tau_speedup_vs_budget.png").read_bytes())
+    assert width > 600 and height > 200
+    assert "<img alt='tau_speedup_vs_budget.png' src='data:image/png;base64," in page
+    head = re.search(r"<table id=results class=sortable><thead><tr>(.*?)</tr>", page).group(1)
+    columns = re.findall(r"<th>([^<]*)</th>", head)
+    assert columns[:5] == ["configuration", "topk", "depth", "budget", "n"]
+    assert {"nodes/call", "mean depth", "branching", "calls", "accepted", "bonus", "by proposer"} <= set(columns)
+    assert "<td>suffix tree 2x3/6</td><td data-v='2'>2</td><td data-v='3'>3</td><td data-v='6'>6</td>" in page
+    assert "<td>suffix k=2</td><td data-v='1'>1</td><td data-v='2'>2</td><td data-v='2'>2</td>" in page
+    # colours as before; hovering a drafted call's token tells the tree's size, and multi's proposer
+    records = read_run_log(folder).records
+    spans = re.findall(r"<span class='(draft|target|plain|peer)( div)?'( title='[^']*')?>", page)
+    assert len(spans) == sum(len(r.output_ids) for r in records)
+    assert sum(kind == "draft" for kind, _, _ in spans) == sum(it["accepted"] for r in records for it in r.iterations)
+    titles = re.findall(r"title='(iteration \d+: [^']*)'", page)
+    assert any(re.search(r"accepted \d+/(\d+); tree \1 nodes, depth \d+$", t) for t in titles)
+    assert any("accepted draft" in t and t.endswith("; accepted path from suffix") for t in titles)
+
+
 def record(iterations, n_tokens):
     return RunRecord(
         config_id="x", method="prompt_lookup", k=4, max_generated_tokens=64, prompt_index=0, run_order=0,
@@ -64,8 +98,9 @@ def record(iterations, n_tokens):
     )
 
 
-def it(proposed, accepted, emitted):
-    return {"proposed": proposed, "accepted": accepted, "emitted": emitted, "seconds": 0.1, "draft_seconds": 0.0}
+def it(proposed, accepted, emitted, **tree):
+    return {"proposed": proposed, "accepted": accepted, "emitted": emitted, "seconds": 0.1, "draft_seconds": 0.0,
+            **tree}
 
 
 def test_token_sources_split_drafts_from_target_tokens():
@@ -75,9 +110,14 @@ def test_token_sources_split_drafts_from_target_tokens():
     assert kinds == [TARGET, DRAFT, DRAFT, TARGET, DRAFT, DRAFT, DRAFT, DRAFT, TARGET, PLAIN, DRAFT, DRAFT]
     sources = token_sources(r)
     assert [s.iteration for s in sources] == [0, 1, 1, 1, 2, 2, 2, 2, 2, 3, 4, 4]
-    assert sources[3].describe() == "iteration 1: target token, accepted 2/4"
+    assert sources[3].describe() == "iteration 1: target token, accepted 2/4; tree 4 nodes, depth 4"  # an old log
+    assert sources[9].describe() == "iteration 3: target decode, no drafts, accepted 0/0"
     peer = record(None, 3)
     assert [s.kind for s in token_sources(peer)] == [PEER] * 3
+    tree = token_sources(record([it(7, 2, 3, depth=3, source="suffix")], 4))
+    assert [s.kind for s in tree] == [TARGET, DRAFT, DRAFT, TARGET]
+    assert tree[1].describe() == (
+        "iteration 1: accepted draft, accepted 2/7; tree 7 nodes, depth 3; accepted path from suffix")
 
 
 def test_bad_inputs_are_one_line(run_script, benchmark_run, tmp_path):

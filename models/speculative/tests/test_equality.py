@@ -14,16 +14,18 @@ PROMPTS = [
     Prompt("zq"),
 ]
 CASES = [
-    # (target, method, draft_model, draft_layers)
-    ("random:tiny-llama:1", "draft_model", "random:tiny-llama:2", None),  # unrelated draft
-    ("random:tiny-llama:1", "draft_model", "random:tiny-llama:1", 2),  # its own first 2 layers
-    ("random:tiny-qwen2:3", "draft_model", "random:tiny-qwen2:3", 1),
-    ("random:tiny-mistral:4", "draft_model", "random:tiny-mistral:5", None),
-    ("random:tiny-llama-untied:6", "self_draft", None, 1),
-    ("random:tiny-llama:7", "self_draft", None, 3),
-    ("random:tiny-qwen2:8", "self_draft", None, 2),
-    ("random:tiny-llama:9", "prompt_lookup", None, None),
-    ("random:tiny-mistral:10", "prompt_lookup", None, None),
+    # (target, method, draft_model, draft_layers, lowest acceptance rate the case must reach at every k)
+    ("random:tiny-llama:1", "draft_model", "random:tiny-llama:2", None, 0.0),  # unrelated draft: the reject path
+    ("random:tiny-llama:1", "draft_model", "random:tiny-llama:1", None, 0.99),  # draft = target: the accept path
+    ("random:tiny-llama:1", "draft_model", "random:tiny-llama:1", 2, 0.0),  # its own first 2 layers
+    ("random:tiny-llama:1", "draft_model", "random:tiny-llama:1", 3, 0.05),  # 3 of its 4 layers: partial
+    ("random:tiny-qwen2:3", "draft_model", "random:tiny-qwen2:3", 1, 0.0),
+    ("random:tiny-mistral:4", "draft_model", "random:tiny-mistral:5", None, 0.0),
+    ("random:tiny-llama-untied:6", "self_draft", None, 1, 0.0),
+    ("random:tiny-llama:7", "self_draft", None, 3, 0.05),
+    ("random:tiny-qwen2:8", "self_draft", None, 2, 0.0),
+    ("random:tiny-llama:9", "prompt_lookup", None, None, 0.0),
+    ("random:tiny-mistral:10", "prompt_lookup", None, None, 0.0),
 ]
 KS = [1, 2, 3, 5, 8]
 
@@ -34,8 +36,8 @@ def outputs(config: RunConfig):
     return [engine.run(ids) for ids in encoded]
 
 
-@pytest.mark.parametrize("target, method, draft_model, draft_layers", CASES)
-def test_speculative_equals_target_only_for_every_k(target, method, draft_model, draft_layers):
+@pytest.mark.parametrize("target, method, draft_model, draft_layers, min_acceptance", CASES)
+def test_speculative_equals_target_only_for_every_k(target, method, draft_model, draft_layers, min_acceptance):
     base = RunConfig(model=target, method="target", max_generated_tokens=40, max_seq_len=160, instruct=False)
     expected = [r.tokens for r in outputs(base)]
     for k in KS:
@@ -47,6 +49,7 @@ def test_speculative_equals_target_only_for_every_k(target, method, draft_model,
         assert [r.tokens for r in got] == expected, f"k={k}"
         s = summarize([r.stats for r in got])
         assert s["target_calls"] <= s["generated_tokens"] - len(PROMPTS)
+        assert s["acceptance_rate"] >= min_acceptance, f"k={k}: acceptance {s['acceptance_rate']:.3f}"
 
 
 @pytest.mark.parametrize("k, max_new", [(1, 41), (4, 41), (7, 41)])
