@@ -50,7 +50,7 @@ from models.common.cli import (  # noqa: E402
 from models.common.device import open_device, requested_device_name  # noqa: E402
 from models.common.errors import UserError  # noqa: E402
 from models.llama.weights import DEFAULT_MODEL  # noqa: E402
-from models.speculative.engine import METHODS, RunConfig  # noqa: E402
+from models.speculative.engine import AUTO, METHODS, RunConfig  # noqa: E402
 
 DEFAULT_K = "4"  # one k keeps the default Spec-Bench sweep (52 prompts) near 40 min on a 2-core CPU
 DEFAULT_LENGTHS = "128"
@@ -70,7 +70,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--tree_topk", default="1", help="comma list of children per node; 1: chains at each k")
     p.add_argument("--tree_depth", default=None, help="comma list of tree levels (default: the k values)")
     p.add_argument("--tree_budget", default=None,
-                   help="comma list of tree nodes verified per target call (default: the device's)")
+                   help="comma list of tree nodes verified per target call, or auto (default: the device's)")
     p.add_argument("--proposers", default=None, help="the multi method's proposers, e.g. eagle,prompt_lookup")
     p.add_argument("--model", default=DEFAULT_MODEL, help="smollm2-135m, a checkpoint folder, a .gguf, random:PRESET")
     p.add_argument("--input_prompts", nargs="+", default=None, help="prompt files; category = file stem")
@@ -156,6 +156,15 @@ def optional_int_list(flag: str, value: str | None) -> list[int] | None:
     return None if value is None else int_list(flag, value)
 
 
+def budget_list(value: str | None) -> list[int | str] | None:
+    """--tree_budget: integers and/or 'auto' (the budget tuned per iteration from measured costs)."""
+    if value is None:
+        return None
+    items = comma_list(value)
+    numbers = int_list("tree_budget", ",".join(v for v in items if v != AUTO)) if set(items) - {AUTO} else []
+    return numbers + ([AUTO] if AUTO in items else [])
+
+
 def choose_methods(value: str | None, with_multi: bool = False) -> list[str]:
     """The --methods list; the default is every engine method (multi only with its proposers)."""
     if value is None:
@@ -169,7 +178,8 @@ def choose_methods(value: str | None, with_multi: bool = False) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def check_tree_flags(base: RunConfig, topks: list[int], depths: list[int] | None, budgets: list[int] | None) -> None:
+def check_tree_flags(base: RunConfig, topks: list[int], depths: list[int] | None,
+                     budgets: list[int | str] | None) -> None:
     """Tree depth and budget shape trees only, and every value must be one the engine can verify;
     both are checked here, before any model loads, so a bad sweep writes nothing."""
     if max(topks) == 1:
@@ -241,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = int_list("max_generated_tokens", args.max_generated_tokens)
     topks = int_list("tree_topk", args.tree_topk)
     depths = optional_int_list("tree_depth", args.tree_depth)
-    budgets = optional_int_list("tree_budget", args.tree_budget)
+    budgets = budget_list(args.tree_budget)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     output_dir = prepare_output_dir(Path(args.output_dir) if args.output_dir else REPO_ROOT / "logs" / stamp)
     prompts = load_bench_prompts(args)

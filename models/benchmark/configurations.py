@@ -22,7 +22,7 @@ from models.common.errors import UserError
 from models.common.metrics import SequenceStats
 from models.llama.reference import HFReference
 from models.llama.weights import LoadedModel
-from models.speculative.engine import METHODS, Engine, RunConfig
+from models.speculative.engine import AUTO, METHODS, Engine, RunConfig
 from models.speculative.generator import synchronize
 from models.speculative.tree import TreeSpec
 
@@ -50,14 +50,15 @@ class Configuration:
     k: int  # a chain's draft tokens per target call, a tree's depth; 0 when nothing is drafted
     max_generated_tokens: int
     topk: int = 1  # children per node; > 1: a token tree of depth k
-    budget: int = 0  # a tree's nodes verified per target call (root excluded); 0 for a chain
+    budget: int | str = 0  # a tree's nodes verified per target call (root excluded), or "auto"; 0 for a chain
 
     @classmethod
-    def of_spec(cls, method: str, spec: TreeSpec, max_generated_tokens: int) -> Configuration:
-        """The configuration an engine with this draft shape runs (a chain's length is its budget)."""
+    def of_spec(cls, method: str, spec: TreeSpec, max_generated_tokens: int, auto: bool = False) -> Configuration:
+        """The configuration an engine with this draft shape runs (a chain's length is its budget;
+        auto: the budget is tuned per iteration up to spec.budget)."""
         if spec.is_chain:
             return cls(method, spec.budget, max_generated_tokens)
-        return cls(method, spec.depth, max_generated_tokens, spec.topk, spec.budget)
+        return cls(method, spec.depth, max_generated_tokens, spec.topk, AUTO if auto else spec.budget)
 
     @property
     def is_peer(self) -> bool:
@@ -213,7 +214,8 @@ def build(plan: SweepPlan, device: Device) -> Built:
         # only: shapes that resolve to one already built are not built twice
         for shape in plan.draft_shapes():
             config = _method_config(plan, method, shape, n_layers)
-            first = Configuration.of_spec(method, config.tree_spec(device.torch_device.type), plan.lengths[0])
+            auto = config.tree_budget == AUTO
+            first = Configuration.of_spec(method, config.tree_spec(device.torch_device.type), plan.lengths[0], auto)
             if first in runners:
                 continue
             try:
@@ -224,7 +226,7 @@ def build(plan: SweepPlan, device: Device) -> Built:
                 logger.warning(f"skipping {method} (a default method that cannot run here): {exc}")
                 break
             for n in plan.lengths:
-                runners[Configuration.of_spec(method, engine.spec, n)] = suite_runner(engine, baseline=False)
+                runners[Configuration.of_spec(method, engine.spec, n, auto)] = suite_runner(engine, baseline=False)
     if plan.hf_peers:
         reference = hf_reference(target.target, device)
         eos, torch_device = target.tokenizer.eos_token_ids, device.torch_device

@@ -106,7 +106,8 @@ def _budget_points(rows: list[Row], value: str) -> dict[str, list[tuple[int, flo
     several = len({r.max_generated_tokens for r in overall}) > 1
     series: dict[str, list[tuple[int, float, bool]]] = defaultdict(list)
     for r in overall:
-        series[_series_name(r, several)].append((r.tree_budget, getattr(r, value), r.tree_topk > 1))
+        nodes = r.tree_budget if isinstance(r.tree_budget, int) else round(r.mean_tree_nodes or 0)  # auto: as used
+        series[_series_name(r, several)].append((nodes, getattr(r, value), r.tree_topk > 1))
     return series
 
 

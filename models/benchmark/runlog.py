@@ -49,7 +49,7 @@ class RunRecord:
     # older log (a chain of k); a chain of k is 1, k, k
     tree_topk: int | None = None
     tree_depth: int | None = None
-    tree_budget: int | None = None  # nodes verified per target call (root excluded)
+    tree_budget: int | str | None = None  # nodes verified per target call (root excluded), or "auto"
 
     @property
     def generated_tokens(self) -> int:

@@ -34,7 +34,7 @@ class Row:
     k: int
     tree_topk: int | None  # None where nothing is drafted
     tree_depth: int | None
-    tree_budget: int | None  # nodes verified per target call; a chain of k: k
+    tree_budget: int | str | None  # nodes verified per target call ("auto": tuned); a chain of k: k
     max_generated_tokens: int
     category: str
     prompts: int

@@ -377,3 +377,23 @@ def test_output_dir_that_is_a_file_or_holds_a_run_is_refused(run_script, tmp_pat
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "a_file").read_text() == "keep me"
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["runs.jsonl"]
+
+
+def test_auto_budget_sweeps_beside_fixed_budgets(tmp_path, monkeypatch):
+    """--tree_budget 4,auto: the auto configuration is named as such, tuned up to its largest
+    tree, equal to target-only, and plotted at the nodes it actually verified."""
+    from .conftest import sweep
+
+    monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "cache"))
+    folder, _, code = sweep(tmp_path, ["--methods", "suffix", "--tree_topk", "2", "--tree_depth", "3",
+                                       "--tree_budget", "4,auto", "--hf_peers", "0"])
+    assert code == 0
+    meta = json.loads((folder / "meta.json").read_text())
+    by_id = {c["id"]: c for c in meta["configurations"]}
+    assert set(by_id) == {"target-n16", "suffix-t2d3b4-n16", "suffix-t2d3bauto-n16"}
+    assert by_id["suffix-t2d3bauto-n16"]["label"] == "suffix tree 2x3/auto"
+    runs = [r for r in read_runs(folder) if r.config_id == "suffix-t2d3bauto-n16"]
+    assert runs and all(r.matches_target_only and r.tree_budget == "auto" for r in runs)
+    assert all(it["proposed"] <= 2 + 2 * 2 * 2 for r in runs for it in r.iterations)
+    assert any(row["tree_budget"] == "auto" for row in read_summary(folder))
+    assert list((tmp_path / "cache").glob("verify_cost-*.json"))
