@@ -1,12 +1,14 @@
-"""The CPU kernel that makes verification cheap: a batch-invariant skinny fp32 GEMM.
+"""The CPU kernels that make verification cheap: batch-invariant fp32 skinny GEMM and attention.
 
 MKL's sgemm repacks the weight on every call and its M = 1 path (gemv) is poorly threaded, so
 on the 2-core machines one decode step ran at about half the memory bandwidth and a k + 1 row
-verify cost up to 2x a decode step. csrc/skinny_linear.cpp streams each weight row once for
-all rows (AVX2 + FMA) and sums every output in a fixed order, so the logits of a token do not
-depend on how many tokens share the call. Compiled once with torch's extension builder (cached
-under ~/.cache/torch_extensions); where it cannot be built the model falls back to torch.mm.
-Set SPECDEC_CPU_KERNELS=0 to turn it off.
+verify cost up to 2x a decode step. csrc/cpu_kernels.cpp register-tiles x rows against weight
+rows in L2-sized blocks (AVX2 + FMA), so each weight load feeds many rows, and computes every
+output by the same sequence of operations whatever the number of rows (up to 64: a tree of 63
+nodes and its root), so the logits of a token do not depend on how many tokens share the call;
+attention does the same under any tree mask. Compiled once with torch's extension builder
+(cached under ~/.cache/torch_extensions); where it cannot be built the model falls back to
+torch's kernels. Set SPECDEC_CPU_KERNELS=0 to turn it off.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from models.common.cpu_kernels import skinny_kernels
 from models.llama.config import ModelArgs
 from models.llama.kv_cache import KVCache
 
-SKINNY_MAX_ROWS = 32
+SKINNY_MAX_ROWS = 64  # a token tree of up to 63 drafts + its root is verified in one pass
 
 
 def cpu_kernels_for(x: torch.Tensor, rows: int):

@@ -1,53 +1,143 @@
-// y[m, n] = sum_k x[m, k] * w[n, k] for few rows m (decode and verify), fp32, AVX2 + FMA.
+// Batch-invariant fp32 CPU kernels for decode and verify (AVX2 + FMA, no AVX-512).
 //
-// Each weight row is read from memory once and used for every x row, so k + 1 verify rows cost
-// about what one decode row costs (the weights, not the arithmetic, are the bound). Every
-// output element is summed in the same order whatever M is, so a token's logits do not depend
-// on how many tokens share the call: verify logits equal decode logits bit for bit.
+// skinny_linear: y[m, n] = sum_k x[m, k] * w[n, k] for up to ~64 rows m. attend: attention of
+// those rows over the KV cache. Both compute every output element by the same sequence of
+// floating-point operations whatever the number of rows is and wherever a row sits in the call,
+// so a token's logits are bit-identical whether it is decoded alone or verified among 63 others:
+// fp32 speculative output equals target-only output by construction.
+//
+// The rule that makes this hold: one output = ONE 8-lane accumulator, fma over k in blocks of 8
+// in order (the K % 8 tail as one more fma on zero-padded masked loads), then the same fixed
+// tree over the 8 lanes. Register tiles of different shapes (MB x rows by NB weight rows) only
+// change which outputs are computed side by side, never how one is computed.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace {
 
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v);
-  __m128 hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo);
-  __m128 s = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, s);
-  s = _mm_add_ss(s, sh);
-  return _mm_cvtss_f32(s);
+// Lane sums of four accumulators, each by the tree ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)).
+// Lane i of the result depends on the i-th argument only, so zero padding changes no bits.
+inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-// Dot products of one weight row with up to 4 x rows; two accumulators per x row.
-template <int MB>
-inline void rows_dot(const float* w, const float* x, int64_t K, int64_t ldx, float* out, int64_t ldo) {
-  __m256 a0[MB], a1[MB];
-  for (int b = 0; b < MB; ++b) { a0[b] = _mm256_setzero_ps(); a1[b] = _mm256_setzero_ps(); }
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    __m256 w0 = _mm256_loadu_ps(w + k);
-    __m256 w1 = _mm256_loadu_ps(w + k + 8);
-    for (int b = 0; b < MB; ++b) {
-      a0[b] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + b * ldx + k), a0[b]);
-      a1[b] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + b * ldx + k + 8), a1[b]);
+// The lanes k < rem of a K % 8 tail.
+inline __m256i tail_mask(int64_t rem) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem), lanes);
+}
+
+// Software prefetch of the weight block that comes next, spread evenly over the k steps of the
+// current block's tiles (`rate` cache lines every `every` steps), so that reading it from DRAM
+// overlaps this block's arithmetic instead of stalling the next block's first pass (one line per
+// step until done, front-loaded, was ~7% slower at 32-64 rows). Into L2 (T1): used a block later.
+struct Prefetch {
+  const char* p = nullptr;
+  const char* end = nullptr;
+  int64_t rate = 0;       // lines per prefetching step
+  int64_t every = 1;      // prefetch on one step in `every`
+  int64_t count = 0;
+  inline void step() {
+    if (++count < every) return;
+    count = 0;
+    for (int64_t r = 0; r < rate && p < end; ++r, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+  }
+};
+
+// One register tile: y[i, j] = x[i] . w[j] for i < MB, j < NB, over all of K (x and w rows
+// are K apart, y rows ldy apart). The shorter side of the tile stays in registers and the other
+// is loaded one vector at a time: 12 accumulators + 3 or 4 operands fill the 16 ymm registers,
+// and each k step does MB * NB fmas for MB + NB loads.
+template <int MB, int NB>
+__attribute__((always_inline)) inline void tile(const float* x, const float* w, int64_t K, float* y, int64_t ldy,
+                                                Prefetch& pf) {
+  __m256 acc[MB][NB];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_setzero_ps();
+  auto step = [&](auto load, int64_t k) {
+    if constexpr (MB <= NB) {
+      __m256 xv[MB];
+      for (int i = 0; i < MB; ++i) xv[i] = load(x + i * K + k);
+      for (int j = 0; j < NB; ++j) {
+        const __m256 wv = load(w + j * K + k);
+        for (int i = 0; i < MB; ++i) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+      }
+    } else {
+      __m256 wv[NB];
+      for (int j = 0; j < NB; ++j) wv[j] = load(w + j * K + k);
+      for (int i = 0; i < MB; ++i) {
+        const __m256 xv = load(x + i * K + k);
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+      }
     }
+  };
+  const int64_t K8 = K & ~int64_t(7);
+  for (int64_t k = 0; k < K8; k += 8) {
+    pf.step();
+    step([](const float* p) { return _mm256_loadu_ps(p); }, k);
   }
-  for (; k + 8 <= K; k += 8) {
-    __m256 w0 = _mm256_loadu_ps(w + k);
-    for (int b = 0; b < MB; ++b) a0[b] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + b * ldx + k), a0[b]);
+  auto finish = [&]() {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int i = 0; i < MB; ++i) {
+      for (int j = 0; j < NB; j += 4) {
+        const __m128 s = hsum4(acc[i][j], j + 1 < NB ? acc[i][j + 1] : zero, j + 2 < NB ? acc[i][j + 2] : zero,
+                               j + 3 < NB ? acc[i][j + 3] : zero);
+        float* out = y + i * ldy + j;
+        if (j + 4 <= NB) {
+          _mm_storeu_ps(out, s);
+        } else {
+          alignas(16) float tmp[4];
+          _mm_store_ps(tmp, s);
+          for (int t = 0; t < NB - j; ++t) out[t] = tmp[t];
+        }
+      }
+    }
+  };
+  // Two copies of the ending, so that the accumulators need not pass through memory where the
+  // paths would merge (GCC spilled them there: slow on short K such as attention's head size).
+  if (K8 < K) {  // masked lanes load 0, and fma(0, 0, acc) leaves acc's value as it is
+    const __m256i mask = tail_mask(K - K8);
+    step([mask](const float* p) { return _mm256_maskload_ps(p, mask); }, K8);
+    finish();
+  } else {
+    finish();
   }
-  for (int b = 0; b < MB; ++b) {
-    float s = hsum(_mm256_add_ps(a0[b], a1[b]));
-    for (int64_t t = k; t < K; ++t) s += w[t] * x[b * ldx + t];
-    out[b * ldo] = s;
+}
+
+// MB x rows against `count` consecutive weight rows: NB at a time, the ragged end by narrower
+// tiles (same per-output arithmetic).
+template <int MB, int NB>
+inline void row_tile_over(const float* x, const float* w, int64_t K, int64_t count, float* y, int64_t ldy,
+                          Prefetch& pf) {
+  int64_t n = 0;
+  for (; n + NB <= count; n += NB) tile<MB, NB>(x, w + n * K, K, y + n, ldy, pf);
+  if constexpr (NB > 1) {
+    if (n < count) row_tile_over<MB, NB - 1>(x, w + n * K, K, count - n, y + n, ldy, pf);
   }
+}
+
+// Tile width for MB x rows: MB * NB = 12 accumulators where possible, 8 for a single row.
+template <int MB>
+constexpr int tile_width() {
+  return MB == 1 ? 8 : MB == 2 ? 6 : MB == 3 ? 4 : 3;
+}
+
+// MB x rows against a block of weight rows. `linear` (one or two x rows in the call: decode):
+// one weight row at a time, a single linear stream that the hardware prefetcher follows at full
+// speed, which is what a bandwidth-bound call needs (eight short row streams at once ran 12%
+// slower with software prefetch, 50% without).
+template <int MB>
+inline void rows_over(const float* x, const float* w, int64_t K, int64_t count, float* y, int64_t ldy,
+                      bool linear, Prefetch& pf) {
+  if (MB <= 2 && linear) row_tile_over<MB, 1>(x, w, K, count, y, ldy, pf);
+  else row_tile_over<MB, tile_width<MB>()>(x, w, K, count, y, ldy, pf);
 }
 
 }  // namespace
@@ -59,18 +149,39 @@ torch::Tensor skinny_linear(torch::Tensor x, torch::Tensor w) {
   TORCH_CHECK(w.is_contiguous(), "skinny_linear: weight must be contiguous");
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   auto y = torch::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      const float* wr = wp + n * K;
+  // Weight rows per block: about 128 KB, so that the block stays in L2 (1 MB, beside x and the
+  // next block) while every 4-row tile of x passes over it, and the weights come from DRAM once
+  // per call; a multiple of 24 so that every tile width (3, 4, 6, 8) divides it.
+  const int64_t budget = (128 * 1024) / (K * (int64_t)sizeof(float));
+  const int64_t nblk = std::max<int64_t>(24, budget / 24 * 24);
+  const int64_t blocks = (N + nblk - 1) / nblk;
+  const char* w_end = reinterpret_cast<const char*>(wp + N * K);
+  // Decode-like calls (M <= 2) stream linearly with no software prefetch (see rows_over); the
+  // others prefetch the next block over the k steps of this block's passes of 4 x rows.
+  const bool linear = M <= 2;
+  const int64_t passes = (M + 3) / 4, steps = passes * ((nblk + 3) / 4) * (K / 8);
+  const int64_t lines = (nblk * K * (int64_t)sizeof(float) + 63) / 64;
+  const int64_t rate = linear || steps == 0 ? 0 : (lines + steps - 1) / steps;
+  const int64_t every = rate == 1 ? std::max<int64_t>(1, steps / lines) : 1;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * nblk, count = std::min(nblk, N - n0);
+      const float* wb = wp + n0 * K;
+      Prefetch pf;
+      pf.p = reinterpret_cast<const char*>(wb + count * K);
+      pf.end = std::min(w_end, pf.p + nblk * K * (int64_t)sizeof(float));
+      pf.rate = rate;
+      pf.every = every;
       int64_t m = 0;
-      for (; m + 4 <= M; m += 4) rows_dot<4>(wr, xp + m * K, K, K, yp + m * N + n, N);
+      for (; m + 4 <= M; m += 4) rows_over<4>(xp + m * K, wb, K, count, yp + m * N + n0, N, linear, pf);
       switch (M - m) {
-        case 3: rows_dot<3>(wr, xp + m * K, K, K, yp + m * N + n, N); break;
-        case 2: rows_dot<2>(wr, xp + m * K, K, K, yp + m * N + n, N); break;
-        case 1: rows_dot<1>(wr, xp + m * K, K, K, yp + m * N + n, N); break;
+        case 3: rows_over<3>(xp + m * K, wb, K, count, yp + m * N + n0, N, linear, pf); break;
+        case 2: rows_over<2>(xp + m * K, wb, K, count, yp + m * N + n0, N, linear, pf); break;
+        case 1: rows_over<1>(xp + m * K, wb, K, count, yp + m * N + n0, N, linear, pf); break;
         default: break;
       }
     }
@@ -78,61 +189,222 @@ torch::Tensor skinny_linear(torch::Tensor x, torch::Tensor w) {
   return y;
 }
 
-// Attention of few query rows over the KV cache, fp32. Each (head, row) is computed alone:
-// scores in cache order, a max, exp-sum and value sum in cache order over the visible slots,
-// so a row's result does not depend on the other rows in the call (batch-invariant, like
-// skinny_linear). q: [T, H, D]; k, v: [Hkv, S, D] (S >= kv_len); mask: [T, kv_len] bool or
-// empty (every slot < kv_len visible). Returns [T, H, D].
+namespace {
+
+// exp(x) lane by lane: Cephes' expf (Cody-Waite reduction, degree-5 polynomial, about 1 ulp),
+// so a softmax over thousands of slots does not go through scalar expf. Lanes are independent.
+inline __m256 exp256(__m256 x) {
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+  x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
+  const __m256 fx =
+      _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+  const __m256i n = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));
+}
+
+// One (row, head)'s softmax numerators, in place. On entry s[lo, hi) holds the raw scores q . k
+// (lo, hi: the ends of the visible runs [runs[2j], runs[2j+1]); vis: the mask row, or null when
+// [lo, hi) is all visible). On return s holds exp(scale * score - max) on visible slots and 0 on
+// hidden ones over the whole 8-slot blocks around [lo, hi), and the function returns the sum of
+// the visible numerators. That sum must not depend on where the visible slots sit (a tree node's
+// ancestors are scattered slots, the same tokens decoded as a chain are consecutive ones), only
+// on their values in slot order: so the visible numerators are packed first, then summed in 8
+// lanes (lane = position in the packed sequence % 8, zero-padded) and the fixed lane tree.
+// Not inlined: every (row, head) runs the very same instructions.
+__attribute__((noinline)) float softmax_row(float* s, const bool* vis, const int64_t* runs, int64_t nruns,
+                                            float scale, float* packed) {
+  const int64_t lo = runs[0], hi = runs[2 * nruns - 1];
+  const int64_t b0 = lo & ~int64_t(7), b1 = (hi + 7) & ~int64_t(7);
+  const __m256 neg_inf = _mm256_set1_ps(-INFINITY), sv = _mm256_set1_ps(scale);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i lo_v = _mm256_set1_epi32((int)(lo - b0)), hi_v = _mm256_set1_epi32((int)(hi - b0));
+  __m256 mx = neg_inf;
+  for (int64_t t = b0; t < b1; t += 8) {  // scale; -inf on hidden slots and outside [lo, hi)
+    const __m256i idx = _mm256_add_epi32(lanes, _mm256_set1_epi32((int)(t - b0)));
+    __m256i keep = _mm256_andnot_si256(_mm256_cmpgt_epi32(lo_v, idx), _mm256_cmpgt_epi32(hi_v, idx));
+    if (vis) {
+      int64_t bytes = 0;  // the mask row ends at hi at the latest: never read past it
+      std::memcpy(&bytes, vis + std::max(t, lo), std::min<int64_t>(t + 8, hi) - std::max(t, lo));
+      if (t < lo) bytes <<= 8 * (lo - t);
+      const __m256i m = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes));
+      keep = _mm256_and_si256(keep, _mm256_cmpgt_epi32(m, _mm256_setzero_si256()));
+    }
+    const __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(s + t), sv);
+    const __m256 x = _mm256_blendv_ps(neg_inf, scaled, _mm256_castsi256_ps(keep));
+    _mm256_storeu_ps(s + t, x);
+    mx = _mm256_max_ps(mx, x);
+  }
+  alignas(32) float m8[8];
+  _mm256_store_ps(m8, mx);
+  float m = m8[0];
+  for (int i = 1; i < 8; ++i) m = std::max(m, m8[i]);  // exact in any order
+  const __m256 mv = _mm256_set1_ps(m);
+  for (int64_t t = b0; t < b1; t += 8) {
+    const __m256 x = _mm256_loadu_ps(s + t);
+    const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(x, mv)), _mm256_cmp_ps(x, neg_inf, _CMP_NEQ_OQ));
+    _mm256_storeu_ps(s + t, e);
+  }
+  int64_t n = 0;
+  for (int64_t j = 0; j < nruns; ++j) {
+    std::memcpy(packed + n, s + runs[2 * j], (runs[2 * j + 1] - runs[2 * j]) * sizeof(float));
+    n += runs[2 * j + 1] - runs[2 * j];
+  }
+  for (int64_t t = n; t < ((n + 7) & ~int64_t(7)); ++t) packed[t] = 0.f;
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t t = 0; t < n; t += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(packed + t));
+  const __m256 zero = _mm256_setzero_ps();
+  return _mm_cvtss_f32(hsum4(sum, zero, zero, zero));
+}
+
+// acc[i][c] += p[i, s] * v[s, 8c:8c+8] for s in [s0, s1), in slot order. The accumulators are
+// copied into locals for the loop: left in the caller's array, GCC kept them in memory (the
+// __m256 type may alias the float loads) and stored all of them on every slot.
+template <int R, int DC>
+__attribute__((always_inline)) inline void pv_run(__m256 (&acc)[R][DC], const float* p, int64_t ldp,
+                                                  const float* vb, int64_t D, int64_t s0, int64_t s1) {
+  __m256 a[R][DC];
+  for (int i = 0; i < R; ++i)
+    for (int c = 0; c < DC; ++c) a[i][c] = acc[i][c];
+  for (int64_t s = s0; s < s1; ++s) {
+    __m256 pb[R];
+    for (int i = 0; i < R; ++i) pb[i] = _mm256_broadcast_ss(p + i * ldp + s);
+    const float* vr = vb + s * D;
+    for (int c = 0; c < DC; ++c) {
+      const __m256 vv = _mm256_loadu_ps(vr + c * 8);
+      for (int i = 0; i < R; ++i) a[i][c] = _mm256_fmadd_ps(pb[i], vv, a[i][c]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int c = 0; c < DC; ++c) acc[i][c] = a[i][c];
+}
+
+// out[i, :8*DC] = inv[i] * sum over visible slots s, in slot order, of p[i, s] * v[s, :8*DC], for
+// R heads that share one KV head and one query row (so one mask row): each V row is loaded once
+// for all R heads. The visible slots come as runs [runs[2j], runs[2j+1]); hidden slots are
+// skipped, so per output lane the fma sequence is the same for any R, DC or other rows' masks.
+template <int R, int DC>
+inline void pv_chunk(const float* p, int64_t ldp, const float* vb, int64_t D, const int64_t* runs, int64_t nruns,
+                     const float* inv, float* out) {
+  __m256 acc[R][DC];
+  for (int i = 0; i < R; ++i)
+    for (int c = 0; c < DC; ++c) acc[i][c] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < nruns; ++j) pv_run<R, DC>(acc, p, ldp, vb, D, runs[2 * j], runs[2 * j + 1]);
+  for (int i = 0; i < R; ++i) {
+    const __m256 sc = _mm256_set1_ps(inv[i]);
+    for (int c = 0; c < DC; ++c) _mm256_storeu_ps(out + i * D + c * 8, _mm256_mul_ps(acc[i][c], sc));
+  }
+}
+
+// The head dimension (nvec vectors of 8) in chunks of DC vectors, the rest by narrower chunks.
+template <int R, int DC>
+inline void pv(const float* p, int64_t ldp, const float* vb, int64_t D, const int64_t* runs, int64_t nruns,
+               const float* inv, float* out, int64_t nvec) {
+  int64_t c = 0;
+  for (; c + DC <= nvec; c += DC) pv_chunk<R, DC>(p, ldp, vb + c * 8, D, runs, nruns, inv, out + c * 8);
+  if constexpr (DC > 1) {
+    if (c < nvec) pv<R, DC - 1>(p, ldp, vb + c * 8, D, runs, nruns, inv, out + c * 8, nvec - c);
+  }
+}
+
+// Attention of R query heads of one row (q: R rows D apart) over one KV head's cache kb, vb
+// ([S, D]) at slots < kv_len visible under vis (null: all). sc: scratch, R rows ldp apart;
+// packed: scratch of ldp floats; runs: scratch for the visible runs.
+template <int R>
+void attend_heads(const float* q, const float* kb, const float* vb, const bool* vis, int64_t kv_len, int64_t D,
+                  float scale, float* sc, int64_t ldp, float* packed, std::vector<int64_t>& runs, float* out) {
+  runs.clear();
+  if (vis) {
+    for (int64_t s = 0; s < kv_len;) {
+      const bool* start = static_cast<const bool*>(std::memchr(vis + s, 1, kv_len - s));
+      if (!start) break;
+      const int64_t s0 = start - vis;
+      const bool* stop = static_cast<const bool*>(std::memchr(start, 0, kv_len - s0));
+      const int64_t s1 = stop ? stop - vis : kv_len;
+      runs.push_back(s0);
+      runs.push_back(s1);
+      s = s1;
+    }
+  } else if (kv_len > 0) {
+    runs.push_back(0);
+    runs.push_back(kv_len);
+  }
+  if (runs.empty()) {  // nothing visible: NaN, as softmax over an empty set (and SDPA) gives
+    std::fill(out, out + R * D, NAN);
+    return;
+  }
+  const int64_t lo = runs.front(), hi = runs.back();  // slots outside [lo, hi) are never touched
+  // Scores by skinny_linear's tiles (q rows against key rows): each score's arithmetic is fixed.
+  Prefetch none;
+  row_tile_over<R, tile_width<R>()>(q, kb + lo * D, D, hi - lo, sc + lo, ldp, none);
+  float inv[R];
+  const int64_t nruns = (int64_t)runs.size() / 2;
+  for (int i = 0; i < R; ++i) inv[i] = 1.f / softmax_row(sc + i * ldp, vis, runs.data(), nruns, scale, packed);
+  pv<R, (R == 1 ? 8 : 4)>(sc, ldp, vb, D, runs.data(), nruns, inv, out, D / 8);  // <= 12 accumulators
+}
+
+}  // namespace
+
+// Attention of few query rows over the KV cache, fp32, batch-invariant: each (row, head) gets
+// its scores, max, softmax denominator and value sum in a fixed order over its visible slots,
+// whatever the other rows of the call are (see attend_heads). Work items are one row and up to
+// 3 query heads of one KV head, so each K and V row read serves all of them; items run KV head
+// by KV head so one head's cache stays in L2 across rows. q: [T, H, D]; k, v: [Hkv, S, D]
+// (S >= kv_len); mask: [T, kv_len] bool or empty (every slot < kv_len visible). Returns [T, H, D].
 torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor mask, int64_t kv_len,
                      double scale) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "attend: shapes");
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat, "attend: fp32 only");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "attend: fp32 only");
   q = q.contiguous();
   TORCH_CHECK(k.is_contiguous() && v.is_contiguous(), "attend: cache must be contiguous");
   const int64_t T = q.size(0), H = q.size(1), D = q.size(2), Hkv = k.size(0), S = k.size(1);
-  TORCH_CHECK(kv_len <= S && H % Hkv == 0 && D % 8 == 0, "attend: bad sizes");
+  TORCH_CHECK(kv_len <= S && H % Hkv == 0 && D % 8 == 0 && v.size(0) == Hkv && v.size(1) == S &&
+                  k.size(2) == D && v.size(2) == D,
+              "attend: bad sizes");
   const bool has_mask = mask.numel() > 0;
   if (has_mask) TORCH_CHECK(mask.scalar_type() == at::kBool && mask.size(0) == T && mask.size(1) == kv_len &&
                             mask.is_contiguous(), "attend: mask must be contiguous bool [T, kv_len]");
   auto out = torch::empty({T, H, D}, q.options());
+  if (T == 0 || kv_len == 0) return out.fill_(NAN);
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   const bool* mp = has_mask ? mask.data_ptr<bool>() : nullptr;
   float* op = out.data_ptr<float>();
   const int64_t group = H / Hkv;
-  at::parallel_for(0, T * H, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scores(kv_len);
-    std::vector<__m256> acc(D / 8);
+  // Up to 3 heads per item; single heads when there are too few items to keep two threads busy
+  // (decode). The grouping never changes a (row, head)'s arithmetic.
+  const int64_t hb = T * Hkv >= 8 ? std::min<int64_t>(group, 3) : 1;
+  const int64_t chunks = (group + hb - 1) / hb;
+  const int64_t ldp = ((kv_len + 7) & ~int64_t(7)) + 8;
+  at::parallel_for(0, Hkv * T * chunks, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scratch(4 * ldp);  // 3 heads' scores, then softmax_row's packed numerators
+    float* scores = scratch.data();
+    float* packed = scores + 3 * ldp;
+    std::vector<int64_t> runs;
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / H, h = i % H, kh = h / group;
-      const float* qr = qp + (t * H + h) * D;
+      const int64_t kh = i / (T * chunks), t = (i / chunks) % T, c = i % chunks;
+      const int64_t h0 = kh * group + c * hb, r = std::min(hb, group - c * hb);
+      const float* qr = qp + (t * H + h0) * D;
       const float* kb = kp + kh * S * D;
       const float* vb = vp + kh * S * D;
-      const bool* mr = has_mask ? mp + t * kv_len : nullptr;
-      float mx = -INFINITY;
-      for (int64_t s = 0; s < kv_len; ++s) {
-        if (mr && !mr[s]) continue;
-        __m256 a = _mm256_setzero_ps();
-        for (int64_t d = 0; d < D; d += 8)
-          a = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kb + s * D + d), a);
-        float sc = hsum(a) * (float)scale;
-        scores[s] = sc;
-        mx = std::max(mx, sc);
+      const bool* vis = has_mask ? mp + t * kv_len : nullptr;
+      float* orow = op + (t * H + h0) * D;
+      const float sc = (float)scale;
+      switch (r) {
+        case 3: attend_heads<3>(qr, kb, vb, vis, kv_len, D, sc, scores, ldp, packed, runs, orow); break;
+        case 2: attend_heads<2>(qr, kb, vb, vis, kv_len, D, sc, scores, ldp, packed, runs, orow); break;
+        default: attend_heads<1>(qr, kb, vb, vis, kv_len, D, sc, scores, ldp, packed, runs, orow); break;
       }
-      for (auto& a : acc) a = _mm256_setzero_ps();
-      float denom = 0.f;
-      for (int64_t s = 0; s < kv_len; ++s) {
-        if (mr && !mr[s]) continue;
-        const float p = std::exp(scores[s] - mx);
-        denom += p;
-        const __m256 pv = _mm256_set1_ps(p);
-        for (int64_t d = 0; d < D; d += 8)
-          acc[d / 8] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vb + s * D + d), acc[d / 8]);
-      }
-      const __m256 inv = _mm256_set1_ps(1.f / denom);
-      float* orow = op + (t * H + h) * D;
-      for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(orow + d, _mm256_mul_ps(acc[d / 8], inv));
     }
   });
   return out;

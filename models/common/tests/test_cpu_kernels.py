@@ -9,16 +9,40 @@ from models.common.cpu_kernels import skinny_kernels
 kernels = skinny_kernels()
 pytestmark = pytest.mark.skipif(kernels is None, reason="CPU kernels unavailable (no AVX2/FMA or no compiler)")
 
+MAX_ROWS = 64  # models.llama.model.SKINNY_MAX_ROWS: a tree of 63 drafts + root in one verify pass
 
-@pytest.mark.parametrize("n, k", [(960, 576), (49, 1536), (130, 100)])
+
+# Ragged shapes on purpose: N not a multiple of any tile width (3, 4, 6, 8) or of the weight
+# block, K with a K % 8 tail or shorter than one vector, K large enough for several blocks.
+@pytest.mark.parametrize("n, k", [(960, 576), (49, 1536), (130, 100), (7, 24), (1, 8), (25, 3), (1000, 13)])
 def test_skinny_linear_matches_torch_and_is_batch_invariant(n, k):
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(n, k, generator=gen)
-    x = torch.randn(9, k, generator=gen)
+    x = torch.randn(MAX_ROWS, k, generator=gen)
     full = kernels.skinny_linear(x, w)
     torch.testing.assert_close(full, x @ w.t(), atol=1e-4, rtol=1e-4)
-    for rows in [slice(0, 1), slice(2, 3), slice(3, 8)]:
-        assert torch.equal(kernels.skinny_linear(x[rows], w), full[rows])
+    # every row count takes its own mix of tile shapes; each row's bits must not change
+    for m in range(1, MAX_ROWS + 1):
+        assert torch.equal(kernels.skinny_linear(x[:m], w), full[:m]), f"first {m} rows"
+    for a, b in [(1, 2), (2, 3), (3, 8), (5, 6), (7, 40), (13, 64), (30, 33), (31, 62), (62, 64), (63, 64)]:
+        assert torch.equal(kernels.skinny_linear(x[a:b], w), full[a:b]), f"rows {a}:{b}"
+    # a strided view of x is made contiguous first and gives the same bits
+    wide = torch.zeros(MAX_ROWS, 2 * k)
+    wide[:, :k] = x
+    assert torch.equal(kernels.skinny_linear(wide[:9, :k], w), full[:9])
+
+
+def test_skinny_linear_empty_and_single():
+    w = torch.randn(5, 16)
+    assert kernels.skinny_linear(torch.randn(0, 16), w).shape == (0, 5)
+    x = torch.randn(1, 16)
+    torch.testing.assert_close(kernels.skinny_linear(x, w), x @ w.t(), atol=1e-5, rtol=1e-5)
+
+
+def _sdpa(q, k, v, mask, kv_len):
+    return F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], k[None, :, :kv_len], v[None, :, :kv_len], attn_mask=mask, enable_gqa=True
+    )[0].transpose(0, 1)
 
 
 def test_attend_matches_sdpa_with_gqa_and_mask_and_is_batch_invariant():
@@ -30,12 +54,71 @@ def test_attend_matches_sdpa_with_gqa_and_mask_and_is_batch_invariant():
     kv_len = start + T
     mask = torch.arange(kv_len)[None, :] <= (start + torch.arange(T))[:, None]
     got = kernels.attend(q, k, v, mask, kv_len, D**-0.5)
-    ref = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k[None, :, :kv_len], v[None, :, :kv_len], attn_mask=mask, enable_gqa=True
-    )[0].transpose(0, 1)
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, _sdpa(q, k, v, mask, kv_len), atol=1e-5, rtol=1e-5)
     # row t alone, attending to exactly its visible prefix, gives the same bits
     empty = torch.empty(0, dtype=torch.bool)
     for t in range(T):
         alone = kernels.attend(q[t : t + 1], k, v, empty, start + t + 1, D**-0.5)
         assert torch.equal(alone[0], got[t])
+
+
+@pytest.mark.parametrize(
+    "T, H, Hkv, D, start",
+    [(64, 9, 3, 64, 300), (33, 8, 2, 128, 100), (7, 4, 4, 8, 3), (12, 8, 1, 24, 37), (2, 9, 3, 64, 11)],
+)
+def test_attend_under_a_tree_mask_is_batch_invariant(T, H, Hkv, D, start):
+    """A token tree verified in one pass: each node sees the prefix and its ancestors. Its
+    output must equal the same node's attention computed alone (any T, any other rows)."""
+    gen = torch.Generator().manual_seed(T)
+    S = start + T + 5
+    q = torch.randn(T, H, D, generator=gen)
+    k = torch.randn(Hkv, S, D, generator=gen)
+    v = torch.randn(Hkv, S, D, generator=gen)
+    kv_len = start + T
+    parents = [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, T)]
+    ancestors = torch.zeros(T, T, dtype=torch.bool)
+    for i in range(T):
+        j = i
+        while j >= 0:
+            ancestors[i, j] = True
+            j = parents[j]
+    mask = torch.cat([torch.ones(T, start, dtype=torch.bool), ancestors], dim=1)
+    got = kernels.attend(q, k, v, mask, kv_len, D**-0.5)
+    torch.testing.assert_close(got, _sdpa(q, k, v, mask, kv_len), atol=1e-5, rtol=1e-5)
+    for t in range(T):
+        alone = kernels.attend(q[t : t + 1], k, v, mask[t : t + 1].contiguous(), kv_len, D**-0.5)
+        assert torch.equal(alone[0], got[t]), f"row {t} alone"
+        upto = start + t + 1  # the same visible slots, a shorter cache
+        shorter = kernels.attend(q[t : t + 1], k, v, mask[t : t + 1, :upto].contiguous(), upto, D**-0.5)
+        assert torch.equal(shorter[0], got[t]), f"row {t} with kv_len up to itself"
+    for a in range(0, T, 3):
+        b = min(T, a + 5)
+        assert torch.equal(kernels.attend(q[a:b], k, v, mask[a:b].contiguous(), kv_len, D**-0.5), got[a:b])
+
+
+@pytest.mark.parametrize("H, Hkv, D, start, T", [(9, 3, 64, 40, 14), (8, 2, 16, 13, 30), (4, 1, 8, 5, 9)])
+def test_attend_tree_node_equals_its_chain(H, Hkv, D, start, T):
+    """A tree node's ancestors sit at scattered slots; decoded as a chain the same keys and
+    values sit at consecutive slots. Only the visible values in slot order may matter."""
+    gen = torch.Generator().manual_seed(H * T)
+    parents = [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, T)]
+    S = start + T + 3
+    q = torch.randn(T, H, D, generator=gen)
+    k = torch.randn(Hkv, S, D, generator=gen)
+    v = torch.randn(Hkv, S, D, generator=gen)
+    ancestors = torch.zeros(T, T, dtype=torch.bool)
+    for i in range(T):
+        j = i
+        while j >= 0:
+            ancestors[i, j] = True
+            j = parents[j]
+    mask = torch.cat([torch.ones(T, start, dtype=torch.bool), ancestors], dim=1)
+    tree = kernels.attend(q, k, v, mask, start + T, D**-0.5)
+    empty = torch.empty(0, dtype=torch.bool)
+    for node in range(T):
+        path = [start + j for j in range(T) if ancestors[node, j]]
+        k_chain, v_chain = k.clone(), v.clone()
+        k_chain[:, start : start + len(path)] = k[:, path]
+        v_chain[:, start : start + len(path)] = v[:, path]
+        chain = kernels.attend(q[node : node + 1], k_chain, v_chain, empty, start + len(path), D**-0.5)
+        assert torch.equal(chain[0], tree[node]), f"node {node}: tree != chain"
