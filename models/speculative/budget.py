@@ -4,8 +4,9 @@ device's measured verify-cost curve and the proposer's measured acceptance.
 Proposers list tree nodes best first, so the first b nodes of a tree drafted with budget B are
 the tree they would have drafted with budget b <= B. One verification at budget B therefore
 tells how many tokens every smaller budget would have accepted: the accepted path's nodes with
-index < b. The tuner drafts at the largest budget now and then (and for the first iterations),
-keeps those counts, and otherwise picks
+index < b. The tuner drafts at the largest budget for its first iterations, then one iteration
+in EXPLORE_EVERY at twice its current choice (exploring at the largest budget, 63 nodes, cost
+more than it taught: measured on Spec-Bench), keeps those counts, and otherwise picks
 
     b* = argmax_b (1 + E[accepted | b]) / (verify_cost(b + 1) + other_cost)
 
@@ -34,8 +35,9 @@ from models.llama.model import Transformer
 CALIBRATION_CONTEXT = 256  # cached tokens while timing (a typical prompt)
 CALIBRATION_REPEATS = 5
 WARMUP_ITERATIONS = 8  # drafted at the largest budget before the first choice
-EXPLORE_EVERY = 10  # then one iteration in this many still drafts at the largest budget
+EXPLORE_EVERY = 10  # then one iteration in this many drafts at twice the current choice
 HISTORY = 512  # iterations of acceptance kept
+LOG_EVERY = 200  # iterations between log lines about a changed choice (it moves with every estimate)
 
 
 def calibration_sizes(max_rows: int) -> list[int]:
@@ -125,12 +127,15 @@ class AutoBudget:
         self.other_seconds: deque[float] = deque(maxlen=64)
         self.iterations = 0
         self.choice = max_budget
-        self._logged: int | None = None
+        self._logged: int | None = None  # the choice last logged, and when
+        self._logged_at = 0
 
     def next_budget(self) -> int:
         self.iterations += 1
-        if self.iterations <= WARMUP_ITERATIONS or self.iterations % EXPLORE_EVERY == 0:
+        if self.iterations <= WARMUP_ITERATIONS:
             return self.max_budget
+        if self.iterations % EXPLORE_EVERY == 0:  # look a little wider than the choice: cheap, and
+            return min(self.max_budget, 2 * self.choice + 2)  # it is where a better choice would be
         return self.choice
 
     def observe(self, path: list[int], budget: int, seconds: float) -> None:
@@ -154,7 +159,7 @@ class AutoBudget:
 
     def _best(self) -> int:
         best = max(range(1, self.max_budget + 1), key=lambda b: self.rate(b)[2])
-        if self._logged is None or abs(best - self._logged) >= max(2, 0.25 * self._logged):
+        if self._logged is None or (best != self._logged and self.iterations - self._logged_at >= LOG_EVERY):
             tokens, seconds, rate = self.rate(best)
             top = self.rate(self.max_budget)
             logger.info(
@@ -162,5 +167,5 @@ class AutoBudget:
                 f"{seconds * 1e3:.1f} ms = {rate:.1f} tok/s; {self.max_budget} nodes: {top[0]:.2f} in "
                 f"{top[1] * 1e3:.1f} ms = {top[2]:.1f} tok/s)"
             )
-            self._logged = best
+            self._logged, self._logged_at = best, self.iterations
         return best
