@@ -1,8 +1,9 @@
 """Traced decode and verify: one CUDA graph per block length, replayed; eager elsewhere.
 
 A small model's decode step on a GPU is bound by kernel launches, so each block length the
-engine uses (1 for decode, k + 1 for verify, 1 for draft steps) is captured once against the
-static cache and replayed with new inputs copied into fixed buffers: the static forward (a
+engine uses (1 for decode, k + 1 for verify, 1 for draft steps, n + 1 for a tree of n nodes,
+whose positions and ancestor mask are graph inputs too) is captured once against the static
+cache and replayed with new inputs copied into fixed buffers: the static forward (a
 tensor `start`, attention over the whole cache under a mask) reads no host value, so the
 graph stays valid for every position. On the CPU (or with tracing off) the same call runs the
 model eagerly: one interface, two executions.
@@ -77,17 +78,21 @@ class TracedModel:
         self, tokens: torch.Tensor, cache: KVCache, start: int, *, logits_for: str = "all", **kwargs
     ) -> torch.Tensor:
         seqlen = tokens.shape[1]
-        if not self.traced or kwargs or start == 0 or seqlen > self.max_block:
+        tree = kwargs.keys() == {"positions", "tree_mask"} and kwargs["tree_mask"].shape == (seqlen, seqlen)
+        if not self.traced or (kwargs and not tree) or start == 0 or seqlen > self.max_block:
             return self.model(tokens, cache, start, logits_for=logits_for, **kwargs)
         if start + seqlen > cache.max_seq_len:
             raise ValueError(f"slots up to {start + seqlen} exceed the cache ({cache.max_seq_len})")
         graphs = self._graphs.setdefault(cache, {})
-        key = (seqlen, logits_for)
+        key = (seqlen, logits_for, tree)
         if key not in graphs:
-            graphs[key] = self._capture(seqlen, cache, logits_for)
-        graph, tokens_buf, start_buf, out = graphs[key]
-        tokens_buf.copy_(tokens, non_blocking=True)
-        start_buf.fill_(start)
+            graphs[key] = self._capture(seqlen, cache, logits_for, tree)
+        graph, buffers, out = graphs[key]
+        buffers["tokens"].copy_(tokens, non_blocking=True)
+        buffers["start"].fill_(start)
+        if tree:  # a token tree: its positions and ancestor mask are inputs of the graph too
+            buffers["positions"].copy_(kwargs["positions"], non_blocking=True)
+            buffers["tree_mask"].copy_(kwargs["tree_mask"], non_blocking=True)
         graph.replay()
         cache.length = start + seqlen
         return out.clone()  # the next replay of this shape overwrites `out`
@@ -96,17 +101,28 @@ class TracedModel:
     def n_graphs(self) -> int:
         return sum(len(g) for g in self._graphs.values())
 
-    def _capture(self, seqlen: int, cache: KVCache, logits_for: str):
+    def _capture(self, seqlen: int, cache: KVCache, logits_for: str, tree: bool):
         """Capture at the end of the cache: those slots are past any live entry (the real call
-        fits), and the capture's writes there are stale entries that masks hide."""
+        fits), and the capture's writes there are stale entries that masks hide. A tree graph
+        (one per block length) also takes the positions and the ancestor mask as inputs."""
         device = self.model.device
-        tokens_buf = torch.zeros(1, seqlen, dtype=torch.int64, device=device)
-        start_buf = torch.full((), cache.max_seq_len - seqlen, dtype=torch.int64, device=device)
+        start = cache.max_seq_len - seqlen
+        buffers = {
+            "tokens": torch.zeros(1, seqlen, dtype=torch.int64, device=device),
+            "start": torch.full((), start, dtype=torch.int64, device=device),
+        }
+        extra = {}
+        if tree:
+            buffers["positions"] = start + torch.arange(seqlen, device=device)
+            buffers["tree_mask"] = torch.ones(seqlen, seqlen, dtype=torch.bool, device=device).tril()
+            extra = {"positions": buffers["positions"], "tree_mask": buffers["tree_mask"]}
         saved = cache.length
         shadow = KVCache.view(cache, cache.n_layers)  # the same memory, without a reference to `cache`
         graph = CudaGraph(self._pool) if self.graph_kind == "cuda" else ReplayGraph()
-        out = graph.capture(lambda: self.model(tokens_buf, shadow, start_buf, logits_for=logits_for))
+        out = graph.capture(
+            lambda: self.model(buffers["tokens"], shadow, buffers["start"], logits_for=logits_for, **extra)
+        )
         if self.graph_kind == "cuda":
             self._pool = graph.graph.pool()
         cache.length = saved
-        return graph, tokens_buf, start_buf, out
+        return graph, buffers, out

@@ -64,3 +64,27 @@ def test_outputs_can_be_kept_and_graphs_go_with_their_cache():
     del cache
     gc.collect()
     assert traced.n_graphs == 1
+
+
+def test_tree_blocks_replay_with_their_positions_and_mask():
+    """A token tree verified through a graph (positions and ancestor mask as inputs) gives the
+    eager logits, for trees of several shapes sharing one block length."""
+    from models.speculative.tree import DraftTree
+
+    model = load_model("random:tiny-llama:64").model
+    traced = TracedModel(model, traced=True, max_block=6, graph="replay")
+    seq = torch.randint(3, 320, (1, 20), generator=torch.Generator().manual_seed(1))
+    eager_cache, traced_cache = model.new_cache(64), model.new_cache(64)
+    model(seq, eager_cache, 0)
+    traced(seq, traced_cache, 0)
+    for parents in [(-1, -1, 0, 1, 1), (-1, 0, 0, 2, -1), (-1, 0, 1, 2, 3)]:
+        tree = DraftTree(torch.randint(3, 320, (5,), generator=torch.Generator().manual_seed(len(parents))), parents)
+        block = torch.cat([torch.tensor([7]), tree.tokens])[None]
+        shape = {"positions": tree.positions(20) if not tree.is_chain else 20 + torch.arange(6),
+                 "tree_mask": tree.attention_mask() if not tree.is_chain else torch.ones(6, 6, dtype=torch.bool).tril()}
+        expected = model(block, eager_cache, 20, **shape)
+        got = traced(block, traced_cache, 20, **shape)
+        assert torch.equal(got, expected)
+        eager_cache.rollback(20)
+        traced_cache.rollback(20)
+    assert traced.n_graphs == 1  # one tree graph for block length 6
