@@ -33,6 +33,16 @@ class Frontier:
     mask: torch.Tensor  # [F, W] bool over the W nodes fed so far incl. these (slot order)
 
 
+    def tree_inputs(self, root_position: int) -> dict:
+        """forward() keywords for feeding this level: none for a chain's level (one node seeing
+        every node before it, the plain and traceable call), else positions (root_position +
+        depth) and the ancestor mask."""
+        if bool(self.mask.all()):
+            return {}
+        positions = root_position + torch.tensor(self.depths, device=self.tokens.device)
+        return {"positions": positions, "tree_mask": self.mask}
+
+
 Step = Callable[[Frontier], torch.Tensor]  # -> log-probabilities [F, V]
 
 

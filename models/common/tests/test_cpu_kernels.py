@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from models.common.cpu_kernels import skinny_kernels
+from models.speculative.tree import ancestor_mask
 
 kernels = skinny_kernels()
 pytestmark = pytest.mark.skipif(kernels is None, reason="CPU kernels unavailable (no AVX2/FMA or no compiler)")
@@ -76,12 +77,7 @@ def test_attend_under_a_tree_mask_is_batch_invariant(T, H, Hkv, D, start):
     v = torch.randn(Hkv, S, D, generator=gen)
     kv_len = start + T
     parents = [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, T)]
-    ancestors = torch.zeros(T, T, dtype=torch.bool)
-    for i in range(T):
-        j = i
-        while j >= 0:
-            ancestors[i, j] = True
-            j = parents[j]
+    ancestors = ancestor_mask([p - 1 for p in parents[1:]])  # node 0 is the tree's root
     mask = torch.cat([torch.ones(T, start, dtype=torch.bool), ancestors], dim=1)
     got = kernels.attend(q, k, v, mask, kv_len, D**-0.5)
     torch.testing.assert_close(got, _sdpa(q, k, v, mask, kv_len), atol=1e-5, rtol=1e-5)
@@ -106,12 +102,7 @@ def test_attend_tree_node_equals_its_chain(H, Hkv, D, start, T):
     q = torch.randn(T, H, D, generator=gen)
     k = torch.randn(Hkv, S, D, generator=gen)
     v = torch.randn(Hkv, S, D, generator=gen)
-    ancestors = torch.zeros(T, T, dtype=torch.bool)
-    for i in range(T):
-        j = i
-        while j >= 0:
-            ancestors[i, j] = True
-            j = parents[j]
+    ancestors = ancestor_mask([p - 1 for p in parents[1:]])  # node 0 is the tree's root
     mask = torch.cat([torch.ones(T, start, dtype=torch.bool), ancestors], dim=1)
     tree = kernels.attend(q, k, v, mask, start + T, D**-0.5)
     empty = torch.empty(0, dtype=torch.bool)

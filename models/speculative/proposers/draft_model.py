@@ -26,11 +26,7 @@ def draft_tree(model: Transformer, cache: KVCache, pending: torch.Tensor, spec: 
     logits = model(pending.view(1, -1), cache, cache.length, logits_for="last")
 
     def step(frontier: Frontier) -> torch.Tensor:
-        tree = {}  # a chain's level is one token seeing all before it: the plain (traceable) call
-        if not bool(frontier.mask.all()):
-            positions = context - 1 + torch.tensor(frontier.depths, device=model.device)
-            tree = {"positions": positions, "tree_mask": frontier.mask}
-        out = model(frontier.tokens.view(1, -1), cache, cache.length, **tree)
+        out = model(frontier.tokens.view(1, -1), cache, cache.length, **frontier.tree_inputs(context - 1))
         return torch.log_softmax(out[0].float(), dim=-1)
 
     return grow_tree(torch.log_softmax(logits[0, -1].float(), dim=-1), step, spec)

@@ -53,11 +53,8 @@ class EagleProposer(Proposer):
         def step(frontier: Frontier) -> torch.Tensor:
             parent_features = torch.stack([node_hidden[p] for p in frontier.parents])
             x = self.head.inputs(self.head.draft_vocab[frontier.tokens], parent_features)
-            tree = {}
-            if not bool(frontier.mask.all()):
-                positions = self.real - 1 + torch.tensor(frontier.depths, device=device)
-                tree = {"positions": positions, "tree_mask": frontier.mask}
-            out, h = layer(None, self.cache, self.cache.length, embeds=x[None], return_hidden=True, **tree)
+            out, h = layer(None, self.cache, self.cache.length, embeds=x[None], return_hidden=True,
+                           **frontier.tree_inputs(self.real - 1))
             for i, node in enumerate(frontier.nodes):
                 node_hidden[node] = h[0, i]
             return torch.log_softmax(out[0].float(), dim=-1)
