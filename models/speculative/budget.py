@@ -123,7 +123,10 @@ class AutoBudget:
     def __init__(self, cost: VerifyCost, max_budget: int):
         self.cost = cost
         self.max_budget = max_budget
-        self.history: deque[tuple[list[int], int]] = deque(maxlen=HISTORY)  # (accepted path, budget used)
+        self.history: deque[list[int]] = deque()  # per iteration: accepted drafts at b = 1..budget used
+        # running sums over `history`, so an estimate costs O(1), not a pass over the history
+        self._accepted = [0] * (max_budget + 1)  # [b]: accepted drafts a budget of b would have had
+        self._seen = [0] * (max_budget + 1)  # [b]: iterations drafted with >= b nodes
         self.other_seconds: deque[float] = deque(maxlen=64)
         self.iterations = 0
         self.choice = max_budget
@@ -140,15 +143,23 @@ class AutoBudget:
 
     def observe(self, path: list[int], budget: int, seconds: float) -> None:
         """path: the accepted nodes' indices (increasing along the path); seconds: the whole iteration."""
-        self.history.append((path, budget))
+        counts = [sum(1 for node in path if node < b) for b in range(1, min(budget, self.max_budget) + 1)]
+        self._add(counts, +1)
+        self.history.append(counts)
+        if len(self.history) > HISTORY:
+            self._add(self.history.popleft(), -1)
         self.other_seconds.append(max(0.0, seconds - self.cost(budget + 1)))
         if self.iterations >= WARMUP_ITERATIONS:
             self.choice = self._best()
 
+    def _add(self, counts: list[int], sign: int) -> None:
+        for b, n in enumerate(counts, start=1):
+            self._accepted[b] += sign * n
+            self._seen[b] += sign
+
     def expected_accepted(self, b: int) -> float:
         """Mean drafts a budget of b would have accepted, over iterations drafted with >= b nodes."""
-        counts = [sum(1 for node in path if node < b) for path, used in self.history if used >= b]
-        return sum(counts) / len(counts) if counts else 0.0
+        return self._accepted[b] / self._seen[b] if self._seen[b] else 0.0
 
     def rate(self, b: int) -> tuple[float, float, float]:
         """(tokens per call, seconds per call, tokens per second) expected at budget b."""

@@ -67,3 +67,15 @@ def test_measured_cost_is_cached_per_device_and_model(tmp_path):
 def test_measure_covers_every_size_up_to_the_largest():
     model = load_model("random:tiny-llama:3").model
     assert measure_verify_cost(model, 5).sizes == [1, 2, 3, 4, 5]
+
+
+def test_estimates_use_the_newest_iterations_only():
+    from models.speculative.budget import HISTORY
+
+    tuner = AutoBudget(VerifyCost({1: 10.0, 9: 12.0}), max_budget=8)
+    for _ in range(HISTORY):
+        tuner.observe([0, 1], 8, 12.0)  # old behaviour: 2 accepted
+    for _ in range(HISTORY // 2):
+        tuner.observe([], 8, 12.0)  # new: none
+    assert tuner.expected_accepted(8) == pytest.approx(1.0)  # half the window each
+    assert tuner.expected_accepted(1) == pytest.approx(0.5)
