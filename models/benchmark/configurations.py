@@ -5,7 +5,10 @@ and one length. The shape is a chain of k draft tokens (tree_topk 1, the classic
 token tree: topk children per node, `depth` levels, `budget` nodes verified per target call.
 Suite methods run through Engine, so they are built and validated exactly as in the demo and
 generate.py; the peers are transformers' own `generate` on the same weights (greedy, and greedy
-with its prompt lookup), so the table says how the suite compares with the stock path.
+with its prompt lookup), so the table says how the suite compares with the stock path, and, when
+llama-cpp-python is installed, llama.cpp on the default model's GGUF (greedy and prompt lookup;
+models.benchmark.llama_cpp_peer), which runs the quantized weights: its prompt lookup is held to
+llama.cpp's own greedy output, not to the suite's fp32 target-only.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ TARGET = "target"
 HF_GREEDY = "hf_greedy"
 HF_PROMPT_LOOKUP = "hf_prompt_lookup"
 HF_PEERS = (HF_GREEDY, HF_PROMPT_LOOKUP)
+LLAMA_GREEDY = "llama_cpp_greedy"
+LLAMA_PROMPT_LOOKUP = "llama_cpp_prompt_lookup"
+LLAMA_PEERS = (LLAMA_GREEDY, LLAMA_PROMPT_LOOKUP)
+PEERS = HF_PEERS + LLAMA_PEERS
 MULTI = "multi"  # merges several proposers' trees; cannot run without --proposers
 SELF_DRAFT_FRACTION = 0.8  # self_draft's default: 24 of the default model's 30 layers
 
@@ -46,7 +53,7 @@ def default_draft_layers(n_layers: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Configuration:
-    method: str  # a suite method, or one of HF_PEERS
+    method: str  # a suite method, or one of PEERS
     k: int  # a chain's draft tokens per target call, a tree's depth; 0 when nothing is drafted
     max_generated_tokens: int
     topk: int = 1  # children per node; > 1: a token tree of depth k
@@ -62,7 +69,7 @@ class Configuration:
 
     @property
     def is_peer(self) -> bool:
-        return self.method in HF_PEERS
+        return self.method in PEERS
 
     @property
     def is_tree(self) -> bool:
@@ -85,7 +92,22 @@ class Configuration:
 
     @property
     def baseline_id(self) -> str:
+        """Target-only at this length: the speedup's denominator for every configuration."""
         return Configuration(TARGET, 0, self.max_generated_tokens).id
+
+    @property
+    def reference_id(self) -> str:
+        """The configuration whose output this one's is compared with: target-only, except llama.cpp's
+        prompt lookup, held to llama.cpp's own greedy decoding (quantized weights, other tokens)."""
+        if self.method == LLAMA_PROMPT_LOOKUP:
+            return Configuration(LLAMA_GREEDY, 0, self.max_generated_tokens).id
+        return self.baseline_id
+
+    @property
+    def must_match(self) -> bool:
+        """False where a difference from the reference is expected, not a bug: llama.cpp greedy
+        runs the GGUF's quantized weights, target-only the fp32 checkpoint."""
+        return self.method != LLAMA_GREEDY
 
     def label(self, with_length: bool = False) -> str:
         if self.is_tree:
@@ -114,6 +136,8 @@ def suite_runner(engine: Engine, baseline: bool) -> Runner:
         synchronize(engine.device.torch_device)
         return Outcome(result.tokens, time.perf_counter() - t0, result.stats)
 
+    # what a proposer learnt from the warm-up sequence must not help the timed runs (suffix)
+    run.after_warm_up = engine.proposer.forget if engine.proposer is not None and not baseline else None
     return run
 
 
@@ -178,6 +202,7 @@ class SweepPlan:
     # any other (a default) that cannot be built here, e.g. no shipped speculator, is skipped with a warning
     shapes: list[Shape] | None = None  # None: a chain at each k
     proposers: str | None = None  # multi's --proposers
+    llama_cpp_peers: bool = False  # llama.cpp greedy and prompt lookup (the default model's GGUF, CPU)
 
     def draft_shapes(self) -> list[Shape]:
         return self.shapes if self.shapes is not None else sweep_shapes(self.ks, [1])
@@ -187,6 +212,7 @@ class SweepPlan:
 class Built:
     target: Engine  # target-only decoding: the reference every output is compared with
     runners: dict[Configuration, Runner]
+    peer_meta: dict = dataclasses.field(default_factory=dict)  # e.g. {"llama_cpp": {"gguf": ..., ...}}
 
 
 def _method_config(plan: SweepPlan, method: str, shape: Shape, n_layers: int) -> RunConfig:
@@ -237,4 +263,13 @@ def build(plan: SweepPlan, device: Device) -> Built:
                     reference, eos, torch_device, prompt_lookup_num_tokens=k,
                     max_matching_ngram_size=plan.base.max_ngram_size,
                 )
-    return Built(target, runners)
+    peer_meta = {}
+    if plan.llama_cpp_peers:
+        from models.benchmark import llama_cpp_peer  # it imports this module
+
+        llama_runners, peer_meta["llama_cpp"] = llama_cpp_peer.build_runners(
+            plan.base.max_seq_len + max(plan.ks), plan.ks, plan.lengths, plan.base.max_ngram_size,
+            target.tokenizer.eos_token_ids, target.target.model.args.vocab_size,
+        )
+        runners.update(llama_runners)
+    return Built(target, runners, peer_meta)

@@ -3,7 +3,11 @@
 The metric definitions are models.common.metrics.summarize's; this module only groups runs and
 adds the one number a single run cannot give: speedup = the target-only runs' summed wall time
 over this configuration's, on the same prompts, in the same sweep (interleaved, so drift hits
-both alike). transformers peers expose no iterations, so their acceptance columns stay empty.
+both alike). transformers and llama.cpp peers expose no iterations, so their acceptance columns
+stay empty. `matches_target_only` counts prompts whose output equals the row's reference
+(`compared_with`): target-only, except llama.cpp prompt lookup, compared with llama.cpp's own
+greedy output (llama.cpp runs the GGUF's quantized weights, so llama.cpp greedy legitimately
+differs from the suite's fp32 target-only; its count only shows by how much).
 
 Every row carries its draft shape (tree_topk, tree_depth, tree_budget = nodes verified per call;
 a chain of k is 1, k, k) and the tree counters: nodes drafted, mean nodes / depth / branching
@@ -19,7 +23,7 @@ import dataclasses
 import io
 from collections import defaultdict
 
-from models.benchmark.configurations import TARGET, Configuration
+from models.benchmark.configurations import LLAMA_GREEDY, LLAMA_PEERS, LLAMA_PROMPT_LOOKUP, TARGET, Configuration
 from models.benchmark.runlog import RunRecord
 from models.common.metrics import SequenceStats, summarize
 
@@ -55,7 +59,8 @@ class Row:
     decode_tokens_per_s: float | None
     e2e_tokens_per_s: float
     ttft_ms: float | None
-    matches_target_only: int  # prompts whose output ids equal target-only's
+    matches_target_only: int  # prompts whose output ids equal the reference's (compared_with)
+    compared_with: str = TARGET  # the reference's method: target, or llama_cpp_greedy for llama.cpp prompt lookup
 
 
 def configuration_of(record: RunRecord) -> Configuration:
@@ -103,6 +108,7 @@ def _row(config: Configuration, label: str, category: str, runs: list[RunRecord]
         e2e_tokens_per_s=generated / seconds if seconds else 0.0,
         ttft_ms=m["ttft_s"] * 1e3 if m else None,
         matches_target_only=sum(r.matches_target_only for r in runs),
+        compared_with=LLAMA_GREEDY if config.method == LLAMA_PROMPT_LOOKUP else TARGET,
     )
 
 
@@ -160,6 +166,16 @@ def shape_text(row: Row) -> str:
     return f"tree {row.tree_topk}x{row.tree_depth}/{row.tree_budget}"
 
 
+def matches_text(row: Row) -> str:
+    """'3/3'; llama.cpp rows say what they were compared with, and that greedy may differ."""
+    text = f"{row.matches_target_only}/{row.prompts}"
+    if row.method == LLAMA_PROMPT_LOOKUP:
+        return f"{text} vs llama.cpp greedy"
+    if row.method == LLAMA_GREEDY:
+        return f"{text} (quantized weights: may differ)"
+    return text
+
+
 def _markdown(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -195,9 +211,26 @@ def full_table(rows: list[Row]) -> str:
         _fmt(r.target_calls, "d", "-"), _fmt(r.accepted_tokens, "d", "-"), _fmt(r.bonus_tokens, "d", "-"),
         by_source(r.accepted_by_source) or "-",
         _fmt(r.decode_tokens_per_s, ".1f", "-"), f"{r.e2e_tokens_per_s:.1f}", _fmt(r.ttft_ms, ".1f", "-"),
-        f"{r.matches_target_only}/{r.prompts}",
+        matches_text(r),
     ] for r in rows]
     return _markdown(header, body)
+
+
+def llama_cpp_note(rows: list[Row], meta: dict) -> list[str]:
+    """A paragraph on the llama.cpp rows, when there are any: what they run and what they are compared with."""
+    if not any(r.method in LLAMA_PEERS for r in rows):
+        return []
+    info = meta.get("llama_cpp") or {}
+    how = (f"llama-cpp-python {info.get('llama_cpp_python', '?')} on {info.get('gguf', 'the GGUF')} "
+           f"({info.get('weights', 'quantized')} weights, {info.get('n_threads', '?')} threads)")
+    return [
+        f"`llama_cpp_*` rows: {how}, greedy, fed the same prompt token ids. They run the quantized weights, "
+        "so their tokens legitimately differ from this suite's fp32 target-only: llama.cpp prompt lookup's "
+        "matches count prompts equal to llama.cpp's own greedy output, llama.cpp greedy's those equal to "
+        "target-only (how far the quantization drifts). Their speedup is still over the suite's target-only; "
+        "compare llama.cpp prompt lookup with llama.cpp greedy by their tok/s.",
+        "",
+    ]
 
 
 def summary_markdown(rows: list[Row], meta: dict) -> str:
@@ -213,10 +246,12 @@ def summary_markdown(rows: list[Row], meta: dict) -> str:
         "## Spec-Bench table",
         "",
         "Each cell: speedup over this suite's target-only decoding (summed wall time, same prompts, same "
-        "sweep) / mean accepted tokens per target call (tau; '-' where transformers exposes no iterations). "
+        "sweep) / mean accepted tokens per target call (tau; '-' where a peer, transformers or llama.cpp, "
+        "exposes no iterations). "
         "`tree TxD/B`: a token tree of T children per node, D levels, B nodes verified per target call; "
         "`k=K`: a chain of K draft tokens.",
         "",
+        *llama_cpp_note(rows, meta),
         spec_bench_table(rows),
         "## All configurations",
         "",

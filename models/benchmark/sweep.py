@@ -3,6 +3,10 @@
 Per prompt, all configurations run back to back and the starting one moves on by one from prompt
 to prompt, so machine drift (thermal, a noisy neighbour) falls on every configuration alike
 rather than on whichever ran last. Each configuration gets one untimed warm-up first.
+
+Each output is compared with its configuration's reference (Configuration.reference_id):
+target-only, except llama.cpp's prompt lookup, held to llama.cpp's greedy output; a difference
+counts as a mismatch unless it is expected (llama.cpp greedy's quantized weights vs target-only).
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ def rotated(items: list, shift: int) -> list:
 
 
 def warm_up(runners: dict[Configuration, Runner], prompt_ids: list[int]) -> None:
-    """One short untimed generation per configuration: allocations, kernels, traces."""
+    """One short untimed generation per configuration: allocations, kernels, traces; then each
+    proposer forgets the warm-up sequence (a runner's optional `after_warm_up`)."""
     for config, run in runners.items():
         run(prompt_ids, min(WARMUP_TOKENS, config.max_generated_tokens))
+        forget = getattr(run, "after_warm_up", None)
+        if forget is not None:
+            forget()
 
 
 def _record(
@@ -55,7 +63,7 @@ def sweep(
     sink: Callable[[list[RunRecord]], None],
 ) -> int:
     """Run (index, prompt, ids) x configurations; hand each prompt's records to `sink`.
-    Returns the number of runs whose output differs from target-only decoding."""
+    Returns the number of runs whose output differs from their reference where it must not."""
     configs = list(runners)
     warm_up(runners, prompts[0][2])
     mismatches = 0
@@ -66,15 +74,16 @@ def sweep(
                 bar.set_postfix_str(f"prompt {index} {config.id}", refresh=False)
                 outcomes[config] = runners[config](ids, config.max_generated_tokens)
                 bar.update()
-            reference = {c.max_generated_tokens: o.tokens for c, o in outcomes.items() if c.id == c.baseline_id}
+            outputs = {c.id: o.tokens for c, o in outcomes.items()}
             order = {c: i for i, c in enumerate(outcomes)}
             records = [
-                _record(c, index, order[c], prompt, ids, outcomes[c], reference[c.max_generated_tokens], token_strings)
+                _record(c, index, order[c], prompt, ids, outcomes[c], outputs[c.reference_id], token_strings)
                 for c in configs
             ]
-            for r in records:
-                if not r.matches_target_only:
+            for c, r in zip(configs, records, strict=True):
+                if not r.matches_target_only and c.must_match:
                     mismatches += 1
-                    logger.warning(f"prompt {index}: {r.config_id} differs from target-only at {r.first_mismatch}")
+                    reference = "target-only" if c.reference_id == c.baseline_id else c.reference_id
+                    logger.warning(f"prompt {index}: {r.config_id} differs from {reference} at {r.first_mismatch}")
             sink(records)
     return mismatches

@@ -41,6 +41,19 @@ class Device:
     def type(self) -> str:
         return self.torch_device.type
 
+    @property
+    def sku(self) -> str:
+        """The key perf targets and goldens are filed under: cpu, or the card (H100, H200, A100)."""
+        if self.type != "cuda":
+            return self.type
+        name = torch.cuda.get_device_name(self.torch_device).removeprefix("NVIDIA ").strip()
+        return name.split()[0] if name else "cuda"
+
+    @property
+    def mesh(self) -> str:
+        """The mesh shape, rows x columns (one device until mesh support lands)."""
+        return "1x1"
+
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.torch_device) if self.type == "cuda" else "cpu"
         return f"{name} ({str(self.dtype).removeprefix('torch.')}, {'traced' if self.traced else 'eager'})"

@@ -115,6 +115,9 @@ def cached_model(spec: str, n_layers: int | None, device: Device) -> LoadedModel
     return _MODELS[key]
 
 
+WARMUP_TOKENS = 4
+
+
 class Engine:
     """A loaded target, the configured proposer, and a target-only baseline on the same model."""
 
@@ -177,6 +180,15 @@ class Engine:
             cache = self.target.model.new_cache(ids.shape[1])
             logits = self.target.model(ids, cache, 0, logits_for="last")
         return top2_margin(logits[0, -1])
+
+    def warm_up(self, prompt_ids: list[int], *, baseline: bool = True, tokens: int = WARMUP_TOKENS) -> None:
+        """A few untimed tokens through every path a timed run takes (kernel loading, allocations,
+        graph capture), then the proposer forgets the warm-up sequence."""
+        if baseline:
+            self.baseline.generate(prompt_ids, tokens)
+        self.generator.generate(prompt_ids, tokens)
+        if self.proposer is not None:
+            self.proposer.forget()
 
     def run(self, prompt_ids: list[int], *, baseline: bool = False, on_iteration=None) -> GenerationResult:
         generator = self.baseline if baseline else self.generator

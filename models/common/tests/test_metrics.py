@@ -20,8 +20,21 @@ def test_summary_follows_the_one_definition():
     # position 0 reached by 3 iterations (accepted in 2), 1 by 3 (1), 2 and 3 by 2 (1)
     assert s["per_position_acceptance"] == pytest.approx([2 / 3, 1 / 3, 1 / 2, 1 / 2])
     assert s["ttft_s"] == pytest.approx(0.5)
-    assert s["decode_tokens_per_s"] == pytest.approx(9 / 4.0)
+    assert s["decode_tokens_per_s"] == pytest.approx((2 + 1) / 2.0)  # each sequence's iteration 0 excluded
     assert s["e2e_tokens_per_s"] == pytest.approx(11 / 5.0)
+
+
+def test_iteration_zero_is_excluded_from_decode_rate_but_not_from_totals():
+    slow_first = SequenceStats(prompt_tokens=2, ttft_s=0.1, iterations=[
+        Iteration(proposed=0, accepted=0, emitted=1, seconds=5.0),  # a graph capture, say
+        Iteration(proposed=0, accepted=0, emitted=1, seconds=0.5),
+        Iteration(proposed=0, accepted=0, emitted=1, seconds=0.5),
+    ])
+    s = summarize([slow_first])
+    assert s["decode_tokens_per_s"] == pytest.approx(2 / 1.0)
+    assert s["decode_seconds"] == pytest.approx(6.0) and s["total_seconds"] == pytest.approx(6.1)
+    one_call = summarize([SequenceStats(prompt_tokens=2, ttft_s=0.1, iterations=slow_first.iterations[:1])])
+    assert one_call["decode_tokens_per_s"] == pytest.approx(1 / 5.0)
 
 
 def test_empty_summary_has_no_division_by_zero():

@@ -2,11 +2,13 @@
 
     pytest models/demos/speculative_decoding/speculative_demo.py --n_draft_tokens 4
     pytest models/demos/speculative_decoding/speculative_demo.py -k prompt-lookup --max_generated_tokens 128
+    CI=true pytest models/demos/speculative_decoding/speculative_demo.py     # the ci-* ids only
 
 Each configuration loads the target (and its draft), runs target-only greedy decoding and the
 speculative method interleaved prompt by prompt, prints every iteration, the texts and a
 summary, then fails if any output differs from target-only decoding (fp32: token for token;
-bf16: only at a near-tie) or a metric misses its entry in perf_targets.json.
+bf16: only at a near-tie), if target-only output differs from its golden, or if a metric leaves
+its band in perf_targets.yaml (gate.py).
 """
 
 from __future__ import annotations
@@ -19,16 +21,14 @@ from loguru import logger
 from models.common.correctness import compare
 from models.common.errors import UserError
 from models.common.metrics import Iteration, summarize
-from models.common.perf_targets import check, find_target, load_targets
+from models.demos.speculative_decoding.gate import Gate
 from models.common.prompts import load_prompts
 from models.speculative.engine import Engine, RunConfig
 
 DEMO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DEMO_DIR.parents[2]
-PERF_TARGETS = DEMO_DIR / "perf_targets.json"
 DEFAULT_PROMPTS = "sample_prompts/demo_prompts.json"
 LOOKUP_PROMPTS = "sample_prompts/lookup_prompts.json"  # answers that copy their input
-WARMUP_TOKENS = 4
 
 
 def resolve_prompts_path(value: str) -> Path:
@@ -69,25 +69,40 @@ def log_block(title: str, rows: dict) -> None:
     logger.info("\n".join([f"=== {title} ==="] + [f"  {k:<{width}} : {v}" for k, v in rows.items()]))
 
 
+def case_id(request) -> str:
+    """This run's id among CASES (the longest one its full parametrized id starts with)."""
+    full = request.node.callspec.id
+    return max((c.id for c in CASES if full == c.id or full.startswith(c.id + "-")), key=len, default=full)
+
+
+CI = pytest.mark.ci  # sized for a CI runner; with CI=true only these run (conftest.py)
+CASES = [
+    # method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree (topk, budget, proposers)
+    pytest.param("self_draft", 2, 24, 48, DEFAULT_PROMPTS, None, id="self-draft"),
+    pytest.param("prompt_lookup", 4, None, 64, DEFAULT_PROMPTS, None, id="prompt-lookup"),
+    pytest.param("prompt_lookup", 4, None, 64, LOOKUP_PROMPTS, None, id="prompt-lookup-copying"),
+    pytest.param("draft_model", 4, None, 41, DEFAULT_PROMPTS, None, id="draft-model"),
+    pytest.param("multi_projection", 4, None, 64, DEFAULT_PROMPTS, None, id="multi-projection"),
+    pytest.param("eagle", 3, None, 64, DEFAULT_PROMPTS, None, id="eagle"),
+    pytest.param("eagle", 4, None, 64, DEFAULT_PROMPTS, (4, 16, None), id="tree-eagle"),
+    pytest.param("multi_projection", 4, None, 64, DEFAULT_PROMPTS, (4, 16, None), id="tree-multi-projection"),
+    pytest.param("prompt_lookup", 6, None, 64, LOOKUP_PROMPTS, (4, 24, None), id="tree-prompt-lookup-copying"),
+    pytest.param("suffix", 6, None, 64, LOOKUP_PROMPTS, (4, 24, None), id="suffix"),
+    pytest.param("multi", 4, None, 64, DEFAULT_PROMPTS, (4, 24, "eagle,prompt_lookup"), id="multi-draft"),
+    # CI: a lossless sanity check (the draft is the target), a chain, a model-free tree and a
+    # drafted tree, 32 tokens each: about a minute together on the 2-core CPU.
+    pytest.param("draft_model", 4, None, 32, DEFAULT_PROMPTS, None, id="ci-draft-model", marks=CI),
+    pytest.param("prompt_lookup", 4, None, 32, LOOKUP_PROMPTS, None, id="ci-prompt-lookup-copying", marks=CI),
+    pytest.param("suffix", 6, None, 32, LOOKUP_PROMPTS, (4, 24, None), id="ci-suffix", marks=CI),
+    pytest.param("eagle", 4, None, 32, DEFAULT_PROMPTS, (4, 16, None), id="ci-tree-eagle", marks=CI),
+]
+
+
+@pytest.mark.demo
 @pytest.mark.parametrize("device_params", [{"trace": True}], indirect=True)
 @pytest.mark.parametrize("mesh_device", [None], indirect=True)
 @pytest.mark.parametrize(
-    "method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree",
-    [
-        ("self_draft", 2, 24, 48, DEFAULT_PROMPTS, None),
-        ("prompt_lookup", 4, None, 64, DEFAULT_PROMPTS, None),
-        ("prompt_lookup", 4, None, 64, LOOKUP_PROMPTS, None),
-        ("draft_model", 4, None, 41, DEFAULT_PROMPTS, None),
-        ("multi_projection", 4, None, 64, DEFAULT_PROMPTS, None),
-        ("eagle", 3, None, 64, DEFAULT_PROMPTS, None),
-        ("eagle", 4, None, 64, DEFAULT_PROMPTS, (4, 16, None)),
-        ("multi_projection", 4, None, 64, DEFAULT_PROMPTS, (4, 16, None)),
-        ("prompt_lookup", 6, None, 64, LOOKUP_PROMPTS, (4, 24, None)),
-        ("suffix", 6, None, 64, LOOKUP_PROMPTS, (4, 24, None)),
-        ("multi", 4, None, 64, DEFAULT_PROMPTS, (4, 24, "eagle,prompt_lookup")),
-    ],
-    ids=["self-draft", "prompt-lookup", "prompt-lookup-copying", "draft-model", "multi-projection", "eagle",
-         "tree-eagle", "tree-multi-projection", "tree-prompt-lookup-copying", "suffix", "multi-draft"],
+    "method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree", CASES
 )
 def test_speculative_demo(
     request, mesh_device, device_params, method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts,
@@ -100,9 +115,11 @@ def test_speculative_demo(
         max_generated_tokens=max_generated_tokens, target_layers=None, max_ngram_size=3,
         max_seq_len=1024, batch_size=1, instruct=1, input_prompts=input_prompts,
     )
+    gate = Gate.from_request(request)
     try:
         config, prompts_file = demo_config(request, mesh_device, params)
         config.validate()
+        targets = gate.load_targets()
         prompts = load_prompts(resolve_prompts_path(prompts_file))
         engine = Engine(config, mesh_device)
         encoded = engine.encode(prompts)
@@ -117,12 +134,13 @@ def test_speculative_demo(
             "chain" if engine.spec.is_chain else f"top-{engine.spec.topk}, depth {engine.spec.depth}, "
             f"{engine.spec.budget} nodes per target call"
         ) + ("" if config.tree_budget or engine.spec.is_chain else f" (default for {mesh_device.type})"),
+        "perf targets": str(gate.targets_path) + (" (updating)" if gate.update else ""),
     })
 
-    # Warm-up (allocations, traces) outside the measurement, then interleave target-only and
-    # the method prompt by prompt, alternating which goes first, so drift hits both alike.
-    engine.baseline.generate(encoded[0], WARMUP_TOKENS)
-    engine.generator.generate(encoded[0], WARMUP_TOKENS)
+    # Warm-up (allocations, kernel loading, graph capture) outside the measurement, then
+    # interleave target-only and the method prompt by prompt, alternating which goes first, so
+    # drift hits both alike.
+    engine.warm_up(encoded[0])
     spec_results, base_results = [], []
     for i, ids in enumerate(encoded):
         def log_iteration(n: int, it: Iteration) -> None:
@@ -164,21 +182,35 @@ def test_speculative_demo(
         **({"accepted paths by proposer": summary["accepted_by_source"]} if summary["accepted_by_source"] else {}),
         "generated tokens": summary["generated_tokens"],
         "TTFT": f"{summary['ttft_s'] * 1e3:.1f} ms (target-only: {base_summary['ttft_s'] * 1e3:.1f} ms)",
-        "decode tok/s": (
+        "decode tok/s (iteration 0 excluded)": (
             f"{summary['decode_tokens_per_s']:.1f} (target-only: {base_summary['decode_tokens_per_s']:.1f})"
         ),
         "e2e tok/s": f"{summary['e2e_tokens_per_s']:.1f} (target-only: {base_summary['e2e_tokens_per_s']:.1f})",
-        "speedup over target-only": f"{speedup:.2f}x (same run, interleaved)",
+        "speedup over target-only": (
+            f"{speedup:.2f}x (total time of {len(encoded)} timed runs of each, interleaved, after a warm-up)"
+        ),
     })
 
     bad = [f"prompt {i}: {c.describe()}" for i, c in enumerate(comparisons) if not c.ok]
-    assert not bad, "output differs from target-only greedy decoding: " + "; ".join(bad)
+    measured = {
+        "acceptance_rate": summary["acceptance_rate"], "mean_accepted_tokens": summary["mean_accepted_tokens"],
+        "target_calls": summary["target_calls"], "speedup": speedup,
+        "decode_tokens_per_s": summary["decode_tokens_per_s"], "e2e_tokens_per_s": summary["e2e_tokens_per_s"],
+    }
+    key = {"device": mesh_device.sku, "mesh": mesh_device.mesh, "dtype": str(mesh_device.dtype).removeprefix("torch."),
+           "config": {**config.describe(), "input_prompts": prompts_file}}
+    golden_failures = gate.golden_outputs(
+        key, [b.tokens for b in base_results], exact=exact, allow_update=not bad,
+        margin_at=lambda i, prefix: engine.top2_margin_after(encoded[i], prefix),
+        describe_token=lambda t: repr(engine.tokenizer.decode([t])),
+    )
+    verdicts = gate.perf(targets, case_id(request), key, measured, allow_update=not bad)
+    gate.record(key, measured, verdicts, timed_runs=len(encoded), correct=not bad, golden_ok=not golden_failures)
 
-    match_config = {**config.describe(), "input_prompts": prompts_file}
-    target = find_target(load_targets(PERF_TARGETS), mesh_device.type, match_config)
-    if target is None:
-        logger.warning("no perf target matches this configuration: correctness checked, metrics not gated")
-        return
-    failures = check(target, summary, speedup, engine.spec.depth)
-    assert not failures, f"perf target {target.id!r} missed: " + "; ".join(failures)
-    logger.info(f"perf target {target.id!r} met")
+    assert not bad, "output differs from target-only greedy decoding: " + "; ".join(bad)
+    assert not golden_failures, (
+        "target-only output differs from its golden (the model, kernels or weights changed; "
+        "re-baseline with --update_perf_targets if intended): " + "; ".join(golden_failures)
+    )
+    missed = [v.describe() for v in verdicts or [] if not v.ok]
+    assert not missed, "perf target missed: " + "; ".join(missed)

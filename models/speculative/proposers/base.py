@@ -37,6 +37,9 @@ class Proposer(abc.ABC):
     def start(self, prompt: list[int], target_cache: KVCache) -> None:
         """A new sequence begins (after the target's prefill)."""
 
+    def forget(self) -> None:
+        """Drop what earlier sequences taught (after a warm-up, so that it cannot help timed runs)."""
+
     @abc.abstractmethod
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         """A tree within spec (depth, nodes; topk = 1: a chain), on the target's device;

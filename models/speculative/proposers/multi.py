@@ -26,6 +26,10 @@ class MultiProposer(Proposer):
         for p in self.proposers:
             p.start(prompt, target_cache)
 
+    def forget(self) -> None:
+        for p in self.proposers:
+            p.forget()
+
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         hidden, ctx.target_hidden = ctx.target_hidden, None
         share = -(-spec.budget // len(self.proposers))

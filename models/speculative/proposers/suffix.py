@@ -99,6 +99,10 @@ class SuffixProposer(Proposer):
             self.history = np.concatenate([self.history, done])[-MAX_CORPUS_TOKENS:]
         self._current = None
 
+    def forget(self) -> None:
+        self.history = np.empty(0, dtype=np.int64)
+        self._current = None
+
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         self._current = ctx.tokens  # the generator extends this list in place
         corpus = np.concatenate([self.history, np.asarray(ctx.tokens, dtype=np.int64)])

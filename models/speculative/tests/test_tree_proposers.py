@@ -82,6 +82,15 @@ def test_suffix_learns_from_earlier_sequences_of_the_run():
     assert proposer.propose(ctx([3, 4]), TreeSpec(1, 4, 4)).n_nodes == 0  # nothing matches
 
 
+def test_a_forgotten_warm_up_sequence_cannot_draft_later():
+    proposer = SuffixProposer()
+    proposer.start([1], None)
+    proposer.propose(ctx([7, 8, 9, 10, 11, 12]), TreeSpec(1, 4, 4))  # a warm-up
+    proposer.forget()
+    proposer.start([1], None)
+    assert proposer.propose(ctx([3, 8, 9]), TreeSpec(1, 4, 4)).n_nodes == 0
+
+
 # --- multi-projection (Medusa) ------------------------------------------------------------
 
 def test_cartesian_tree_keeps_the_most_probable_paths_best_first():

@@ -1,0 +1,311 @@
+"""Sampled decoding: the target's distribution, per-sequence randomness, and two acceptance rules
+that keep speculative output distributed exactly as target-only sampling.
+
+Pure tensor functions, like verification.py, so they can be tested on hand-built
+distributions. The block layout is the verifier's: row 0 is the root (the last accepted
+token), row i + 1 is tree node i, and row p describes the token after block position p.
+
+How the generator uses this (one `SequenceRng(params.seed, prompt_index)` per prompt, made when
+the prompt starts, so prompt i's stream depends on (seed, i) only, not on batching or order):
+
+- The target's distribution: `target_probs(logits[0], params)` over the verified block gives
+  [n + 1, V] fp32 rows (temperature, then top-k, then top-p). `target_logprobs` is its log,
+  -inf outside the kept set. `params.is_greedy` (temperature 0) reduces both to a one-hot
+  argmax, so every rule below then emits exactly what greedy_accept does.
+- Target-only sampling, the reference: the first token after prefill and every plain step is
+  `sample_token(target_probs(last_logits)[0], rng)`; `rejection_accept` on an empty tree is the
+  same draw from the same stream.
+- `--verify rejection`: `rejection_accept(tree, probs, draft_probs, rng)`. draft_probs[i] is
+  the distribution node i's token was drawn from, in the target vocabulary (a model proposer's
+  softmax at node i's parent, after the proposer's own temperature / top-k / top-p, mapped
+  through token_map), or None for a tree whose every node is deterministic (n-gram, suffix,
+  top-k children as EAGLE picks them). A mixed tree passes a one-hot row for each deterministic
+  node, which is exactly the deterministic rule. Sampled siblings must be independent draws,
+  each from its own row (siblings may use different q, e.g. from different proposers), with
+  replacement: duplicates stay separate nodes (no trie merging) and which sampled nodes are
+  kept must not depend on their values (no reranking), or the output is biased. Deterministic
+  children (one-hot q, e.g. the draft's top-k) have no such condition. Drafting may draw from
+  the same rng (rng.categorical(q)): every draw takes a fresh uniform.
+- `--verify coupled`: the token at absolute position t (its index in prompt + generated) is
+  argmax(log p_t + g_t), g_t = rng.gumbel(t, V). For a block whose root is the token at position
+  t - 1, `coupled_noise(rng, tree, t, V)` gives the noise rows (row p at t + depth of p) and
+  `coupled_accept(tree, target_logprobs(logits[0], params), noise)` the acceptance; target-only
+  decoding is `coupled_token(logprobs_row, rng.gumbel(t, V))`. The noise draws nothing from the
+  sequence stream, so output is identical token for token with or without speculation (as
+  long as the target's logits for a position are the same bits in both, as greedy already needs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+
+import torch
+
+from models.common.errors import UserError
+from models.speculative.tree import DraftTree
+from models.speculative.verification import Acceptance, greedy_accept
+
+# A residual max(0, p - q) with less mass than this is rounding noise: its mass is the chance
+# of a rejection, so p == q on the support and the rejection could not really have happened.
+RESIDUAL_TOL = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0: greedy, exactly as without sampling
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    seed: int = 0
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0
+
+    def validate(self) -> SamplingParams:
+        """Raises UserError naming the first bad value; returns self for chaining."""
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):  # catches nan
+            raise UserError(f"--temperature must be a finite number >= 0 (0: greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top_p must be in (0, 1] (1: off), got {self.top_p}")
+        if self.top_k < 0:
+            raise UserError(f"--top_k must be >= 0 (0: off), got {self.top_k}")
+        return self
+
+
+# --- the target's distribution -----------------------------------------------------------------
+
+
+def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """[..., V] fp32 logits / temperature with -inf outside the top-k, then top-p, set.
+
+    Greedy gives 0 at the argmax (first on ties, as torch.argmax and greedy_accept) and -inf
+    elsewhere. Top-k keeps every token tied with the k-th value (as transformers and vLLM).
+    Top-p keeps the smallest prefix of tokens by descending probability (ties: lower id first)
+    whose mass reaches top_p, at least one token.
+    """
+    logits = logits.float()
+    if params.is_greedy:
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        keep.scatter_(-1, logits.argmax(dim=-1, keepdim=True), True)
+        return torch.zeros_like(logits).masked_fill(~keep, -math.inf)
+    scaled = logits / params.temperature
+    if 0 < params.top_k < scaled.shape[-1]:
+        kth = scaled.topk(params.top_k, dim=-1).values[..., -1:]
+        scaled = scaled.masked_fill(scaled < kth, -math.inf)
+    if params.top_p < 1:
+        scaled = scaled.masked_fill(~_top_p_keep(scaled.softmax(dim=-1), params.top_p), -math.inf)
+    return scaled
+
+
+def _top_p_keep(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Bool mask of the nucleus: a token stays when the mass ranked above it is < top_p."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+    above = sorted_probs.double().cumsum(dim=-1) - sorted_probs.double()  # exclusive, fp64
+    keep_sorted = above < top_p
+    keep_sorted[..., 0] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """[..., V] fp32 probabilities the target samples from (0 outside the kept set)."""
+    return filtered_logits(logits, params).softmax(dim=-1)
+
+
+def target_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """[..., V] fp32 log of target_probs (-inf outside the kept set), for coupled decoding."""
+    return filtered_logits(logits, params).log_softmax(dim=-1)
+
+
+# --- randomness --------------------------------------------------------------------------------
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from a tuple; a hash, so nearby tuples give unrelated streams."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Indices drawn by the uniforms u [...] from unnormalised probs [..., V] (int64 [...]):
+    the first index whose cumulative mass exceeds u * total, so never a token without mass.
+    (SequenceRng.categorical is the same rule for one draw.)"""
+    cdf = probs.double().cumsum(dim=-1)
+    idx = torch.searchsorted(cdf, (u.to(cdf) * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+    over = idx >= probs.shape[-1]
+    if bool(over.any()):
+        idx = torch.where(over, _last_with_mass(probs), idx)
+    return idx
+
+
+def _last_with_mass(probs: torch.Tensor) -> torch.Tensor:
+    """Where u * total rounded up to the total: the last index with mass."""
+    return (probs > 0).long().cumsum(dim=-1).argmax(dim=-1)
+
+
+class SequenceRng:
+    """One prompt's randomness: a CPU generator seeded from (seed, prompt_index).
+
+    Each decision draws its own fresh uniform (accept, categorical), so no uniform ever feeds two
+    decisions. `gumbel` is position-addressed instead: it reads no state, so coupled decoding's
+    noise for a position is the same whatever was drafted or verified before it.
+    """
+
+    def __init__(self, seed: int, prompt_index: int):
+        self.seed = int(seed)
+        self.prompt_index = int(prompt_index)
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(derive_seed("sequence", self.seed, self.prompt_index))
+        self._buffer: list[float] = []
+
+    def uniform(self) -> float:
+        """A fresh uniform in [0, 1) (53 bits), never handed out twice. Drawn in blocks: one
+        generator call per 256 decisions instead of one each."""
+        if not self._buffer:
+            self._buffer = torch.rand(256, generator=self.generator, dtype=torch.float64).tolist()[::-1]
+        return self._buffer.pop()
+
+    def accept(self, prob: float) -> bool:
+        """True with probability prob (clipped to [0, 1]): prob >= 1 always, prob <= 0 never."""
+        return self.uniform() < prob
+
+    def categorical(self, probs: torch.Tensor) -> int:
+        """A token from unnormalised probs [V] by inverse CDF (inverse_cdf's rule) on one fresh
+        uniform; two host reads."""
+        cdf = probs.double().cumsum(dim=-1)
+        idx = int(torch.searchsorted(cdf, self.uniform() * float(cdf[-1]), right=True))
+        return idx if idx < probs.shape[-1] else int(_last_with_mass(probs))
+
+    def gumbel(self, position: int, vocab: int) -> torch.Tensor:
+        """Standard Gumbel noise [V] fp32 (CPU) for the token at absolute `position`; a function of
+        (seed, prompt_index, position) alone."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed(derive_seed("gumbel", self.seed, self.prompt_index, int(position)))
+        u = torch.rand(vocab, generator=g, dtype=torch.float64).clamp_(min=2.0**-60)
+        return (-(-u.log()).log()).float()
+
+
+# --- target-only sampling (the reference) --------------------------------------------------------
+
+
+def sample_token(probs: torch.Tensor, rng: SequenceRng) -> int:
+    """One token from the target's distribution [V]; the same draw rejection_accept makes on an
+    empty tree from the same stream state."""
+    return rng.categorical(_normalise(probs.double()))
+
+
+def coupled_token(logprobs: torch.Tensor, gumbel: torch.Tensor) -> int:
+    """argmax(log p + g): a sample from p (Gumbel-max), fixed by the noise."""
+    return int((logprobs.float() + gumbel.to(logprobs.device)).argmax())
+
+
+# --- rejection sampling over a tree ------------------------------------------------------------
+
+
+def _normalise(r: torch.Tensor, mass: torch.Tensor | float | None = None) -> torch.Tensor:
+    """r / its mass (passed when already summed)."""
+    return r / (r.sum() if mass is None else mass)
+
+
+def _residual(p: torch.Tensor, q: torch.Tensor | None, x: int) -> torch.Tensor:
+    """What is left of p after rejecting token x drafted from q, not yet renormalised:
+    max(0, p - q); for one-hot q (a deterministic draft), p with x removed."""
+    if q is None:
+        r = p.clone()
+        r[x] = 0
+        return r
+    return (p - q).clamp_(min=0)
+
+
+def _accept_prob(p: torch.Tensor, q: torch.Tensor | None, x: int) -> float:
+    """min(1, p(x) / q(x)); q(x) = 0 (a draft its own q could not produce) counts as a ratio of
+    infinity where p(x) > 0 and 0 where not."""
+    p_x = float(p[x])
+    q_x = 1.0 if q is None else float(q[x])
+    if q_x <= 0:
+        return 1.0 if p_x > 0 else 0.0
+    return min(1.0, p_x / q_x)
+
+
+def _check_shapes(tree: DraftTree, probs: torch.Tensor, draft_probs: torch.Tensor | None) -> None:
+    n = tree.n_nodes
+    if probs.dim() != 2 or probs.shape[0] != n + 1:
+        raise ValueError(f"need {n + 1} rows of target probs for a tree of {n} nodes, got {tuple(probs.shape)}")
+    if draft_probs is not None and tuple(draft_probs.shape) != (n, probs.shape[1]):
+        raise ValueError(f"need draft probs of shape {(n, probs.shape[1])}, got {tuple(draft_probs.shape)}")
+
+
+def _normalised_rows(draft_probs: torch.Tensor) -> torch.Tensor:
+    """fp64 rows summing to 1; a row without mass is a proposer bug, not a distribution."""
+    draft = draft_probs.double()
+    mass = draft.sum(dim=-1, keepdim=True)
+    if mass.numel() and float(mass.min()) <= 0:
+        raise ValueError(f"draft probs rows {(mass.flatten() <= 0).nonzero().flatten().tolist()} have no mass")
+    return draft / mass
+
+
+def rejection_accept(
+    tree: DraftTree,
+    probs: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    rng: SequenceRng,
+) -> Acceptance:
+    """Recursive rejection sampling over siblings (SpecInfer's multi-step speculative sampling).
+
+    probs: [n + 1, V] target distributions (target_probs of the block's logits). draft_probs:
+    [n, V], row i the q node i was drawn from, or None when every node is deterministic (q
+    one-hot). At a node, with p its target row: try its children in order; child c (token x)
+    is accepted with probability min(1, p(x) / q_c(x)); if rejected, p <- norm(max(0, p - q_c))
+    (for one-hot q: p(x) = 0, renormalised) and the next child is tried. When no child is
+    accepted (or there are none), the last token is drawn from the remaining p: the correction,
+    or the bonus token after a fully accepted path. The emitted tokens are then distributed
+    exactly as target-only sampling. A residual with no mass (see RESIDUAL_TOL) leaves p as it
+    was: that rejection had probability zero up to rounding.
+    """
+    _check_shapes(tree, probs, draft_probs)
+    drafted = tree.tokens.tolist()
+    draft = None if draft_probs is None else _normalised_rows(draft_probs)
+    path: list[int] = []
+    block_pos = 0
+    while True:
+        p = _normalise(probs[block_pos].double())
+        nxt = None
+        for c in tree.children[block_pos]:
+            q = None if draft is None else draft[c]
+            x = drafted[c]
+            if rng.accept(_accept_prob(p, q, x)):
+                nxt = c
+                break
+            residual = _residual(p, q, x)
+            mass = float(residual.sum())
+            if mass > RESIDUAL_TOL:
+                p = _normalise(residual, mass)
+        if nxt is None:
+            break
+        path.append(nxt)
+        block_pos = nxt + 1
+    return Acceptance(path, [drafted[i] for i in path] + [rng.categorical(p)])
+
+
+# --- coupled (Gumbel-max) verification ---------------------------------------------------------
+
+
+def coupled_noise(rng: SequenceRng, tree: DraftTree, position: int, vocab: int,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """[n + 1, V] noise for a block whose root is the token at position - 1: row p is the noise
+    of the token after block position p, at position + depth(p) (siblings share it)."""
+    depths = (0, *tree.depths)
+    per_depth = {d: rng.gumbel(position + d, vocab) for d in sorted(set(depths))}
+    return torch.stack([per_depth[d] for d in depths]).to(device)
+
+
+def coupled_accept(tree: DraftTree, logprobs: torch.Tensor, gumbel: torch.Tensor) -> Acceptance:
+    """greedy_accept with argmax(log p + g) as the target's choice: a draft stands iff it is the
+    token target-only coupled decoding emits at its position. logprobs: [n + 1, V]
+    (target_logprobs); gumbel: [n + 1, V] (coupled_noise)."""
+    n = tree.n_nodes
+    if logprobs.shape[0] != n + 1 or gumbel.shape != logprobs.shape:
+        raise ValueError(f"need {n + 1} rows of logprobs and noise alike, got {tuple(logprobs.shape)}, "
+                         f"{tuple(gumbel.shape)}")
+    return greedy_accept(tree, logprobs.float() + gumbel.to(logprobs.device))
