@@ -25,6 +25,16 @@ values) x each --tree_budget (default: the device's, 16 on cpu, 32 on cuda) is a
 (eagle-t4d5b16-n128, label "eagle tree 4x5/16"). --proposers a,b feeds the multi method, which
 the default --methods only include when it is given.
 
+Sampling: --temperature 0,0.7 sweeps decoding modes like --n_draft_tokens sweeps k (default 0:
+greedy only); each temperature above 0 runs with each --verify mode (rejection, the default, or
+coupled), sharing --top_k, --top_p and --seed. Greedy ids stay as they are; sampled ids end in
+-t0.7 (rejection) or -t0.7c (coupled), labels in "T=0.7 rejection". Target-only sampling at the
+same mode is each one's reference and speedup denominator, and prompt i draws from the stream
+(seed, i) in both, so a sweep reproduces from its seed. Coupled output must equal target-only's
+token for token (a difference is a mismatch, as under greedy); rejection output is only
+distributed as it (recorded, never counted as a mismatch). The transformers and llama.cpp peers
+decode greedily only: at temperatures above 0 one line says they are left out.
+
 Writes meta.json, runs.jsonl (one line per configuration x prompt), summary.csv, summary.md and
 done.json under --output_dir (default logs/<timestamp>/), and prints the Spec-Bench table.
 `--config FILE` reads the same options from JSON ({"methods": ["prompt_lookup"], "n_draft_tokens":
@@ -52,7 +62,8 @@ from loguru import logger  # noqa: E402
 
 from models.benchmark import llama_cpp_peer, sources  # noqa: E402
 from models.benchmark.configurations import (  # noqa: E402
-    HF_PEERS, LLAMA_PEERS, MULTI, TARGET, Configuration, SweepPlan, build, default_methods, sweep_shapes,
+    GREEDY_MODE, HF_PEERS, LLAMA_PEERS, MULTI, REJECTION, TARGET, Configuration, Mode, SweepPlan, build,
+    default_methods, mode_config, sampling_modes, sweep_shapes, temperature_text,
 )
 from models.benchmark.runlog import DONE, SUMMARY_CSV, SUMMARY_MD, RunRecord, RunWriter, prepare_output_dir  # noqa: E402
 from models.benchmark.summary import spec_bench_table, summary_markdown, summary_rows, to_csv  # noqa: E402
@@ -64,13 +75,16 @@ from models.common.device import open_device, requested_device_name  # noqa: E40
 from models.common.errors import UserError  # noqa: E402
 from models.llama.weights import DEFAULT_MODEL  # noqa: E402
 from models.speculative.engine import AUTO, DEFAULT_TREE_BUDGET, METHODS, RunConfig  # noqa: E402
+from models.speculative.sampling import VERIFY_MODES  # noqa: E402
 
 DEFAULT_K = "4"  # one k keeps a Spec-Bench sweep short on a 2-core CPU
 DEFAULT_LENGTHS = "128"
 DEFAULT_TOPK = "1"  # chains only
 DEFAULT_MAX_SEQ_LEN = 2048  # Spec-Bench's longest first turn is 1598 tokens with SmolLM2's template
+DEFAULT_TEMPERATURE = "0"  # greedy
 LIST_OPTIONS = ("methods", "n_draft_tokens", "max_generated_tokens", "categories", "input_prompts",
-                "tree_topk", "tree_depth", "tree_budget", "proposers")
+                "tree_topk", "tree_depth", "tree_budget", "proposers", "temperature", "verify")
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "seed", "verify")  # sweep-wide, never per method
 
 
 def build_parser() -> ArgumentParser:
@@ -89,6 +103,17 @@ def build_parser() -> ArgumentParser:
                    help="comma list of tree nodes verified per target call, or auto (default: the device's, "
                         + ", ".join(f"{n} on {kind}" for kind, n in DEFAULT_TREE_BUDGET.items()) + ")")
     p.add_argument("--proposers", default=None, help="the multi method's proposers, e.g. eagle,prompt_lookup")
+    p.add_argument("--temperature", default=DEFAULT_TEMPERATURE,
+                   help=f"comma list of temperatures; 0: greedy (default: {DEFAULT_TEMPERATURE})")
+    p.add_argument("--top_k", type=int, default=d.top_k, help=f"sampling: keep the k likeliest tokens; 0: off "
+                   f"(default: {d.top_k})")
+    p.add_argument("--top_p", type=float, default=d.top_p, help=f"sampling: nucleus mass in (0, 1]; 1: off "
+                   f"(default: {d.top_p:g})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"sampling: prompt i draws from the stream (seed, i) "
+                   f"(default: {d.seed})")
+    p.add_argument("--verify", default=None,
+                   help="comma list of sampled verification modes, rejection and/or coupled (default: rejection; "
+                        "only with a --temperature above 0)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"{DEFAULT_MODEL}, a checkpoint folder, a .gguf, random:PRESET (default: {DEFAULT_MODEL})")
     p.add_argument("--input_prompts", nargs="+", default=None, help="prompt files; category = file stem")
@@ -143,6 +168,9 @@ def check_method_options(path: str, method: str, options: object) -> None:
     bad = sorted(set(options) - set(fields)) if isinstance(options, dict) else ["(not an object)"]
     if bad:
         raise UserError(f"{path}: method_options.{method}: unknown field(s) {', '.join(bad)}")
+    sweep_wide = [name for name in options if name in SAMPLING_FIELDS]
+    if sweep_wide:
+        raise UserError(f"{path}: method_options.{method}.{sweep_wide[0]} is sweep-wide; use --{sweep_wide[0]}")
     for name, value in options.items():
         wants_int = fields[name].startswith("int")
         if value is not None and wants_int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -188,6 +216,50 @@ def budget_list(value: str | None) -> list[int | str] | None:
     items = comma_list(value)
     numbers = int_list("tree_budget", ",".join(v for v in items if v != AUTO)) if set(items) - {AUTO} else []
     return numbers + ([AUTO] if AUTO in items else [])
+
+
+def temperature_list(value: str) -> list[float]:
+    try:
+        values = [float(v) for v in comma_list(value)]
+    except ValueError:
+        raise UserError(f"--temperature expects a comma list of numbers, got {value!r}") from None
+    if not values:
+        raise UserError("--temperature is empty")
+    return list(dict.fromkeys(values))
+
+
+def choose_modes(base: RunConfig, temperatures: str, verify: str | None) -> list[Mode]:
+    """The (temperature, verify) modes to sweep; every value is checked by RunConfig's own rules
+    (one line naming the first bad one) before any model loads."""
+    temps = temperature_list(temperatures)
+    verifies = None if verify is None else list(dict.fromkeys(comma_list(verify)))
+    if verifies is not None and not verifies:
+        raise UserError("--verify is empty")
+    for v in verifies or []:
+        if v not in VERIFY_MODES:
+            raise UserError(f"unknown --verify {v!r}; choose from {', '.join(VERIFY_MODES)}")
+    for t in temps:
+        dataclasses.replace(base, temperature=t).validate()
+    if verifies and not any(t > 0 for t in temps):
+        dataclasses.replace(base, verify=verifies[0]).validate()  # greedy: verify does not apply
+    modes = sampling_modes(temps, verifies)
+    for mode in modes:
+        mode_config(base, mode).validate()
+    return modes
+
+
+def peers_for(modes: list[Mode], hf_peers: bool, llama_cpp: bool) -> tuple[bool, bool]:
+    """The peers decode greedily: at temperatures above 0 there is nothing to compare token for token
+    (they sample with their own random numbers), so they run at temperature 0 only; one line says so."""
+    sampled = sorted({t for t, _ in modes if t > 0})
+    if not sampled or not (hf_peers or llama_cpp):
+        return hf_peers, llama_cpp
+    temps = ", ".join(temperature_text(t) for t in sampled)
+    greedy = GREEDY_MODE in modes
+    where = "run at temperature 0 only" if greedy else "skipped"
+    logger.info(f"transformers and llama.cpp peers {where} (not at temperature {temps}): they sample with their "
+                "own random numbers, so there is nothing to compare token for token")
+    return hf_peers and greedy, llama_cpp and greedy
 
 
 def choose_methods(value: str | None, with_multi: bool = False) -> list[str]:
@@ -259,12 +331,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def configuration_meta(config: Configuration, with_length: bool) -> dict:
-    """meta.json's entry for a configuration: its id, label and draft shape (None: nothing drafted)."""
+def configuration_meta(config: Configuration, with_length: bool, base: RunConfig) -> dict:
+    """meta.json's entry for a configuration: its id, label, draft shape (None: nothing drafted)
+    and decoding (temperature 0 and verify greedy, or how it sampled)."""
     topk, depth, budget = config.shape or (None, None, None)
     return {"id": config.id, "label": config.label(with_length), "method": config.method, "k": config.k,
             "tree_topk": topk, "tree_depth": depth, "tree_budget": budget,
-            "max_generated_tokens": config.max_generated_tokens}
+            "max_generated_tokens": config.max_generated_tokens, "temperature": config.temperature,
+            "verify": config.verify, "top_k": base.top_k, "top_p": base.top_p, "seed": base.seed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,17 +361,23 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, method=TARGET, max_seq_len=args.max_seq_len, max_generated_tokens=max(lengths),
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
         max_ngram_size=args.max_ngram_size, draft_model=args.draft_model,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )
     base.validate()
+    modes = choose_modes(base, args.temperature, args.verify)
     check_tree_flags(base, topks, depths, budgets)
     explicit = set(methods if "methods" in args.given else []) | set(args.method_options)
     explicit |= {"self_draft"} if "draft_layers" in args.given else set()
     explicit |= {"draft_model"} if "draft_model" in args.given else set()
     explicit |= {MULTI} if "proposers" in args.given else set()
     device = open_device(base.device, base.dtype)
-    llama_cpp = llama_cpp_peer.wanted(args.model, device.type, args.llama_cpp_peers, "llama_cpp_peers" in args.given)
-    plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, args.method_options, args.hf_peers, explicit,
-                     shapes=sweep_shapes(ks, topks, depths, budgets), proposers=proposers, llama_cpp_peers=llama_cpp)
+    greedy = GREEDY_MODE in modes  # the peers decode greedily only
+    llama_cpp = greedy and llama_cpp_peer.wanted(args.model, device.type, args.llama_cpp_peers,
+                                                 "llama_cpp_peers" in args.given)
+    hf_peers, llama_cpp = peers_for(modes, args.hf_peers, llama_cpp if greedy else args.llama_cpp_peers)
+    plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, args.method_options, hf_peers, explicit,
+                     shapes=sweep_shapes(ks, topks, depths, budgets), proposers=proposers, llama_cpp_peers=llama_cpp,
+                     modes=modes)
     built = build(plan, device)
     selected = fitting_prompts(prompts, built.target, max(lengths), args.instruct)
     configs = list(built.runners)
@@ -311,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "options": {k: v for k, v in vars(args).items() if k != "given"},
-        "configurations": [configuration_meta(c, len(lengths) > 1) for c in configs],
+        "configurations": [configuration_meta(c, len(lengths) > 1, base) for c in configs],
         "prompts": [{"index": i, "category": p.category, "subcategory": p.subcategory, "source": p.source,
                      "question_id": p.question_id,
                      "prompt_tokens": len(ids), "text": p.text} for i, p, ids in selected],
@@ -327,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         records.extend(batch)
 
     try:
-        mismatches = sweep(selected, built.runners, built.target.tokenizer.token_strings, keep)
+        mismatches = sweep(selected, built.runners, built.target.tokenizer.token_strings, keep, base.sampling)
     except BaseException:
         logger.error(f"sweep stopped; the partial logs in {output_dir} have no {DONE}")
         raise
@@ -344,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     })
     print(spec_bench_table(rows))
     against = " (llama.cpp prompt lookup: from llama.cpp greedy)" if llama_cpp else ""
+    rejection = [r for r in records if r.verify == REJECTION and r.method != TARGET]
+    if rejection:  # recorded, not counted: distribution-equal, not token-equal
+        against += (f"; {sum(not r.matches_target_only for r in rejection)}/{len(rejection)} rejection-sampled runs "
+                    "differ from their target-only sample (expected: distribution-equal, not token-equal)")
     logger.info(f"{len(records)} runs, {mismatches} differing from target-only{against} -> {output_dir}")
     return 0
 

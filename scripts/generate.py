@@ -4,8 +4,13 @@
     python scripts/generate.py --input_prompts sample_prompts/demo_prompts.json \
         --method prompt_lookup --n_draft_tokens 4 --max_generated_tokens 128 --output out.json
 
-`--method target` is target-only greedy decoding on the same model code: the reference every
-other method's output_ids must equal.
+`--method target` is target-only decoding on the same model code: the reference. Under greedy
+decoding (the default) and `--verify coupled` sampling every other method's output_ids equal
+it; under `--verify rejection` (the default when `--temperature` > 0) they are distributed as
+it. Prompt i samples from the stream (--seed, i): a run reproduces from its seed.
+
+    python scripts/generate.py --input_prompts sample_prompts/demo_prompts.json --method eagle \
+        --temperature 0.7 --top_p 0.9 --seed 1 --verify coupled --output out.json
 """
 
 from __future__ import annotations
@@ -57,6 +62,13 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--prefill_seq_len", type=int, default=None, help="prefill in chunks of this many tokens")
     p.add_argument("--batch_size", type=int, default=d.batch_size)
     p.add_argument("--instruct", type=bool01, default=d.instruct, help="1: apply the chat template")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 (default): greedy; > 0: sampling")
+    p.add_argument("--top_k", type=int, default=d.top_k, help="sample from the k most likely tokens (0: off)")
+    p.add_argument("--top_p", type=float, default=d.top_p, help="sample from the top-p nucleus (1: off)")
+    p.add_argument("--seed", type=int, default=d.seed, help="prompt i samples from the stream (seed, i)")
+    p.add_argument("--verify", default=None, choices=("rejection", "coupled"),
+                   help="sampling only: rejection (default; distributed as target-only sampling) or coupled "
+                        "(Gumbel noise per position: equal to target-only sampling token for token)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
     return p.parse_args(argv)
@@ -74,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         prefill_seq_len=args.prefill_seq_len,
         max_generated_tokens=args.max_generated_tokens, batch_size=args.batch_size,
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, verify=args.verify,
     )
     config.validate()
     engine = Engine(config)
@@ -83,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results, records = [], []
     for i, ids in enumerate(tqdm(encoded, desc=config.method, unit="prompt", file=sys.stderr)):
-        res = engine.run(ids)
+        res = engine.run(ids, prompt_index=i)
         results.append(res)
         records.append({"index": i, "output_ids": res.tokens, "text": engine.tokenizer.decode(res.tokens)})
     summary = summarize([r.stats for r in results])

@@ -11,7 +11,10 @@ Per configuration x category, and overall per configuration:
   reported. With --tree_budget auto the budget is tuned from measured costs, so tau moves with
   timing, and a lower tau can be the tuner's intent (fewer nodes, less time per call): those rows
   get the same noise test as speedup, on per-prompt log(tau_new / tau_base), and a change beyond it
-  is reported, not flagged; their speedup is what the tuner optimizes, and it is tested.
+  is reported, not flagged; their speedup is what the tuner optimizes, and it is tested. Rows
+  sampled with rejection verification (--temperature > 0, --verify rejection) get the same
+  treatment: their tau is one sample of a random quantity (any change to what a run draws moves
+  it), so it is tested for noise and reported, not flagged; their speedup is tested.
 - speedup over target-only: per prompt, the suite's target-only time over the method's, both from
   the same folder (measured interleaved, so machine drift cancels). The two runs are paired prompt
   by prompt: d_i = log(speedup_new_i / speedup_base_i), which removes the large prompt-to-prompt
@@ -54,7 +57,9 @@ Target-only itself has speedup and tau 1 by definition and gets no row.
 Also flagged: a configuration of BASE missing from NEW, and a NEW run whose output no longer
 matches its reference (it did in BASE); a mismatch already in BASE is reported, not flagged, and so
 is one where the configuration is not required to match (Configuration.must_match false, e.g. a
-peer running other weights).
+peer running other weights). Rejection-sampled rows are expected to differ from their target-only
+sample (distribution-equal, not token-equal): how many do is reported, never flagged. Coupled
+rows, like greedy ones, must equal target-only token for token.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ from pathlib import Path
 
 from models.benchmark.configurations import AUTO, TARGET
 from models.benchmark.runlog import RUNS, RunLog, RunRecord, read_run_log
-from models.benchmark.summary import OVERALL, categories_in_order, configuration_of
+from models.benchmark.summary import OVERALL, REJECTION, categories_in_order, configuration_of
 from models.common.errors import UserError
 
 Z_SCORE = 3.0  # one-sided: P(Z > 3) = 0.135%, the false-alarm rate per row under normal noise
@@ -81,6 +86,8 @@ SLOWER, TAU_DOWN, MISMATCH, MISSING, TARGET_SLOWER = (
 FASTER, TAU_UP, OLD_MISMATCH, TARGET_FASTER, FEW = (
     "faster", "tau up", "mismatch (as in base)", "target-only faster", "too few prompts to test")
 AUTO_TAU_DOWN = "tau down (auto budget)"
+SAMPLED_TAU_DOWN = "tau down (rejection sampling)"
+SAMPLED_DIFFERS = "differs (rejection: not token-equal, expected)"
 UNREQUIRED = "differs (not required to match)"
 FAILING = (SLOWER, TAU_DOWN, MISMATCH, MISSING, TARGET_SLOWER)
 
@@ -269,7 +276,7 @@ def load_run(folder: str | Path, which: str) -> RunLog:
 FIELD_TYPES = {  # the fields the comparison keys, groups and labels by
     "config_id": str, "method": str, "category": str, "prompt_index": int, "k": int, "max_generated_tokens": int,
     "question_id": int | str | None, "matches_target_only": bool, "output_ids": list,
-    "tree_topk": int | None, "tree_budget": int | str | None,
+    "tree_topk": int | None, "tree_budget": int | str | None, "temperature": int | float, "verify": str,
 }
 
 
@@ -368,6 +375,8 @@ class Row:
     new_mismatches: int  # pairs matching target-only in BASE and not in NEW
     old_mismatches: int  # pairs differing in both runs
     verdicts: list[str] = dataclasses.field(default_factory=list)
+    auto: bool = False  # --tree_budget auto: tau moves with timing
+    rejection: bool = False  # sampled, rejection verification: tau is a sample, output not token-equal
 
     @property
     def regression(self) -> bool:
@@ -399,9 +408,11 @@ def compare_row(config_id: str, label: str, category: str, pairs: list[Pair]) ->
     record = pairs[0].base.record
     config = configuration_of(record)
     auto = record.tree_budget == AUTO
+    rejection = config.verify == REJECTION
+    noisy = auto or rejection  # tau is not exact: the noise test, reported, not flagged
     counted = [p for p in pairs if p.base.emitted and p.new.emitted]  # emitted > 0: calls > 0 too
     tau_change = None
-    if auto and counted:
+    if noisy and counted:
         tau_change = Change([math.log((p.new.emitted / p.new.calls) / (p.base.emitted / p.base.calls))
                              for p in counted])
     timed = [p for p in pairs if p.base.speedup is not None and p.new.speedup is not None]
@@ -409,13 +420,14 @@ def compare_row(config_id: str, label: str, category: str, pairs: list[Pair]) ->
         config_id=config_id, label=label, category=category, peer=config.is_peer,
         must_match=getattr(config, "must_match", True),
         prompts=len(pairs), tau_base=_tau([p.base for p in pairs]), tau_new=_tau([p.new for p in pairs]),
-        tau_exact=0 if auto else _exact_tau_change(pairs), tau_change=tau_change,
+        tau_exact=0 if noisy else _exact_tau_change(pairs), tau_change=tau_change,
         speedup_base=_summed_speedup([p.base for p in timed]), speedup_new=_summed_speedup([p.new for p in timed]),
         speedup_change=Change([math.log(p.new.speedup / p.base.speedup) for p in timed]) if timed else None,
         new_mismatches=sum(p.base.record.matches_target_only and not p.new.record.matches_target_only
                            for p in pairs),
         old_mismatches=sum(not p.base.record.matches_target_only and not p.new.record.matches_target_only
                            for p in pairs),
+        auto=auto, rejection=rejection,
     )
 
 
@@ -432,13 +444,17 @@ def _speedup_verdicts(change: Change | None, peer: bool, versions_changed: str) 
 
 
 def _tau_verdicts(row: Row) -> list[str]:
-    if row.tau_change is not None:  # auto budget: reported, not flagged (module docstring)
-        return [AUTO_TAU_DOWN] if row.tau_change.drop else [TAU_UP] if row.tau_change.rise else []
+    if row.tau_change is not None:  # auto budget, rejection sampling: reported, not flagged (module docstring)
+        down = AUTO_TAU_DOWN if row.auto else SAMPLED_TAU_DOWN
+        return [down] if row.tau_change.drop else [TAU_UP] if row.tau_change.rise else []
     return [TAU_DOWN] if row.tau_exact < 0 else [TAU_UP] if row.tau_exact > 0 else []
 
 
 def verdicts(row: Row, versions_changed: str) -> list[str]:
     found = _speedup_verdicts(row.speedup_change, row.peer, versions_changed) + _tau_verdicts(row)
+    if row.rejection:  # differing from target-only's sample is by design: counted, never flagged
+        differ = row.new_mismatches + row.old_mismatches
+        return found + ([f"{SAMPLED_DIFFERS} {differ}/{row.prompts}"] if differ else []) or ["ok"]
     if row.new_mismatches:
         found.append(f"{MISMATCH if row.must_match else UNREQUIRED} {row.new_mismatches}/{row.prompts}")
     found += [f"{OLD_MISMATCH} {row.old_mismatches}/{row.prompts}"] if row.old_mismatches else []
@@ -501,6 +517,12 @@ def _setup_notes(base: RunLog, new: RunLog) -> list[str]:
     for key in ("model", "device", "cpu"):
         if base.meta.get(key) != new.meta.get(key):
             notes.append(f"the runs differ in {key}: {base.meta.get(key)!r} -> {new.meta.get(key)!r}")
+    options_b, options_n = (log.meta.get("options") if isinstance(log.meta.get("options"), dict) else {}
+                            for log in (base, new))
+    for key, default in (("top_k", 0), ("top_p", 1.0), ("seed", 0)):  # sampled rows draw otherwise
+        was, now = options_b.get(key, default), options_n.get(key, default)  # older logs: the default
+        if was != now:
+            notes.append(f"the runs sample with different --{key}: {was!r} -> {now!r}")
     moved = _versions_changed(base, new)
     if moved:
         notes.append(f"versions changed ({moved}): peer rows are reported, not tested")

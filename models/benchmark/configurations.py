@@ -9,6 +9,13 @@ with its prompt lookup), so the table says how the suite compares with the stock
 llama-cpp-python is installed, llama.cpp on the default model's GGUF (greedy and prompt lookup;
 models.benchmark.llama_cpp_peer), which runs the quantized weights: its prompt lookup is held to
 llama.cpp's own greedy output, not to the suite's fp32 target-only.
+
+Sampling is a sweep dimension too: each configuration decodes at one (temperature, verify) mode,
+greedy (temperature 0, ids exactly as before), or sampled with rejection or coupled verification
+(ids end in -t0.7 or -t0.7c). Its reference is target-only at the same mode, the same prompt and
+the same random stream (seed, prompt index): coupled output must equal it token for token, as
+greedy output must; rejection output is only distributed as it, so a difference is no mismatch.
+The peers decode greedily only (they sample with their own random numbers).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from models.common.metrics import SequenceStats
 from models.llama.reference import HFReference
 from models.llama.weights import LoadedModel
 from models.speculative.engine import AUTO, METHODS, Engine, RunConfig
-from models.speculative.generator import synchronize
+from models.speculative.generator import COUPLED, GREEDY, REJECTION, synchronize
 from models.speculative.tree import TreeSpec
 
 TARGET = "target"
@@ -39,6 +46,36 @@ LLAMA_PEERS = (LLAMA_GREEDY, LLAMA_PROMPT_LOOKUP)
 PEERS = HF_PEERS + LLAMA_PEERS
 MULTI = "multi"  # merges several proposers' trees; cannot run without --proposers
 SELF_DRAFT_FRACTION = 0.8  # self_draft's default: 24 of the default model's 30 layers
+GREEDY_MODE = (0.0, GREEDY)  # (temperature, verify) of greedy decoding
+
+Mode = tuple[float, str]  # (temperature, verify): (0.0, "greedy"), (0.7, "rejection"), (0.7, "coupled")
+
+
+def sampling_modes(temperatures: list[float], verifies: list[str] | None = None) -> list[Mode]:
+    """The sweep's decoding modes in order: temperature 0 is greedy (verify does not apply); each
+    temperature above 0 runs with each verify mode (default: rejection)."""
+    modes = []
+    for t in temperatures:
+        modes += [GREEDY_MODE] if t == 0 else [(float(t), v) for v in verifies or [REJECTION]]
+    return list(dict.fromkeys(modes))
+
+
+def temperature_text(temperature: float) -> str:
+    """'0.7', '1' (1.0): the shortest text that reads back as the same float, so ids stay unique."""
+    text = repr(float(temperature))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def mode_suffix(temperature: float, verify: str) -> str:
+    """'' for greedy (ids as before sampling existed), '-t0.7' rejection, '-t0.7c' coupled."""
+    if verify == GREEDY:
+        return ""
+    return f"-t{temperature_text(temperature)}" + ("c" if verify == COUPLED else "")
+
+
+def mode_text(temperature: float, verify: str) -> str:
+    """'greedy', 'T=0.7 rejection' or 'T=0.7 coupled'."""
+    return GREEDY if verify == GREEDY else f"T={temperature_text(temperature)} {verify}"
 
 
 def default_methods(with_multi: bool = False) -> list[str]:
@@ -58,14 +95,25 @@ class Configuration:
     max_generated_tokens: int
     topk: int = 1  # children per node; > 1: a token tree of depth k
     budget: int | str = 0  # a tree's nodes verified per target call (root excluded), or "auto"; 0 for a chain
+    temperature: float = 0.0  # 0: greedy
+    verify: str = GREEDY  # greedy at temperature 0, else rejection or coupled
 
     @classmethod
-    def of_spec(cls, method: str, spec: TreeSpec, max_generated_tokens: int, auto: bool = False) -> Configuration:
+    def of_spec(cls, method: str, spec: TreeSpec, max_generated_tokens: int, auto: bool = False,
+                mode: Mode = GREEDY_MODE) -> Configuration:
         """The configuration an engine with this draft shape runs (a chain's length is its budget;
-        auto: the budget is tuned per iteration up to spec.budget)."""
+        auto: the budget is tuned per iteration up to spec.budget) at this decoding mode."""
         if spec.is_chain:
-            return cls(method, spec.budget, max_generated_tokens)
-        return cls(method, spec.depth, max_generated_tokens, spec.topk, AUTO if auto else spec.budget)
+            return cls(method, spec.budget, max_generated_tokens, temperature=mode[0], verify=mode[1])
+        return cls(method, spec.depth, max_generated_tokens, spec.topk, AUTO if auto else spec.budget, *mode)
+
+    @property
+    def mode(self) -> Mode:
+        return (self.temperature, self.verify)
+
+    @property
+    def is_sampled(self) -> bool:
+        return self.verify != GREEDY
 
     @property
     def is_peer(self) -> bool:
@@ -88,12 +136,14 @@ class Configuration:
             draft = f"-t{self.topk}d{self.k}b{self.budget}"
         else:
             draft = f"-k{self.k}" if self.k else ""
-        return f"{self.method}{draft}-n{self.max_generated_tokens}"
+        return f"{self.method}{draft}-n{self.max_generated_tokens}{mode_suffix(*self.mode)}"
 
     @property
     def baseline_id(self) -> str:
-        """Target-only at this length: the speedup's denominator for every configuration."""
-        return Configuration(TARGET, 0, self.max_generated_tokens).id
+        """Target-only at this length and decoding mode: the speedup's denominator, and the
+        reference output (target-only sampling is what sampled speculation is held to)."""
+        return Configuration(TARGET, 0, self.max_generated_tokens, temperature=self.temperature,
+                             verify=self.verify).id
 
     @property
     def reference_id(self) -> str:
@@ -106,15 +156,17 @@ class Configuration:
     @property
     def must_match(self) -> bool:
         """False where a difference from the reference is expected, not a bug: llama.cpp greedy
-        runs the GGUF's quantized weights, target-only the fp32 checkpoint."""
-        return self.method != LLAMA_GREEDY
+        runs the GGUF's quantized weights, target-only the fp32 checkpoint; rejection sampling is
+        distributed as target-only sampling, not equal to it token for token."""
+        return self.method != LLAMA_GREEDY and self.verify != REJECTION
 
     def label(self, with_length: bool = False) -> str:
         if self.is_tree:
             text = f"{self.method} tree {self.topk}x{self.k}/{self.budget}"
         else:
             text = self.method + (f" k={self.k}" if self.k else "")
-        return f"{text} n={self.max_generated_tokens}" if with_length else text
+        text = f"{text} n={self.max_generated_tokens}" if with_length else text
+        return f"{text} {mode_text(*self.mode)}" if self.is_sampled else text
 
 
 @dataclasses.dataclass
@@ -124,15 +176,16 @@ class Outcome:
     stats: SequenceStats | None  # per-iteration records; None for peers, which expose none
 
 
-Runner = Callable[[list[int], int], Outcome]
+Runner = Callable[..., Outcome]  # run(prompt_ids, max_new_tokens, prompt_index=0) -> Outcome
 
 
 def suite_runner(engine: Engine, baseline: bool) -> Runner:
+    """prompt_index picks the random stream (seed, prompt_index) when sampling."""
     generator = engine.baseline if baseline else engine.generator
 
-    def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
+    def run(prompt_ids: list[int], max_new_tokens: int, prompt_index: int = 0) -> Outcome:
         t0 = time.perf_counter()
-        result = generator.generate(prompt_ids, max_new_tokens)
+        result = generator.generate(prompt_ids, max_new_tokens, None, prompt_index)
         synchronize(engine.device.torch_device)
         return Outcome(result.tokens, time.perf_counter() - t0, result.stats)
 
@@ -144,7 +197,7 @@ def suite_runner(engine: Engine, baseline: bool) -> Runner:
 def hf_runner(
     reference: HFReference, eos_token_ids: tuple[int, ...], device: torch.device, **generate_kwargs
 ) -> Runner:
-    def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
+    def run(prompt_ids: list[int], max_new_tokens: int, prompt_index: int = 0) -> Outcome:  # greedy: no stream
         synchronize(device)
         t0 = time.perf_counter()
         tokens = reference.greedy(prompt_ids, max_new_tokens, eos_token_id=list(eos_token_ids), **generate_kwargs)
@@ -191,7 +244,7 @@ def sweep_shapes(ks: list[int], topks: list[int], depths: list[int] | None = Non
 class SweepPlan:
     """What to build: the knobs every engine shares, and which methods, shapes and lengths to time."""
 
-    base: RunConfig  # model, device, dtype, max_seq_len, instruct, max_ngram_size, draft_model
+    base: RunConfig  # model, device, dtype, max_seq_len, instruct, max_ngram_size, draft_model, top_k, top_p, seed
     methods: list[str]
     ks: list[int]
     lengths: list[int]
@@ -203,6 +256,7 @@ class SweepPlan:
     shapes: list[Shape] | None = None  # None: a chain at each k
     proposers: str | None = None  # multi's --proposers
     llama_cpp_peers: bool = False  # llama.cpp greedy and prompt lookup (the default model's GGUF, CPU)
+    modes: list[Mode] = dataclasses.field(default_factory=lambda: [GREEDY_MODE])  # (temperature, verify)
 
     def draft_shapes(self) -> list[Shape]:
         return self.shapes if self.shapes is not None else sweep_shapes(self.ks, [1])
@@ -215,11 +269,17 @@ class Built:
     peer_meta: dict = dataclasses.field(default_factory=dict)  # e.g. {"llama_cpp": {"gguf": ..., ...}}
 
 
-def _method_config(plan: SweepPlan, method: str, shape: Shape, n_layers: int) -> RunConfig:
-    """The engine's RunConfig: the shared knobs, this shape, then the method's own options (which win)."""
+def mode_config(base: RunConfig, mode: Mode) -> RunConfig:
+    """base at this decoding mode (verify None for greedy, as RunConfig wants it)."""
+    temperature, verify = mode
+    return dataclasses.replace(base, temperature=temperature, verify=None if verify == GREEDY else verify)
+
+
+def _method_config(plan: SweepPlan, method: str, shape: Shape, n_layers: int, mode: Mode = GREEDY_MODE) -> RunConfig:
+    """The engine's RunConfig: the shared knobs, this shape and mode, then the method's own options (which win)."""
     config = dataclasses.replace(
-        plan.base, method=method, n_draft_tokens=shape.depth, max_generated_tokens=max(plan.lengths),
-        proposers=plan.proposers if method == MULTI else None,
+        mode_config(plan.base, mode), method=method, n_draft_tokens=shape.depth,
+        max_generated_tokens=max(plan.lengths), proposers=plan.proposers if method == MULTI else None,
     )
     if shape.topk > 1:
         config = dataclasses.replace(config, tree_topk=shape.topk, tree_depth=shape.depth, tree_budget=shape.budget)
@@ -229,31 +289,22 @@ def _method_config(plan: SweepPlan, method: str, shape: Shape, n_layers: int) ->
 
 
 def build(plan: SweepPlan, device: Device) -> Built:
-    """Load the target once and build every configuration's runner on it (engines share weights)."""
-    target = Engine(dataclasses.replace(plan.base, method=TARGET, max_generated_tokens=max(plan.lengths)), device)
-    n_layers = target.target.model.args.n_layers
+    """Load the target once and build every configuration's runner on it (engines share weights):
+    target-only once per decoding mode, then per method, shape and mode; the peers at greedy only."""
+    lengths = plan.lengths
     runners: dict[Configuration, Runner] = {}
-    for n in plan.lengths:
-        runners[Configuration(TARGET, 0, n)] = suite_runner(target, baseline=True)
+    targets = []
+    for mode in plan.modes:
+        engine = Engine(dataclasses.replace(mode_config(plan.base, mode), method=TARGET,
+                                            max_generated_tokens=max(lengths)), device)
+        targets.append(engine)
+        for n in lengths:
+            runners[Configuration(TARGET, 0, n, temperature=mode[0], verify=mode[1])] = suite_runner(engine, True)
+    target = targets[0]
+    n_layers = target.target.model.args.n_layers
     for method in plan.methods:
-        # a method whose options fix its shape (e.g. {"eagle": {"n_draft_tokens": 5}}) runs at that shape
-        # only: shapes that resolve to one already built are not built twice
-        for shape in plan.draft_shapes():
-            config = _method_config(plan, method, shape, n_layers)
-            auto = config.tree_budget == AUTO
-            first = Configuration.of_spec(method, config.tree_spec(device.torch_device.type), plan.lengths[0], auto)
-            if first in runners:
-                continue
-            try:
-                engine = Engine(config, device)
-            except UserError as exc:
-                if method in plan.explicit:
-                    raise UserError(f"{first.label()}: {exc}") from None
-                logger.warning(f"skipping {method} (a default method that cannot run here): {exc}")
-                break
-            for n in plan.lengths:
-                runners[Configuration.of_spec(method, engine.spec, n, auto)] = suite_runner(engine, baseline=False)
-    if plan.hf_peers:
+        _build_method(plan, method, n_layers, device, runners)
+    if plan.hf_peers and GREEDY_MODE in plan.modes:
         reference = hf_reference(target.target, device)
         eos, torch_device = target.tokenizer.eos_token_ids, device.torch_device
         for n in plan.lengths:
@@ -264,7 +315,7 @@ def build(plan: SweepPlan, device: Device) -> Built:
                     max_matching_ngram_size=plan.base.max_ngram_size,
                 )
     peer_meta = {}
-    if plan.llama_cpp_peers:
+    if plan.llama_cpp_peers and GREEDY_MODE in plan.modes:
         from models.benchmark import llama_cpp_peer  # it imports this module
 
         llama_runners, peer_meta["llama_cpp"] = llama_cpp_peer.build_runners(
@@ -273,3 +324,27 @@ def build(plan: SweepPlan, device: Device) -> Built:
         )
         runners.update(llama_runners)
     return Built(target, runners, peer_meta)
+
+
+def _build_method(plan: SweepPlan, method: str, n_layers: int, device: Device,
+                  runners: dict[Configuration, Runner]) -> None:
+    """One method's runners at every shape and mode. A method whose options fix its shape (e.g.
+    {"eagle": {"n_draft_tokens": 5}}) runs at that shape only: shapes that resolve to one already
+    built are not built twice. A default method that cannot run here is skipped with a warning."""
+    for shape in plan.draft_shapes():
+        for mode in plan.modes:
+            config = _method_config(plan, method, shape, n_layers, mode)
+            auto = config.tree_budget == AUTO
+            first = Configuration.of_spec(method, config.tree_spec(device.torch_device.type), plan.lengths[0],
+                                          auto, mode)
+            if first in runners:
+                continue
+            try:
+                engine = Engine(config, device)
+            except UserError as exc:
+                if method in plan.explicit:
+                    raise UserError(f"{first.label()}: {exc}") from None
+                logger.warning(f"skipping {method} (a default method that cannot run here): {exc}")
+                return
+            for n in plan.lengths:
+                runners[Configuration.of_spec(method, engine.spec, n, auto, mode)] = suite_runner(engine, False)

@@ -1,6 +1,10 @@
 """report.html: one self-contained page (inline CSS, JS and PNGs; no external reference), so it
 opens offline from a CI artifact. Static HTML carries every number and token; the small script
-only sorts and filters, so the page still reads with scripting off."""
+only sorts and filters, so the page still reads with scripting off.
+
+Sampled configurations carry their temperature and verify mode in their labels. Rejection
+sampling is distributed as target-only sampling, not equal to it token for token: its runs are
+never shown as differing from target-only, nor counted against the runs equal to their reference."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from collections import defaultdict
 
 from models.benchmark.configurations import LLAMA_GREEDY, LLAMA_PROMPT_LOOKUP, TARGET
 from models.benchmark.runlog import RunLog, RunRecord
-from models.benchmark.summary import OVERALL, Row, by_source
+from models.benchmark.summary import OVERALL, REJECTION, Row, by_source
 from models.benchmark.token_view import PEER, token_sources
 from models.common.metrics import summarize
 
@@ -104,10 +108,20 @@ def _load(values: list[float] | None) -> str:
     return "/".join(f"{v:.1f}" for v in values) if values else "?"
 
 
+def _judged(record: RunRecord) -> bool:
+    """Whether a difference from the reference would be a mismatch: not for llama.cpp greedy
+    (quantized weights) nor rejection sampling (distribution-equal, not token-equal)."""
+    return record.method != LLAMA_GREEDY and record.verify != REJECTION
+
+
 def _match_html(record: RunRecord) -> str:
     """How the output compares with its reference: target-only, or for llama.cpp's prompt lookup
-    llama.cpp's own greedy output (llama.cpp greedy runs quantized weights: a difference is expected)."""
+    llama.cpp's own greedy output (llama.cpp greedy runs quantized weights: a difference is expected;
+    rejection sampling draws other random numbers than target-only: a difference is by design)."""
     reference = "llama.cpp greedy" if record.method == LLAMA_PROMPT_LOOKUP else "target-only"
+    if record.verify == REJECTION and record.method != TARGET:  # target-only is its own reference
+        same = " (equal to target-only's sample here)" if record.matches_target_only else ""
+        return f"sampled (rejection): not token-equal by design{same}"
     if record.matches_target_only:
         return f"<span class=ok>= {reference}</span>"
     if record.method == LLAMA_GREEDY:
@@ -120,14 +134,16 @@ def header(log: RunLog, rows: list[Row]) -> str:
     overall = [r for r in rows if r.category == OVERALL and r.method != TARGET and r.speedup is not None]
     best = max(overall, key=lambda r: r.speedup, default=None)
     runs, skipped = len(log.records), meta.get("skipped_prompts", 0)
-    judged = [r for r in log.records if r.method != LLAMA_GREEDY]  # quantized weights: differences expected
+    judged = [r for r in log.records if _judged(r)]  # quantized weights, rejection: differences expected
     mismatched = sum(not r.matches_target_only for r in judged)
     runs = len(judged)
+    sampled = any(r.verify == REJECTION for r in log.records)
     cards = [
         (f"{best.speedup:.2f}x" if best else "-", f"best: {best.label}" if best else "best speedup"),
         (str(len(meta.get("prompts", []))), "prompts" + (f" ({skipped} skipped)" if skipped else "")),
         (str(len(meta.get("configurations", []))), "configurations"),
-        (f"{runs - mismatched}/{runs}", "runs equal to their reference"),
+        (f"{runs - mismatched}/{runs}", "runs equal to their reference"
+         + (" (rejection-sampled runs aside: not token-equal by design)" if sampled else "")),
         (f"{done.get('elapsed_s', 0) / 60:.1f} min", "sweep wall time"),
     ]
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
@@ -167,7 +183,9 @@ def spec_bench(rows: list[Row]) -> str:
         "<h2>Spec-Bench table</h2><p class=meta>Speedup over this suite's target-only decoding (summed wall time, "
         "same prompts, same interleaved sweep) and &tau; = mean accepted tokens per target call "
         "('-' where transformers exposes no iterations). <i>k=K</i>: a chain of K draft tokens; "
-        "<i>tree T&times;D/B</i>: a token tree of T children per node, D levels, B nodes verified per call.</p>"
+        "<i>tree T&times;D/B</i>: a token tree of T children per node, D levels, B nodes verified per call; "
+        "<i>T=t rejection|coupled</i>: sampled at temperature t, against target-only sampled alike "
+        "(no T: greedy).</p>"
         f"<div class=wide><table class=sb><thead><tr><th>method</th>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
@@ -251,8 +269,9 @@ def _token_html(text: str) -> str:
 
 def generation(record: RunRecord, label: str) -> str:
     spans = []
+    differs = record.first_mismatch is not None and record.verify != REJECTION  # rejection sampling: by design
     for i, (text, src) in enumerate(zip(record.token_strings, token_sources(record), strict=True)):
-        diverged = " div" if record.first_mismatch is not None and i >= record.first_mismatch else ""
+        diverged = " div" if differs and i >= record.first_mismatch else ""
         title = "" if src.kind == PEER else f" title='{esc(src.describe())}'"  # peers: nothing to tell per token
         spans.append(f"<span class='{src.kind}{diverged}'{title}>{_token_html(text)}</span>")
     stats = record.stats()
@@ -287,7 +306,7 @@ def generations(log: RunLog) -> str:
         info = prompts.get(index, {})
         text = info.get("text", "")
         qid = f" &middot; question {esc(info['question_id'])}" if info.get("question_id") is not None else ""
-        bad = sum(not r.matches_target_only for r in records if r.method != LLAMA_GREEDY)
+        bad = sum(not r.matches_target_only for r in records if _judged(r))
         flag = f" &middot; <span class=bad>{bad} differ</span>" if bad else ""
         body = "".join(generation(r, labels.get(r.config_id, r.config_id)) for r in records)
         parts.append(

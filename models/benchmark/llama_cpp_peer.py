@@ -110,7 +110,7 @@ class LlamaCppPeer:
         llm = self.greedy_llm if k is None else self.lookup_llm
         draft = None if k is None else LlamaPromptLookupDecoding(max_ngram_size=max_ngram_size, num_pred_tokens=k)
 
-        def run(prompt_ids: list[int], max_new_tokens: int) -> Outcome:
+        def run(prompt_ids: list[int], max_new_tokens: int, prompt_index: int = 0) -> Outcome:  # greedy: no stream
             t0 = time.perf_counter()
             llm.draft_model = draft
             tokens = self.generate(llm, prompt_ids, max_new_tokens)

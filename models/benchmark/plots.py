@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from models.benchmark.configurations import HF_GREEDY, TARGET
+from models.benchmark.configurations import GREEDY, HF_GREEDY, TARGET, mode_text
 from models.benchmark.summary import OVERALL, Row
 
 DPI = 110
@@ -27,7 +27,9 @@ def _png(fig) -> bytes:
 
 
 def _series_name(r: Row, several_lengths: bool) -> str:
-    return r.method + (f" n={r.max_generated_tokens}" if several_lengths else "")
+    """A method's line: one per length and decoding mode (sampled rows: 'T=0.7 coupled')."""
+    name = r.method + (f" n={r.max_generated_tokens}" if several_lengths else "")
+    return name if r.verify == GREEDY else f"{name} {mode_text(r.temperature, r.verify)}"
 
 
 def speedup_vs_k(rows: list[Row]) -> bytes:

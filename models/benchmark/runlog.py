@@ -10,7 +10,9 @@ Each line keeps what the report needs and nothing it would have to recompute fro
 output ids and their strings, the draft shape (tree_topk, tree_depth, tree_budget; a chain of k
 is 1, k, k), and the per-iteration counts that tell drafts from target tokens (tree nodes,
 depth and, for multi-draft, the proposer whose branch was accepted). Logs written before token
-trees (no shape, no depth/source per iteration) still load: their drafts are chains.
+trees (no shape, no depth/source per iteration) still load: their drafts are chains. Each line
+also says how it decoded (temperature, verify, top_k, top_p, seed); logs from before sampling
+load as greedy.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ class RunRecord:
     tree_topk: int | None = None
     tree_depth: int | None = None
     tree_budget: int | str | None = None  # nodes verified per target call (root excluded), or "auto"
+    # decoding: greedy (temperature 0; older logs, without these fields, were all greedy), or
+    # sampled at temperature with top_k / top_p, prompt i drawing from the stream (seed, i), and
+    # verified by rejection (distributed as target-only sampling) or coupled (equal to it)
+    temperature: float = 0.0
+    verify: str = "greedy"  # greedy, rejection or coupled
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    seed: int = 0
 
     @property
     def generated_tokens(self) -> int:

@@ -9,6 +9,11 @@ stay empty. `matches_target_only` counts prompts whose output equals the row's r
 greedy output (llama.cpp runs the GGUF's quantized weights, so llama.cpp greedy legitimately
 differs from the suite's fp32 target-only; its count only shows by how much).
 
+Each row also says how it decoded (temperature, verify: greedy, rejection or coupled); its speedup
+and reference are target-only's at the same temperature and verify mode. Coupled output must
+equal target-only's as greedy output must; rejection output is only distributed as it, so its
+count is shown but a difference is no mismatch ("rejection: distribution-equal, not token-equal").
+
 Every row carries its draft shape (tree_topk, tree_depth, tree_budget = nodes verified per call;
 a chain of k is 1, k, k) and the tree counters: nodes drafted, mean nodes / depth / branching
 per drafting call, verification calls, accepted draft tokens, bonus tokens (the target's own
@@ -23,11 +28,14 @@ import dataclasses
 import io
 from collections import defaultdict
 
-from models.benchmark.configurations import LLAMA_GREEDY, LLAMA_PEERS, LLAMA_PROMPT_LOOKUP, TARGET, Configuration
+from models.benchmark.configurations import (
+    GREEDY, LLAMA_GREEDY, LLAMA_PEERS, LLAMA_PROMPT_LOOKUP, REJECTION, TARGET, Configuration, mode_text,
+)
 from models.benchmark.runlog import RunRecord
 from models.common.metrics import SequenceStats, summarize
 
 OVERALL = "overall"
+NOT_TOKEN_EQUAL = "rejection: distribution-equal, not token-equal"
 
 
 @dataclasses.dataclass
@@ -40,6 +48,8 @@ class Row:
     tree_depth: int | None
     tree_budget: int | str | None  # nodes verified per target call ("auto": tuned); a chain of k: k
     max_generated_tokens: int
+    temperature: float  # 0: greedy
+    verify: str  # greedy, rejection or coupled
     category: str
     prompts: int
     generated_tokens: int
@@ -67,7 +77,8 @@ def configuration_of(record: RunRecord) -> Configuration:
     """A record's configuration; records from before token trees have no shape: chains of k."""
     topk = record.tree_topk or 1
     budget = (record.tree_budget or 0) if topk > 1 else 0
-    return Configuration(record.method, record.k, record.max_generated_tokens, topk, budget)
+    return Configuration(record.method, record.k, record.max_generated_tokens, topk, budget,
+                         float(record.temperature or 0.0), record.verify or GREEDY)
 
 
 def categories_in_order(records: list[RunRecord]) -> list[str]:
@@ -91,7 +102,8 @@ def _row(config: Configuration, label: str, category: str, runs: list[RunRecord]
     return Row(
         config_id=config.id, label=label, method=config.method, k=config.k,
         tree_topk=topk, tree_depth=depth, tree_budget=budget,
-        max_generated_tokens=config.max_generated_tokens, category=category, prompts=len(runs),
+        max_generated_tokens=config.max_generated_tokens, temperature=config.temperature, verify=config.verify,
+        category=category, prompts=len(runs),
         generated_tokens=generated, seconds=seconds, speedup=speedup,
         mean_accepted_tokens=m["mean_accepted_tokens"] if m else None,
         acceptance_rate=m["acceptance_rate"] if drafted else None,
@@ -169,6 +181,8 @@ def shape_text(row: Row) -> str:
 def matches_text(row: Row) -> str:
     """'3/3'; llama.cpp rows say what they were compared with, and that greedy may differ."""
     text = f"{row.matches_target_only}/{row.prompts}"
+    if row.verify == REJECTION and row.method != TARGET:  # target-only is its own reference
+        return f"{text} ({NOT_TOKEN_EQUAL})"
     if row.method == LLAMA_PROMPT_LOOKUP:
         return f"{text} vs llama.cpp greedy"
     if row.method == LLAMA_GREEDY:
@@ -233,6 +247,27 @@ def llama_cpp_note(rows: list[Row], meta: dict) -> list[str]:
     ]
 
 
+def sampling_note(rows: list[Row], meta: dict) -> list[str]:
+    """A paragraph on the sampled rows, when there are any: how they sampled and what their
+    'matches target-only' means."""
+    sampled = list(dict.fromkeys((r.temperature, r.verify) for r in rows if r.verify != GREEDY))
+    if not sampled:
+        return []
+    options = meta.get("options") or {}
+    knobs = ", ".join(f"{name} {options[name]}" for name in ("top_k", "top_p", "seed") if name in options)
+    text = (
+        f"Sampled rows ({', '.join(f'`{mode_text(t, v)}`' for t, v in sampled)}{'; ' + knobs if knobs else ''}): "
+        "prompt i draws from the random stream (seed, i), for each method and for its reference, target-only "
+        "sampling at the same temperature and verify mode, which is also its speedup's denominator. "
+        "`coupled` rows share target-only's noise and must equal its output token for token, as greedy rows must."
+    )
+    if any(v == REJECTION for _, v in sampled):
+        text += (f" `rejection` rows ({NOT_TOKEN_EQUAL}): distributed exactly as target-only sampling, but drawing "
+                 "other random numbers, so their output differs from target-only's by design: their matches are "
+                 "only counted, never a mismatch, and their tau is a sample, not an exact number.")
+    return [text, ""]
+
+
 def summary_markdown(rows: list[Row], meta: dict) -> str:
     """summary.md: how the numbers were made, the Spec-Bench table, then every row."""
     return "\n".join([
@@ -249,9 +284,10 @@ def summary_markdown(rows: list[Row], meta: dict) -> str:
         "sweep) / mean accepted tokens per target call (tau; '-' where a peer, transformers or llama.cpp, "
         "exposes no iterations). "
         "`tree TxD/B`: a token tree of T children per node, D levels, B nodes verified per target call; "
-        "`k=K`: a chain of K draft tokens.",
+        "`k=K`: a chain of K draft tokens; `T=t rejection|coupled`: sampled at temperature t (no T: greedy).",
         "",
         *llama_cpp_note(rows, meta),
+        *sampling_note(rows, meta),
         spec_bench_table(rows),
         "## All configurations",
         "",

@@ -5,8 +5,12 @@ to prompt, so machine drift (thermal, a noisy neighbour) falls on every configur
 rather than on whichever ran last. Each configuration gets one untimed warm-up first.
 
 Each output is compared with its configuration's reference (Configuration.reference_id):
-target-only, except llama.cpp's prompt lookup, held to llama.cpp's greedy output; a difference
-counts as a mismatch unless it is expected (llama.cpp greedy's quantized weights vs target-only).
+target-only at the same decoding mode, except llama.cpp's prompt lookup, held to llama.cpp's
+greedy output; a difference counts as a mismatch unless it is expected (llama.cpp greedy's
+quantized weights vs target-only; rejection sampling, distributed as target-only sampling but not
+equal to it token for token: the comparison is recorded, not counted). Under sampling each prompt
+draws from the stream (seed, its prompt index), the same for a method and its target-only
+reference, so a sweep reproduces from its seed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tqdm import tqdm
 from models.benchmark.configurations import Configuration, Outcome, Runner
 from models.benchmark.runlog import RunRecord, first_mismatch, iteration_dicts
 from models.benchmark.sources import BenchPrompt
+from models.speculative.sampling import SamplingParams
 
 WARMUP_TOKENS = 16
 
@@ -41,7 +46,7 @@ def warm_up(runners: dict[Configuration, Runner], prompt_ids: list[int]) -> None
 
 def _record(
     config: Configuration, index: int, order: int, prompt: BenchPrompt, ids: list[int], outcome: Outcome,
-    reference: list[int], token_strings: Callable[[list[int]], list[str]],
+    reference: list[int], token_strings: Callable[[list[int]], list[str]], sampling: SamplingParams,
 ) -> RunRecord:
     mismatch = first_mismatch(outcome.tokens, reference)
     topk, depth, budget = config.shape or (None, None, None)
@@ -53,6 +58,8 @@ def _record(
         total_s=outcome.seconds, ttft_s=outcome.stats.ttft_s if outcome.stats else None,
         iterations=iteration_dicts(outcome.stats), matches_target_only=mismatch is None, first_mismatch=mismatch,
         tree_topk=topk, tree_depth=depth, tree_budget=budget,
+        temperature=config.temperature, verify=config.verify, top_k=sampling.top_k, top_p=sampling.top_p,
+        seed=sampling.seed,
     )
 
 
@@ -61,9 +68,12 @@ def sweep(
     runners: dict[Configuration, Runner],
     token_strings: Callable[[list[int]], list[str]],
     sink: Callable[[list[RunRecord]], None],
+    sampling: SamplingParams | None = None,
 ) -> int:
-    """Run (index, prompt, ids) x configurations; hand each prompt's records to `sink`.
+    """Run (index, prompt, ids) x configurations; hand each prompt's records to `sink`. sampling:
+    the sweep's top_k, top_p and seed (recorded with each run; the runners already use them).
     Returns the number of runs whose output differs from their reference where it must not."""
+    sampling = sampling or SamplingParams()
     configs = list(runners)
     warm_up(runners, prompts[0][2])
     mismatches = 0
@@ -72,12 +82,13 @@ def sweep(
             outcomes: dict[Configuration, Outcome] = {}
             for config in rotated(configs, turn):
                 bar.set_postfix_str(f"prompt {index} {config.id}", refresh=False)
-                outcomes[config] = runners[config](ids, config.max_generated_tokens)
+                outcomes[config] = runners[config](ids, config.max_generated_tokens, index)
                 bar.update()
             outputs = {c.id: o.tokens for c, o in outcomes.items()}
             order = {c: i for i, c in enumerate(outcomes)}
             records = [
-                _record(c, index, order[c], prompt, ids, outcomes[c], outputs[c.reference_id], token_strings)
+                _record(c, index, order[c], prompt, ids, outcomes[c], outputs[c.reference_id], token_strings,
+                        sampling)
                 for c in configs
             ]
             for c, r in zip(configs, records, strict=True):

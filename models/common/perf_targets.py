@@ -30,10 +30,11 @@ from models.common.errors import UserError
 MATCH_KEYS = (
     "model", "method", "n_draft_tokens", "draft_layers", "target_layers", "draft_model", "max_ngram_size",
     "max_generated_tokens", "input_prompts", "instruct", "speculator", "tree_topk", "tree_depth", "tree_budget",
-    "proposers",
+    "proposers", "temperature", "top_k", "top_p", "seed", "verify",
 )
-# Keys an entry may leave out: their default (a chain, as before trees existed).
-DEFAULTS = {"tree_topk": 1, "tree_depth": None, "tree_budget": None, "proposers": None, "speculator": None}
+# Keys an entry may leave out: their default (a greedy chain, as before trees and sampling existed).
+DEFAULTS = {"tree_topk": 1, "tree_depth": None, "tree_budget": None, "proposers": None, "speculator": None,
+            "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "verify": None}
 
 GOLDEN, SPEED = "golden", "speed"
 # metric -> (kind, default tolerance for a new entry on cpu, on a GPU)
@@ -78,7 +79,7 @@ class PerfTarget:
     def matches(self, device: str, mesh: str, dtype: str, config: dict) -> bool:
         return (
             (self.device, self.mesh, self.dtype) == (device, mesh, dtype)
-            and all(self.config.get(k, DEFAULTS.get(k)) == config.get(k) for k in MATCH_KEYS)
+            and all(self.config.get(k, DEFAULTS.get(k)) == config.get(k, DEFAULTS.get(k)) for k in MATCH_KEYS)
         )
 
 

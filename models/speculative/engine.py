@@ -20,6 +20,7 @@ from models.speculative import proposers as _proposers  # noqa: F401  (fills the
 from models.speculative.budget import AutoBudget, cached_verify_cost
 from models.speculative.generator import GenerationResult, Generator
 from models.speculative.proposers.base import REGISTRY, BuildContext, Proposer
+from models.speculative.sampling import VERIFY_MODES, SamplingParams
 from models.speculative.tree import TreeSpec
 
 TARGET = "target"
@@ -51,6 +52,15 @@ class RunConfig:
     instruct: bool = True
     device: str = "cpu"
     dtype: str | None = None
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    seed: int = 0  # prompt i samples from the stream (seed, i)
+    verify: str | None = None  # sampling: rejection (default) or coupled
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -74,6 +84,11 @@ class RunConfig:
             raise UserError(f"--prefill_seq_len must be >= 1, got {self.prefill_seq_len}")
         if self.max_seq_len < 2:
             raise UserError(f"--max_seq_len must be >= 2, got {self.max_seq_len}")
+        self.sampling.validate()
+        if self.verify is not None and self.verify not in VERIFY_MODES:
+            raise UserError(f"unknown --verify {self.verify!r}; choose from {', '.join(VERIFY_MODES)}")
+        if self.verify is not None and self.temperature == 0:
+            raise UserError(f"--verify {self.verify} is for sampling (--temperature > 0); at temperature 0 decoding is greedy")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise UserError(f"--batch_size {self.batch_size} is not supported; supported: 1 (batching comes later)")
 
@@ -133,6 +148,7 @@ class Engine:
         self.generator = Generator(
             self.model, self.proposer, tree=self.spec if self.proposer is not None else None,
             max_seq_len=config.max_seq_len, eos_token_ids=eos, prefill_seq_len=config.prefill_seq_len,
+            sampling=config.sampling, verify=config.verify,
         )
         if config.tree_budget == AUTO and self.proposer is not None:
             cost = cached_verify_cost(self.target.model, config.model, self.device.describe(),
@@ -149,7 +165,7 @@ class Engine:
             c = self.config
             self._baseline = Generator(self.model, None, max_seq_len=c.max_seq_len,
                                        eos_token_ids=self.target.tokenizer.eos_token_ids,
-                                       prefill_seq_len=c.prefill_seq_len)
+                                       prefill_seq_len=c.prefill_seq_len, sampling=c.sampling, verify=c.verify)
         return self._baseline
 
     @property
@@ -190,7 +206,8 @@ class Engine:
         if self.proposer is not None:
             self.proposer.forget()
 
-    def run(self, prompt_ids: list[int], *, baseline: bool = False, on_iteration=None) -> GenerationResult:
+    def run(self, prompt_ids: list[int], *, baseline: bool = False, on_iteration=None,
+            prompt_index: int = 0) -> GenerationResult:
         generator = self.baseline if baseline else self.generator
-        return generator.generate(prompt_ids, self.config.max_generated_tokens, on_iteration)
+        return generator.generate(prompt_ids, self.config.max_generated_tokens, on_iteration, prompt_index)
 

@@ -50,6 +50,8 @@ from models.speculative.verification import Acceptance, greedy_accept
 # A residual max(0, p - q) with less mass than this is rounding noise: its mass is the chance
 # of a rejection, so p == q on the support and the rejection could not really have happened.
 RESIDUAL_TOL = 1e-6
+NOISE_CACHE = 128  # Gumbel rows kept per sequence: a draft's positions are verified right after
+VERIFY_MODES = ("rejection", "coupled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +160,7 @@ class SequenceRng:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(derive_seed("sequence", self.seed, self.prompt_index))
         self._buffer: list[float] = []
+        self._noise: dict[tuple[int, int], torch.Tensor] = {}  # recent positions (draft and verify share them)
 
     def uniform(self) -> float:
         """A fresh uniform in [0, 1) (53 bits), never handed out twice. Drawn in blocks: one
@@ -180,10 +183,15 @@ class SequenceRng:
     def gumbel(self, position: int, vocab: int) -> torch.Tensor:
         """Standard Gumbel noise [V] fp32 (CPU) for the token at absolute `position`; a function of
         (seed, prompt_index, position) alone."""
-        g = torch.Generator(device="cpu")
-        g.manual_seed(derive_seed("gumbel", self.seed, self.prompt_index, int(position)))
-        u = torch.rand(vocab, generator=g, dtype=torch.float64).clamp_(min=2.0**-60)
-        return (-(-u.log()).log()).float()
+        key = (int(position), int(vocab))
+        if key not in self._noise:
+            if len(self._noise) >= NOISE_CACHE:
+                self._noise.pop(next(iter(self._noise)))
+            g = torch.Generator(device="cpu")
+            g.manual_seed(derive_seed("gumbel", self.seed, self.prompt_index, int(position)))
+            u = torch.rand(vocab, generator=g, dtype=torch.float64).clamp_(min=2.0**-60)
+            self._noise[key] = (-(-u.log()).log()).float()
+        return self._noise[key]
 
 
 # --- target-only sampling (the reference) --------------------------------------------------------
@@ -309,3 +317,57 @@ def coupled_accept(tree: DraftTree, logprobs: torch.Tensor, gumbel: torch.Tensor
         raise ValueError(f"need {n + 1} rows of logprobs and noise alike, got {tuple(logprobs.shape)}, "
                          f"{tuple(gumbel.shape)}")
     return greedy_accept(tree, logprobs.float() + gumbel.to(logprobs.device))
+
+
+# --- drafting under sampling -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ChainSampler:
+    """How a model proposer picks each token of a chain under sampled decoding, so that the
+    verifier's rule stays exact: for rejection sampling, a sample of the draft's own
+    distribution q (after the same temperature / top-k / top-p), whose row is kept for the
+    verifier; for coupled decoding, argmax(log q + g) with the target's own noise at that
+    position, which is the target's token whenever the draft agrees with it closely enough.
+
+    Trees keep deterministic top-k children instead: sampled siblings must be independent
+    draws kept regardless of their values, which EAGLE-2's reranking and trie merging are not.
+    """
+
+    params: SamplingParams
+    rng: SequenceRng
+    coupled: bool
+    position: int  # absolute position of the chain's first token (its index in prompt + output)
+
+    def draw(self, logits: torch.Tensor, depth: int) -> tuple[int, torch.Tensor | None]:
+        """(token, q row or None) for the chain's token at `depth` (1 = the root's child);
+        logits [V] over the target vocabulary (-inf where the draft cannot propose)."""
+        if self.coupled:
+            noise = self.rng.gumbel(self.position + depth - 1, logits.shape[-1])
+            return coupled_token(target_logprobs(logits, self.params), noise), None
+        q = target_probs(logits, self.params)
+        return self.rng.categorical(q), q
+
+    def perturbed(self, logprobs: torch.Tensor, depth: int, token_map: torch.Tensor | None = None,
+                  vocab: int | None = None) -> torch.Tensor:
+        """Coupled decoding, trees: the draft's log-probabilities [..., V'] (after this decoding's
+        temperature / top-k / top-p) plus the target's noise at the position of `depth`, so the
+        tree's best path is the draft's guess of the target's coupled tokens. token_map: draft id
+        -> target id, vocab: the target's size (the noise is drawn over the target vocabulary).
+        Shifted so each row's best is 0: a child then never outscores its parent, which keeps a
+        tree ranked by cumulative score topological."""
+        noise = self.rng.gumbel(self.position + depth - 1, vocab or logprobs.shape[-1]).to(logprobs.device)
+        if token_map is not None:
+            noise = noise[token_map]
+        scores = target_logprobs(logprobs, self.params) + noise
+        return scores - scores.max(dim=-1, keepdim=True).values
+
+
+def to_target_vocab(logits: torch.Tensor, token_map: torch.Tensor | None, vocab: int) -> torch.Tensor:
+    """Rows over a reduced draft vocabulary (draft id -> target id in token_map) spread over the
+    target's vocabulary, -inf elsewhere; rows already over the target vocabulary pass through."""
+    if token_map is None:
+        return logits
+    full = torch.full((*logits.shape[:-1], vocab), -math.inf, dtype=logits.dtype, device=logits.device)
+    full[..., token_map] = logits
+    return full

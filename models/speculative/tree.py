@@ -43,6 +43,9 @@ class DraftTree:
     tokens: torch.Tensor  # [n] int64, on the device the proposer drafted on
     parents: tuple[int, ...]  # per node: the parent node's index, or -1 for the root
     sources: tuple[str, ...] | None = None  # per node: which proposer drafted it (multi-draft)
+    # sampled decoding: per node, the distribution [n, V] (target vocabulary) its token was drawn
+    # from; None: every node is deterministic (q one-hot), as n-gram drafts and top-k children are
+    draft_probs: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.tokens.dim() != 1 or self.tokens.numel() != len(self.parents):
@@ -50,6 +53,8 @@ class DraftTree:
         for i, p in enumerate(self.parents):
             if not -1 <= p < i:
                 raise ValueError(f"node {i} has parent {p}: parents must come first (topological order)")
+        if self.draft_probs is not None and self.draft_probs.shape[0] != len(self.parents):
+            raise ValueError(f"{self.draft_probs.shape[0]} draft distributions for {len(self.parents)} nodes")
 
     @classmethod
     def chain(cls, tokens: torch.Tensor | list[int], device: torch.device | str = "cpu") -> DraftTree:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from models.speculative.sampling import ChainSampler, to_target_vocab
 from models.speculative.tree import DraftTree, TreeSpec
 
 
@@ -47,8 +48,15 @@ Step = Callable[[Frontier], torch.Tensor]  # -> log-probabilities [F, V]
 
 
 def grow_tree(root_logprobs: torch.Tensor, step: Step, spec: TreeSpec,
-              token_map: torch.Tensor | None = None) -> DraftTree:
-    """root_logprobs: [V] for the token after the root. token_map: draft id -> target id."""
+              token_map: torch.Tensor | None = None,
+              perturb: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> DraftTree:
+    """root_logprobs: [V] for the token after the root. token_map: draft id -> target id.
+    perturb(logprobs, depth): scores for the children at `depth` (coupled sampling adds the
+    target's noise there, ChainSampler.perturbed); None: the log-probabilities themselves."""
+    if perturb is None:
+        def perturb(logprobs: torch.Tensor, depth: int) -> torch.Tensor:
+            return logprobs
+
     device = root_logprobs.device
     k = max(1, spec.topk)
     budget = min(spec.budget, spec.depth) if k == 1 else spec.budget
@@ -75,7 +83,7 @@ def grow_tree(root_logprobs: torch.Tensor, step: Step, spec: TreeSpec,
                 ancestors.append((ancestors[parent] if parent >= 0 else set()) | {new[-1]})
         return new
 
-    level = add_children([-1], root_logprobs[None], 1)
+    level = add_children([-1], perturb(root_logprobs[None], 1), 1)
     greedy = [level[0]]  # topk lists the best child first
     for depth in range(2, spec.depth + 1):
         others = sorted((c for c in level if c != greedy[-1]), key=lambda c: -scores[c])
@@ -85,7 +93,7 @@ def grow_tree(root_logprobs: torch.Tensor, step: Step, spec: TreeSpec,
         frontier = Frontier(level, [parents[c] for c in level],
                             torch.tensor([tokens[c] for c in level], device=device), [depth - 1] * len(level), mask)
         logprobs = step(frontier)
-        level = add_children(level, logprobs, depth)
+        level = add_children(level, perturb(logprobs, depth), depth)
         greedy.append(level[0])  # the greedy node was fed first, its best child comes first
 
     in_chain = set(greedy)
@@ -97,3 +105,32 @@ def grow_tree(root_logprobs: torch.Tensor, step: Step, spec: TreeSpec,
     if token_map is not None:
         out = token_map[out]
     return DraftTree(out, tuple(index[parents[c]] if parents[c] >= 0 else -1 for c in keep))
+
+
+def sample_chain(root_logprobs: torch.Tensor, step: Step, length: int, sampler: ChainSampler,
+                 token_map: torch.Tensor | None = None, vocab: int | None = None) -> DraftTree:
+    """A chain of `length` tokens, each picked by `sampler` from the draft's distribution at its
+    parent (sampled decoding), fed one per level like a greedy chain. token_map: draft id ->
+    target id (vocab: the target's size); the tree is in target ids with q rows [n, vocab]."""
+    device = root_logprobs.device
+    inverse = None
+    if token_map is not None:
+        inverse = torch.full((vocab,), -1, dtype=torch.int64, device=token_map.device)
+        inverse[token_map] = torch.arange(token_map.numel(), device=token_map.device)
+    tokens: list[int] = []
+    rows: list[torch.Tensor | None] = []
+    logprobs = root_logprobs
+    for depth in range(1, length + 1):
+        token, q = sampler.draw(to_target_vocab(logprobs, token_map, vocab), depth)
+        tokens.append(token)
+        rows.append(q)
+        if depth == length:
+            break
+        fed = token if inverse is None else int(inverse[token])
+        frontier = Frontier([depth - 1], [depth - 2], torch.tensor([fed], device=device), [depth],
+                            torch.ones(1, depth, dtype=torch.bool, device=device))
+        logprobs = step(frontier)[0]
+    chain = DraftTree.chain(tokens, device)
+    if rows and rows[0] is not None:
+        chain = dataclasses.replace(chain, draft_probs=torch.stack(rows))
+    return chain

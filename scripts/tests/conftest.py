@@ -70,3 +70,15 @@ def tree_benchmark_run(tmp_path_factory):
     (run folder, prompts file, exit code). The first prompt comes again last, so suffix drafting
     has an earlier sequence of the run to draft from (the warm-up's is forgotten)."""
     return sweep(tmp_path_factory.mktemp("bench_tree"), TREE_ARGV, BENCH_PROMPTS + BENCH_PROMPTS[:1])
+
+
+SAMPLED_ARGV = ["--methods", "draft_model,prompt_lookup", "--n_draft_tokens", "2", "--max_generated_tokens", "12",
+                "--temperature", "0,0.9", "--verify", "rejection,coupled", "--hf_peers", "0"]
+SAMPLED_PROMPTS = BENCH_PROMPTS[:2]
+
+
+@pytest.fixture(scope="session")
+def sampled_benchmark_run(tmp_path_factory):
+    """A tiny sweep at temperature 0 (greedy) and 0.9, verified by rejection and coupled sampling,
+    on 2 prompts: (run folder, prompts file, exit code)."""
+    return sweep(tmp_path_factory.mktemp("bench_sampled"), SAMPLED_ARGV, SAMPLED_PROMPTS)

@@ -16,7 +16,7 @@ import torch
 from loguru import logger
 
 from models.benchmark import llama_cpp_peer, sources
-from models.benchmark.configurations import Configuration, Shape, SweepPlan, build, sweep_shapes
+from models.benchmark.configurations import Configuration, Shape, SweepPlan, build, sampling_modes, sweep_shapes
 from models.benchmark.runlog import RunRecord, iteration_dicts, read_run_log
 from models.benchmark.summary import configuration_of, summary_rows
 from models.common.device import open_device
@@ -25,7 +25,7 @@ from models.common.metrics import Iteration, SequenceStats
 from models.llama.weights import DEFAULT_GGUF_PACKAGE, DEFAULT_MODEL
 from models.speculative.engine import DEFAULT_TREE_BUDGET, RunConfig
 
-from .conftest import BENCH_MODEL, BENCH_PROMPTS, load_script
+from .conftest import BENCH_MODEL, BENCH_PROMPTS, SAMPLED_PROMPTS, load_script
 
 CONFIGS = ["target-n16", "draft_model-k2-n16", "self_draft-k2-n16", "prompt_lookup-k2-n16",
            "hf_greedy-n16", "hf_prompt_lookup-k2-n16"]
@@ -468,6 +468,20 @@ BAD = [
     ("unknown proposer", ["--methods", "multi", "--proposers", "medusa9"], "unknown proposer 'medusa9' in --proposers"),
     ("llama.cpp asked for where it cannot run", ["--llama_cpp_peers", "1"], "--llama_cpp_peers 1: "),
     ("llama.cpp peer as a method", ["--methods", "llama_cpp_greedy"], "llama.cpp peers are on with --llama_cpp_peers"),
+    ("temperature negative", ["--temperature", "0,-0.5"],
+     "--temperature must be a finite number >= 0 (0: greedy), got -0.5"),
+    ("temperature nan", ["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+    ("temperature not a number", ["--temperature", "0,hot"],
+     "--temperature expects a comma list of numbers, got '0,hot'"),
+    ("temperature empty", ["--temperature", ","], "--temperature is empty"),
+    ("top_p zero", ["--temperature", "0.7", "--top_p", "0"], "--top_p must be in (0, 1] (1: off), got 0.0"),
+    ("top_p above one", ["--temperature", "0.7", "--top_p", "1.5"], "--top_p must be in (0, 1]"),
+    ("top_k negative", ["--temperature", "0.7", "--top_k", "-1"], "--top_k must be >= 0 (0: off), got -1"),
+    ("unknown verify", ["--temperature", "0.7", "--verify", "rejection,exact"],
+     "unknown --verify 'exact'; choose from rejection, coupled"),
+    ("verify at temperature 0 only", ["--temperature", "0", "--verify", "coupled"],
+     "--verify coupled is for sampling (--temperature > 0)"),
+    ("verify at the default temperature", ["--verify", "rejection"], "--verify rejection is for sampling"),
 ]
 
 
@@ -545,3 +559,142 @@ def test_warm_up_leaves_no_trace_in_a_proposer_that_learns_from_earlier_sequence
     warm_up({config: run}, [1, 2, 3, 4])
     engine.proposer.start([5], None)  # would add the warm-up sequence to the corpus if it were kept
     assert engine.proposer.history.size == 0
+
+
+# --- sampling: temperature and verify as sweep dimensions ---------------------------------------
+
+SAMPLED_CONFIGS = [
+    "target-n12", "target-n12-t0.9", "target-n12-t0.9c",
+    "draft_model-k2-n12", "draft_model-k2-n12-t0.9", "draft_model-k2-n12-t0.9c",
+    "prompt_lookup-k2-n12", "prompt_lookup-k2-n12-t0.9", "prompt_lookup-k2-n12-t0.9c",
+]
+
+
+def reference_of(config_id: str) -> str:
+    """Target-only at the same length and decoding mode: the id's suffix after -n12."""
+    return "target-n12" + config_id.split("-n12", 1)[1]
+
+
+def test_configuration_ids_carry_the_decoding_mode_and_greedy_ids_stay():
+    assert sampling_modes([0.0, 0.7], ["rejection", "coupled"]) == [
+        (0.0, "greedy"), (0.7, "rejection"), (0.7, "coupled")]
+    assert sampling_modes([0.7, 0.0, 0.7]) == [(0.7, "rejection"), (0.0, "greedy")]  # rejection by default
+    assert Configuration("eagle", 4, 128).id == "eagle-k4-n128"  # greedy: as before sampling
+    rejection = Configuration("eagle", 4, 128, temperature=0.7, verify="rejection")
+    coupled = Configuration("eagle", 5, 128, 4, 16, 1.0, "coupled")
+    assert (rejection.id, coupled.id) == ("eagle-k4-n128-t0.7", "eagle-t4d5b16-n128-t1c")
+    assert (rejection.baseline_id, coupled.baseline_id) == ("target-n128-t0.7", "target-n128-t1c")
+    assert rejection.label() == "eagle k=4 T=0.7 rejection"
+    assert coupled.label(True) == "eagle tree 4x5/16 n=128 T=1 coupled"
+    assert not rejection.must_match and coupled.must_match and Configuration("eagle", 4, 128).must_match
+    old = dict(config_id="x", method="suffix", k=2, max_generated_tokens=8, prompt_index=0, run_order=0,
+               category="c", source="s", question_id=None, prompt_tokens=3, output_ids=[1], token_strings=["a"],
+               total_s=1.0, ttft_s=0.1, iterations=[], matches_target_only=True, first_mismatch=None)
+    record = RunRecord(**old)  # a log from before sampling: greedy
+    assert (record.temperature, record.verify) == (0.0, "greedy") and configuration_of(record).id == "suffix-k2-n8"
+
+
+def test_sampled_sweep_ids_references_and_mismatches(sampled_benchmark_run):
+    folder, _, code = sampled_benchmark_run
+    assert code == 0
+    meta = json.loads((folder / "meta.json").read_text())
+    assert [c["id"] for c in meta["configurations"]] == SAMPLED_CONFIGS
+    by_id = {c["id"]: c for c in meta["configurations"]}
+    assert by_id["draft_model-k2-n12"]["label"] == "draft_model k=2"
+    assert by_id["draft_model-k2-n12-t0.9c"]["label"] == "draft_model k=2 T=0.9 coupled"
+    assert {k: by_id["prompt_lookup-k2-n12-t0.9"][k] for k in ("temperature", "verify", "top_k", "top_p", "seed")} == {
+        "temperature": 0.9, "verify": "rejection", "top_k": 0, "top_p": 1.0, "seed": 0}
+    assert (by_id["target-n12"]["temperature"], by_id["target-n12"]["verify"]) == (0.0, "greedy")
+    runs = read_runs(folder)
+    assert len(runs) == len(SAMPLED_CONFIGS) * len(SAMPLED_PROMPTS)
+    out = {(r.config_id, r.prompt_index): r.output_ids for r in runs}
+    for r in runs:
+        reference = out[reference_of(r.config_id), r.prompt_index]
+        assert r.temperature == (0.9 if "-t0.9" in r.config_id else 0.0), r.config_id
+        assert r.verify == ("coupled" if r.config_id.endswith("c") else "rejection" if "-t0.9" in r.config_id
+                            else "greedy")
+        assert (r.top_k, r.top_p, r.seed) == (0, 1.0, 0)
+        assert 1 + sum(it["emitted"] for it in r.iterations) == len(r.output_ids) <= 12
+        # the comparison is recorded for every run; greedy and coupled must be token-equal
+        assert r.matches_target_only == (r.output_ids == reference), r.config_id
+        if r.verify != "rejection":
+            assert r.output_ids == reference, f"{r.config_id} prompt {r.prompt_index}"
+    for i in range(len(SAMPLED_PROMPTS)):  # sampling happened: three different target-only outputs
+        assert len({tuple(out[c, i]) for c in ("target-n12", "target-n12-t0.9", "target-n12-t0.9c")}) == 3
+    # draft_model drafting with the target itself accepts every draft, so its rejection sampling draws
+    # other random numbers than target-only's: it differs, and is not counted as a mismatch
+    rejection = [r for r in runs if r.verify == "rejection" and r.method != "target"]
+    assert any(not r.matches_target_only for r in rejection)
+    assert json.loads((folder / "done.json").read_text())["mismatches"] == 0
+
+
+def test_sampled_summary_rows_show_temperature_and_verify(sampled_benchmark_run):
+    folder = sampled_benchmark_run[0]
+    runs = read_runs(folder)
+    rows = {r["config_id"]: r for r in read_summary(folder) if r["category"] == "overall"}
+    assert list(rows) == SAMPLED_CONFIGS
+    for config_id, row in rows.items():
+        mode = (float(row["temperature"]), row["verify"])
+        assert mode == ((0.9, "coupled") if config_id.endswith("c") else (0.9, "rejection") if "-t0.9" in config_id
+                        else (0.0, "greedy"))
+        assert int(row["matches_target_only"]) == sum(
+            r.matches_target_only for r in runs if r.config_id == config_id)
+        if row["verify"] != "rejection":
+            assert int(row["matches_target_only"]) == len(SAMPLED_PROMPTS)
+    assert float(rows["target-n12-t0.9c"]["speedup"]) == 1.0  # its own target-only is the denominator
+    md = (folder / "summary.md").read_text()
+    for label in ("draft_model k=2", "draft_model k=2 T=0.9 rejection", "draft_model k=2 T=0.9 coupled",
+                  "prompt_lookup k=2", "prompt_lookup k=2 T=0.9 rejection", "prompt_lookup k=2 T=0.9 coupled"):
+        assert f"\n| {label} | " in md.split("## All configurations")[0], label  # a Spec-Bench row each
+    assert "rejection: distribution-equal, not token-equal" in md
+    full = md.split("## All configurations")[1]
+    assert re.search(r"\| draft_model k=2 T=0\.9 rejection \|.*\| \d/2 \(rejection: distribution-equal, "
+                     r"not token-equal\) \|", full)
+    assert re.search(r"\| draft_model k=2 T=0\.9 coupled \|.*\| 2/2 \|", full)
+
+
+def test_a_sampled_sweep_reproduces_from_its_seed_and_skips_the_peers_in_one_line(
+        sampled_benchmark_run, tmp_path, log_lines):
+    """The same seed in another sweep (other methods, peers requested): identical outputs, since
+    prompt i always draws from the stream (seed, i); another seed samples otherwise. The peers
+    decode greedily, so at temperature 0.9 only they are left out, in one line."""
+    from .conftest import sweep
+
+    first = {(r.config_id, r.prompt_index): r.output_ids for r in read_runs(sampled_benchmark_run[0])}
+    argv = ["--methods", "prompt_lookup", "--n_draft_tokens", "2", "--max_generated_tokens", "12",
+            "--temperature", "0.9", "--verify", "coupled,rejection"]
+    (tmp_path / "again").mkdir()
+    folder, _, code = sweep(tmp_path / "again", argv, SAMPLED_PROMPTS)
+    assert code == 0
+    again = read_runs(folder)
+    assert sorted({r.config_id for r in again}) == ["prompt_lookup-k2-n12-t0.9", "prompt_lookup-k2-n12-t0.9c",
+                                                    "target-n12-t0.9", "target-n12-t0.9c"]
+    assert all(r.output_ids == first[r.config_id, r.prompt_index] for r in again)
+    peers = [line for line in log_lines if "peers" in line]
+    assert len(peers) == 1 and peers[0].startswith("transformers and llama.cpp peers skipped (not at temperature 0.9)")
+    assert "nothing to compare token for token" in peers[0]
+    (tmp_path / "seed").mkdir()
+    folder, _, code = sweep(tmp_path / "seed", argv[:-1] + ["coupled", "--seed", "7", "--hf_peers", "0"],
+                            SAMPLED_PROMPTS)
+    assert code == 0
+    other = {(r.config_id, r.prompt_index): r.output_ids for r in read_runs(folder)}
+    assert set(other) == {(c, i) for c in ("target-n12-t0.9c", "prompt_lookup-k2-n12-t0.9c") for i in range(2)}
+    assert all(other[key] != first[key] for key in other)
+    assert all(r.seed == 7 and r.matches_target_only for r in read_runs(folder))
+
+
+def test_peers_run_greedy_only(log_lines):
+    peers_for = load_script("benchmark").peers_for
+    assert peers_for([(0.0, "greedy")], True, True) == (True, True) and log_lines == []
+    assert peers_for([(0.0, "greedy"), (0.7, "coupled")], True, False) == (True, False)
+    assert peers_for([(0.7, "rejection")], False, False) == (False, False)  # none asked for: nothing to say
+    assert log_lines == ["transformers and llama.cpp peers run at temperature 0 only (not at temperature 0.7): "
+                         "they sample with their own random numbers, so there is nothing to compare token for token"]
+
+
+def test_sampling_is_sweep_wide_not_a_method_option(run_script, tmp_path):
+    config = tmp_path / "sweep.json"
+    config.write_text(json.dumps({"method_options": {"prompt_lookup": {"temperature": 0.7}}}))
+    code, err = run_script("benchmark", ["--config", str(config), "--output_dir", str(tmp_path / "run")])
+    assert code == 2 and "method_options.prompt_lookup.temperature is sweep-wide; use --temperature" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

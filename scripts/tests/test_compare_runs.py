@@ -383,3 +383,38 @@ def test_a_row_whose_prompts_agree_by_luck_gets_the_pooled_noise():
     quiet = [[math.exp(x) for x in d] for d in ([0.01, -0.02, 0.0], [0.0, 0.02, -0.01], [0.01, 0.0, -0.01])]
     assert log_change(lucky, pooled_variance([log_change(r) for r in [lucky, *quiet]])).drop
     assert set_band(Change([-0.4]), pool).band_log is not None  # one prompt here, but a pool to borrow from
+
+
+# --- (f) sampled rows ----------------------------------------------------------------------------
+
+def test_rejection_rows_tau_is_reported_and_their_differences_expected_coupled_still_must_match(
+        compare_runs, sampled_benchmark_run, tmp_path):
+    """Rejection sampling: tau is a sample and output differs from target-only by design, so a tau
+    drop and differing outputs are reported, not flagged; a coupled row that stops matching is."""
+    base = sampled_benchmark_run[0]
+    code, out, err, data = compare_runs(base, base)
+    assert code == 0, out + err
+    rejection = [c for c in overall(data) if c.endswith("-t0.9")]
+    assert rejection == ["draft_model-k2-n12-t0.9", "prompt_lookup-k2-n12-t0.9"]
+    assert "draft_model k=2 T=0.9 rejection" in out and "prompt_lookup k=2 T=0.9 coupled" in out
+
+    def edit(r):
+        if r["config_id"] == "draft_model-k2-n12-t0.9":  # one accepted draft fewer, and another output
+            it = next(it for it in r["iterations"] if it["accepted"])
+            it["accepted"] -= 1
+            it["emitted"] -= 1
+            r["output_ids"][0] += 1
+            r["matches_target_only"], r["first_mismatch"] = False, 0
+        if r["config_id"] == "draft_model-k2-n12-t0.9c" and r["prompt_index"] == 1:
+            r["output_ids"][-1] += 1
+            r["matches_target_only"], r["first_mismatch"] = False, len(r["output_ids"]) - 1
+
+    edited = edited_copy(base, tmp_path / "edited", edit)
+    code, out, err, data = compare_runs(base, edited)
+    assert code == 1, out + err
+    assert flagged(data) == {"draft_model-k2-n12-t0.9c": {"MISMATCH 1/2"}}
+    row = overall(data)["draft_model-k2-n12-t0.9"]
+    assert not row["regression"] and row["tau_new"] < row["tau_base"]
+    assert row["tau_change"]["change_percent"] < 0  # tested as noise, like an auto budget's tau
+    assert row["verdicts"][-1] == "differs (rejection: not token-equal, expected) 2/2"
+    assert not any(v.startswith(("TAU DOWN", "MISMATCH")) for v in row["verdicts"])

@@ -60,6 +60,23 @@ def test_output_contract_and_equality_across_methods(run_script, prompts_file, t
     assert ref["stats"]["target_calls"] == ref["stats"]["generated_tokens"] - len(PROMPTS)
 
 
+def test_sampling_reproduces_from_its_seed_and_coupled_equals_target_only(run_script, prompts_file, tmp_path):
+    def outputs(name, *extra):
+        out = tmp_path / f"{name}.json"
+        code, err = generate(run_script, prompts_file, out, "--temperature", "0.9", "--top_k", "20", *extra)
+        assert code == 0, err
+        data = json.loads(out.read_text())
+        assert data["config"]["temperature"] == 0.9
+        return [p["output_ids"] for p in data["prompts"]]
+
+    rejection = outputs("rej", "--method", "self_draft", "--draft_layers", "2", "--seed", "5")
+    assert outputs("rej-again", "--method", "self_draft", "--draft_layers", "2", "--seed", "5") == rejection
+    assert outputs("rej-seed6", "--method", "self_draft", "--draft_layers", "2", "--seed", "6") != rejection
+    coupled_target = outputs("ct", "--method", "target", "--seed", "5", "--verify", "coupled")
+    for method, extra in [("self_draft", ["--draft_layers", "2"]), ("prompt_lookup", ["--tree_topk", "2"])]:
+        assert outputs(f"c-{method}", "--method", method, *extra, "--seed", "5", "--verify", "coupled") == coupled_target
+
+
 BAD = [
     # (description, argv tweak, expected fragment of the one-line error)
     ("missing prompts", ["--input_prompts", "nope.json"], "not found"),
@@ -93,6 +110,12 @@ BAD = [
     ("proposers without multi", ["--method", "prompt_lookup", "--proposers", "suffix"],
      "--proposers is for --method multi, not --method prompt_lookup"),
     ("multi without proposers", ["--method", "multi"], "--method multi needs --proposers"),
+    ("negative temperature", ["--temperature", "-0.5"], "--temperature must be a finite number >= 0"),
+    ("top_p zero", ["--temperature", "0.7", "--top_p", "0"], "--top_p must be in (0, 1]"),
+    ("top_p above one", ["--temperature", "0.7", "--top_p", "1.5"], "--top_p must be in (0, 1]"),
+    ("top_k negative", ["--temperature", "0.7", "--top_k", "-1"], "--top_k must be >= 0"),
+    ("unknown verify", ["--temperature", "0.7", "--verify", "gumbel"], "invalid choice: 'gumbel'"),
+    ("verify at temperature 0", ["--verify", "coupled"], "--verify coupled is for sampling (--temperature > 0)"),
 ]
 
 

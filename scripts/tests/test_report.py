@@ -169,3 +169,28 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     with Image.open(shot) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 200, "the screenshot looks blank"
+
+
+@pytest.fixture(scope="module")
+def sampled_report(sampled_benchmark_run):
+    folder, _, code = sampled_benchmark_run
+    assert code == 0
+    return build_report(folder)
+
+
+def test_sampled_report_labels_modes_and_does_not_mark_rejection_as_differing(sampled_report):
+    """Rejection sampling is distribution-equal, not token-equal: its runs say so, never in red,
+    and no token is underlined as diverging; labels carry the temperature and verify mode."""
+    folder, page = sampled_report
+    for label in ("draft_model k=2", "draft_model k=2 T=0.9 rejection", "prompt_lookup k=2 T=0.9 coupled",
+                  "target T=0.9 coupled"):
+        assert f"<td>{label}</td>" in page and f"<b>{label}</b>" in page, label
+    records = read_run_log(folder).records
+    rejection = [r for r in records if r.verify == "rejection" and r.method != "target"]
+    assert any(not r.matches_target_only for r in rejection)
+    assert page.count("sampled (rejection): not token-equal by design") == len(rejection)
+    assert "class=bad" not in page and "differs from target-only" not in page
+    assert not re.search(r"<span class='\w+ div'", page)
+    assert "runs equal to their reference (rejection-sampled runs aside" in page
+    judged = [r for r in records if r.verify != "rejection"]
+    assert f"<b>{len(judged)}/{len(judged)}</b>" in page

@@ -97,6 +97,9 @@ class Gate:
         config = key["config"]
         model = config["model"] + (f":{config['target_layers']}layers" if config.get("target_layers") else "")
         gkey = golden_key(key["device"], key["dtype"], model, config["input_prompts"], config["instruct"])
+        if config.get("temperature"):  # target-only sampling is deterministic at a seed too
+            gkey += (f"/t{config['temperature']}-k{config['top_k']}-p{config['top_p']}-seed{config['seed']}-"
+                     f"{config['verify'] or 'rejection'}")
         goldens = load_goldens(self.goldens_path)
         if self.update:
             if not allow_update:

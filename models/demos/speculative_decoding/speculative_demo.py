@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from models.common.correctness import compare
+from models.common.correctness import compare, first_divergence
 from models.common.errors import UserError
 from models.common.metrics import Iteration, summarize
 from models.demos.speculative_decoding.gate import Gate
@@ -61,6 +61,8 @@ def demo_config(request, mesh_device, params: dict) -> RunConfig:
         instruct=bool(values["instruct"]),
         device=str(mesh_device.torch_device),
         dtype=str(mesh_device.dtype).removeprefix("torch."),
+        temperature=values["temperature"], top_k=values["top_k"], top_p=values["top_p"], seed=values["seed"],
+        verify=values["verify"],
     ), values["input_prompts"]
 
 
@@ -75,26 +77,40 @@ def case_id(request) -> str:
     return max((c.id for c in CASES if full == c.id or full.startswith(c.id + "-")), key=len, default=full)
 
 
-CI = pytest.mark.ci  # sized for a CI runner; with CI=true only these run (conftest.py)
+def case(id: str, method: str, k: int, tokens: int, prompts: str, *, draft_layers: int | None = None,
+         tree: tuple | None = None, sampling: tuple | None = None, ci: bool = False):
+    """One demo parametrization. tree: (topk, budget, proposers); sampling: (temperature, verify,
+    seed). ci: sized for a CI runner; with CI=true only these run (conftest.py)."""
+    return pytest.param(method, k, draft_layers, tokens, prompts, tree, sampling, id=id,
+                        marks=[pytest.mark.ci] if ci else [])
+
+
 CASES = [
-    # method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree (topk, budget, proposers)
-    pytest.param("self_draft", 2, 24, 48, DEFAULT_PROMPTS, None, id="self-draft"),
-    pytest.param("prompt_lookup", 4, None, 64, DEFAULT_PROMPTS, None, id="prompt-lookup"),
-    pytest.param("prompt_lookup", 4, None, 64, LOOKUP_PROMPTS, None, id="prompt-lookup-copying"),
-    pytest.param("draft_model", 4, None, 41, DEFAULT_PROMPTS, None, id="draft-model"),
-    pytest.param("multi_projection", 4, None, 64, DEFAULT_PROMPTS, None, id="multi-projection"),
-    pytest.param("eagle", 3, None, 64, DEFAULT_PROMPTS, None, id="eagle"),
-    pytest.param("eagle", 4, None, 64, DEFAULT_PROMPTS, (4, 16, None), id="tree-eagle"),
-    pytest.param("multi_projection", 4, None, 64, DEFAULT_PROMPTS, (4, 16, None), id="tree-multi-projection"),
-    pytest.param("prompt_lookup", 6, None, 64, LOOKUP_PROMPTS, (4, 24, None), id="tree-prompt-lookup-copying"),
-    pytest.param("suffix", 6, None, 64, LOOKUP_PROMPTS, (4, 24, None), id="suffix"),
-    pytest.param("multi", 4, None, 64, DEFAULT_PROMPTS, (4, 24, "eagle,prompt_lookup"), id="multi-draft"),
-    # CI: a lossless sanity check (the draft is the target), a chain, a model-free tree and a
-    # drafted tree, 32 tokens each: about a minute together on the 2-core CPU.
-    pytest.param("draft_model", 4, None, 32, DEFAULT_PROMPTS, None, id="ci-draft-model", marks=CI),
-    pytest.param("prompt_lookup", 4, None, 32, LOOKUP_PROMPTS, None, id="ci-prompt-lookup-copying", marks=CI),
-    pytest.param("suffix", 6, None, 32, LOOKUP_PROMPTS, (4, 24, None), id="ci-suffix", marks=CI),
-    pytest.param("eagle", 4, None, 32, DEFAULT_PROMPTS, (4, 16, None), id="ci-tree-eagle", marks=CI),
+    case("self-draft", "self_draft", 2, 48, DEFAULT_PROMPTS, draft_layers=24),
+    case("prompt-lookup", "prompt_lookup", 4, 64, DEFAULT_PROMPTS),
+    case("prompt-lookup-copying", "prompt_lookup", 4, 64, LOOKUP_PROMPTS),
+    case("draft-model", "draft_model", 4, 41, DEFAULT_PROMPTS),
+    case("multi-projection", "multi_projection", 4, 64, DEFAULT_PROMPTS),
+    case("eagle", "eagle", 3, 64, DEFAULT_PROMPTS),
+    case("tree-eagle", "eagle", 4, 64, DEFAULT_PROMPTS, tree=(4, 16, None)),
+    case("tree-multi-projection", "multi_projection", 4, 64, DEFAULT_PROMPTS, tree=(4, 16, None)),
+    case("tree-prompt-lookup-copying", "prompt_lookup", 6, 64, LOOKUP_PROMPTS, tree=(4, 24, None)),
+    case("suffix", "suffix", 6, 64, LOOKUP_PROMPTS, tree=(4, 24, None)),
+    case("multi-draft", "multi", 4, 64, DEFAULT_PROMPTS, tree=(4, 24, "eagle,prompt_lookup")),
+    # Sampling at temperature 0.7, seed 1. coupled: equal to target-only sampling token for
+    # token, asserted like greedy; rejection: distributed like it (acceptance golden, and the
+    # same seed must give the same output twice).
+    case("sampling-coupled-eagle", "eagle", 3, 64, DEFAULT_PROMPTS, sampling=(0.7, "coupled", 1)),
+    case("sampling-rejection-eagle", "eagle", 3, 64, DEFAULT_PROMPTS, sampling=(0.7, "rejection", 1)),
+    case("sampling-rejection-lookup", "prompt_lookup", 4, 64, LOOKUP_PROMPTS, sampling=(0.7, "rejection", 1)),
+    # CI: a lossless sanity check (the draft is the target), a chain, a model-free tree, a
+    # drafted tree and coupled sampling, 32 tokens each: about a minute together on the 2-core CPU.
+    case("ci-draft-model", "draft_model", 4, 32, DEFAULT_PROMPTS, ci=True),
+    case("ci-prompt-lookup-copying", "prompt_lookup", 4, 32, LOOKUP_PROMPTS, ci=True),
+    case("ci-suffix", "suffix", 6, 32, LOOKUP_PROMPTS, tree=(4, 24, None), ci=True),
+    case("ci-tree-eagle", "eagle", 4, 32, DEFAULT_PROMPTS, tree=(4, 16, None), ci=True),
+    case("ci-sampling-coupled-draft-model", "draft_model", 4, 32, DEFAULT_PROMPTS, sampling=(0.7, "coupled", 1),
+         ci=True),
 ]
 
 
@@ -102,18 +118,20 @@ CASES = [
 @pytest.mark.parametrize("device_params", [{"trace": True}], indirect=True)
 @pytest.mark.parametrize("mesh_device", [None], indirect=True)
 @pytest.mark.parametrize(
-    "method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree", CASES
+    "method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree, sampling", CASES
 )
 def test_speculative_demo(
     request, mesh_device, device_params, method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts,
-    tree,
+    tree, sampling,
 ):
     tree_topk, tree_budget, proposers = tree or (1, None, None)
+    temperature, verify, seed = sampling or (0.0, None, 0)
     params = dict(
         method=method, n_draft_tokens=n_draft_tokens, draft_layers=draft_layers,
         tree_topk=tree_topk, tree_depth=None, tree_budget=tree_budget, proposers=proposers,
         max_generated_tokens=max_generated_tokens, target_layers=None, max_ngram_size=3,
         max_seq_len=1024, batch_size=1, instruct=1, input_prompts=input_prompts,
+        temperature=temperature, verify=verify, seed=seed, top_k=0, top_p=1.0,
     )
     gate = Gate.from_request(request)
     try:
@@ -153,25 +171,40 @@ def test_speculative_demo(
         order = ("spec", "base") if i % 2 else ("base", "spec")
         for which in order:
             if which == "base":
-                base_results.append(engine.run(ids, baseline=True))
+                base_results.append(engine.run(ids, baseline=True, prompt_index=i))
             else:
                 logger.info(f"--- prompt {i}: {config.method} ---")
-                spec_results.append(engine.run(ids, on_iteration=log_iteration))
+                spec_results.append(engine.run(ids, on_iteration=log_iteration, prompt_index=i))
 
-    comparisons = []
     exact = mesh_device.dtype.itemsize == 4
-    for i, (ids, spec, base) in enumerate(zip(encoded, spec_results, base_results)):
-        comparison = compare(
-            base.tokens, spec.tokens, exact=exact,
-            margin_at=lambda prefix, ids=ids: engine.top2_margin_after(ids, prefix),
-        )
-        comparisons.append(comparison)
-        logger.info(f"--- prompt {i} output ({comparison.describe()}) ---\n{engine.tokenizer.decode(spec.tokens)}")
+    decoding = engine.generator.verify  # greedy, rejection or coupled
+    bad = []
+    if decoding == "rejection":
+        # Rejection sampling is distributed as target-only sampling, not equal to it token for
+        # token; what a run can assert is that its seed reproduces it.
+        again = engine.run(encoded[0], prompt_index=0)
+        if again.tokens != spec_results[0].tokens:
+            bad.append(f"prompt 0: a second run with seed {config.seed} differs at token "
+                       f"{first_divergence(spec_results[0].tokens, again.tokens)}")
+        for i, spec in enumerate(spec_results):
+            logger.info(f"--- prompt {i} output (sampled, rejection) ---\n{engine.tokenizer.decode(spec.tokens)}")
+    else:
+        for i, (ids, spec, base) in enumerate(zip(encoded, spec_results, base_results)):
+            comparison = compare(
+                base.tokens, spec.tokens, exact=exact,
+                margin_at=lambda prefix, ids=ids: engine.top2_margin_after(ids, prefix),
+            )
+            if not comparison.ok:
+                bad.append(f"prompt {i}: {comparison.describe()}")
+            logger.info(f"--- prompt {i} output ({comparison.describe()}) ---\n{engine.tokenizer.decode(spec.tokens)}")
 
     summary = summarize([r.stats for r in spec_results])
     base_summary = summarize([r.stats for r in base_results])
     speedup = base_summary["total_seconds"] / summary["total_seconds"]
     log_block(f"summary: {config.method} vs target-only, {mesh_device.describe()}", {
+        "decoding": decoding if decoding == "greedy" else (
+            f"{decoding} sampling, temperature {config.temperature}, top-k {config.top_k}, top-p {config.top_p}, "
+            f"seed {config.seed}"),
         "acceptance rate": f"{summary['acceptance_rate']:.3f}",
         "mean accepted tokens / target call": f"{summary['mean_accepted_tokens']:.3f}",
         "per-position acceptance": " ".join(f"{a:.2f}" for a in summary["per_position_acceptance"]),
@@ -191,7 +224,6 @@ def test_speculative_demo(
         ),
     })
 
-    bad = [f"prompt {i}: {c.describe()}" for i, c in enumerate(comparisons) if not c.ok]
     measured = {
         "acceptance_rate": summary["acceptance_rate"], "mean_accepted_tokens": summary["mean_accepted_tokens"],
         "target_calls": summary["target_calls"], "speedup": speedup,
@@ -207,7 +239,9 @@ def test_speculative_demo(
     verdicts = gate.perf(targets, case_id(request), key, measured, allow_update=not bad)
     gate.record(key, measured, verdicts, timed_runs=len(encoded), correct=not bad, golden_ok=not golden_failures)
 
-    assert not bad, "output differs from target-only greedy decoding: " + "; ".join(bad)
+    reference = {"greedy": "differs from target-only greedy decoding", "coupled": "differs from target-only "
+                 "coupled sampling", "rejection": "is not reproducible from its seed"}[decoding]
+    assert not bad, f"output {reference}: " + "; ".join(bad)
     assert not golden_failures, (
         "target-only output differs from its golden (the model, kernels or weights changed; "
         "re-baseline with --update_perf_targets if intended): " + "; ".join(golden_failures)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from models.llama.kv_cache import KVCache
+from models.speculative.sampling import ChainSampler
 from models.speculative.tree import DraftTree, TreeSpec
 
 
@@ -23,11 +24,13 @@ class ProposerContext:
     cache), the target cache itself, which holds every token before the last, and, for
     proposers that draft from features, the target's final hidden states [m, D] of the m
     tokens that entered the cache since the last proposal (the prompt, then each accepted path);
-    a proposer that reads them sets it to None."""
+    a proposer that reads them sets it to None. Under sampled decoding, `sampler` says how a
+    model proposer picks a chain's tokens (None: greedy, or a proposer without a distribution)."""
 
     tokens: list[int]
     target_cache: KVCache
     target_hidden: torch.Tensor | None = None
+    sampler: ChainSampler | None = None
 
 
 class Proposer(abc.ABC):

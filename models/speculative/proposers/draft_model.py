@@ -16,12 +16,15 @@ from models.llama.model import Transformer
 from models.llama.trace import TracedModel
 from models.speculative.proposers.base import BuildContext, Proposer, ProposerContext, register
 from models.speculative.tree import DraftTree, TreeSpec
-from models.speculative.tree_search import Frontier, grow_tree
+from models.speculative.sampling import ChainSampler
+from models.speculative.tree_search import Frontier, grow_tree, sample_chain
 
 
-def draft_tree(model: Transformer, cache: KVCache, pending: torch.Tensor, spec: TreeSpec) -> DraftTree:
-    """Feed the pending tokens [P] (the last is the tree's root), then grow the tree. On return
-    the cache still holds the expanded nodes; callers roll back to the context."""
+def draft_tree(model: Transformer, cache: KVCache, pending: torch.Tensor, spec: TreeSpec,
+               sampler: ChainSampler | None = None) -> DraftTree:
+    """Feed the pending tokens [P] (the last is the tree's root), then grow the tree (a chain
+    picked by `sampler` under sampled decoding). On return the cache still holds the expanded
+    nodes; callers roll back to the context."""
     context = cache.length + pending.numel()
     logits = model(pending.view(1, -1), cache, cache.length, logits_for="last")
 
@@ -29,7 +32,10 @@ def draft_tree(model: Transformer, cache: KVCache, pending: torch.Tensor, spec: 
         out = model(frontier.tokens.view(1, -1), cache, cache.length, **frontier.tree_inputs(context - 1))
         return torch.log_softmax(out[0].float(), dim=-1)
 
-    return grow_tree(torch.log_softmax(logits[0, -1].float(), dim=-1), step, spec)
+    root = torch.log_softmax(logits[0, -1].float(), dim=-1)
+    if sampler is not None and spec.is_chain:
+        return sample_chain(root, step, min(spec.depth, spec.budget), sampler)
+    return grow_tree(root, step, spec, perturb=sampler.perturbed if sampler is not None and sampler.coupled else None)
 
 
 class DraftModelProposer(Proposer):
@@ -59,7 +65,7 @@ class DraftModelProposer(Proposer):
         self.cache.rollback(self._context)
         pending = torch.tensor(ctx.tokens[self._context :], dtype=torch.int64, device=self.model.device)
         self._context = len(ctx.tokens)
-        return draft_tree(self.model, self.cache, pending, spec)
+        return draft_tree(self.model, self.cache, pending, spec, ctx.sampler)
 
     def describe(self) -> dict:
         return {"method": self.name, "draft_model": self.label, "draft_layers": self.model.args.n_layers}
@@ -89,7 +95,7 @@ class SelfDraftProposer(Proposer):
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         self.cache.length = ctx.target_cache.length
         pending = torch.tensor(ctx.tokens[self.cache.length :], dtype=torch.int64, device=self.model.device)
-        return draft_tree(self.model, self.cache, pending, spec)
+        return draft_tree(self.model, self.cache, pending, spec, ctx.sampler)
 
     def describe(self) -> dict:
         return {"method": self.name, "draft_layers": self.model.args.n_layers}

@@ -16,7 +16,7 @@ from models.speculative.proposers.base import BuildContext, Proposer, ProposerCo
 from models.speculative.speculators import heads
 from models.speculative.speculators.heads import EagleHead
 from models.speculative.tree import DraftTree, TreeSpec
-from models.speculative.tree_search import Frontier, grow_tree
+from models.speculative.tree_search import Frontier, grow_tree, sample_chain
 
 
 class EagleProposer(Proposer):
@@ -25,6 +25,7 @@ class EagleProposer(Proposer):
 
     def __init__(self, head: EagleHead, label: str = ""):
         self.head = head
+        self.vocab_size = head.config.vocab_size  # the target's (draft ids map into it)
         self.label = label
         self.cache: KVCache | None = None
         self.real = 0  # draft-cache entries built on real target features
@@ -59,8 +60,15 @@ class EagleProposer(Proposer):
                 node_hidden[node] = h[0, i]
             return torch.log_softmax(out[0].float(), dim=-1)
 
-        return grow_tree(torch.log_softmax(logits[0, -1].float(), dim=-1), step, spec,
-                         token_map=self.head.draft_vocab)
+        root = torch.log_softmax(logits[0, -1].float(), dim=-1)
+        if ctx.sampler is not None and spec.is_chain:
+            return sample_chain(root, step, min(spec.depth, spec.budget), ctx.sampler,
+                                token_map=self.head.draft_vocab, vocab=self.vocab_size)
+        perturb = None
+        if ctx.sampler is not None and ctx.sampler.coupled:
+            def perturb(logprobs: torch.Tensor, depth: int) -> torch.Tensor:
+                return ctx.sampler.perturbed(logprobs, depth, self.head.draft_vocab, self.vocab_size)
+        return grow_tree(root, step, spec, token_map=self.head.draft_vocab, perturb=perturb)
 
     def describe(self) -> dict:
         return {"method": self.name, "speculator": self.label, "draft_vocab_size": self.head.config.draft_vocab_size}

@@ -37,7 +37,8 @@ class MultiProposer(Proposer):
         trie = TrieBuilder(spec.budget)
         device = None
         for p in self.proposers:
-            tree = p.propose(dataclasses.replace(ctx, target_hidden=hidden), sub_spec)
+            # members draft deterministically: sampled nodes must not be merged (sampling.ChainSampler)
+            tree = p.propose(dataclasses.replace(ctx, target_hidden=hidden, sampler=None), sub_spec)
             device = tree.tokens.device
             tokens = tree.tokens.tolist()
             where: list[int] = []  # this tree's node -> trie node

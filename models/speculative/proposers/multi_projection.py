@@ -10,11 +10,13 @@ step's own probabilities, so no table has to be tuned per model. No draft model,
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 
 import torch
 from loguru import logger
 
+from models.speculative.sampling import to_target_vocab
 from models.speculative.proposers.base import BuildContext, Proposer, ProposerContext, register
 from models.speculative.speculators import heads
 from models.speculative.speculators.heads import MultiProjectionHeads
@@ -49,15 +51,26 @@ class MultiProjectionProposer(Proposer):
 
     def __init__(self, heads: MultiProjectionHeads, label: str = ""):
         self.heads = heads
+        self.vocab_size = heads.config.vocab_size  # the target's (draft ids map into it)
         self.label = label
 
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         hidden, ctx.target_hidden = ctx.target_hidden, None
         depth = min(spec.depth, self.heads.config.n_heads)
         logits = self.heads.logits(hidden[-1:])[0, :depth]  # [depth, V']
+        if spec.topk == 1 and ctx.sampler is not None:  # sampled decoding: head d's pick at depth d
+            full = to_target_vocab(logits.float(), self.heads.draft_vocab, self.vocab_size)
+            picks = [ctx.sampler.draw(full[d], d + 1) for d in range(min(depth, spec.budget))]
+            chain = DraftTree.chain([t for t, _ in picks], logits.device)
+            rows = [q for _, q in picks]
+            return chain if not rows or rows[0] is None else dataclasses.replace(chain, draft_probs=torch.stack(rows))
         if spec.topk == 1:  # a chain: each head's argmax
             return DraftTree.chain(self.heads.draft_vocab[logits.argmax(dim=-1)])
-        tokens, parents = cartesian_tree(torch.log_softmax(logits.float(), dim=-1), spec)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        if ctx.sampler is not None and ctx.sampler.coupled:  # rank by the target's noise too
+            logprobs = torch.stack([ctx.sampler.perturbed(logprobs[d], d + 1, self.heads.draft_vocab, self.vocab_size)
+                                    for d in range(depth)])
+        tokens, parents = cartesian_tree(logprobs, spec)
         ids = self.heads.draft_vocab[torch.tensor(tokens, device=logits.device)]
         return DraftTree(ids, tuple(parents))
 

@@ -29,7 +29,8 @@ class FakeRequest:
 
 PARAMS = dict(method="self_draft", n_draft_tokens=2, draft_layers=24, max_generated_tokens=48, target_layers=None,
               max_ngram_size=3, max_seq_len=1024, batch_size=1, instruct=1, input_prompts="p.json",
-              tree_topk=1, tree_depth=None, tree_budget=None, proposers=None)
+              tree_topk=1, tree_depth=None, tree_budget=None, proposers=None,
+              temperature=0.0, top_k=0, top_p=1.0, seed=0, verify=None)
 
 
 def test_command_line_overrides_parametrized_values_including_zero():
@@ -75,8 +76,9 @@ def test_ci_true_runs_only_the_ci_ids():
     proc = run_demo("-k", "draft-model", "--device", device, "-rs", ci=True)
     assert proc.returncode == 0, proc.stdout
     assert re.search(r"SKIPPED \[1\] .*CI=true runs only the demo's ci-\* ids", proc.stdout)
-    assert re.search(r"SKIPPED \[1\] .*not available here", proc.stdout)  # ci-draft-model did run
-    assert "2 skipped" in proc.stdout
+    # ci-draft-model and ci-sampling-coupled-draft-model did run (and skipped on the device)
+    assert re.search(r"SKIPPED \[2\] .*not available here", proc.stdout)
+    assert "3 skipped" in proc.stdout
 
 
 TINY = ("-k", "ci-draft-model", "--target_model", "random:tiny-llama", "--instruct", "0",
@@ -166,3 +168,11 @@ def test_a_malformed_targets_file_is_one_line(tmp_path):
     proc = run_demo(*TINY, "--perf_targets", str(bad))
     assert proc.returncode == 1
     assert "unknown metric 'tau'" in proc.stdout and "Traceback" not in proc.stdout
+
+
+def test_sampling_flags_are_checked_before_any_model_loads():
+    proc = run_demo("-k", "draft-model and not ci", "--verify", "coupled")
+    assert proc.returncode == 1
+    assert "--verify coupled is for sampling (--temperature > 0)" in proc.stdout and "Traceback" not in proc.stdout
+    proc = run_demo("-k", "draft-model and not ci", "--temperature", "0.7", "--top_p", "1.5")
+    assert proc.returncode == 1 and "--top_p must be in (0, 1]" in proc.stdout
