@@ -31,6 +31,7 @@ from models.speculative import sampling
 from models.speculative.engine import Engine, RunConfig, cached_model
 from models.speculative.sampling import SamplingParams, SequenceRng, target_probs
 from models.speculative.speculators import heads
+from models.speculative.tests.test_sampling import BROKEN as UNIT_BROKEN
 
 MODEL = "random:tiny-llama"  # 4 layers, vocabulary 320, byte tokenizer (EOS = 2)
 EOS = (2,)
@@ -293,27 +294,12 @@ def test_target_only_sampling_matches_the_enumeration():
     check_joint(outcomes, joint_for(None, TEXT), "target only")
 
 
-_uniform = SequenceRng.uniform
-
-
-def _reused_uniform(self: SequenceRng) -> float:
-    """Hands out each uniform twice in a row (as test_sampling.py's variant)."""
-    held = self.__dict__.pop("_held", None)
-    if held is not None:
-        return held
-    self._held = _uniform(self)
-    return self._held
-
-
 # (Verifying sampled drafts as if they were deterministic, draft_probs dropped, is not on this
 # list: accepting x with p(x) and removing x from p on rejection is exact for any draft chosen
 # independently of the verifier's uniforms, sampled ones included; it only accepts less.)
-BROKEN = {
-    # after a rejection the correction is drawn from p, not from the residual max(0, p - q)
-    "resample_from_p": (sampling, "_residual", lambda p, q, x: p),
-    # every uniform feeds two decisions (a draft draw and its acceptance, an acceptance and the correction)
-    "reused_uniform": (SequenceRng, "uniform", _reused_uniform),
-}
+# after a rejection the correction is drawn from p, not from the residual max(0, p - q); every
+# uniform feeds two decisions (a draft draw and its acceptance, an acceptance and the correction)
+BROKEN = {name: UNIT_BROKEN[name] for name in ("resample_from_p", "reused_uniform")}
 
 
 @pytest.mark.parametrize("name, broken", [
