@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, verify=args.verify,
     )
     config.validate()
-    engine = Engine(config)
+    engine = Engine(config, uses_baseline=False)
     encoded = engine.encode(prompts)
     logger.info(f"{config.method} on {len(prompts)} prompts, {engine.device.describe()}")
     engine.warm_up(encoded[0], baseline=False)  # so prompt 0's TTFT holds no kernel load or capture

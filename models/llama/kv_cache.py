@@ -11,6 +11,11 @@ import torch
 from models.common.errors import UserError
 
 
+def cache_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+    """Keys and values of one token in every layer, per batch row."""
+    return 2 * n_layers * n_kv_heads * head_dim * dtype.itemsize
+
+
 class KVCache:
     def __init__(
         self,

@@ -13,7 +13,9 @@ import torch
 from models.common.correctness import top2_margin
 from models.common.device import Device, open_device
 from models.common.errors import UserError
+from models.common.memory import check_kv_caches_fit
 from models.common.prompts import Prompt
+from models.llama.kv_cache import cache_bytes_per_token
 from models.llama.trace import TracedModel
 from models.llama.weights import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
 from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
@@ -136,7 +138,9 @@ WARMUP_TOKENS = 4
 class Engine:
     """A loaded target, the configured proposer, and a target-only baseline on the same model."""
 
-    def __init__(self, config: RunConfig, device: Device | None = None):
+    def __init__(self, config: RunConfig, device: Device | None = None, *, uses_baseline: bool = True):
+        """uses_baseline: the caller also runs target-only decoding (the demo and the benchmark
+        do; scripts/generate.py does not), so its cache is counted in the memory check."""
         config.validate()
         self.config = config
         self.device = device or open_device(config.device, config.dtype)
@@ -144,6 +148,7 @@ class Engine:
         self.spec = config.tree_spec(self.device.torch_device.type)
         self.model = TracedModel(self.target.model, traced=self.device.traced, max_block=self.spec.budget + 1)
         self.proposer = self._build_proposer()
+        self._check_caches_fit(uses_baseline)
         eos = self.target.tokenizer.eos_token_ids
         self.generator = Generator(
             self.model, self.proposer, tree=self.spec if self.proposer is not None else None,
@@ -155,6 +160,21 @@ class Engine:
                                       self.spec.budget + 1, cache_dir())
             self.generator.auto_budget = AutoBudget(cost, self.spec.budget)
         self._baseline: Generator | None = None
+
+    def _check_caches_fit(self, uses_baseline: bool) -> None:
+        """Before any cache exists: the method's cache, the target-only baseline's when used, and
+        a draft model's (counted at the target's size) must fit in memory."""
+        a = self.target.model.args
+        per_token = cache_bytes_per_token(a.n_layers, a.n_kv_heads, a.head_dim, self.device.dtype)
+        names = ["the target's"]
+        if self.proposer is not None and uses_baseline:
+            names.append("the target-only baseline's")
+        if self.config.method == "draft_model":
+            names.append("the draft model's")
+        caches = len(names)
+        what = ", ".join(names) + (" caches" if caches > 1 else "")
+        check_kv_caches_fit(per_token * caches, self.config.max_seq_len, self.config.batch_size,
+                            self.device.torch_device, what)
 
     @property
     def baseline(self) -> Generator:

@@ -116,6 +116,7 @@ BAD = [
     ("top_k negative", ["--temperature", "0.7", "--top_k", "-1"], "--top_k must be >= 0"),
     ("unknown verify", ["--temperature", "0.7", "--verify", "gumbel"], "invalid choice: 'gumbel'"),
     ("verify at temperature 0", ["--verify", "coupled"], "--verify coupled is for sampling (--temperature > 0)"),
+    ("kv cache past memory", ["--max_seq_len", "1000000000"], "GiB of KV cache (the target's), but cpu has"),
 ]
 
 
