@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loguru import logger  # noqa: E402
 
 from models.benchmark.compare import compare, load_run, report, to_json  # noqa: E402
-from models.common.cli import ArgumentParser, run_cli, write_json_atomic  # noqa: E402
-from models.common.errors import UserError  # noqa: E402
+from models.common.cli import ArgumentParser, check_writable, run_cli, write_json_atomic  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None):
@@ -33,21 +32,9 @@ def parse_args(argv: list[str] | None = None):
     return p.parse_args(argv)
 
 
-def check_json_path(value: str | None) -> Path | None:
-    """Fail before reading the runs if --json cannot be written (a folder, or a missing folder)."""
-    if value is None:
-        return None
-    path = Path(value)
-    if path.is_dir():
-        raise UserError(f"--json {value!r} is a folder; give a file path")
-    if not path.parent.is_dir():
-        raise UserError(f"--json folder {str(path.parent)!r} does not exist")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    json_path = check_json_path(args.json)
+    json_path = None if args.json is None else check_writable(args.json, "--json")
     base, new = load_run(args.base, "BASE"), load_run(args.new, "NEW")
     for given, log in ((args.base, base), (args.new, new)):
         if log.folder != Path(given):

@@ -29,6 +29,7 @@ from models.common.device import requested_device_name
 from models.common.metrics import summarize
 from models.common.prompts import load_prompts
 from models.speculative.engine import METHODS, Engine, RunConfig
+from models.speculative.sampling import VERIFY_MODES
 
 STATS_KEYS = (
     "acceptance_rate", "mean_accepted_tokens", "target_calls", "generated_tokens", "decode_tokens_per_s",
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--top_k", type=int, default=d.top_k, help="sample from the k most likely tokens (0: off)")
     p.add_argument("--top_p", type=float, default=d.top_p, help="sample from the top-p nucleus (1: off)")
     p.add_argument("--seed", type=int, default=d.seed, help="prompt i samples from the stream (seed, i)")
-    p.add_argument("--verify", default=None, choices=("rejection", "coupled"),
+    p.add_argument("--verify", default=None, choices=VERIFY_MODES,
                    help="sampling only: rejection (default; distributed as target-only sampling) or coupled "
                         "(Gumbel noise per position: equal to target-only sampling token for token)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")

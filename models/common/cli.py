@@ -50,13 +50,14 @@ def run_cli(main: Callable[[], int | None]) -> None:
     sys.exit(code or 0)
 
 
-def check_writable(path: str | Path) -> Path:
-    """Fail before any work if the output's folder is missing (never after a long run)."""
+def check_writable(path: str | Path, flag: str = "--output") -> Path:
+    """Fail before any work if the output's folder is missing (never after a long run); `flag`
+    names the option in the message."""
     path = Path(path)
-    if path.exists() and path.is_dir():
-        raise UserError(f"--output {str(path)!r} is a directory; give a file path")
-    if not path.parent.exists():
-        raise UserError(f"--output folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a folder; give a file path")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} folder {str(path.parent)!r} does not exist")
     return path
 
 

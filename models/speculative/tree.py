@@ -63,6 +63,16 @@ class DraftTree:
         return cls(tokens.to(torch.int64).flatten(), tuple(range(-1, tokens.numel() - 1)))
 
     @classmethod
+    def drawn_chain(cls, picks: list[tuple[int, torch.Tensor | None]], device: torch.device | str) -> DraftTree:
+        """A chain of ChainSampler.draw picks: their tokens, with their q rows as draft_probs when
+        they were sampled (coupled picks carry none)."""
+        chain = cls.chain([token for token, _ in picks], device)
+        rows = [q for _, q in picks]
+        if rows and rows[0] is not None:
+            chain = dataclasses.replace(chain, draft_probs=torch.stack(rows))
+        return chain
+
+    @classmethod
     def empty(cls, device: torch.device | str = "cpu") -> DraftTree:
         return cls(torch.empty(0, dtype=torch.int64, device=device), ())
 

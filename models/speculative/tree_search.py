@@ -117,20 +117,15 @@ def sample_chain(root_logprobs: torch.Tensor, step: Step, length: int, sampler: 
     if token_map is not None:
         inverse = torch.full((vocab,), -1, dtype=torch.int64, device=token_map.device)
         inverse[token_map] = torch.arange(token_map.numel(), device=token_map.device)
-    tokens: list[int] = []
-    rows: list[torch.Tensor | None] = []
+    picks: list[tuple[int, torch.Tensor | None]] = []
     logprobs = root_logprobs
     for depth in range(1, length + 1):
         token, q = sampler.draw(to_target_vocab(logprobs, token_map, vocab), depth)
-        tokens.append(token)
-        rows.append(q)
+        picks.append((token, q))
         if depth == length:
             break
         fed = token if inverse is None else int(inverse[token])
         frontier = Frontier([depth - 1], [depth - 2], torch.tensor([fed], device=device), [depth],
                             torch.ones(1, depth, dtype=torch.bool, device=device))
         logprobs = step(frontier)[0]
-    chain = DraftTree.chain(tokens, device)
-    if rows and rows[0] is not None:
-        chain = dataclasses.replace(chain, draft_probs=torch.stack(rows))
-    return chain
+    return DraftTree.drawn_chain(picks, device)

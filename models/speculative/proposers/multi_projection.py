@@ -10,7 +10,6 @@ step's own probabilities, so no table has to be tuned per model. No draft model,
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 
 import torch
@@ -61,9 +60,7 @@ class MultiProjectionProposer(Proposer):
         if spec.topk == 1 and ctx.sampler is not None:  # sampled decoding: head d's pick at depth d
             full = to_target_vocab(logits.float(), self.heads.draft_vocab, self.vocab_size)
             picks = [ctx.sampler.draw(full[d], d + 1) for d in range(min(depth, spec.budget))]
-            chain = DraftTree.chain([t for t, _ in picks], logits.device)
-            rows = [q for _, q in picks]
-            return chain if not rows or rows[0] is None else dataclasses.replace(chain, draft_probs=torch.stack(rows))
+            return DraftTree.drawn_chain(picks, logits.device)
         if spec.topk == 1:  # a chain: each head's argmax
             return DraftTree.chain(self.heads.draft_vocab[logits.argmax(dim=-1)])
         logprobs = torch.log_softmax(logits.float(), dim=-1)

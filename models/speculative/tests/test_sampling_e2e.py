@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import math
 
 import pytest
 import torch
@@ -32,6 +31,8 @@ from models.speculative.engine import Engine, RunConfig, cached_model
 from models.speculative.sampling import SamplingParams, SequenceRng, target_probs
 from models.speculative.speculators import heads
 from models.speculative.tests.test_sampling import BROKEN as UNIT_BROKEN
+from models.speculative.tests.test_sampling import chi_square_tail
+from models.speculative.tests.test_sampling import one_thread  # noqa: F401  (autouse here too: one torch thread)
 
 MODEL = "random:tiny-llama"  # 4 layers, vocabulary 320, byte tokenizer (EOS = 2)
 EOS = (2,)
@@ -46,15 +47,6 @@ MAX_NEW = N_TOKENS + 1  # room for a depth-2 draft after the first token (the ca
 N_SAMPLES = 500  # at SEED, resample_from_p gives p-values of 1e-6 to 1e-23 in every STAT_CASES case
 ALPHA = 1e-3
 MIN_EXPECTED = 5.0  # chi-square cells expected rarer than this are pooled
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a thread pool only adds latency (and the machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def config(**kw) -> RunConfig:
@@ -164,12 +156,7 @@ def joint_for(target_layers: int | None, prompt: list[int]) -> dict[tuple[int, .
     return _JOINTS[key]
 
 
-# --- chi-square (Pearson; Wilson-Hilferty tail as in test_sampling.py, no scipy) -----------------
-
-
-def chi_square_tail(stat: float, df: int) -> float:
-    z = ((stat / df) ** (1 / 3) - (1 - 2 / (9 * df))) / math.sqrt(2 / (9 * df))
-    return 0.5 * math.erfc(z / math.sqrt(2))
+# --- chi-square (Pearson, pooling rare outcomes; test_sampling.py's Wilson-Hilferty tail) --------
 
 
 def chi_square_pvalue(counts: collections.Counter, exact: dict[tuple[int, ...], float]) -> float:
