@@ -35,6 +35,11 @@ token for token (a difference is a mismatch, as under greedy); rejection output 
 distributed as it (recorded, never counted as a mismatch). The transformers and llama.cpp peers
 decode greedily only: at temperatures above 0 one line says they are left out.
 
+Batch sizes: --batch_sizes 1,2,4,8,16 measures throughput instead (models/benchmark/batch_sweep.py):
+target-only and each method decode all the prompts at each batch size (static batches, or
+continuous batching with --continuous 1), and the summary gives throughput per batch size and
+the crossover, the batch size from which a method is slower than target-only. Greedy, one length.
+
 Writes meta.json, runs.jsonl (one line per configuration x prompt), summary.csv, summary.md and
 done.json under --output_dir (default logs/<timestamp>/), and prints the Spec-Bench table.
 `--config FILE` reads the same options from JSON ({"methods": ["prompt_lookup"], "n_draft_tokens":
@@ -60,7 +65,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from loguru import logger  # noqa: E402
 
-from models.benchmark import llama_cpp_peer, sources  # noqa: E402
+from models.benchmark import batch_sweep, llama_cpp_peer, sources  # noqa: E402
 from models.benchmark.configurations import (  # noqa: E402
     GREEDY_MODE, HF_PEERS, LLAMA_PEERS, MULTI, REJECTION, TARGET, Configuration, Mode, SweepPlan, build,
     default_methods, mode_config, sampling_modes, sweep_shapes, temperature_text,
@@ -136,6 +141,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--llama_cpp_peers", type=bool01, default=True,
                    help="1: also time llama.cpp (greedy, lookup) on the default model's GGUF on CPU, when "
                         "llama-cpp-python is installed (default: 1)")
+    p.add_argument("--batch_sizes", default=None,
+                   help="comma list: measure throughput at each batch size instead of per-prompt speedups")
+    p.add_argument("--continuous", type=bool01, default=False,
+                   help="with --batch_sizes: 1 for continuous batching over that many rows, 0 for static batches "
+                        "(default: 0)")
     p.set_defaults(method_options={})
     return p
 
@@ -378,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, args.method_options, hf_peers, explicit,
                      shapes=sweep_shapes(ks, topks, depths, budgets), proposers=proposers, llama_cpp_peers=llama_cpp,
                      modes=modes)
+    if args.batch_sizes is not None:
+        return batch_main(args, argv, plan, device, prompts, output_dir)
+    if args.continuous:
+        raise UserError("--continuous is for --batch_sizes")
     built = build(plan, device)
     selected = fitting_prompts(prompts, built.target, max(lengths), args.instruct)
     configs = list(built.runners)
@@ -430,6 +444,33 @@ def main(argv: list[str] | None = None) -> int:
                     "differ from their target-only sample (expected: distribution-equal, not token-equal)")
     logger.info(f"{len(records)} runs, {mismatches} differing from target-only{against} -> {output_dir}")
     return 0
+
+
+def batch_main(args, argv: list[str], plan, device, prompts, output_dir: Path) -> int:
+    """--batch_sizes: throughput of target-only and each method at each batch size."""
+    sizes = int_list("batch_sizes", args.batch_sizes)
+    engines = batch_sweep.build_engines(plan, device, max(sizes))
+    target = next(iter(engines.values()))
+    selected = fitting_prompts(prompts, target, plan.lengths[0], args.instruct)
+    meta = {
+        "command": "python scripts/benchmark.py " + shlex.join(argv),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "model": args.model, "device": device.describe(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "batch_sizes": sizes, "continuous": bool(args.continuous),
+        "configurations": [c.id for c in engines],
+        "prompts": [{"index": i, "category": p.category, "question_id": p.question_id, "prompt_tokens": len(ids)}
+                    for i, p, ids in selected],
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output_dir / "meta.json", meta)
+    logger.info(f"{len(engines)} configurations x batch sizes {sizes} over {len(selected)} prompts on "
+                f"{device.describe()} -> {output_dir}")
+    rows = batch_sweep.batch_sweep(engines, [ids for _, _, ids in selected], sizes, bool(args.continuous), output_dir)
+    print(batch_sweep.write_summary(rows, meta, output_dir))
+    mismatches = sum(r.mismatches for r in rows)
+    logger.info(f"{len(rows)} runs, {mismatches} outputs differing from target-only -> {output_dir}")
+    return 1 if mismatches else 0
 
 
 if __name__ == "__main__":

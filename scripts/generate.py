@@ -11,12 +11,17 @@ it. Prompt i samples from the stream (--seed, i): a run reproduces from its seed
 
     python scripts/generate.py --input_prompts sample_prompts/demo_prompts.json --method eagle \
         --temperature 0.7 --top_p 0.9 --seed 1 --verify coupled --output out.json
+
+Many users at once: `--batch_size B` decodes B prompts together (the next B when all are done),
+`--full_batch_size S` keeps S rows busy (continuous batching: a finished row takes the next
+prompt). One target call per iteration serves every row; each output equals its solo run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,12 +34,13 @@ from models.common.device import requested_device_name
 from models.common.metrics import summarize
 from models.common.prompts import load_prompts
 from models.speculative.engine import METHODS, Engine, RunConfig
+from models.speculative.generator import BatchIteration, BatchResult
 from models.speculative.sampling import VERIFY_MODES
 
 STATS_KEYS = (
     "acceptance_rate", "mean_accepted_tokens", "target_calls", "generated_tokens", "decode_tokens_per_s",
     "ttft_s", "e2e_tokens_per_s", "per_position_acceptance", "proposed_tokens", "accepted_tokens",
-    "mean_tree_nodes", "mean_tree_depth", "mean_branching", "accepted_by_source",
+    "mean_tree_nodes", "mean_tree_depth", "mean_branching", "accepted_by_source", "throughput_tokens_per_s",
 )
 
 
@@ -61,7 +67,10 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--proposers", default=None, help="--method multi: proposers to merge, e.g. eagle,prompt_lookup")
     p.add_argument("--max_seq_len", type=int, default=d.max_seq_len)
     p.add_argument("--prefill_seq_len", type=int, default=None, help="prefill in chunks of this many tokens")
-    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--batch_size", type=int, default=d.batch_size,
+                   help="static batches: this many prompts decoded together, the next ones when all are done")
+    p.add_argument("--full_batch_size", type=int, default=None,
+                   help="continuous batching with this many rows: a finished row takes the next prompt at once")
     p.add_argument("--instruct", type=bool01, default=d.instruct, help="1: apply the chat template")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 (default): greedy; > 0: sampling")
     p.add_argument("--top_k", type=int, default=d.top_k, help="sample from the k most likely tokens (0: off)")
@@ -75,6 +84,29 @@ def parse_args(argv: list[str] | None = None):
     return p.parse_args(argv)
 
 
+def decode(engine: Engine, encoded: list[list[int]]) -> BatchResult:
+    """Every prompt, one at a time or batched, with a progress bar over finished prompts."""
+    rows = engine.config.rows
+    bar = tqdm(total=len(encoded), desc=engine.config.method, unit="prompt", file=sys.stderr)
+    if rows == 1:
+        t0 = time.perf_counter()
+        results = []
+        for i, ids in enumerate(encoded):
+            results.append(engine.run(ids, prompt_index=i))
+            bar.update()
+        bar.close()
+        return BatchResult(results, time.perf_counter() - t0, [])
+
+    def progress(n: int, it: BatchIteration) -> None:
+        bar.set_postfix_str(f"{it.tokens_per_s_per_user:.1f} tok/s/user ({it.throughput:.1f} tok/s throughput)",
+                            refresh=False)
+        bar.update(len(it.finished))
+
+    result = engine.run_batch(encoded, on_iteration=progress)
+    bar.close()
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output = check_writable(args.output)
@@ -86,22 +118,24 @@ def main(argv: list[str] | None = None) -> int:
         tree_topk=args.tree_topk, tree_depth=args.tree_depth, tree_budget=args.tree_budget, proposers=args.proposers,
         prefill_seq_len=args.prefill_seq_len,
         max_generated_tokens=args.max_generated_tokens, batch_size=args.batch_size,
+        full_batch_size=args.full_batch_size,
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, verify=args.verify,
     )
     config.validate()
     engine = Engine(config, uses_baseline=False)
     encoded = engine.encode(prompts)
-    logger.info(f"{config.method} on {len(prompts)} prompts, {engine.device.describe()}")
+    batching = (f", continuous batching over {config.full_batch_size} rows" if config.full_batch_size
+                else f", batches of {config.batch_size}" if config.batch_size > 1 else "")
+    logger.info(f"{config.method} on {len(prompts)} prompts, {engine.device.describe()}{batching}")
     engine.warm_up(encoded[0], baseline=False)  # so prompt 0's TTFT holds no kernel load or capture
 
-    results, records = [], []
-    for i, ids in enumerate(tqdm(encoded, desc=config.method, unit="prompt", file=sys.stderr)):
-        res = engine.run(ids, prompt_index=i)
-        results.append(res)
-        records.append({"index": i, "output_ids": res.tokens, "text": engine.tokenizer.decode(res.tokens)})
-    summary = summarize([r.stats for r in results])
-    stats = {key: summary[key] for key in STATS_KEYS}
+    results = decode(engine, encoded)
+    records = [{"index": i, "output_ids": r.tokens, "text": engine.tokenizer.decode(r.tokens)}
+               for i, r in enumerate(results.results)]
+    summary = summarize([r.stats for r in results.results])
+    stats = {key: summary[key] for key in STATS_KEYS if key in summary}
+    stats["throughput_tokens_per_s"] = results.throughput_tokens_per_s
     config_out = {**config.describe(), "device": engine.device.describe(), "input_prompts": args.input_prompts,
                   "tree": dataclasses.asdict(engine.spec) if engine.proposer is not None else None}
     if engine.proposer is not None:
@@ -109,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(output, {"config": config_out, "prompts": records, "stats": stats})
     logger.info(
         f"acceptance {stats['acceptance_rate']:.3f}, mean accepted {stats['mean_accepted_tokens']:.2f}, "
-        f"decode {stats['decode_tokens_per_s']:.1f} tok/s -> {output}"
+        f"decode {stats['decode_tokens_per_s']:.1f} tok/s/user, {stats['throughput_tokens_per_s']:.1f} tok/s "
+        f"throughput -> {output}"
     )
     return 0
 

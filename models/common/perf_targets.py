@@ -30,11 +30,12 @@ from models.common.errors import UserError
 MATCH_KEYS = (
     "model", "method", "n_draft_tokens", "draft_layers", "target_layers", "draft_model", "max_ngram_size",
     "max_generated_tokens", "input_prompts", "instruct", "speculator", "tree_topk", "tree_depth", "tree_budget",
-    "proposers", "temperature", "top_k", "top_p", "seed", "verify",
+    "proposers", "temperature", "top_k", "top_p", "seed", "verify", "batch_size", "full_batch_size",
 )
 # Keys an entry may leave out: their default (a greedy chain, as before trees and sampling existed).
 DEFAULTS = {"tree_topk": 1, "tree_depth": None, "tree_budget": None, "proposers": None, "speculator": None,
-            "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "verify": None}
+            "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "verify": None,
+            "batch_size": 1, "full_batch_size": None}
 
 GOLDEN, SPEED = "golden", "speed"
 # metric -> (kind, default tolerance for a new entry on cpu, on a GPU)
@@ -45,8 +46,11 @@ METRICS: dict[str, tuple[str, float, float]] = {
     "speedup": (SPEED, 0.4, 0.15),
     "decode_tokens_per_s": (SPEED, 0.15, 0.15),
     "e2e_tokens_per_s": (SPEED, 0.15, 0.15),
+    "batch_speedup": (SPEED, 0.4, 0.15),  # batched target-only throughput / one prompt at a time, one run
+    "throughput_tokens_per_s": (SPEED, 0.15, 0.15),
 }
-ABSOLUTE_SPEED = ("decode_tokens_per_s", "e2e_tokens_per_s")  # meaningless on a shared CPU
+# meaningless on a shared CPU
+ABSOLUTE_SPEED = ("decode_tokens_per_s", "e2e_tokens_per_s", "throughput_tokens_per_s")
 ENTRY_KEYS = {"id", "device", "mesh", "dtype", "config", "metrics", "note"}
 
 HEADER = """\

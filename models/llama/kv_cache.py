@@ -33,6 +33,24 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_seq_len = max_seq_len
         self.length = 0
+        self.batch_row = 0  # a row view: its row in the batch cache it shares memory with
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def row(self, b: int) -> KVCache:
+        """Row b of a batch cache as a one-sequence cache sharing its memory, with its own length:
+        a sequence of a batch goes through everything written for one sequence (prefill,
+        proposers, compaction) on this view, and Transformer.forward_rows reads its length."""
+        if not 0 <= b < self.batch_size:
+            raise ValueError(f"row {b} outside a batch of {self.batch_size}")
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[:, b : b + 1], self.v[:, b : b + 1]
+        view.max_seq_len = self.max_seq_len
+        view.length = 0
+        view.batch_row = b
+        return view
 
     @classmethod
     def view(cls, other: KVCache, n_layers: int) -> KVCache:
@@ -45,6 +63,7 @@ class KVCache:
         view.k, view.v = other.k[:n_layers], other.v[:n_layers]
         view.max_seq_len = other.max_seq_len
         view.length = other.length
+        view.batch_row = other.batch_row
         return view
 
     @property

@@ -9,6 +9,9 @@ seen. Weights live in fused tensors (q|k|v, gate|up) so a step is few, large mat
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,25 +23,26 @@ from models.llama.kv_cache import KVCache
 SKINNY_MAX_ROWS = 64  # a token tree of up to 63 drafts + its root is verified in one pass
 
 
-def cpu_kernels_for(x: torch.Tensor, rows: int):
+def cpu_kernels_for(x: torch.Tensor, rows: int | None):
     """The batch-invariant CPU kernels when they apply (fp32 on the CPU, few rows), else None.
+    rows None: any number of rows (a batch of sequences, whose rows must each compute as alone).
 
     Decode, verify and draft steps all run through them, so a token's logits are bit-identical
     whether it was decoded alone or verified among k drafts: fp32 speculative output equals
     target-only output by construction, not by luck. Prefill (many rows) uses torch's kernels;
     both generators share it.
     """
-    if x.device.type == "cpu" and x.dtype == torch.float32 and rows <= SKINNY_MAX_ROWS:
+    if x.device.type == "cpu" and x.dtype == torch.float32 and (rows is None or rows <= SKINNY_MAX_ROWS):
         if not (x.requires_grad and torch.is_grad_enabled()):  # no autograd through the kernels
             return skinny_kernels()
     return None
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ weight[N, K]^T."""
+def linear(x: torch.Tensor, weight: torch.Tensor, any_rows: bool = False) -> torch.Tensor:
+    """x [..., K] @ weight[N, K]^T. any_rows: the batch-invariant kernel whatever the row count."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    kernels = cpu_kernels_for(x2, x2.shape[0])
+    kernels = cpu_kernels_for(x2, None if any_rows else x2.shape[0])
     if kernels is not None:
         return kernels.skinny_linear(x2, weight).reshape(*shape[:-1], weight.shape[0])
     return F.linear(x, weight)
@@ -55,6 +59,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin, with the sign of rotate_half folded into the table."""
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+@dataclasses.dataclass
+class RowBlock:
+    """One sequence's new tokens in a multi-sequence call: `cache` is its row of the batch cache
+    (KVCache.row), the tokens go right after its live entries; positions and tree_mask as in
+    Transformer.forward (None: a causal chain)."""
+
+    cache: KVCache
+    n_tokens: int
+    positions: torch.Tensor | None = None
+    tree_mask: torch.Tensor | None = None
+
+
+# attention(layer index, q [B, T, H, hd], k, v [B, T, Hkv, hd]) -> [B, T, H, hd]: stores k and v
+# in the cache and attends over it.
+Attention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Block(nn.Module):
@@ -199,8 +220,9 @@ class Transformer(nn.Module):
             mask = mask[:, None]  # [B, 1, T, kv_len]
 
         h = self.tok_embeddings[tokens] if embeds is None else embeds
+        attention = self._cache_attention(cache, slots, kv_len, mask, bsz)
         for i, layer in enumerate(self.layers):
-            h = self._block(layer, i, h, cos, sin, cache, slots, kv_len, mask)
+            h = self._block(layer, i, h, cos, sin, attention)
         h = rms_norm(h, self.norm, self.args.norm_eps)
         if not static:
             cache.length = kv_len
@@ -209,6 +231,100 @@ class Transformer(nn.Module):
         else:
             logits = linear(h[:, -1:] if logits_for == "last" else h, self.output)
         return (logits, h) if return_hidden else logits
+
+    def _cache_attention(self, cache: KVCache, slots: torch.Tensor, kv_len: int, mask: torch.Tensor | None,
+                         bsz: int) -> Attention:
+        hd = self.args.head_dim
+        gqa = self.args.n_kv_heads != self.args.n_heads
+
+        def attention(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            cache.k[index].index_copy_(2, slots, k.transpose(1, 2))
+            cache.v[index].index_copy_(2, slots, v.transpose(1, 2))
+            kernels = cpu_kernels_for(q, q.shape[1]) if bsz == 1 and (mask is None or mask.dim() == 2) else None
+            if kernels is not None:
+                m = torch.empty(0, dtype=torch.bool) if mask is None else mask
+                return kernels.attend(q[0], cache.k[index, 0], cache.v[index, 0], m, kv_len, hd**-0.5)[None]
+            keys = cache.k[index, :, :, :kv_len]
+            values = cache.v[index, :, :, :kv_len]
+            return F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=gqa
+            ).transpose(1, 2)
+
+        return attention
+
+    def forward_rows(self, tokens: torch.Tensor, blocks: list[RowBlock], cache: KVCache,
+                     return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Several sequences' new tokens in one call, flattened (vLLM's layout, no padding):
+        tokens [N] holds each block's tokens in turn. Returns logits [N, V] (and hidden [N, D]).
+
+        Every weight is read once for the whole batch; a finished sequence costs nothing and a
+        sequence's rows compute exactly as in `forward` for it alone (fp32 on the CPU: the
+        batch-invariant kernels at any row count), so batching never changes a token.
+        cache: the batch cache whose rows the blocks' caches are."""
+        device = self.device
+        slots, rows, kv_lens, positions, masks = [], [], [], [], []
+        for block in blocks:
+            start, n = block.cache.length, block.n_tokens
+            block.cache.check_append(start, n)
+            block_slots = torch.arange(start, start + n, device=device)
+            slots.append(block_slots)
+            rows.append(torch.full((n,), block.cache.batch_row, dtype=torch.int64, device=device))
+            kv_lens.append(torch.full((n,), start + n, dtype=torch.int64, device=device))
+            positions.append(block_slots if block.positions is None else block.positions.to(device))
+            masks.append(self._attention_mask(block_slots, start + n, block.tree_mask, need=n > 1))
+        slots_t, rows_t, kv_t, pos_t = (torch.cat(x) for x in (slots, rows, kv_lens, positions))
+        width = max(b.cache.length + b.n_tokens for b in blocks)
+        mask = None
+        if any(m is not None for m in masks):  # one [N, width] mask; a row never reads past its kv_len
+            mask = torch.zeros(len(slots_t), width, dtype=torch.bool, device=device)
+            row = 0
+            for block, m, block_slots in zip(blocks, masks, slots):
+                kv_len = block.cache.length + block.n_tokens
+                if m is None:
+                    m = self._attention_mask(block_slots, kv_len, None, need=True)
+                mask[row : row + block.n_tokens, :kv_len] = m
+                row += block.n_tokens
+        cos_t, sin_t = self.rope_tables(cache.max_seq_len)
+        cos, sin = cos_t[pos_t][None, :, None], sin_t[pos_t][None, :, None]  # [1, N, 1, hd]
+        attention = self._rows_attention(cache, blocks, slots_t, rows_t, kv_t, mask)
+        h = self.tok_embeddings[tokens][None]
+        for i, layer in enumerate(self.layers):
+            h = self._block(layer, i, h, cos, sin, attention, any_rows=True)
+        h = rms_norm(h, self.norm, self.args.norm_eps)[0]
+        for block in blocks:
+            block.cache.length += block.n_tokens
+        logits = linear(h, self.output, any_rows=True)
+        return (logits, h) if return_hidden else logits
+
+    def _rows_attention(self, cache: KVCache, blocks: list[RowBlock], slots: torch.Tensor, rows: torch.Tensor,
+                        kv_lens: torch.Tensor, mask: torch.Tensor | None) -> Attention:
+        hd, nkv = self.args.head_dim, self.args.n_kv_heads
+        gqa = nkv != self.args.n_heads
+        kernels = cpu_kernels_for(cache.k, None)
+        empty = torch.empty(0, dtype=torch.bool)
+        # where (row, head, slot) lives in a layer's cache seen as [B * Hkv * S, hd]: one index_copy_
+        heads = torch.arange(nkv, device=slots.device)
+        flat = ((rows[:, None] * nkv + heads[None, :]) * cache.max_seq_len + slots[:, None]).reshape(-1)
+        n_rows = cache.batch_size * nkv * cache.max_seq_len
+
+        def attention(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            cache.k[index].view(n_rows, hd).index_copy_(0, flat, k[0].reshape(-1, hd))
+            cache.v[index].view(n_rows, hd).index_copy_(0, flat, v[0].reshape(-1, hd))
+            if kernels is not None:
+                m = empty if mask is None else mask
+                return kernels.attend_rows(q[0], cache.k[index], cache.v[index], rows, kv_lens, m, hd**-0.5)[None]
+            out, row = [], 0  # elsewhere: each sequence's attention on its own
+            for block in blocks:
+                n, b, kv_len = block.n_tokens, block.cache.batch_row, block.cache.length + block.n_tokens
+                m = None if mask is None else mask[row : row + n, :kv_len]
+                out.append(F.scaled_dot_product_attention(
+                    q[:, row : row + n].transpose(1, 2), cache.k[index, b : b + 1, :, :kv_len],
+                    cache.v[index, b : b + 1, :, :kv_len], attn_mask=m, enable_gqa=gqa,
+                ).transpose(1, 2))
+                row += n
+            return torch.cat(out, dim=1)
+
+        return attention
 
     def _attention_mask(
         self, slots: torch.Tensor, kv_len: int, tree_mask: torch.Tensor | None, need: bool
@@ -239,38 +355,21 @@ class Transformer(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache,
-        slots: torch.Tensor,
-        kv_len: int,
-        mask: torch.Tensor | None,
+        attention: Attention,
+        any_rows: bool = False,
     ) -> torch.Tensor:
         args = self.args
         bsz, seqlen, _ = x.shape
         hd, nh, nkv = args.head_dim, args.n_heads, args.n_kv_heads
         h = rms_norm(x, layer.attn_norm, args.norm_eps)
-        qkv = linear(h, layer.wqkv)
+        qkv = linear(h, layer.wqkv, any_rows)
         if layer.bqkv is not None:
             qkv = qkv + layer.bqkv
         qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], dim=-1)
         qk = apply_rope(qk.reshape(bsz, seqlen, nh + nkv, hd), cos, sin)  # q and k in one pass
         q, k = qk.split([nh, nkv], dim=2)
-        v = v.view(bsz, seqlen, nkv, hd)
-        cache.k[index].index_copy_(2, slots, k.transpose(1, 2))
-        cache.v[index].index_copy_(2, slots, v.transpose(1, 2))
-        kernels = cpu_kernels_for(x, seqlen) if bsz == 1 and (mask is None or mask.dim() == 2) else None
-        if kernels is not None:
-            empty = torch.empty(0, dtype=torch.bool)
-            attn = kernels.attend(
-                q[0], cache.k[index, 0], cache.v[index, 0], empty if mask is None else mask, kv_len, hd**-0.5
-            )
-        else:
-            keys = cache.k[index, :, :, :kv_len]
-            values = cache.v[index, :, :, :kv_len]
-            attn = F.scaled_dot_product_attention(
-                q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=nkv != nh
-            ).transpose(1, 2)
-        attn = attn.reshape(bsz, seqlen, nh * hd)
-        x = x + linear(attn, layer.wo)
+        attn = attention(index, q, k, v.view(bsz, seqlen, nkv, hd)).reshape(bsz, seqlen, nh * hd)
+        x = x + linear(attn, layer.wo, any_rows)
         h = rms_norm(x, layer.ffn_norm, args.norm_eps)
-        gate, up = linear(h, layer.w_gate_up).chunk(2, dim=-1)
-        return x + linear(F.silu(gate) * up, layer.w_down)
+        gate, up = linear(h, layer.w_gate_up, any_rows).chunk(2, dim=-1)
+        return x + linear(F.silu(gate) * up, layer.w_down, any_rows)

@@ -20,14 +20,13 @@ from models.llama.trace import TracedModel
 from models.llama.weights import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
 from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
 from models.speculative.budget import AutoBudget, cached_verify_cost
-from models.speculative.generator import GenerationResult, Generator
+from models.speculative.generator import BatchResult, GenerationResult, Generator
 from models.speculative.proposers.base import REGISTRY, BuildContext, Proposer
 from models.speculative.sampling import VERIFY_MODES, SamplingParams
 from models.speculative.tree import TreeSpec
 
 TARGET = "target"
 METHODS = (TARGET, *REGISTRY)
-MAX_BATCH_SIZE = 1
 MAX_TREE_NODES = 63  # the verify block (nodes + root) must fit the CPU kernels' row limit
 DEFAULT_TREE_BUDGET = {"cpu": 16, "cuda": 32}  # nodes per target call for --tree_topk > 1
 AUTO = "auto"
@@ -50,7 +49,8 @@ class RunConfig:
     max_seq_len: int = 1024
     prefill_seq_len: int | None = None  # prefill in chunks of this many tokens
     max_generated_tokens: int = 128
-    batch_size: int = 1
+    batch_size: int = 1  # static batches of this many prompts
+    full_batch_size: int | None = None  # continuous batching with this many rows
     instruct: bool = True
     device: str = "cpu"
     dtype: str | None = None
@@ -91,8 +91,24 @@ class RunConfig:
             raise UserError(f"unknown --verify {self.verify!r}; choose from {', '.join(VERIFY_MODES)}")
         if self.verify is not None and self.temperature == 0:
             raise UserError(f"--verify {self.verify} is for sampling (--temperature > 0); at temperature 0 decoding is greedy")
-        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
-            raise UserError(f"--batch_size {self.batch_size} is not supported; supported: 1 (batching comes later)")
+        self._validate_batch()
+
+    def _validate_batch(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.full_batch_size is not None:
+            if self.full_batch_size < 1:
+                raise UserError(f"--full_batch_size must be >= 1, got {self.full_batch_size}")
+            if self.batch_size > 1:
+                raise UserError(f"--full_batch_size {self.full_batch_size} (continuous batching) and --batch_size "
+                                f"{self.batch_size} (static batches) exclude each other; give one")
+        if self.rows > 1 and self.tree_budget == AUTO:
+            raise UserError("--tree_budget auto tunes one sequence's trees; with a batch give a number of nodes")
+
+    @property
+    def rows(self) -> int:
+        """Sequences decoded at once: the static batch, or the continuous batch's rows."""
+        return self.full_batch_size or self.batch_size
 
     def _validate_tree(self) -> None:
         for flag in ("tree_topk", "tree_depth", "tree_budget"):
@@ -173,7 +189,7 @@ class Engine:
             names.append("the draft model's")
         caches = len(names)
         what = ", ".join(names) + (" caches" if caches > 1 else "")
-        check_kv_caches_fit(per_token * caches, self.config.max_seq_len, self.config.batch_size,
+        check_kv_caches_fit(per_token * caches, self.config.max_seq_len, self.config.rows,
                             self.device.torch_device, what)
 
     @property
@@ -219,15 +235,25 @@ class Engine:
 
     def warm_up(self, prompt_ids: list[int], *, baseline: bool = True, tokens: int = WARMUP_TOKENS) -> None:
         """A few untimed tokens through every path a timed run takes (kernel loading, allocations,
-        graph capture), then the proposer forgets the warm-up sequence."""
-        if baseline:
-            self.baseline.generate(prompt_ids, tokens)
-        self.generator.generate(prompt_ids, tokens)
-        if self.proposer is not None:
-            self.proposer.forget()
+        graph capture; with a batch, every row), then the proposers forget the warm-up sequence."""
+        generators = [self.baseline] if baseline and self.proposer is not None else []
+        for generator in [*generators, self.generator]:
+            if self.config.rows > 1:
+                generator.generate_batch([prompt_ids] * self.config.rows, tokens, self.config.rows)
+            else:
+                generator.generate(prompt_ids, tokens)
+        self.generator.forget()
 
     def run(self, prompt_ids: list[int], *, baseline: bool = False, on_iteration=None,
             prompt_index: int = 0) -> GenerationResult:
         generator = self.baseline if baseline else self.generator
         return generator.generate(prompt_ids, self.config.max_generated_tokens, on_iteration, prompt_index)
+
+    def run_batch(self, prompts_ids: list[list[int]], *, baseline: bool = False, on_iteration=None) -> BatchResult:
+        """Every prompt through this configuration's batching (--batch_size static batches, or
+        --full_batch_size continuous batching); prompt i samples from (seed, i)."""
+        generator = self.baseline if baseline else self.generator
+        c = self.config
+        return generator.generate_batch(prompts_ids, c.max_generated_tokens, c.rows,
+                                        continuous=c.full_batch_size is not None, on_iteration=on_iteration)
 

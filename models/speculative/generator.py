@@ -15,12 +15,20 @@ consecutive slots and the rest dropped. The rules (verification.py, sampling.py)
 
 The first token after prefill goes through the same rule on an empty tree, so target-only
 decoding and speculation share one definition of "the target's token".
+
+A batch runs the same per-sequence steps (`_Sequence`) for many prompts with ONE target forward
+per iteration over every unfinished sequence's block (flattened: Transformer.forward_rows), each
+sequence in its own row of a batch cache, with its own length, acceptance and stop. Static
+batches take the next prompts when the whole batch is done; continuous batching gives a freed
+row to the next prompt at once. Rows never change each other's numbers (batch-invariant
+kernels), so a prompt's output is the same alone or in any batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -28,7 +36,7 @@ import torch
 from models.common.errors import UserError
 from models.common.metrics import Iteration, SequenceStats
 from models.llama.kv_cache import KVCache
-from models.llama.model import Transformer
+from models.llama.model import RowBlock, Transformer
 from models.speculative.budget import AutoBudget
 from models.speculative.proposers.base import Proposer, ProposerContext
 from models.speculative.sampling import (
@@ -47,9 +55,68 @@ class GenerationResult:
     stats: SequenceStats  # per-iteration accepted/emitted counts give the per-token view
 
 
+@dataclasses.dataclass
+class BatchIteration:
+    """One target call of a batch: what each of its rows emitted, and how long the call took."""
+
+    rows: list[int]  # prompt index per active row
+    emitted: list[int]  # tokens each row appended
+    seconds: float
+    finished: list[int] = dataclasses.field(default_factory=list)  # prompts that ended in it
+
+    @property
+    def tokens_per_s_per_user(self) -> float:
+        return sum(self.emitted) / len(self.rows) / self.seconds if self.seconds else 0.0
+
+    @property
+    def throughput(self) -> float:
+        return sum(self.emitted) / self.seconds if self.seconds else 0.0
+
+
+@dataclasses.dataclass
+class BatchResult:
+    results: list[GenerationResult]  # in input order
+    seconds: float  # wall time of the whole run (every prefill and target call)
+    iterations: list[BatchIteration]
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(r.stats.generated_tokens for r in self.results)
+
+    @property
+    def throughput_tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds else 0.0
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@dataclasses.dataclass
+class _Sequence:
+    """One prompt being decoded: its tokens, cache (row), proposer, random stream and stats."""
+
+    index: int  # the prompt's index in the run (its random stream under sampling)
+    prompt: list[int]
+    max_new_tokens: int
+    cache: KVCache
+    proposer: Proposer | None
+    rng: SequenceRng | None
+    ctx: ProposerContext
+    stats: SequenceStats
+    out: list[int]
+    # this iteration's draft
+    tree: DraftTree | None = None
+    budget: int = 0
+    t_draft: float = 0.0
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.ctx.tokens
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(self.out, self.stats)
 
 
 class Generator:
@@ -79,10 +146,18 @@ class Generator:
         self.max_seq_len = max_seq_len
         self.prefill_seq_len = prefill_seq_len
         self.eos = frozenset(eos_token_ids)
-        self.cache: KVCache = target.new_cache(max_seq_len)
+        self._cache: KVCache | None = None  # one sequence's, allocated at first use
+        self._batch_cache: KVCache | None = None  # a batch's, sized by it
+        self._row_proposers: list[Proposer] = []  # a batch row's proposer beyond row 0's
         self.auto_budget: AutoBudget | None = None  # set for --tree_budget auto
         self.sampling = sampling or SamplingParams()
         self.verify = GREEDY if self.sampling.is_greedy else (verify or REJECTION)
+
+    @property
+    def cache(self) -> KVCache:
+        if self._cache is None:
+            self._cache = self.target.new_cache(self.max_seq_len)
+        return self._cache
 
     def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
         if prompt_len < 1:
@@ -95,11 +170,15 @@ class Generator:
                 f"max_seq_len={self.max_seq_len}; raise --max_seq_len or shorten the prompt"
             )
 
-    def _forward(self, tokens: torch.Tensor, start: int, logits_for: str, want_hidden: bool, **tree):
-        """Target forward; hidden states [T, D] too when the proposer drafts from them."""
-        if not want_hidden:
-            return self.target(tokens, self.cache, start, logits_for=logits_for, **tree), None
-        logits, hidden = self.target(tokens, self.cache, start, logits_for=logits_for, return_hidden=True, **tree)
+    @property
+    def _wants_hidden(self) -> bool:
+        return self.proposer is not None and self.proposer.uses_target_hidden
+
+    def _forward(self, cache: KVCache, tokens: torch.Tensor, start: int, logits_for: str, **tree):
+        """Target forward of one sequence; hidden states [T, D] too when the proposer drafts from them."""
+        if not self._wants_hidden:
+            return self.target(tokens, cache, start, logits_for=logits_for, **tree), None
+        logits, hidden = self.target(tokens, cache, start, logits_for=logits_for, return_hidden=True, **tree)
         return logits, hidden[0]
 
     def _accept(self, tree: DraftTree, logits: torch.Tensor, rng: SequenceRng | None, position: int) -> Acceptance:
@@ -112,41 +191,97 @@ class Generator:
             return coupled_accept(tree, target_logprobs(logits, self.sampling), noise)
         return rejection_accept(tree, target_probs(logits, self.sampling), tree.draft_probs, rng)
 
-    def _verify(self, root: int, tree: DraftTree, want_hidden: bool, rng: SequenceRng | None, position: int):
-        """One target pass over [root, *tree]; the accepted path ends up in consecutive slots."""
-        start = self.cache.length
-        device = self.target.device
-        block = torch.cat([torch.tensor([root], device=device), tree.tokens.to(device)])
-        shape = {}
-        if not tree.is_chain:
-            shape = {"positions": tree.positions(start).to(device), "tree_mask": tree.attention_mask().to(device)}
-        logits, hidden = self._forward(block.view(1, -1), start, "all", want_hidden, **shape)
-        acceptance = self._accept(tree, logits[0], rng, position)
-        keep = [0] + [node + 1 for node in acceptance.path]
-        self.cache.compact(start, keep)
-        kept_hidden = hidden[keep] if want_hidden else None
-        return acceptance, kept_hidden
-
-    def _draft(self, ctx: ProposerContext, remaining: int) -> tuple[DraftTree, int]:
-        """The proposer's tree for this iteration (no deeper than the tokens left allow; the
-        target's own token always fits) and the node budget it was given."""
-        device = self.target.device
-        if self.proposer is None or remaining < 2:
-            return DraftTree.empty(device), 0
-        spec = self.spec.capped(remaining - 1)
-        if self.auto_budget is not None:
-            spec = dataclasses.replace(spec, budget=min(spec.budget, self.auto_budget.next_budget()))
-        tree = self.proposer.propose(ctx, spec)
-        synchronize(device)
-        return tree, spec.budget
-
-    def _prefill(self, prompt: torch.Tensor, want_hidden: bool):
+    def _prefill(self, cache: KVCache, prompt: torch.Tensor):
         chunk = self.prefill_seq_len or prompt.shape[1]
         hiddens = []
         for lo in range(0, prompt.shape[1], chunk):
-            logits, hidden = self._forward(prompt[:, lo : lo + chunk], lo, "last", want_hidden)
+            logits, hidden = self._forward(cache, prompt[:, lo : lo + chunk], lo, "last")
             hiddens.append(hidden)
-        return logits, torch.cat(hiddens) if want_hidden else None
+        return logits, torch.cat(hiddens) if self._wants_hidden else None
+
+    def _begin(self, prompt: list[int], max_new_tokens: int, index: int, cache: KVCache,
+               proposer: Proposer | None) -> _Sequence:
+        """Prefill into `cache` and take the first token: the sequence is ready to decode."""
+        device = self.target.device
+        cache.reset()
+        synchronize(device)
+        t0 = time.perf_counter()
+        rng = None if self.verify == GREEDY else SequenceRng(self.sampling.seed, index)
+        logits, hidden = self._prefill(cache, torch.tensor([prompt], device=device))
+        first = self._accept(DraftTree.empty(device), logits[0, -1:], rng, len(prompt)).tokens[0]
+        stats = SequenceStats(prompt_tokens=len(prompt), ttft_s=time.perf_counter() - t0)
+        if proposer is not None:
+            proposer.start(prompt, cache)
+        ctx = ProposerContext(tokens=list(prompt) + [first], target_cache=cache, target_hidden=hidden)
+        if rng is not None:
+            ctx.sampler = ChainSampler(self.sampling, rng, self.verify == COUPLED, len(ctx.tokens))
+        return _Sequence(index, prompt, max_new_tokens, cache, proposer, rng, ctx, stats, [first])
+
+    def _done(self, seq: _Sequence) -> bool:
+        return seq.out[-1] in self.eos or len(seq.out) >= seq.max_new_tokens
+
+    def _draft(self, seq: _Sequence) -> None:
+        """The proposer's tree for this iteration (no deeper than the tokens left allow; the
+        target's own token always fits) and the node budget it was given."""
+        t0 = time.perf_counter()
+        device = self.target.device
+        remaining = seq.max_new_tokens - len(seq.out)
+        if seq.ctx.sampler is not None:
+            seq.ctx.sampler.position = len(seq.tokens)
+        if seq.proposer is None or remaining < 2:
+            seq.tree, seq.budget = DraftTree.empty(device), 0
+        else:
+            spec = self.spec.capped(remaining - 1)
+            if self.auto_budget is not None:
+                spec = dataclasses.replace(spec, budget=min(spec.budget, self.auto_budget.next_budget()))
+            seq.tree, seq.budget = seq.proposer.propose(seq.ctx, spec), spec.budget
+            synchronize(device)
+        seq.t_draft = time.perf_counter() - t0
+
+    def _block(self, seq: _Sequence) -> tuple[torch.Tensor, dict]:
+        """[root, *tree] for the target, and the tree's positions and mask (none for a chain)."""
+        device = self.target.device
+        tree = seq.tree
+        block = torch.cat([torch.tensor([seq.tokens[-1]], device=device), tree.tokens.to(device)])
+        if tree.is_chain:
+            return block, {}
+        start = seq.cache.length
+        return block, {"positions": tree.positions(start).to(device), "tree_mask": tree.attention_mask().to(device)}
+
+    def _finish(self, seq: _Sequence, start: int, logits: torch.Tensor, hidden: torch.Tensor | None,
+                t_iter: float) -> Iteration:
+        """Accept on the target's logits [n + 1, V] for this sequence's block (stored at `start`),
+        keep the accepted path's cache entries, extend the output and the statistics; the
+        iteration's time runs from t_iter."""
+        tree = seq.tree
+        acceptance = self._accept(tree, logits, seq.rng, len(seq.tokens))
+        keep = [0] + [node + 1 for node in acceptance.path]
+        seq.cache.compact(start, keep)
+        if hidden is not None:  # rows not yet consumed by the proposer are kept (a no-draft step)
+            kept = hidden[keep]
+            seq.ctx.target_hidden = kept if seq.ctx.target_hidden is None else torch.cat([seq.ctx.target_hidden, kept])
+        remaining = seq.max_new_tokens - len(seq.out)
+        emitted = acceptance.tokens[:remaining]
+        for i, tok in enumerate(emitted):
+            if tok in self.eos:
+                emitted = emitted[: i + 1]
+                break
+        seq.out.extend(emitted)
+        seq.tokens.extend(emitted)
+        accepted = min(acceptance.n_accepted, len(emitted))  # drafts past an EOS are not output
+        it = Iteration(
+            proposed=tree.n_nodes,
+            accepted=accepted,
+            emitted=len(emitted),
+            seconds=time.perf_counter() - t_iter,
+            draft_seconds=seq.t_draft,
+            depth=tree.depth,
+            source=tree.sources[acceptance.path[accepted - 1]] if tree.sources and accepted else None,
+        )
+        if self.auto_budget is not None and tree.n_nodes:
+            self.auto_budget.observe(acceptance.path, seq.budget, it.seconds)
+        seq.stats.iterations.append(it)
+        return it
 
     @torch.inference_mode()
     def generate(
@@ -159,57 +294,109 @@ class Generator:
         """prompt_index: which prompt of a run this is; under sampling it picks the random stream
         (seed, prompt_index), so a run reproduces from its seed and repeated prompts differ."""
         self.check_fits(len(prompt), max_new_tokens)
-        device = self.target.device
-        cache = self.cache
-        cache.reset()
-
-        want_hidden = self.proposer is not None and self.proposer.uses_target_hidden
-        synchronize(device)
-        t0 = time.perf_counter()
-        rng = None if self.verify == GREEDY else SequenceRng(self.sampling.seed, prompt_index)
-        logits, hidden = self._prefill(torch.tensor([prompt], device=device), want_hidden)
-        first = self._accept(DraftTree.empty(device), logits[0, -1:], rng, len(prompt)).tokens[0]
-        stats = SequenceStats(prompt_tokens=len(prompt), ttft_s=time.perf_counter() - t0)
-        out = [first]
-        tokens = list(prompt) + out
-        if self.proposer is not None:
-            self.proposer.start(prompt, cache)
-        ctx = ProposerContext(tokens=tokens, target_cache=cache, target_hidden=hidden)
-        if rng is not None:
-            ctx.sampler = ChainSampler(self.sampling, rng, self.verify == COUPLED, len(tokens))
-
-        while out[-1] not in self.eos and len(out) < max_new_tokens:
+        seq = self._begin(prompt, max_new_tokens, prompt_index, self.cache, self.proposer)
+        while not self._done(seq):
             t_iter = time.perf_counter()
-            remaining = max_new_tokens - len(out)
-            if ctx.sampler is not None:
-                ctx.sampler.position = len(tokens)
-            tree, budget = self._draft(ctx, remaining)
-            t_draft = time.perf_counter() - t_iter
-
-            acceptance, new_hidden = self._verify(tokens[-1], tree, want_hidden, rng, len(tokens))
-            if want_hidden:  # rows not yet consumed by the proposer are kept (a no-draft step)
-                ctx.target_hidden = new_hidden if ctx.target_hidden is None else torch.cat([ctx.target_hidden, new_hidden])
-
-            emitted = acceptance.tokens[:remaining]
-            for i, tok in enumerate(emitted):
-                if tok in self.eos:
-                    emitted = emitted[: i + 1]
-                    break
-            out.extend(emitted)
-            tokens.extend(emitted)
-            accepted = min(acceptance.n_accepted, len(emitted))  # drafts past an EOS are not output
-            it = Iteration(
-                proposed=tree.n_nodes,
-                accepted=accepted,
-                emitted=len(emitted),
-                seconds=time.perf_counter() - t_iter,
-                draft_seconds=t_draft,
-                depth=tree.depth,
-                source=tree.sources[acceptance.path[accepted - 1]] if tree.sources and accepted else None,
-            )
-            if self.auto_budget is not None and tree.n_nodes:
-                self.auto_budget.observe(acceptance.path, budget, it.seconds)
-            stats.iterations.append(it)
+            self._draft(seq)
+            block, shape = self._block(seq)
+            start = seq.cache.length
+            logits, hidden = self._forward(seq.cache, block.view(1, -1), start, "all", **shape)
+            it = self._finish(seq, start, logits[0], hidden, t_iter)
             if on_iteration is not None:
-                on_iteration(len(stats.iterations), it)
-        return GenerationResult(out, stats)
+                on_iteration(len(seq.stats.iterations), it)
+        return seq.result()
+
+    def forget(self) -> None:
+        """Every row's proposer drops what earlier sequences taught (after a warm-up)."""
+        for proposer in [self.proposer, *self._row_proposers]:
+            if proposer is not None:
+                proposer.forget()
+
+    def _batch_rows(self, batch_size: int) -> tuple[list[KVCache], list[Proposer | None]]:
+        """The batch cache's rows (allocated when a larger batch first needs them) and a
+        proposer per row (the generator's own for row 0, forks beyond)."""
+        if self._batch_cache is None or self._batch_cache.batch_size < batch_size:
+            self._batch_cache = None  # free the smaller one first
+            self._batch_cache = self.target.new_cache(self.max_seq_len, batch_size)
+        if self.proposer is None:
+            return [self._batch_cache.row(b) for b in range(batch_size)], [None] * batch_size
+        while len(self._row_proposers) < batch_size - 1:
+            self._row_proposers.append(self.proposer.fork())
+        proposers = [self.proposer, *self._row_proposers[: batch_size - 1]]
+        return [self._batch_cache.row(b) for b in range(batch_size)], proposers
+
+    @torch.inference_mode()
+    def generate_batch(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int | list[int],
+        batch_size: int,
+        *,
+        continuous: bool = False,
+        on_iteration: Callable[[int, BatchIteration], None] | None = None,
+    ) -> BatchResult:
+        """Decode every prompt, batch_size at a time, with one target call per iteration for all
+        unfinished rows. Static (continuous False): the next batch_size prompts start when the
+        whole batch is done. Continuous: a finished row takes the next prompt at once (prefilled
+        into that row while the others wait one iteration). Prompt i samples from (seed, i).
+        max_new_tokens: one cap for all, or one per prompt."""
+        if batch_size < 1:
+            raise UserError(f"batch size must be >= 1, got {batch_size}")
+        caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        if len(caps) != len(prompts):
+            raise ValueError(f"{len(caps)} max_new_tokens for {len(prompts)} prompts")
+        for i, prompt in enumerate(prompts):
+            try:
+                self.check_fits(len(prompt), caps[i])
+            except UserError as exc:
+                raise UserError(f"prompt {i}: {exc}") from None
+        rows, proposers = self._batch_rows(min(batch_size, max(len(prompts), 1)))
+        slots: list[_Sequence | None] = [None] * len(rows)
+        queue = deque(enumerate(prompts))
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        iterations: list[BatchIteration] = []
+        device = self.target.device
+        synchronize(device)
+        t_run = time.perf_counter()
+        while queue or any(s is not None for s in slots):
+            if continuous or all(s is None for s in slots):
+                for b in range(len(slots)):
+                    while slots[b] is None and queue:  # a prompt done at its first token frees the row again
+                        index, prompt = queue.popleft()
+                        seq = self._begin(prompt, caps[index], index, rows[b], proposers[b])
+                        if self._done(seq):  # counted with the next iteration's finished
+                            results[index] = seq.result()
+                        else:
+                            slots[b] = seq
+            active = [s for s in slots if s is not None]
+            if not active:
+                continue
+            t_iter = time.perf_counter()
+            for seq in active:
+                self._draft(seq)
+            blocks = [self._block(seq) for seq in active]
+            starts = [seq.cache.length for seq in active]
+            tokens = torch.cat([block for block, _ in blocks])
+            row_blocks = [RowBlock(seq.cache, len(block), shape.get("positions"), shape.get("tree_mask"))
+                          for seq, (block, shape) in zip(active, blocks)]
+            out = self.target.forward_rows(tokens, row_blocks, self._batch_cache, return_hidden=self._wants_hidden)
+            logits, hidden = out if self._wants_hidden else (out, None)
+            its, lo = [], 0
+            for seq, start, (block, _) in zip(active, starts, blocks):
+                hi = lo + len(block)
+                its.append(self._finish(seq, start, logits[lo:hi], None if hidden is None else hidden[lo:hi], t_iter))
+                lo = hi
+            seconds = time.perf_counter() - t_iter
+            for it in its:  # every row waited for the whole call
+                it.seconds = seconds
+            iteration = BatchIteration([s.index for s in active], [it.emitted for it in its], seconds)
+            for b, seq in enumerate(slots):
+                if seq is not None and self._done(seq):
+                    results[seq.index] = seq.result()
+                    iteration.finished.append(seq.index)
+                    slots[b] = None
+            iterations.append(iteration)
+            if on_iteration is not None:
+                on_iteration(len(iterations), iteration)
+        synchronize(device)
+        return BatchResult(results, time.perf_counter() - t_run, iterations)

@@ -6,6 +6,7 @@ every bad input (one line, no output).
 Timing is never asserted; the tests gate on deterministic counters (tokens, iterations, order)."""
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import re
@@ -25,7 +26,7 @@ from models.common.metrics import Iteration, SequenceStats
 from models.llama.weights import DEFAULT_GGUF_PACKAGE, DEFAULT_MODEL
 from models.speculative.engine import DEFAULT_TREE_BUDGET, RunConfig
 
-from .conftest import BENCH_MODEL, BENCH_PROMPTS, SAMPLED_PROMPTS, load_script
+from .conftest import BENCH_MODEL, BENCH_PROMPTS, SAMPLED_PROMPTS, load_script, sweep
 
 CONFIGS = ["target-n16", "draft_model-k2-n16", "self_draft-k2-n16", "prompt_lookup-k2-n16",
            "hf_greedy-n16", "hf_prompt_lookup-k2-n16"]
@@ -328,7 +329,6 @@ def log_lines():
 
 
 def test_without_llama_cpp_one_line_says_how_to_add_it_and_no_llama_rows(tmp_path, monkeypatch, log_lines):
-    from .conftest import sweep
 
     monkeypatch.setattr(llama_cpp_peer, "installed", lambda: False)
     folder, _, code = sweep(tmp_path, ["--methods", "prompt_lookup", "--n_draft_tokens", "2", "--hf_peers", "0"])
@@ -530,7 +530,6 @@ def test_output_dir_that_is_a_file_or_holds_a_run_is_refused(run_script, tmp_pat
 def test_auto_budget_sweeps_beside_fixed_budgets(tmp_path, monkeypatch):
     """--tree_budget 4,auto: the auto configuration is named as such, tuned up to its largest
     tree, equal to target-only, and plotted at the nodes it actually verified."""
-    from .conftest import sweep
 
     monkeypatch.setenv("SPECDEC_CACHE_DIR", str(tmp_path / "cache"))
     folder, _, code = sweep(tmp_path, ["--methods", "suffix", "--tree_topk", "2", "--tree_depth", "3",
@@ -658,7 +657,6 @@ def test_a_sampled_sweep_reproduces_from_its_seed_and_skips_the_peers_in_one_lin
     """The same seed in another sweep (other methods, peers requested): identical outputs, since
     prompt i always draws from the stream (seed, i); another seed samples otherwise. The peers
     decode greedily, so at temperature 0.9 only they are left out, in one line."""
-    from .conftest import sweep
 
     first = {(r.config_id, r.prompt_index): r.output_ids for r in read_runs(sampled_benchmark_run[0])}
     argv = ["--methods", "prompt_lookup", "--n_draft_tokens", "2", "--max_generated_tokens", "12",
@@ -698,3 +696,37 @@ def test_sampling_is_sweep_wide_not_a_method_option(run_script, tmp_path):
     code, err = run_script("benchmark", ["--config", str(config), "--output_dir", str(tmp_path / "run")])
     assert code == 2 and "method_options.prompt_lookup.temperature is sweep-wide; use --temperature" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("continuous", ["0", "1"])
+def test_batch_sizes_sweep_writes_throughput_per_batch_size_and_crossovers(tmp_path, continuous):
+    from models.benchmark.batch_sweep import BATCH_RUNS, BATCH_SUMMARY, BatchRow, crossover
+
+    folder, _, code = sweep(tmp_path, ["--methods", "prompt_lookup,self_draft", "--n_draft_tokens", "2",
+                                       "--batch_sizes", "1,2,4", "--continuous", continuous])
+    assert code == 0
+    rows = [BatchRow(**json.loads(line)) for line in (folder / BATCH_RUNS).read_text().splitlines()]
+    assert {(r.config_id.split("-")[0], r.batch_size) for r in rows} == {
+        (m, b) for m in ("target", "prompt_lookup", "self_draft") for b in (1, 2, 4)}
+    assert all(r.mismatches == 0 and r.prompts == 3 and r.continuous == (continuous == "1") for r in rows)
+    target = {r.batch_size: r for r in rows if r.config_id.startswith("target")}
+    assert target[1].target_calls > target[2].target_calls > target[4].target_calls  # rows share calls
+    assert len({r.generated_tokens for r in rows}) == 1
+    summary = (folder / BATCH_SUMMARY).read_text()
+    assert "| configuration | B=1 | B=2 | B=4 | crossover |" in summary and "Target-only throughput over batch 1" in summary
+    # crossover: the first batch size at which a method's throughput falls below target-only's
+    fake = [dataclasses.replace(rows[0], config_id=c, batch_size=b, throughput_tokens_per_s=t)
+            for c, b, t in [("target-n16", 1, 10), ("target-n16", 2, 18), ("x", 1, 15), ("x", 2, 17)]]
+    assert crossover(fake, "x") == 2 and crossover(fake[:3], "x") is None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch_sizes", "1,2", "--temperature", "0.7"], "measures greedy decoding"),
+    (["--batch_sizes", "1,2", "--max_generated_tokens", "8,16"], "one --max_generated_tokens value"),
+    (["--batch_sizes", "0,2"], "--batch_sizes values must be >= 1, got 0"),
+    (["--continuous", "1"], "--continuous is for --batch_sizes"),
+])
+def test_bad_batch_sweeps_are_one_line(tmp_path, capsys, extra, message):
+    folder, _, code = sweep(tmp_path, ["--methods", "prompt_lookup", "--hf_peers", "0", *extra])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (folder / "batch_runs.jsonl").exists()

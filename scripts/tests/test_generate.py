@@ -58,6 +58,24 @@ def test_output_contract_and_equality_across_methods(run_script, prompts_file, t
         assert [p["output_ids"] for p in data["prompts"]] == [p["output_ids"] for p in ref["prompts"]], key
         assert data["config"]["method"] == key[0]
     assert ref["stats"]["target_calls"] == ref["stats"]["generated_tokens"] - len(PROMPTS)
+    assert ref["stats"]["throughput_tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("batching", [["--batch_size", "2"], ["--batch_size", "8"], ["--full_batch_size", "2"]])
+def test_batched_outputs_equal_one_at_a_time(run_script, tmp_path, batching):
+    """Prompts of unequal lengths (fewer than --batch_size 8 too): each output equals its solo run."""
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(PROMPTS + [{"prompt": "zq"}, {"prompt": "one two one two one two one"}]))
+    outs = {}
+    for name, extra in [("solo", []), ("batched", batching)]:
+        out = tmp_path / f"{name}.json"
+        code, err = generate(run_script, path, out, "--method", "prompt_lookup", *extra)
+        assert code == 0, err
+        outs[name] = json.loads(out.read_text())
+    ids = [[p["output_ids"] for p in outs[name]["prompts"]] for name in ("solo", "batched")]
+    assert ids[0] == ids[1] and len(ids[0]) == 4
+    stats = outs["batched"]["stats"]
+    assert stats["throughput_tokens_per_s"] > 0 and stats["generated_tokens"] == sum(map(len, ids[0]))
 
 
 def test_sampling_reproduces_from_its_seed_and_coupled_equals_target_only(run_script, prompts_file, tmp_path):
@@ -91,7 +109,11 @@ BAD = [
     ("unknown device", ["--device", "tpu"], "unknown device 'tpu'"),
     ("tenstorrent", ["--device", "n150"], "Tenstorrent ttnn backend, which is not available here"),
     ("qualcomm", ["--device", "qaic"], "Qualcomm QEfficient backend, which is not available here"),
-    ("batch", ["--batch_size", "4"], "--batch_size 4 is not supported"),
+    ("batch zero", ["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+    ("full batch zero", ["--full_batch_size", "0"], "--full_batch_size must be >= 1, got 0"),
+    ("both batchings", ["--batch_size", "2", "--full_batch_size", "4"], "exclude each other"),
+    ("batch past memory", ["--batch_size", "100000000", "--max_seq_len", "256"],
+     "--batch_size 100000000 needs"),
     ("unknown model", ["--model", "no/such/model"], "model 'no/such/model' not found"),
     ("bad random preset", ["--model", "random:huge"], "unknown random preset 'huge'"),
     ("instruct", ["--instruct", "2"], "expected 0 or 1"),

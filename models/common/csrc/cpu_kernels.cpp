@@ -410,7 +410,88 @@ torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::T
   return out;
 }
 
+// Attention of several sequences' new tokens in one call (a batch in the flattened layout): token
+// t is a row of sequence rows[t], whose cache is k[rows[t]], v[rows[t]] ([B, Hkv, S, D]), and sees
+// its slots < kv_lens[t] under mask row t (mask: [N, W] bool with W >= every kv_len, or empty:
+// all of them). Each (token, head) runs attend_heads exactly as `attend` runs it for that
+// sequence alone, so a sequence's outputs do not depend on the others in the batch. The tokens of
+// one sequence are consecutive; work items go sequence by sequence, KV head by KV head, so one
+// sequence's head stays in L2 across its tokens. Returns [N, H, D].
+torch::Tensor attend_rows(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor rows, torch::Tensor kv_lens,
+                          torch::Tensor mask, double scale) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.dim() == 4, "attend_rows: shapes");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "attend_rows: fp32 only");
+  TORCH_CHECK(rows.scalar_type() == at::kLong && kv_lens.scalar_type() == at::kLong && rows.is_contiguous() &&
+                  kv_lens.is_contiguous(), "attend_rows: rows and kv_lens must be contiguous int64");
+  q = q.contiguous();
+  TORCH_CHECK(k.is_contiguous() && v.is_contiguous(), "attend_rows: cache must be contiguous");
+  const int64_t N = q.size(0), H = q.size(1), D = q.size(2), B = k.size(0), Hkv = k.size(1), S = k.size(2);
+  TORCH_CHECK(H % Hkv == 0 && D % 8 == 0 && v.sizes() == k.sizes() && k.size(3) == D && rows.numel() == N &&
+                  kv_lens.numel() == N, "attend_rows: bad sizes");
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  const int64_t* lp = kv_lens.data_ptr<int64_t>();
+  int64_t max_len = 0;
+  for (int64_t t = 0; t < N; ++t) {
+    TORCH_CHECK(rp[t] >= 0 && rp[t] < B && lp[t] >= 0 && lp[t] <= S, "attend_rows: row or kv_len out of range");
+    max_len = std::max(max_len, lp[t]);
+  }
+  const bool has_mask = mask.numel() > 0;
+  const int64_t W = has_mask ? mask.size(1) : 0;
+  if (has_mask) TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 2 && mask.size(0) == N && W >= max_len &&
+                            mask.is_contiguous(), "attend_rows: mask must be contiguous bool [N, >= kv_len]");
+  auto out = torch::empty({N, H, D}, q.options());
+  if (N == 0) return out;
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const bool* mp = has_mask ? mask.data_ptr<bool>() : nullptr;
+  float* op = out.data_ptr<float>();
+  const int64_t group = H / Hkv;
+  const int64_t hb = N * Hkv >= 8 ? std::min<int64_t>(group, 3) : 1;  // as in attend: arithmetic unchanged
+  const int64_t chunks = (group + hb - 1) / hb;
+  std::vector<int64_t> items;  // (t, kh, c) packed, sequence by sequence, KV head by KV head
+  items.reserve(N * Hkv * chunks * 3);
+  for (int64_t t0 = 0; t0 < N;) {
+    int64_t t1 = t0 + 1;
+    while (t1 < N && rp[t1] == rp[t0]) ++t1;
+    for (int64_t kh = 0; kh < Hkv; ++kh)
+      for (int64_t t = t0; t < t1; ++t)
+        for (int64_t c = 0; c < chunks; ++c) items.insert(items.end(), {t, kh, c});
+    t0 = t1;
+  }
+  const int64_t ldp = ((max_len + 7) & ~int64_t(7)) + 8;
+  at::parallel_for(0, (int64_t)items.size() / 3, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scratch(4 * ldp);
+    float* scores = scratch.data();
+    float* packed = scores + 3 * ldp;
+    std::vector<int64_t> runs;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = items[3 * i], kh = items[3 * i + 1], c = items[3 * i + 2];
+      const int64_t h0 = kh * group + c * hb, r = std::min(hb, group - c * hb);
+      const int64_t kv_len = lp[t];
+      float* orow = op + (t * H + h0) * D;
+      if (kv_len == 0) {
+        std::fill(orow, orow + r * D, NAN);
+        continue;
+      }
+      const float* qr = qp + (t * H + h0) * D;
+      const float* kb = kp + (rp[t] * Hkv + kh) * S * D;
+      const float* vb = vp + (rp[t] * Hkv + kh) * S * D;
+      const bool* vis = has_mask ? mp + t * W : nullptr;
+      const float sc = (float)scale;
+      switch (r) {
+        case 3: attend_heads<3>(qr, kb, vb, vis, kv_len, D, sc, scores, ldp, packed, runs, orow); break;
+        case 2: attend_heads<2>(qr, kb, vb, vis, kv_len, D, sc, scores, ldp, packed, runs, orow); break;
+        default: attend_heads<1>(qr, kb, vb, vis, kv_len, D, sc, scores, ldp, packed, runs, orow); break;
+      }
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("skinny_linear", &skinny_linear, "x @ w.T for few rows, fp32, batch-invariant");
   m.def("attend", &attend, "few-row attention over a KV cache, fp32, batch-invariant");
+  m.def("attend_rows", &attend_rows, "attention of several sequences' rows over their caches, fp32, batch-invariant");
 }

@@ -113,3 +113,36 @@ def test_attend_tree_node_equals_its_chain(H, Hkv, D, start, T):
         v_chain[:, start : start + len(path)] = v[:, path]
         chain = kernels.attend(q[node : node + 1], k_chain, v_chain, empty, start + len(path), D**-0.5)
         assert torch.equal(chain[0], tree[node]), f"node {node}: tree != chain"
+
+
+@pytest.mark.parametrize("H, Hkv, D", [(9, 3, 64), (4, 4, 8), (8, 1, 24)])
+def test_attend_rows_gives_each_sequence_the_bits_it_gets_alone(H, Hkv, D):
+    """A batch in one call: sequences of different lengths, one with a causal block, one with a
+    masked (tree-like) block, one decode row; each equals `attend` on its own cache."""
+    gen = torch.Generator().manual_seed(H * D)
+    B, S = 4, 64
+    k = torch.randn(B, Hkv, S, D, generator=gen)
+    v = torch.randn(B, Hkv, S, D, generator=gen)
+    blocks = [(2, 30, 3), (0, 9, 5), (3, 50, 1)]  # (cache row, tokens before, block length)
+    q = torch.randn(sum(n for *_, n in blocks), H, D, generator=gen)
+    width = max(start + n for _, start, n in blocks)
+    mask = torch.zeros(len(q), width, dtype=torch.bool)
+    rows, lens, alone, t = [], [], [], 0
+    for b, start, n in blocks:
+        kv_len = start + n
+        m = torch.arange(kv_len)[None, :] <= (start + torch.arange(n))[:, None]
+        if n == 5:  # a tree: node 3 does not see node 2
+            m[3, start + 2] = False
+        mask[t : t + n, :kv_len] = m
+        rows += [b] * n
+        lens += [kv_len] * n
+        alone.append(kernels.attend(q[t : t + n], k[b], v[b], m.contiguous(), kv_len, D**-0.5))
+        t += n
+    got = kernels.attend_rows(q, k, v, torch.tensor(rows), torch.tensor(lens), mask, D**-0.5)
+    assert torch.equal(got, torch.cat(alone))
+    # no mask: every slot below each token's kv_len is visible (decode rows)
+    one = torch.tensor([1, 0, 3])
+    got = kernels.attend_rows(q[:3], k, v, one, torch.tensor([7, 20, 64]), torch.empty(0, dtype=torch.bool), 0.5)
+    for i in range(3):
+        ref = kernels.attend(q[i : i + 1], k[one[i]], v[one[i]], torch.empty(0, dtype=torch.bool), [7, 20, 64][i], 0.5)
+        assert torch.equal(got[i : i + 1], ref)

@@ -2,6 +2,7 @@
 
     pytest models/demos/speculative_decoding/speculative_demo.py --n_draft_tokens 4
     pytest models/demos/speculative_decoding/speculative_demo.py -k prompt-lookup --max_generated_tokens 128
+    pytest models/demos/speculative_decoding/speculative_demo.py -k batch-8      # many users at once
     CI=true pytest models/demos/speculative_decoding/speculative_demo.py     # the ci-* ids only
 
 Each configuration loads the target (and its draft), runs target-only greedy decoding and the
@@ -9,6 +10,11 @@ speculative method interleaved prompt by prompt, prints every iteration, the tex
 summary, then fails if any output differs from target-only decoding (fp32: token for token;
 bf16: only at a near-tie), if target-only output differs from its golden, or if a metric leaves
 its band in perf_targets.yaml (gate.py).
+
+The batch-* and cb-* ids (test_batched_demo) decode the prompts, cycled to fill the rows, in
+static batches or with continuous batching, by target-only and by the method, and target-only
+one prompt at a time: every row must equal its solo run, and the log shows per iteration
+`@ X tok/s/user (Y tok/s throughput)` as tt-metal's demos do.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from loguru import logger
 from models.common.correctness import compare, first_divergence
 from models.common.errors import UserError
 from models.common.metrics import Iteration, summarize
+from models.speculative.generator import BatchIteration, BatchResult
 from models.demos.speculative_decoding.gate import Gate
 from models.common.prompts import load_prompts
 from models.speculative.engine import Engine, RunConfig
@@ -58,6 +65,7 @@ def demo_config(request, mesh_device, params: dict) -> RunConfig:
         max_seq_len=values["max_seq_len"],
         max_generated_tokens=values["max_generated_tokens"],
         batch_size=values["batch_size"],
+        full_batch_size=values.get("full_batch_size"),
         instruct=bool(values["instruct"]),
         device=str(mesh_device.torch_device),
         dtype=str(mesh_device.dtype).removeprefix("torch."),
@@ -74,7 +82,8 @@ def log_block(title: str, rows: dict) -> None:
 def case_id(request) -> str:
     """This run's id among CASES (the longest one its full parametrized id starts with)."""
     full = request.node.callspec.id
-    return max((c.id for c in CASES if full == c.id or full.startswith(c.id + "-")), key=len, default=full)
+    ids = [c.id for c in CASES + BATCH_CASES]
+    return max((i for i in ids if full == i or full.startswith(i + "-")), key=len, default=full)
 
 
 def case(id: str, method: str, k: int, tokens: int, prompts: str, *, draft_layers: int | None = None,
@@ -246,5 +255,133 @@ def test_speculative_demo(
         "target-only output differs from its golden (the model, kernels or weights changed; "
         "re-baseline with --update_perf_targets if intended): " + "; ".join(golden_failures)
     )
+    missed = [v.describe() for v in verdicts or [] if not v.ok]
+    assert not missed, "perf target missed: " + "; ".join(missed)
+
+
+def batch_case(id: str, method: str, k: int, tokens: int, prompts: str, *, batch_size: int = 1,
+               full_batch_size: int | None = None, tree: tuple | None = None, ci: bool = False):
+    """One batched demo parametrization: static batches of batch_size, or continuous batching
+    over full_batch_size rows (then twice as many prompts as rows, so rows are reused)."""
+    return pytest.param(method, k, tokens, prompts, batch_size, full_batch_size, tree, id=id,
+                        marks=[pytest.mark.ci] if ci else [])
+
+
+BATCH_CASES = [
+    batch_case("batch-8-target", "target", 0, 64, DEFAULT_PROMPTS, batch_size=8),
+    batch_case("batch-8-prompt-lookup-copying", "prompt_lookup", 4, 64, LOOKUP_PROMPTS, batch_size=8),
+    batch_case("batch-8-tree-eagle", "eagle", 4, 64, DEFAULT_PROMPTS, batch_size=8, tree=(4, 16, None)),
+    batch_case("cb-8-prompt-lookup-copying", "prompt_lookup", 4, 64, LOOKUP_PROMPTS, full_batch_size=8),
+    batch_case("ci-batch-4-prompt-lookup-copying", "prompt_lookup", 4, 32, LOOKUP_PROMPTS, batch_size=4, ci=True),
+]
+
+
+def fill_rows(encoded: list[list[int]], rows: int, continuous: bool) -> list[list[int]]:
+    """The prompts cycled to fill every row (twice over with continuous batching)."""
+    n = max(len(encoded), 2 * rows if continuous else rows)
+    return [encoded[i % len(encoded)] for i in range(n)]
+
+
+def log_batch_iteration(n: int, it: BatchIteration) -> None:
+    logger.info(f"Iteration {n}: {it.seconds * 1e3:.1f} ms @ {it.tokens_per_s_per_user:.1f} tok/s/user "
+                f"({it.throughput:.1f} tok/s throughput), {len(it.rows)} rows")
+
+
+@pytest.mark.demo
+@pytest.mark.parametrize("device_params", [{"trace": True}], indirect=True)
+@pytest.mark.parametrize("mesh_device", [None], indirect=True)
+@pytest.mark.parametrize(
+    "method, n_draft_tokens, max_generated_tokens, input_prompts, batch_size, full_batch_size, tree", BATCH_CASES
+)
+def test_batched_demo(
+    request, mesh_device, device_params, method, n_draft_tokens, max_generated_tokens, input_prompts, batch_size,
+    full_batch_size, tree,
+):
+    tree_topk, tree_budget, proposers = tree or (1, None, None)
+    params = dict(
+        method=method, n_draft_tokens=max(n_draft_tokens, 1), draft_layers=None,
+        tree_topk=tree_topk, tree_depth=None, tree_budget=tree_budget, proposers=proposers,
+        max_generated_tokens=max_generated_tokens, target_layers=None, max_ngram_size=3,
+        max_seq_len=1024, batch_size=batch_size, full_batch_size=full_batch_size, instruct=1,
+        input_prompts=input_prompts, temperature=0.0, verify=None, seed=0, top_k=0, top_p=1.0,
+    )
+    gate = Gate.from_request(request)
+    try:
+        config, prompts_file = demo_config(request, mesh_device, params)
+        config.validate()
+        targets = gate.load_targets()
+        prompts = load_prompts(resolve_prompts_path(prompts_file))
+        engine = Engine(config, mesh_device)
+        distinct = engine.encode(prompts)
+    except UserError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    continuous = config.full_batch_size is not None
+    encoded = fill_rows(distinct, config.rows, continuous)
+    log_block("configuration", {
+        **{k: v for k, v in config.describe().items() if k not in ("device", "dtype")},
+        "input_prompts": f"{prompts_file} ({len(distinct)} prompts, cycled to {len(encoded)})",
+        "device": mesh_device.describe(),
+        "batching": (f"continuous, {config.full_batch_size} rows" if continuous
+                     else f"static batches of {config.batch_size}"),
+        "proposer": engine.proposer.describe() if engine.proposer else "none (target only)",
+    })
+
+    engine.warm_up(encoded[0])
+    logger.info("--- target-only, one prompt at a time (the reference) ---")
+    solo = [engine.run(ids, baseline=True, prompt_index=i) for i, ids in enumerate(encoded)]
+    solo_seconds = sum(r.stats.ttft_s + r.stats.decode_seconds for r in solo)
+    logger.info("--- target-only, batched ---")
+    base: BatchResult = engine.run_batch(encoded, baseline=True, on_iteration=log_batch_iteration)
+    spec: BatchResult = base
+    if engine.proposer is not None:
+        logger.info(f"--- {config.method}, batched ---")
+        spec = engine.run_batch(encoded, on_iteration=log_batch_iteration)
+
+    exact = mesh_device.dtype.itemsize == 4
+    bad = []
+    for which, result in (("batched target-only", base), (f"batched {config.method}", spec)):
+        for i, (ids, got, want) in enumerate(zip(encoded, result.results, solo)):
+            comparison = compare(want.tokens, got.tokens, exact=exact,
+                                 margin_at=lambda prefix, ids=ids: engine.top2_margin_after(ids, prefix))
+            if not comparison.ok:
+                bad.append(f"{which}, prompt {i}: {comparison.describe()}")
+    for i, r in enumerate(spec.results[: len(distinct)]):
+        logger.info(f"--- prompt {i} output ---\n{engine.tokenizer.decode(r.tokens)}")
+
+    summary = summarize([r.stats for r in spec.results])
+    per_row = [summarize([r.stats])["mean_accepted_tokens"] for r in spec.results]
+    speedup = base.seconds / spec.seconds
+    batch_speedup = base.throughput_tokens_per_s / (sum(r.stats.generated_tokens for r in solo) / solo_seconds)
+    ttfts = [r.stats.ttft_s * 1e3 for r in spec.results]
+    log_block(f"summary: {config.method}, {len(encoded)} prompts in rows of {config.rows}, {mesh_device.describe()}", {
+        "throughput": (f"{spec.throughput_tokens_per_s:.1f} tok/s (batched target-only "
+                       f"{base.throughput_tokens_per_s:.1f}, one at a time {sum(r.stats.generated_tokens for r in solo) / solo_seconds:.1f})"),
+        "tok/s/user": f"{summary['e2e_tokens_per_s']:.1f}",
+        "TTFT per request": f"mean {sum(ttfts) / len(ttfts):.1f} ms, max {max(ttfts):.1f} ms",
+        "target calls (batched)": f"{len(spec.iterations)} (target-only: {len(base.iterations)}; rows decoded: "
+                                  f"{summary['target_calls']})",
+        "acceptance rate": f"{summary['acceptance_rate']:.3f}",
+        "mean accepted tokens / row per call": f"{summary['mean_accepted_tokens']:.3f} (per row: "
+                                               + " ".join(f"{t:.2f}" for t in per_row) + ")",
+        "speedup over batched target-only": f"{speedup:.2f}x",
+        "batched target-only over one at a time": f"{batch_speedup:.2f}x",
+    })
+
+    measured = {
+        "acceptance_rate": summary["acceptance_rate"], "mean_accepted_tokens": summary["mean_accepted_tokens"],
+        "target_calls": summary["target_calls"], "speedup": speedup, "batch_speedup": batch_speedup,
+        "throughput_tokens_per_s": spec.throughput_tokens_per_s,
+    }
+    key = {"device": mesh_device.sku, "mesh": mesh_device.mesh, "dtype": str(mesh_device.dtype).removeprefix("torch."),
+           "config": {**config.describe(), "input_prompts": prompts_file}}
+    golden_failures = gate.golden_outputs(
+        key, [r.tokens for r in solo[: len(distinct)]], exact=exact, allow_update=not bad,
+        margin_at=lambda i, prefix: engine.top2_margin_after(encoded[i], prefix),
+        describe_token=lambda t: repr(engine.tokenizer.decode([t])),
+    )
+    verdicts = gate.perf(targets, case_id(request), key, measured, allow_update=not bad)
+    gate.record(key, measured, verdicts, timed_runs=1, correct=not bad, golden_ok=not golden_failures)
+    assert not bad, "a batched output differs from its prompt decoded alone: " + "; ".join(bad)
+    assert not golden_failures, "target-only output differs from its golden: " + "; ".join(golden_failures)
     missed = [v.describe() for v in verdicts or [] if not v.ok]
     assert not missed, "perf target missed: " + "; ".join(missed)

@@ -7,6 +7,7 @@ its method name, so adding a way of drafting is one new file in this package.
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,11 @@ class Proposer(abc.ABC):
 
     def forget(self) -> None:
         """Drop what earlier sequences taught (after a warm-up, so that it cannot help timed runs)."""
+
+    def fork(self) -> Proposer:
+        """A proposer for another sequence decoded at the same time (a row of a batch): it
+        shares the models and what is learnt across sequences, never one sequence's state."""
+        return copy.copy(self)
 
     @abc.abstractmethod
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:

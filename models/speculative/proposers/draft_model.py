@@ -61,6 +61,11 @@ class DraftModelProposer(Proposer):
         self.cache.reset()
         self._context = 0
 
+    def fork(self) -> Proposer:
+        twin = super().fork()
+        twin.cache = None  # its own draft cache, allocated at its first sequence
+        return twin
+
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         self.cache.rollback(self._context)
         pending = torch.tensor(ctx.tokens[self._context :], dtype=torch.int64, device=self.model.device)

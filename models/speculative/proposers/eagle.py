@@ -36,6 +36,11 @@ class EagleProposer(Proposer):
         self.cache.reset()
         self.real = 0
 
+    def fork(self) -> Proposer:
+        twin = super().fork()
+        twin.cache = None  # its own draft cache, allocated at its first sequence
+        return twin
+
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         features, ctx.target_hidden = ctx.target_hidden, None
         layer = self.head.layer

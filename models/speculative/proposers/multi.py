@@ -30,6 +30,9 @@ class MultiProposer(Proposer):
         for p in self.proposers:
             p.forget()
 
+    def fork(self) -> Proposer:
+        return MultiProposer([p.fork() for p in self.proposers])
+
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         hidden, ctx.target_hidden = ctx.target_hidden, None
         share = -(-spec.budget // len(self.proposers))

@@ -90,18 +90,28 @@ class SuffixProposer(Proposer):
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = device
-        self.history = np.empty(0, dtype=np.int64)  # earlier sequences, each followed by SEPARATOR
+        # earlier sequences, each followed by SEPARATOR; one list shared by the forks of a batch
+        self._history = [np.empty(0, dtype=np.int64)]
         self._current: list[int] | None = None
+
+    @property
+    def history(self) -> np.ndarray:
+        return self._history[0]
 
     def start(self, prompt: list[int], target_cache) -> None:
         if self._current is not None:  # the sequence that just ended joins the corpus
             done = np.asarray(self._current + [SEPARATOR], dtype=np.int64)
-            self.history = np.concatenate([self.history, done])[-MAX_CORPUS_TOKENS:]
+            self._history[0] = np.concatenate([self.history, done])[-MAX_CORPUS_TOKENS:]
         self._current = None
 
     def forget(self) -> None:
-        self.history = np.empty(0, dtype=np.int64)
+        self._history[0] = np.empty(0, dtype=np.int64)
         self._current = None
+
+    def fork(self) -> Proposer:
+        twin = super().fork()  # shares _history
+        twin._current = None
+        return twin
 
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         self._current = ctx.tokens  # the generator extends this list in place

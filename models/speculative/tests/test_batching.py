@@ -1,0 +1,153 @@
+"""Batches: every row's output equals the same prompt decoded alone, for target-only decoding and
+every method (chains and trees, greedy and coupled sampling), in static batches and continuous
+batching, through one target call per iteration."""
+
+import pytest
+import torch
+
+from models.common.cpu_kernels import skinny_kernels
+from models.common.errors import UserError
+from models.common.metrics import summarize
+from models.llama.model import RowBlock
+from models.llama.weights import load_model
+from models.speculative.engine import Engine, RunConfig
+from models.speculative.tests.test_sampling_e2e import speculators  # noqa: F401  (tiny eagle / multi_projection heads)
+
+MODEL = "random:tiny-llama"
+# unequal lengths, one that copies itself (accepted drafts) and one that does not
+PROMPTS = [
+    [1, *(b + 3 for b in b"the cat sat on the mat. the cat sat on the")],
+    [1, *(b + 3 for b in b"zq")],
+    [1, *(b + 3 for b in b"abc abc abc abc ab")],
+    [1, *(b + 3 for b in b"0123456789 0123456789 01234")],
+    [1, *(b + 3 for b in b"a longer prompt than the others, with a comma")],
+]
+MAX_NEW = 24
+
+
+def config(**kw) -> RunConfig:
+    base = dict(model=MODEL, instruct=False, max_generated_tokens=MAX_NEW, max_seq_len=128)
+    return RunConfig(**{**base, **kw})
+
+
+def solo_target_only(**kw) -> list[list[int]]:
+    engine = Engine(config(method="target", **kw))
+    return [engine.run(p, prompt_index=i).tokens for i, p in enumerate(PROMPTS)]
+
+
+METHODS = {
+    "target": dict(method="target"),
+    "draft_model": dict(method="draft_model", draft_layers=3, n_draft_tokens=3),
+    "draft_model_tree": dict(method="draft_model", draft_layers=3, tree_topk=2, tree_budget=6),
+    "self_draft": dict(method="self_draft", draft_layers=2, n_draft_tokens=2),
+    "prompt_lookup": dict(method="prompt_lookup", n_draft_tokens=4),
+    "prompt_lookup_tree": dict(method="prompt_lookup", n_draft_tokens=4, tree_topk=3, tree_budget=8),
+    "suffix": dict(method="suffix", n_draft_tokens=4, tree_topk=3, tree_budget=8),
+    "eagle_tree": dict(method="eagle", target_layers=1, speculator="eagle", tree_topk=2, tree_budget=6),
+    "multi_projection": dict(method="multi_projection", speculator="multi_projection", n_draft_tokens=3),
+    "multi": dict(method="multi", proposers="multi_projection,prompt_lookup", speculator="multi_projection",
+                  tree_topk=2, tree_budget=8),
+}
+
+
+def options(name: str, speculators) -> dict:
+    opts = dict(METHODS[name])
+    if "speculator" in opts:
+        opts["speculator"] = speculators[opts["speculator"]]
+    return opts
+
+
+@pytest.fixture(scope="module")
+def references() -> dict:
+    return {layers: solo_target_only(target_layers=layers) for layers in (None, 1)}
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("batching", [dict(batch_size=2), dict(batch_size=8), dict(full_batch_size=3)],
+                         ids=["static-2", "static-8", "continuous-3"])
+def test_batched_rows_equal_solo_target_only(name, batching, speculators, references):
+    opts = options(name, speculators)
+    engine = Engine(config(**opts, **batching))
+    result = engine.run_batch(PROMPTS)
+    expected = references[opts.get("target_layers")]
+    assert [r.tokens for r in result.results] == expected
+    rows = engine.config.rows
+    calls = len(result.iterations)
+    assert all(len(it.rows) <= rows for it in result.iterations)
+    # one target call per iteration for every active row: fewer calls than decoding them one by one
+    solo_calls = summarize([r.stats for r in result.results])["target_calls"]
+    assert calls < solo_calls or rows == 1
+    assert result.generated_tokens == sum(len(t) for t in expected)
+
+
+def test_coupled_sampling_rows_equal_solo_coupled_target_only(speculators):
+    sampling = dict(temperature=0.8, top_k=8, seed=3, verify="coupled")
+    expected = solo_target_only(**sampling)
+    for opts in (METHODS["target"], METHODS["draft_model_tree"], METHODS["prompt_lookup"]):
+        engine = Engine(config(**opts, **sampling, batch_size=3))
+        assert [r.tokens for r in engine.run_batch(PROMPTS).results] == expected, opts
+    assert expected != solo_target_only()  # sampling did change the outputs
+
+
+def test_a_prompt_joins_a_freed_row_mid_run():
+    """Continuous batching: prompt 2 takes the row prompt 0 frees while prompt 1 is half done;
+    every output equals its solo run, in input order."""
+    engine = Engine(config(method="prompt_lookup", full_batch_size=2))
+    caps = [3, 20, 12, 5]
+    prompts = PROMPTS[:4]
+    result = engine.generator.generate_batch(prompts, caps, 2, continuous=True)
+    solo = [engine.generator.generate(p, cap, prompt_index=i).tokens for i, (p, cap) in enumerate(zip(prompts, caps))]
+    assert [r.tokens for r in result.results] == solo
+    assert [len(r.tokens) for r in result.results] == caps
+    joined = next(i for i, it in enumerate(result.iterations) if 2 in it.rows)
+    assert 1 in result.iterations[joined].rows and joined > 0  # prompt 1 was mid-run beside it
+    assert 1 in result.iterations[joined - 1].rows and 0 in result.iterations[joined - 1].rows
+    static = engine.generator.generate_batch(prompts, caps, 2, continuous=False)
+    assert [r.tokens for r in static.results] == solo
+    assert len(result.iterations) < len(static.iterations)  # no row idles until its batch ends
+
+
+def test_fewer_prompts_than_the_batch_and_a_one_token_cap():
+    engine = Engine(config(method="prompt_lookup", batch_size=8))
+    result = engine.generator.generate_batch(PROMPTS[:3], [1, 4, 1], 8)
+    assert [len(r.tokens) for r in result.results] == [1, 4, 1]
+    assert engine.generator._batch_cache.batch_size == 3  # sized by the rows used
+
+
+@pytest.mark.skipif(skinny_kernels() is None, reason="the batch-invariant CPU kernels are not available here")
+def test_forward_rows_equals_one_sequence_forward_bit_for_bit():
+    """The model level: three sequences' blocks (a chain, a tree, a decode step) in one flat call
+    give each the logits it gets alone."""
+    model = load_model(MODEL + ":5").model
+    torch.manual_seed(0)
+    prompts = [torch.randint(3, 300, (1, n)) for n in (7, 12, 4)]
+    blocks = [torch.randint(3, 300, (1, n)) for n in (4, 5, 1)]
+    tree = (torch.tensor([0, 1, 1, 1, 2]), torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0],
+                                                         [1, 0, 0, 1, 0], [1, 1, 0, 0, 1]], dtype=torch.bool))
+    shapes = [{}, {"positions": None, "tree_mask": tree[1]}, {}]
+    alone = []
+    for prompt, block, shape in zip(prompts, blocks, shapes):
+        cache = model.new_cache(64)
+        model(prompt, cache, 0)
+        if shape:
+            shape = {"positions": tree[0] + cache.length, "tree_mask": tree[1]}
+        alone.append(model(block, cache, cache.length, **shape)[0])
+    batch = model.new_cache(64, batch_size=4)
+    rows = [batch.row(b) for b in (3, 0, 2)]
+    for prompt, row in zip(prompts, rows):
+        model(prompt, row, 0)
+    row_blocks = [RowBlock(rows[0], 4), RowBlock(rows[1], 5, tree[0] + rows[1].length, tree[1]), RowBlock(rows[2], 1)]
+    logits = model.forward_rows(torch.cat([b[0] for b in blocks]), row_blocks, batch)
+    assert torch.equal(logits, torch.cat(alone))
+    assert [r.length for r in rows] == [11, 17, 5]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(batch_size=0), "--batch_size must be >= 1, got 0"),
+    (dict(full_batch_size=0), "--full_batch_size must be >= 1, got 0"),
+    (dict(full_batch_size=4, batch_size=2), "exclude each other"),
+    (dict(batch_size=4, method="eagle", tree_topk=2, tree_budget="auto"), "with a batch give a number of nodes"),
+])
+def test_bad_batch_options_are_one_line(kw, message):
+    with pytest.raises(UserError, match=message):
+        config(**kw).validate()
