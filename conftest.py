@@ -22,6 +22,7 @@ DEMO_OPTIONS = {
     "--max_seq_len": (int, "KV cache length"),
     "--batch_size": (int, "static batches: prompts decoded together (batch-* ids; 1 elsewhere)"),
     "--full_batch_size": (int, "continuous batching: rows kept busy (cb-* ids)"),
+    "--batch_drafts": (str, "with a batch: auto (the drafts that pay for their rows) or all"),
     "--max_generated_tokens": (int, "new tokens per prompt"),
     "--n_draft_tokens": (int, "draft tokens verified per target call (k)"),
     "--draft_layers": (int, "self_draft: target layers used to draft; draft_model: the draft's layers"),

@@ -33,7 +33,7 @@ from models.common.cli import ArgumentParser, bool01, check_writable, run_cli, t
 from models.common.device import requested_device_name
 from models.common.metrics import summarize
 from models.common.prompts import load_prompts
-from models.speculative.engine import METHODS, Engine, RunConfig
+from models.speculative.engine import BATCH_DRAFTS, METHODS, Engine, RunConfig
 from models.speculative.generator import BatchIteration, BatchResult
 from models.speculative.sampling import VERIFY_MODES
 
@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None):
                    help="static batches: this many prompts decoded together, the next ones when all are done")
     p.add_argument("--full_batch_size", type=int, default=None,
                    help="continuous batching with this many rows: a finished row takes the next prompt at once")
+    p.add_argument("--batch_drafts", default=d.batch_drafts, choices=BATCH_DRAFTS,
+                   help="with a batch: auto (default) verifies the drafts whose expected tokens pay for their rows "
+                        "(from this device's measured verify cost), all verifies every draft")
     p.add_argument("--instruct", type=bool01, default=d.instruct, help="1: apply the chat template")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 (default): greedy; > 0: sampling")
     p.add_argument("--top_k", type=int, default=d.top_k, help="sample from the k most likely tokens (0: off)")
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         tree_topk=args.tree_topk, tree_depth=args.tree_depth, tree_budget=args.tree_budget, proposers=args.proposers,
         prefill_seq_len=args.prefill_seq_len,
         max_generated_tokens=args.max_generated_tokens, batch_size=args.batch_size,
-        full_batch_size=args.full_batch_size,
+        full_batch_size=args.full_batch_size, batch_drafts=args.batch_drafts,
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, verify=args.verify,
     )

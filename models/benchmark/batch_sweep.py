@@ -144,7 +144,8 @@ def summary_markdown(rows: list[BatchRow], meta: dict) -> str:
     lines = [
         f"# Throughput by batch size ({kind})", "",
         f"`{meta['command']}`", "",
-        f"{meta['device']} ({meta['cpu']}, {meta['cpu_count']} cores), {meta['model']}, {len(meta['prompts'])} prompts, "
+        f"{meta['device']} ({meta['cpu']}, {meta['cpu_count']} cores), {meta['model']}, "
+        f"{len(meta['prompts'])} prompts, "
         f"{rows[0].generated_tokens if rows else 0} tokens by target-only; started {meta['started']}.", "",
         "Throughput in tok/s (all rows together); in brackets the speedup over target-only at the same B.", "",
         "| configuration | " + " | ".join(f"B={b}" for b in sizes) + " | crossover |",
@@ -161,7 +162,8 @@ def summary_markdown(rows: list[BatchRow], meta: dict) -> str:
             t = by.get((target_id, b))
             ratio = f" ({r.throughput_tokens_per_s / t.throughput_tokens_per_s:.2f}x)" if t and cid != target_id else ""
             cells.append(f"{r.throughput_tokens_per_s:.1f}{ratio}")
-        cross = "" if cid == target_id else (f"B={crossover(rows, cid)}" if crossover(rows, cid) else f"none up to {sizes[-1]}")
+        at = crossover(rows, cid)
+        cross = "" if cid == target_id else (f"B={at}" if at else f"none up to {sizes[-1]}")
         lines.append(f"| {label[cid]} | " + " | ".join(cells) + f" | {cross} |")
     lines += ["", "Per user (tok/s per row, prefill included), tau (tokens per row per target call), "
               "batched target calls:", "",
@@ -170,11 +172,21 @@ def summary_markdown(rows: list[BatchRow], meta: dict) -> str:
     for r in rows:
         lines.append(f"| {r.label} | {r.batch_size} | {r.tokens_per_s_per_user:.1f} | {r.mean_accepted_tokens:.2f} | "
                      f"{r.target_calls} | {r.ttft_s * 1e3:.0f} | {r.mismatches} |")
-    base = {r.batch_size: r.throughput_tokens_per_s for r in rows if r.config_id == target_id}
+    base = {r.batch_size: r for r in rows if r.config_id == target_id}
     if 1 in base:
+        one = base[1].throughput_tokens_per_s
         lines += ["", "Target-only throughput over batch 1: " + ", ".join(
-            f"B={b}: {base[b] / base[1]:.2f}x" for b in sizes if b in base)]
+            f"B={b}: {base[b].throughput_tokens_per_s / one:.2f}x" for b in sizes if b in base)]
+        lines += ["", "Target-only decode-phase throughput over batch 1 (tokens after each prompt's first over the "
+                  "time left after prefills, which run one prompt at a time): " + ", ".join(
+                      f"B={b}: {decode_rate(base[b]) / decode_rate(base[1]):.2f}x" for b in sizes if b in base)]
     return "\n".join(lines) + "\n"
+
+
+def decode_rate(row: BatchRow) -> float:
+    """Tokens after each prompt's first over the run's time less its prefills (TTFT per request)."""
+    decode_s = row.seconds - row.prompts * row.ttft_s
+    return (row.generated_tokens - row.prompts) / decode_s if decode_s > 0 else 0.0
 
 
 def write_summary(rows: list[BatchRow], meta: dict, output_dir: Path) -> str:

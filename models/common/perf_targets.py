@@ -31,11 +31,12 @@ MATCH_KEYS = (
     "model", "method", "n_draft_tokens", "draft_layers", "target_layers", "draft_model", "max_ngram_size",
     "max_generated_tokens", "input_prompts", "instruct", "speculator", "tree_topk", "tree_depth", "tree_budget",
     "proposers", "temperature", "top_k", "top_p", "seed", "verify", "batch_size", "full_batch_size",
+    "batch_drafts",
 )
 # Keys an entry may leave out: their default (a greedy chain, as before trees and sampling existed).
 DEFAULTS = {"tree_topk": 1, "tree_depth": None, "tree_budget": None, "proposers": None, "speculator": None,
             "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "verify": None,
-            "batch_size": 1, "full_batch_size": None}
+            "batch_size": 1, "full_batch_size": None, "batch_drafts": "auto"}
 
 GOLDEN, SPEED = "golden", "speed"
 # metric -> (kind, default tolerance for a new entry on cpu, on a GPU)

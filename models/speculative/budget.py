@@ -30,7 +30,7 @@ import torch
 from loguru import logger
 
 from models.common.cli import write_json_atomic
-from models.llama.model import Transformer
+from models.llama.model import RowBlock, Transformer
 
 CALIBRATION_CONTEXT = 256  # cached tokens while timing (a typical prompt)
 CALIBRATION_REPEATS = 5
@@ -66,23 +66,41 @@ class VerifyCost:
     def describe(self) -> str:
         return ", ".join(f"q={q}: {t * 1e3:.1f} ms" for q, t in zip(self.sizes, self.seconds))
 
+    def linear_fit(self) -> tuple[float, float]:
+        """(a, b) of the least-squares line a + b * q: the measured points' noise smoothed out,
+        so that a marginal row's cost never goes negative between two noisy sizes."""
+        n = len(self.sizes)
+        if n < 2:
+            return self.seconds[0], 0.0
+        mq, mt = sum(self.sizes) / n, sum(self.seconds) / n
+        var = sum((q - mq) ** 2 for q in self.sizes)
+        b = max(0.0, sum((q - mq) * (t - mt) for q, t in zip(self.sizes, self.seconds)) / var)
+        return mt - b * mq, b
+
 
 @torch.inference_mode()
-def measure_verify_cost(model: Transformer, max_rows: int) -> VerifyCost:
-    """Median time of a target pass over q rows after CALIBRATION_CONTEXT cached tokens."""
+def measure_verify_cost(model: Transformer, max_rows: int, sequences: bool = False) -> VerifyCost:
+    """Median time of a target pass over q rows after CALIBRATION_CONTEXT cached tokens: one
+    sequence's block of q rows, or (sequences) q sequences of one token each, a batch's decode step."""
     device = model.device
-    cache = model.new_cache(CALIBRATION_CONTEXT + max_rows)
-    model(torch.ones(1, CALIBRATION_CONTEXT, dtype=torch.int64, device=device), cache, 0, logits_for="none")
+    cache = model.new_cache(CALIBRATION_CONTEXT + max_rows, batch_size=max_rows if sequences else 1)
+    model(torch.ones(1, CALIBRATION_CONTEXT, dtype=torch.int64, device=device), cache.row(0), 0, logits_for="none")
+    cache.k[:, 1:], cache.v[:, 1:] = cache.k[:, :1], cache.v[:, :1]  # every sequence holds the same context
+    rows = [cache.row(b) for b in range(cache.batch_size)]
     seconds = {}
     for q in calibration_sizes(max_rows):
-        tokens = torch.ones(1, q, dtype=torch.int64, device=device)
         times = []
         for i in range(CALIBRATION_REPEATS + 1):
-            cache.length = CALIBRATION_CONTEXT
+            for row in rows:
+                row.length = CALIBRATION_CONTEXT
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            model(tokens, cache, CALIBRATION_CONTEXT)
+            if sequences:
+                blocks = [RowBlock(row, 1) for row in rows[:q]]
+                model.forward_rows(torch.ones(q, dtype=torch.int64, device=device), blocks, cache)
+            else:
+                model(torch.ones(1, q, dtype=torch.int64, device=device), rows[0], CALIBRATION_CONTEXT)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:  # the first is a warm-up
@@ -98,10 +116,11 @@ def _kernel_fingerprint() -> str:
 
 
 def cached_verify_cost(model: Transformer, model_name: str, device_name: str, max_rows: int,
-                       folder: Path) -> VerifyCost:
-    """The verify-cost curve for this device, model, dtype and kernel build, measured once."""
+                       folder: Path, sequences: bool = False) -> VerifyCost:
+    """The verify-cost curve (of one sequence's q rows, or of q sequences' decode step) for this
+    device, model, dtype and kernel build, measured once."""
     key = json.dumps([model_name, device_name, str(model.dtype), torch.__version__, _kernel_fingerprint(),
-                      max_rows, CALIBRATION_CONTEXT])
+                      max_rows, CALIBRATION_CONTEXT] + (["sequences"] if sequences else []))
     path = folder / f"verify_cost-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.is_file():
         try:
@@ -109,8 +128,9 @@ def cached_verify_cost(model: Transformer, model_name: str, device_name: str, ma
             return VerifyCost({int(q): float(t) for q, t in data["seconds"].items()})
         except (ValueError, KeyError, TypeError):
             logger.warning(f"ignoring an unreadable verify-cost cache {path}")
-    logger.info(f"--tree_budget auto: measuring this device's verify cost for 1..{max_rows} rows (once, cached)")
-    cost = measure_verify_cost(model, max_rows)
+    what = "sequences' decode step" if sequences else "rows"
+    logger.info(f"measuring this device's verify cost for 1..{max_rows} {what} (once, cached)")
+    cost = measure_verify_cost(model, max_rows, sequences)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"key": json.loads(key), "seconds": {str(q): t for q, t in zip(cost.sizes, cost.seconds)}})
     logger.info(f"verify cost: {cost.describe()} -> {path}")

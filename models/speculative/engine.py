@@ -19,6 +19,7 @@ from models.llama.kv_cache import cache_bytes_per_token
 from models.llama.trace import TracedModel
 from models.llama.weights import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
 from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
+from models.speculative.batch_budget import BatchCost
 from models.speculative.budget import AutoBudget, cached_verify_cost
 from models.speculative.generator import BatchResult, GenerationResult, Generator
 from models.speculative.proposers.base import REGISTRY, BuildContext, Proposer
@@ -30,6 +31,8 @@ METHODS = (TARGET, *REGISTRY)
 MAX_TREE_NODES = 63  # the verify block (nodes + root) must fit the CPU kernels' row limit
 DEFAULT_TREE_BUDGET = {"cpu": 16, "cuda": 32}  # nodes per target call for --tree_topk > 1
 AUTO = "auto"
+BATCH_DRAFTS = (AUTO, "all")
+BATCH_COST_ROWS = 64  # one sequence's verify cost, whose slope prices a batch's draft row, up to this many rows
 
 
 @dataclasses.dataclass
@@ -51,6 +54,7 @@ class RunConfig:
     max_generated_tokens: int = 128
     batch_size: int = 1  # static batches of this many prompts
     full_batch_size: int | None = None  # continuous batching with this many rows
+    batch_drafts: str = "auto"  # batches: verify the drafts that pay for their rows (auto) or all of them
     instruct: bool = True
     device: str = "cpu"
     dtype: str | None = None
@@ -102,6 +106,8 @@ class RunConfig:
             if self.batch_size > 1:
                 raise UserError(f"--full_batch_size {self.full_batch_size} (continuous batching) and --batch_size "
                                 f"{self.batch_size} (static batches) exclude each other; give one")
+        if self.batch_drafts not in BATCH_DRAFTS:
+            raise UserError(f"unknown --batch_drafts {self.batch_drafts!r}; choose from {', '.join(BATCH_DRAFTS)}")
         if self.rows > 1 and self.tree_budget == AUTO:
             raise UserError("--tree_budget auto tunes one sequence's trees; with a batch give a number of nodes")
 
@@ -175,6 +181,11 @@ class Engine:
             cost = cached_verify_cost(self.target.model, config.model, self.device.describe(),
                                       self.spec.budget + 1, cache_dir())
             self.generator.auto_budget = AutoBudget(cost, self.spec.budget)
+        if config.rows > 1 and config.batch_drafts == AUTO and self.proposer is not None:
+            measured = [cached_verify_cost(self.target.model, config.model, self.device.describe(), n, cache_dir(),
+                                           sequences=sequences)
+                        for n, sequences in ((config.rows, True), (BATCH_COST_ROWS, False))]
+            self.generator.batch_cost = BatchCost(*measured)
         self._baseline: Generator | None = None
 
     def _check_caches_fit(self, uses_baseline: bool) -> None:

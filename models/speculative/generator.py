@@ -37,6 +37,7 @@ from models.common.errors import UserError
 from models.common.metrics import Iteration, SequenceStats
 from models.llama.kv_cache import KVCache
 from models.llama.model import RowBlock, Transformer
+from models.speculative.batch_budget import BatchCost, RowHistory, nodes_to_verify
 from models.speculative.budget import AutoBudget
 from models.speculative.proposers.base import Proposer, ProposerContext
 from models.speculative.sampling import (
@@ -106,6 +107,7 @@ class _Sequence:
     ctx: ProposerContext
     stats: SequenceStats
     out: list[int]
+    history: RowHistory = dataclasses.field(default_factory=RowHistory)  # acceptance by budget (batches)
     # this iteration's draft
     tree: DraftTree | None = None
     budget: int = 0
@@ -150,6 +152,7 @@ class Generator:
         self._batch_cache: KVCache | None = None  # a batch's, sized by it
         self._row_proposers: list[Proposer] = []  # a batch row's proposer beyond row 0's
         self.auto_budget: AutoBudget | None = None  # set for --tree_budget auto
+        self.batch_cost: BatchCost | None = None  # set for --batch_drafts auto: batches verify what pays
         self.sampling = sampling or SamplingParams()
         self.verify = GREEDY if self.sampling.is_greedy else (verify or REJECTION)
 
@@ -220,20 +223,26 @@ class Generator:
     def _done(self, seq: _Sequence) -> bool:
         return seq.out[-1] in self.eos or len(seq.out) >= seq.max_new_tokens
 
-    def _draft(self, seq: _Sequence) -> None:
-        """The proposer's tree for this iteration (no deeper than the tokens left allow; the
-        target's own token always fits) and the node budget it was given."""
+    def _draft_spec(self, seq: _Sequence) -> TreeSpec | None:
+        """The tree this iteration may draft: no deeper than the tokens left allow (the
+        target's own token always fits); None when nothing is drafted."""
+        remaining = seq.max_new_tokens - len(seq.out)
+        if seq.proposer is None or remaining < 2:
+            return None
+        spec = self.spec.capped(remaining - 1)
+        if self.auto_budget is not None:
+            spec = dataclasses.replace(spec, budget=min(spec.budget, self.auto_budget.next_budget()))
+        return spec
+
+    def _draft(self, seq: _Sequence, spec: TreeSpec | None) -> None:
+        """The proposer's tree within spec (none: an empty tree) and the node budget it was given."""
         t0 = time.perf_counter()
         device = self.target.device
-        remaining = seq.max_new_tokens - len(seq.out)
         if seq.ctx.sampler is not None:
             seq.ctx.sampler.position = len(seq.tokens)
-        if seq.proposer is None or remaining < 2:
+        if spec is None or spec.budget < 1:
             seq.tree, seq.budget = DraftTree.empty(device), 0
         else:
-            spec = self.spec.capped(remaining - 1)
-            if self.auto_budget is not None:
-                spec = dataclasses.replace(spec, budget=min(spec.budget, self.auto_budget.next_budget()))
             seq.tree, seq.budget = seq.proposer.propose(seq.ctx, spec), spec.budget
             synchronize(device)
         seq.t_draft = time.perf_counter() - t0
@@ -280,6 +289,8 @@ class Generator:
         )
         if self.auto_budget is not None and tree.n_nodes:
             self.auto_budget.observe(acceptance.path, seq.budget, it.seconds)
+        if tree.n_nodes:
+            seq.history.observe(acceptance.path, tree.n_nodes)
         seq.stats.iterations.append(it)
         return it
 
@@ -297,7 +308,7 @@ class Generator:
         seq = self._begin(prompt, max_new_tokens, prompt_index, self.cache, self.proposer)
         while not self._done(seq):
             t_iter = time.perf_counter()
-            self._draft(seq)
+            self._draft(seq, self._draft_spec(seq))
             block, shape = self._block(seq)
             start = seq.cache.length
             logits, hidden = self._forward(seq.cache, block.view(1, -1), start, "all", **shape)
@@ -372,8 +383,14 @@ class Generator:
             if not active:
                 continue
             t_iter = time.perf_counter()
-            for seq in active:
-                self._draft(seq)
+            specs = [self._draft_spec(seq) for seq in active]
+            if self.batch_cost is not None:  # only the drafts whose expected tokens pay for their rows
+                sizes = [0 if spec is None else spec.budget for spec in specs]
+                cost = self.batch_cost
+                allowed = nodes_to_verify(sizes, [s.history for s in active], cost.steps(len(active)), cost.per_row)
+                specs = [None if spec is None else spec.limited(n) for spec, n in zip(specs, allowed)]
+            for seq, spec in zip(active, specs):
+                self._draft(seq, spec)
             blocks = [self._block(seq) for seq in active]
             starts = [seq.cache.length for seq in active]
             tokens = torch.cat([block for block, _ in blocks])

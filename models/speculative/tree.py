@@ -33,6 +33,11 @@ class TreeSpec:
         budget = self.budget if self.topk > 1 else min(self.budget, depth)
         return dataclasses.replace(self, depth=depth, budget=budget)
 
+    def limited(self, budget: int) -> TreeSpec:
+        """At most `budget` nodes: a chain that much shorter, a tree with fewer nodes."""
+        budget = min(self.budget, budget)
+        return dataclasses.replace(self, budget=budget, depth=min(self.depth, budget) if self.is_chain else self.depth)
+
     @property
     def is_chain(self) -> bool:
         return self.topk == 1

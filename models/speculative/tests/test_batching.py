@@ -10,6 +10,8 @@ from models.common.errors import UserError
 from models.common.metrics import summarize
 from models.llama.model import RowBlock
 from models.llama.weights import load_model
+from models.speculative.batch_budget import EXPLORE_EVERY, BatchCost, RowHistory, nodes_to_verify
+from models.speculative.budget import VerifyCost
 from models.speculative.engine import Engine, RunConfig
 from models.speculative.tests.test_sampling_e2e import speculators  # noqa: F401  (tiny eagle / multi_projection heads)
 
@@ -147,7 +149,56 @@ def test_forward_rows_equals_one_sequence_forward_bit_for_bit():
     (dict(full_batch_size=0), "--full_batch_size must be >= 1, got 0"),
     (dict(full_batch_size=4, batch_size=2), "exclude each other"),
     (dict(batch_size=4, method="eagle", tree_topk=2, tree_budget="auto"), "with a batch give a number of nodes"),
+    (dict(batch_size=4, batch_drafts="some"), "unknown --batch_drafts 'some'; choose from auto, all"),
 ])
 def test_bad_batch_options_are_one_line(kw, message):
     with pytest.raises(UserError, match=message):
         config(**kw).validate()
+
+
+def test_a_batch_drafts_only_what_pays_for_its_rows():
+    """Rows of 4-node chains, hand-built costs (a step of the rows, a draft row): a nearly free
+    row (memory-bound) keeps every node; a dearer one only nodes worth more than the rows they
+    add; a row as dear as the step's share of a token, none worth less than a whole token."""
+    sure, never = RowHistory(), RowHistory()
+    for _ in range(50):
+        sure.observe([0, 1, 2, 3], 4)  # every draft accepted
+        never.observe([], 4)  # none
+    assert sure.worth(1) > 0.95 and never.worth(1) < 0.05
+    assert nodes_to_verify([4, 4], [sure, never], 1.0, 0.0002) == [4, 4]
+    assert nodes_to_verify([4, 4], [sure, never], 1.0, 0.1) == [4, 0]  # worth ~0 does not pay
+    # a new sequence drafts on the prior: its first nodes (worth 0.6, 0.48) pay, the next (0.38, 0.31) not
+    assert nodes_to_verify([4, 4], [sure, RowHistory()], 1.0, 0.1) == [4, 2]
+    # a sequence whose first node is accepted tries a second it never verified
+    first = RowHistory()
+    for _ in range(10):
+        first.observe([0], 1)
+    assert first.worth(2) == pytest.approx(0.8 * first.worth(1)) and first.worth(1) > 0.9
+    # a row left without drafts tries one node every EXPLORE_EVERY iterations
+    bad, picks = RowHistory(), []
+    for _ in range(50):
+        bad.observe([], 4)
+    for _ in range(2 * EXPLORE_EVERY):
+        picks.append(nodes_to_verify([4], [bad], 1.0, 0.1)[0])
+        if picks[-1]:
+            bad.observe([], picks[-1])
+    assert picks == ([0] * (EXPLORE_EVERY - 1) + [1]) * 2
+    assert nodes_to_verify([4, 4], [sure, RowHistory()], 2.0, 1.0) == [0, 0]
+    assert nodes_to_verify([0, 4], [sure, sure], 1.0, 0.05) == [0, 4]
+    # nodes come best first across rows: the second row's nodes before the first row's third
+    half = RowHistory()
+    for _ in range(50):
+        half.observe([0, 1], 4)  # the first two accepted, never the last two
+    assert nodes_to_verify([4, 4], [half, sure], 1.0, 0.008) == [2, 4]
+
+
+def test_trimmed_batches_still_equal_solo_and_verify_fewer_drafts():
+    auto = Engine(config(**METHODS["prompt_lookup_tree"], batch_size=5))
+    every = Engine(config(**METHODS["prompt_lookup_tree"], batch_size=5, batch_drafts="all"))
+    assert auto.generator.batch_cost is not None and every.generator.batch_cost is None
+    # a draft row a twentieth of a step: dear enough that some drafts do not pay
+    auto.generator.batch_cost = BatchCost(VerifyCost({1: 1.0, 8: 1.0}), VerifyCost({1: 1.0, 21: 2.0}))
+    got = {name: e.run_batch(PROMPTS) for name, e in (("auto", auto), ("all", every))}
+    assert [r.tokens for r in got["auto"].results] == [r.tokens for r in got["all"].results]
+    proposed = {name: summarize([r.stats for r in g.results])["proposed_tokens"] for name, g in got.items()}
+    assert 0 < proposed["auto"] < proposed["all"]
