@@ -353,64 +353,10 @@ void attend_heads(const float* q, const float* kb, const float* vb, const bool* 
 
 }  // namespace
 
-// Attention of few query rows over the KV cache, fp32, batch-invariant: each (row, head) gets
-// its scores, max, softmax denominator and value sum in a fixed order over its visible slots,
-// whatever the other rows of the call are (see attend_heads). Work items are one row and up to
-// 3 query heads of one KV head, so each K and V row read serves all of them; items run KV head
-// by KV head so one head's cache stays in L2 across rows. q: [T, H, D]; k, v: [Hkv, S, D]
-// (S >= kv_len); mask: [T, kv_len] bool or empty (every slot < kv_len visible). Returns [T, H, D].
-torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor mask, int64_t kv_len,
-                     double scale) {
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "attend: shapes");
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
-              "attend: fp32 only");
-  q = q.contiguous();
-  TORCH_CHECK(k.is_contiguous() && v.is_contiguous(), "attend: cache must be contiguous");
-  const int64_t T = q.size(0), H = q.size(1), D = q.size(2), Hkv = k.size(0), S = k.size(1);
-  TORCH_CHECK(kv_len <= S && H % Hkv == 0 && D % 8 == 0 && v.size(0) == Hkv && v.size(1) == S &&
-                  k.size(2) == D && v.size(2) == D,
-              "attend: bad sizes");
-  const bool has_mask = mask.numel() > 0;
-  if (has_mask) TORCH_CHECK(mask.scalar_type() == at::kBool && mask.size(0) == T && mask.size(1) == kv_len &&
-                            mask.is_contiguous(), "attend: mask must be contiguous bool [T, kv_len]");
-  auto out = torch::empty({T, H, D}, q.options());
-  if (T == 0 || kv_len == 0) return out.fill_(NAN);
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  const bool* mp = has_mask ? mask.data_ptr<bool>() : nullptr;
-  float* op = out.data_ptr<float>();
-  const int64_t group = H / Hkv;
-  // Up to 3 heads per item; single heads when there are too few items to keep two threads busy
-  // (decode). The grouping never changes a (row, head)'s arithmetic.
-  const int64_t hb = T * Hkv >= 8 ? std::min<int64_t>(group, 3) : 1;
-  const int64_t chunks = (group + hb - 1) / hb;
-  const int64_t ldp = ((kv_len + 7) & ~int64_t(7)) + 8;
-  at::parallel_for(0, Hkv * T * chunks, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scratch(4 * ldp);  // 3 heads' scores, then softmax_row's packed numerators
-    float* scores = scratch.data();
-    float* packed = scores + 3 * ldp;
-    std::vector<int64_t> runs;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t kh = i / (T * chunks), t = (i / chunks) % T, c = i % chunks;
-      const int64_t h0 = kh * group + c * hb, r = std::min(hb, group - c * hb);
-      const float* qr = qp + (t * H + h0) * D;
-      const float* kb = kp + kh * S * D;
-      const float* vb = vp + kh * S * D;
-      const bool* vis = has_mask ? mp + t * kv_len : nullptr;
-      float* orow = op + (t * H + h0) * D;
-      const float sc = (float)scale;
-      switch (r) {
-        case 3: attend_heads<3>(qr, kb, vb, vis, kv_len, D, sc, scores, ldp, packed, runs, orow); break;
-        case 2: attend_heads<2>(qr, kb, vb, vis, kv_len, D, sc, scores, ldp, packed, runs, orow); break;
-        default: attend_heads<1>(qr, kb, vb, vis, kv_len, D, sc, scores, ldp, packed, runs, orow); break;
-      }
-    }
-  });
-  return out;
-}
-
-// Attention of several sequences' new tokens in one call (a batch in the flattened layout): token
+// Attention of several sequences' new tokens in one call (a batch in the flattened layout; one
+// sequence's rows are `attend` below). Work items are one token and up to 3 query heads of one
+// KV head, so each K and V row read serves all of them (single heads when there are too few items
+// to keep two threads busy: decode; the grouping never changes a (token, head)'s arithmetic). Token
 // t is a row of sequence rows[t], whose cache is k[rows[t]], v[rows[t]] ([B, Hkv, S, D]), and sees
 // its slots < kv_lens[t] under mask row t (mask: [N, W] bool with W >= every kv_len, or empty:
 // all of them). Each (token, head) runs attend_heads exactly as `attend` runs it for that
@@ -488,6 +434,23 @@ torch::Tensor attend_rows(torch::Tensor q, torch::Tensor k, torch::Tensor v, tor
     }
   });
   return out;
+}
+
+// Attention of few query rows over the KV cache, fp32, batch-invariant: each (row, head) gets
+// its scores, max, softmax denominator and value sum in a fixed order over its visible slots,
+// whatever the other rows of the call are (see attend_heads). One sequence's case of
+// attend_rows. q: [T, H, D]; k, v: [Hkv, S, D] (S >= kv_len); mask: [T, kv_len] bool or empty
+// (every slot < kv_len visible). Returns [T, H, D].
+torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor mask, int64_t kv_len,
+                     double scale) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "attend: shapes");
+  TORCH_CHECK(kv_len <= k.size(1), "attend: bad sizes");
+  if (mask.numel() > 0)
+    TORCH_CHECK(mask.dim() == 2 && mask.size(0) == q.size(0) && mask.size(1) == kv_len,
+                "attend: mask must be contiguous bool [T, kv_len]");
+  const auto opts = torch::TensorOptions().dtype(torch::kLong);
+  return attend_rows(q, k.unsqueeze(0), v.unsqueeze(0), torch::zeros({q.size(0)}, opts),
+                     torch::full({q.size(0)}, kv_len, opts), mask, scale);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
