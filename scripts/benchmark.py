@@ -341,6 +341,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def run_header(args, argv: list[str], device) -> dict:
+    """meta.json's first keys: the command, when, the model and the machine."""
+    return {
+        "command": "python scripts/benchmark.py " + shlex.join(argv),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "model": args.model, "device": device.describe(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],  # other work skews every timing
+    }
+
+
 def configuration_meta(config: Configuration, with_length: bool, base: RunConfig) -> dict:
     """meta.json's entry for a configuration: its id, label, draft shape (None: nothing drafted)
     and decoding (temperature 0 and verify greedy, or how it sampled)."""
@@ -398,10 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(f"{len(configs)} configurations x {len(selected)} prompts on {device.describe()} -> {output_dir}")
 
     meta = {
-        "command": "python scripts/benchmark.py " + shlex.join(argv),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "model": args.model, "device": device.describe(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],  # other work skews every timing
+        **run_header(args, argv, device),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "options": {k: v for k, v in vars(args).items() if k != "given"},
@@ -453,10 +460,7 @@ def batch_main(args, argv: list[str], plan, device, prompts, output_dir: Path) -
     target = next(iter(engines.values()))
     selected = fitting_prompts(prompts, target, plan.lengths[0], args.instruct)
     meta = {
-        "command": "python scripts/benchmark.py " + shlex.join(argv),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "model": args.model, "device": device.describe(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        **run_header(args, argv, device),
         "batch_sizes": sizes, "continuous": bool(args.continuous),
         "configurations": [c.id for c in engines],
         "prompts": [{"index": i, "category": p.category, "question_id": p.question_id, "prompt_tokens": len(ids)}

@@ -24,7 +24,7 @@ from pathlib import Path
 from loguru import logger
 from tqdm import tqdm
 
-from models.benchmark.configurations import TARGET, Configuration, SweepPlan, _method_config
+from models.benchmark.configurations import GREEDY_MODE, TARGET, Configuration, SweepPlan, _method_config
 from models.benchmark.sweep import rotated
 from models.common.cli import write_atomic, write_json_atomic
 from models.common.device import Device
@@ -58,7 +58,7 @@ class BatchRow:
 def build_engines(plan: SweepPlan, device: Device, max_batch: int) -> dict[Configuration, Engine]:
     """Target-only and each method at each draft shape (greedy, the first length), every engine
     sized for the largest batch (the memory check counts every row)."""
-    if plan.modes != [(0.0, "greedy")]:
+    if plan.modes != [GREEDY_MODE]:
         raise UserError("--batch_sizes measures greedy decoding; leave --temperature at 0")
     n = plan.lengths[0]
     if len(plan.lengths) > 1:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 
-from models.speculative.budget import VerifyCost
+from models.speculative.budget import VerifyCost, accepted_by_budget
 
 PRIOR_WEIGHT = 1.0  # pseudo-iterations of the prior
 PRIOR_FIRST = 0.6  # prior worth of a sequence's first node
@@ -62,8 +62,8 @@ class RowHistory:
         while len(self.seen) <= verified:
             self.accepted.append(0.0)
             self.seen.append(0)
-        for b in range(1, verified + 1):
-            self.accepted[b] += sum(1 for node in path if node < b)
+        for b, accepted in enumerate(accepted_by_budget(path, verified), start=1):
+            self.accepted[b] += accepted
             self.seen[b] += 1
 
 

@@ -45,6 +45,12 @@ def calibration_sizes(max_rows: int) -> list[int]:
     return [q for q in grid if q < max_rows] + [max_rows]
 
 
+def accepted_by_budget(path: list[int], budget: int) -> list[int]:
+    """[b - 1]: the drafts a budget of b <= budget would have accepted, from one verification's
+    accepted path (node indices): nodes are listed best first, so its nodes with index < b."""
+    return [sum(1 for node in path if node < b) for b in range(1, budget + 1)]
+
+
 class VerifyCost:
     """Seconds for one target pass over q rows, interpolated between measured sizes."""
 
@@ -163,7 +169,7 @@ class AutoBudget:
 
     def observe(self, path: list[int], budget: int, seconds: float) -> None:
         """path: the accepted nodes' indices (increasing along the path); seconds: the whole iteration."""
-        counts = [sum(1 for node in path if node < b) for b in range(1, min(budget, self.max_budget) + 1)]
+        counts = accepted_by_budget(path, min(budget, self.max_budget))
         self._add(counts, +1)
         self.history.append(counts)
         if len(self.history) > HISTORY:

@@ -229,11 +229,7 @@ class Engine:
     def encode(self, prompts: list[Prompt]) -> list[list[int]]:
         """Token ids per prompt; refuses any prompt that cannot fit with its generation."""
         encoded = [self.tokenizer.encode(p.text, chat=self.config.instruct) for p in prompts]
-        for i, ids in enumerate(encoded):
-            try:
-                self.generator.check_fits(len(ids), self.config.max_generated_tokens)
-            except UserError as exc:
-                raise UserError(f"prompt {i}: {exc}") from None
+        self.generator.check_prompts_fit(encoded, [self.config.max_generated_tokens] * len(encoded))
         return encoded
 
     def top2_margin_after(self, prompt_ids: list[int], prefix: list[int]) -> float:

@@ -99,7 +99,6 @@ class _Sequence:
     """One prompt being decoded: its tokens, cache (row), proposer, random stream and stats."""
 
     index: int  # the prompt's index in the run (its random stream under sampling)
-    prompt: list[int]
     max_new_tokens: int
     cache: KVCache
     proposer: Proposer | None
@@ -173,6 +172,14 @@ class Generator:
                 f"max_seq_len={self.max_seq_len}; raise --max_seq_len or shorten the prompt"
             )
 
+    def check_prompts_fit(self, prompts: list[list[int]], caps: list[int]) -> None:
+        """check_fits for each prompt with its cap; the message names the first that does not fit."""
+        for i, (prompt, cap) in enumerate(zip(prompts, caps, strict=True)):
+            try:
+                self.check_fits(len(prompt), cap)
+            except UserError as exc:
+                raise UserError(f"prompt {i}: {exc}") from None
+
     @property
     def _wants_hidden(self) -> bool:
         return self.proposer is not None and self.proposer.uses_target_hidden
@@ -218,7 +225,7 @@ class Generator:
         ctx = ProposerContext(tokens=list(prompt) + [first], target_cache=cache, target_hidden=hidden)
         if rng is not None:
             ctx.sampler = ChainSampler(self.sampling, rng, self.verify == COUPLED, len(ctx.tokens))
-        return _Sequence(index, prompt, max_new_tokens, cache, proposer, rng, ctx, stats, [first])
+        return _Sequence(index, max_new_tokens, cache, proposer, rng, ctx, stats, [first])
 
     def _done(self, seq: _Sequence) -> bool:
         return seq.out[-1] in self.eos or len(seq.out) >= seq.max_new_tokens
@@ -356,11 +363,7 @@ class Generator:
         caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         if len(caps) != len(prompts):
             raise ValueError(f"{len(caps)} max_new_tokens for {len(prompts)} prompts")
-        for i, prompt in enumerate(prompts):
-            try:
-                self.check_fits(len(prompt), caps[i])
-            except UserError as exc:
-                raise UserError(f"prompt {i}: {exc}") from None
+        self.check_prompts_fit(prompts, caps)
         rows, proposers = self._batch_rows(min(batch_size, max(len(prompts), 1)))
         slots: list[_Sequence | None] = [None] * len(rows)
         queue = deque(enumerate(prompts))
