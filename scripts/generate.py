@@ -106,6 +106,7 @@ def decode(engine: Engine, encoded: list[list[int]]) -> BatchResult:
         bar.update(len(it.finished))
 
     result = engine.run_batch(encoded, on_iteration=progress)
+    bar.update(len(encoded) - bar.n)  # prompts done at their first token after the last iteration
     bar.close()
     return result
 

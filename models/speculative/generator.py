@@ -63,7 +63,8 @@ class BatchIteration:
     rows: list[int]  # prompt index per active row
     emitted: list[int]  # tokens each row appended
     seconds: float
-    finished: list[int] = dataclasses.field(default_factory=list)  # prompts that ended in it
+    # prompts that ended in it, or at their first token since the iteration before
+    finished: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def tokens_per_s_per_user(self) -> float:
@@ -369,6 +370,7 @@ class Generator:
         queue = deque(enumerate(prompts))
         results: list[GenerationResult | None] = [None] * len(prompts)
         iterations: list[BatchIteration] = []
+        done_at_first: list[int] = []  # reported with the next iteration
         device = self.target.device
         synchronize(device)
         t_run = time.perf_counter()
@@ -378,8 +380,9 @@ class Generator:
                     while slots[b] is None and queue:  # a prompt done at its first token frees the row again
                         index, prompt = queue.popleft()
                         seq = self._begin(prompt, caps[index], index, rows[b], proposers[b])
-                        if self._done(seq):  # counted with the next iteration's finished
+                        if self._done(seq):
                             results[index] = seq.result()
+                            done_at_first.append(index)
                         else:
                             slots[b] = seq
             active = [s for s in slots if s is not None]
@@ -409,7 +412,8 @@ class Generator:
             seconds = time.perf_counter() - t_iter
             for it in its:  # every row waited for the whole call
                 it.seconds = seconds
-            iteration = BatchIteration([s.index for s in active], [it.emitted for it in its], seconds)
+            iteration = BatchIteration([s.index for s in active], [it.emitted for it in its], seconds, done_at_first)
+            done_at_first = []
             for b, seq in enumerate(slots):
                 if seq is not None and self._done(seq):
                     results[seq.index] = seq.result()

@@ -113,6 +113,7 @@ def test_fewer_prompts_than_the_batch_and_a_one_token_cap():
     engine = Engine(config(method="prompt_lookup", batch_size=8))
     result = engine.generator.generate_batch(PROMPTS[:3], [1, 4, 1], 8)
     assert [len(r.tokens) for r in result.results] == [1, 4, 1]
+    assert sorted(i for it in result.iterations for i in it.finished) == [0, 1, 2]  # each reported once
     assert engine.generator._batch_cache.batch_size == 3  # sized by the rows used
 
 
