@@ -54,6 +54,9 @@ GREEDY, REJECTION, COUPLED = "greedy", *VERIFY_MODES
 class GenerationResult:
     tokens: list[int]  # generated ids, prompt excluded, EOS included when it ended the sequence
     stats: SequenceStats  # per-iteration accepted/emitted counts give the per-token view
+    # record_hidden: the target's final hidden state [prompt + generated - 1, D] at every position
+    # but the last token's (never run through the target)
+    hidden: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -108,6 +111,7 @@ class _Sequence:
     stats: SequenceStats
     out: list[int]
     history: RowHistory = dataclasses.field(default_factory=RowHistory)  # acceptance by budget (batches)
+    hidden: list[torch.Tensor] = dataclasses.field(default_factory=list)  # record_hidden: kept rows in order
     # this iteration's draft
     tree: DraftTree | None = None
     budget: int = 0
@@ -118,7 +122,11 @@ class _Sequence:
         return self.ctx.tokens
 
     def result(self) -> GenerationResult:
-        return GenerationResult(self.out, self.stats)
+        if not self.hidden:
+            return GenerationResult(self.out, self.stats)
+        # rows past the end (drafts accepted beyond an EOS or the cap) are dropped
+        positions = self.stats.prompt_tokens + len(self.out) - 1
+        return GenerationResult(self.out, self.stats, torch.cat(self.hidden)[:positions])
 
 
 class Generator:
@@ -134,12 +142,15 @@ class Generator:
         prefill_seq_len: int | None = None,
         sampling: SamplingParams | None = None,
         verify: str | None = None,
+        record_hidden: bool = False,
     ):
         """tree: the shape of the drafts (default: a chain of n_draft_tokens).
         prefill_seq_len: prefill the prompt in chunks of this many tokens (fixed shapes for
         traces, bounded activation memory); None: one pass.
         sampling: temperature / top-k / top-p / seed (default greedy); verify: rejection (the
-        default when sampling) or coupled."""
+        default when sampling) or coupled.
+        record_hidden: return the target's hidden states over each sequence (speculator training
+        data, taken from the passes decoding already makes)."""
         if proposer is not None and tree is None and n_draft_tokens < 1:
             raise UserError(f"--n_draft_tokens must be >= 1 for speculative methods, got {n_draft_tokens}")
         self.target = target
@@ -155,6 +166,7 @@ class Generator:
         self.batch_cost: BatchCost | None = None  # set for --batch_drafts auto: batches verify what pays
         self.sampling = sampling or SamplingParams()
         self.verify = GREEDY if self.sampling.is_greedy else (verify or REJECTION)
+        self.record_hidden = record_hidden
 
     @property
     def cache(self) -> KVCache:
@@ -183,6 +195,10 @@ class Generator:
 
     @property
     def _wants_hidden(self) -> bool:
+        return self.record_hidden or self._drafts_from_hidden
+
+    @property
+    def _drafts_from_hidden(self) -> bool:
         return self.proposer is not None and self.proposer.uses_target_hidden
 
     def _forward(self, cache: KVCache, tokens: torch.Tensor, start: int, logits_for: str, **tree):
@@ -223,10 +239,14 @@ class Generator:
         stats = SequenceStats(prompt_tokens=len(prompt), ttft_s=time.perf_counter() - t0)
         if proposer is not None:
             proposer.start(prompt, cache)
-        ctx = ProposerContext(tokens=list(prompt) + [first], target_cache=cache, target_hidden=hidden)
+        ctx = ProposerContext(tokens=list(prompt) + [first], target_cache=cache,
+                              target_hidden=hidden if self._drafts_from_hidden else None)
         if rng is not None:
             ctx.sampler = ChainSampler(self.sampling, rng, self.verify == COUPLED, len(ctx.tokens))
-        return _Sequence(index, max_new_tokens, cache, proposer, rng, ctx, stats, [first])
+        seq = _Sequence(index, max_new_tokens, cache, proposer, rng, ctx, stats, [first])
+        if self.record_hidden:
+            seq.hidden.append(hidden)
+        return seq
 
     def _done(self, seq: _Sequence) -> bool:
         return seq.out[-1] in self.eos or len(seq.out) >= seq.max_new_tokens
@@ -274,9 +294,11 @@ class Generator:
         acceptance = self._accept(tree, logits, seq.rng, len(seq.tokens))
         keep = [0] + [node + 1 for node in acceptance.path]
         seq.cache.compact(start, keep)
-        if hidden is not None:  # rows not yet consumed by the proposer are kept (a no-draft step)
-            kept = hidden[keep]
+        kept = None if hidden is None else hidden[keep]
+        if self._drafts_from_hidden:  # rows not yet consumed by the proposer are kept (a no-draft step)
             seq.ctx.target_hidden = kept if seq.ctx.target_hidden is None else torch.cat([seq.ctx.target_hidden, kept])
+        if self.record_hidden:
+            seq.hidden.append(kept)
         remaining = seq.max_new_tokens - len(seq.out)
         emitted = acceptance.tokens[:remaining]
         for i, tok in enumerate(emitted):

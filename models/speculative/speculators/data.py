@@ -3,18 +3,22 @@
 A training example is one sequence (chat-templated prompt + the target's greedy answer), its
 final hidden states at every position (fp16 to halve memory), and where the answer starts.
 On the answer the next token is the target's own greedy choice, so heads trained here learn to
-predict exactly what verification will accept.
+predict exactly what verification will accept. Answers are decoded once (the slow part) and
+kept as token ids; hidden states come from one teacher-forced pass whenever they are needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from models.llama.model import Transformer
+from models.speculative.generator import GenerationResult, Generator
 
 
 @dataclasses.dataclass
@@ -32,65 +36,85 @@ def _left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, tor
     return batch, torch.tensor([width - len(r) for r in rows])
 
 
-@torch.inference_mode()
-def batched_greedy(
-    model: Transformer,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    eos_ids: tuple[int, ...],
-    *,
-    batch_size: int = 32,
-    desc: str = "generating",
-) -> list[Example]:
-    """Greedy answers for many prompts, a left-padded batch at a time, with the target's
-    hidden state at every position recorded on the way (training data only: the demo's
-    generator is the batch-1 engine). Answers stop after their first EOS."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    examples: list[Example] = [None] * len(prompts)  # type: ignore[list-item]
-    device = model.device
-    eos = torch.tensor(sorted(eos_ids) or [-1], device=device)
+def answer_prompts(generator: Generator, prompts: list[list[int]], max_new_tokens: int, rows: int,
+                   desc: str = "answers") -> list[GenerationResult]:
+    """The target's greedy answer to each prompt (EOS kept when it ended one), continuous-batched
+    through the demo's own generator: every row emits exactly target-only greedy decoding, and a
+    finished row takes the next prompt at once instead of idling until the batch is done. With
+    the generator's record_hidden on, each result also carries the hidden states decoding made."""
+    if not generator.sampling.is_greedy:
+        raise ValueError("self-distillation data is the target's greedy answers; the generator samples")
+    if not prompts:
+        return []
     with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
-        for lo in range(0, len(order), batch_size):
-            idx = order[lo : lo + batch_size]
-            batch, pad = _left_pad([prompts[i] for i in idx])
-            batch, pad = batch.to(device), pad.to(device)
-            cache = model.new_cache(batch.shape[1] + max_new_tokens + 1, batch_size=len(idx))
-            logits, hidden = model(batch, cache, 0, pad=pad, logits_for="last", return_hidden=True)
-            feats, out = [hidden], []
-            done = torch.zeros(len(idx), dtype=torch.bool, device=device)
-            for _ in range(max_new_tokens):
-                nxt = logits[:, -1].argmax(-1)
-                out.append(nxt)
-                done |= torch.isin(nxt, eos)
-                # process the new token too, so every kept token has its hidden state
-                logits, hidden = model(nxt[:, None], cache, cache.length, pad=pad, return_hidden=True)
-                feats.append(hidden)
-                if bool(done.all()):
-                    break
-            generated = torch.stack(out, dim=1).tolist()
-            all_feats = torch.cat(feats, dim=1)
-            for row, i in enumerate(idx):
-                ids = generated[row]
-                stop = next((j for j, t in enumerate(ids) if t in eos_ids), None)
-                answer = ids if stop is None else ids[: stop + 1]
-                p = int(pad[row])
-                length = len(prompts[i]) + len(answer)
-                examples[i] = Example(
-                    torch.tensor(prompts[i] + answer), all_feats[row, p : p + length].to(torch.float16).cpu(),
-                    len(prompts[i]),
-                )
-            bar.update(len(idx))
+        result = generator.generate_batch(prompts, max_new_tokens, rows, continuous=True,
+                                          on_iteration=lambda _, it: bar.update(len(it.finished)))
+    return result.results
+
+
+def examples_from(prompts: list[list[int]], results: list[GenerationResult]) -> list[Example]:
+    """Examples from answers decoded with record_hidden: each sequence stops before its last token,
+    the one position decoding never runs through the target (its hidden state is not known)."""
+    examples = []
+    for prompt, r in zip(prompts, results):
+        if r.hidden is None:
+            raise ValueError("the answers were decoded without record_hidden: no hidden states to learn from")
+        examples.append(Example(torch.tensor(prompt + r.tokens[:-1]), r.hidden.to(torch.float16).cpu(), len(prompt)))
     return examples
 
 
-def save_examples(examples: list[Example], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save([dataclasses.asdict(e) for e in examples], tmp)
+@torch.inference_mode()
+def record_features(model: Transformer, prompts: list[list[int]], answers: list[list[int]], *,
+                    batch_tokens: int = 16384, desc: str = "features") -> list[Example]:
+    """The same examples as examples_from, rebuilt from saved answers by one teacher-forced pass
+    per sequence (prefill-shaped; about half the cost of decoding them again on the CPU)."""
+    sequences = [p + a[:-1] for p, a in zip(prompts, answers)]
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a pass
+    examples: list[Example] = [None] * len(sequences)  # type: ignore[list-item]
+    device = model.device
+    with tqdm(total=len(sequences), desc=desc, unit="seq") as bar:
+        lo = 0
+        while lo < len(order):
+            hi = lo + 1  # sorted: the batch's last sequence is its widest
+            while hi < len(order) and (hi + 1 - lo) * len(sequences[order[hi]]) <= batch_tokens:
+                hi += 1
+            idx = order[lo:hi]
+            batch, pad = _left_pad([sequences[i] for i in idx])
+            cache = model.new_cache(batch.shape[1], batch_size=len(idx))
+            _, hidden = model(batch.to(device), cache, 0, pad=pad.to(device), logits_for="none", return_hidden=True)
+            for row, i in enumerate(idx):
+                p = int(pad[row])
+                examples[i] = Example(torch.tensor(sequences[i]), hidden[row, p:].to(torch.float16).cpu(),
+                                      len(prompts[i]))
+            bar.update(len(idx))
+            lo = hi
+    return examples
+
+
+def save_answers(path: Path, prompts: list[str], answers: list[list[int]]) -> None:
+    """Prompts (text) and the target's answers (token ids), gzipped JSON, written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        json.dump({"prompts": prompts, "answers": answers}, f, separators=(",", ":"))
     tmp.replace(path)
 
 
-def load_examples(path: Path) -> list[Example]:
-    return [Example(**d) for d in torch.load(path, weights_only=True)]
+def load_answers(path: Path) -> tuple[list[str], list[list[int]]]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        saved = json.load(f)
+    return saved["prompts"], saved["answers"]
+
+
+def save_features(path: Path, examples: list[Example]) -> None:
+    """Hidden states only (fp16): they can always be rebuilt from the answers (record_features)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save([e.features for e in examples], tmp)
+    tmp.replace(path)
+
+
+def load_examples(path: Path, prompts: list[list[int]], answers: list[list[int]]) -> list[Example]:
+    features = torch.load(path, weights_only=True)
+    return [Example(torch.tensor(p + a[:-1]), f, len(p)) for p, a, f in zip(prompts, answers, features)]
 
 
 def draft_vocabulary(examples: list[Example], size: int, always: tuple[int, ...]) -> torch.Tensor:

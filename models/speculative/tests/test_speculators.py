@@ -13,6 +13,7 @@ from models.llama.weights import load_model
 from models.speculative.generator import Generator
 from models.speculative.proposers.eagle import EagleProposer
 from models.speculative.proposers.multi_projection import MultiProjectionProposer
+from models.speculative.proposers.draft_model import DraftModelProposer
 from models.speculative.tree import TreeSpec
 from models.speculative.speculators import corpus, data, heads
 from models.speculative.speculators.train import TrainConfig, train
@@ -26,9 +27,25 @@ def target():
 
 
 @pytest.fixture(scope="module")
-def examples(target):
-    prompts = [target.tokenizer.encode(p, chat=True) for p in corpus.authored_prompts(24, seed=3)]
-    return data.batched_greedy(target.model, prompts, 24, target.tokenizer.eos_token_ids, batch_size=8)
+def prompts(target):
+    return [target.tokenizer.encode(p, chat=True) for p in corpus.authored_prompts(24, seed=3)]
+
+
+@pytest.fixture(scope="module")
+def decoded(target, prompts):
+    generator = Generator(target.model, max_seq_len=256, eos_token_ids=target.tokenizer.eos_token_ids,
+                          record_hidden=True)
+    return data.answer_prompts(generator, prompts, 24, rows=8)
+
+
+@pytest.fixture(scope="module")
+def answers(decoded):
+    return [r.tokens for r in decoded]
+
+
+@pytest.fixture(scope="module")
+def examples(prompts, decoded):
+    return data.examples_from(prompts, decoded)
 
 
 def make_head(kind, target, vocab=None, n_heads=3):
@@ -44,16 +61,53 @@ def make_head(kind, target, vocab=None, n_heads=3):
     return head
 
 
-def test_batched_greedy_records_answers_and_features(target, examples):
-    model = target.model
-    e = examples[0]
+def test_answers_are_target_only_greedy_decoding(target, prompts, answers):
+    solo = Generator(target.model, max_seq_len=256, eos_token_ids=target.tokenizer.eos_token_ids)
+    for ids, answer in zip(prompts, answers):
+        assert answer == solo.generate(ids, 24).tokens
+
+
+@pytest.mark.parametrize("index", [0, 5, 23])
+def test_examples_carry_the_targets_hidden_states(target, prompts, answers, examples, index):
+    model, e = target.model, examples[index]
+    assert torch.equal(e.tokens, torch.tensor(prompts[index] + answers[index][:-1]))  # the last token has none
+    assert e.answer_start == len(prompts[index])
     assert e.features.shape == (len(e.tokens), model.args.dim)
-    # the answer is the target's own greedy continuation, and the features are its hidden states
-    with torch.inference_mode():
-        logits, hidden = model(e.tokens[None], model.new_cache(len(e.tokens)), 0, return_hidden=True)
-    answer = e.tokens[e.answer_start :]
-    assert torch.equal(logits[0, e.answer_start - 1 : -1].argmax(-1), answer)
+    with torch.inference_mode():  # the sequence in one pass, alone: what the decoding passes recorded
+        _, hidden = model(e.tokens[None], model.new_cache(len(e.tokens)), 0, logits_for="none", return_hidden=True)
     torch.testing.assert_close(e.features.float(), hidden[0], atol=2e-3, rtol=2e-3)
+
+
+def test_rebuilt_examples_match_the_recorded_ones(target, prompts, answers, examples):
+    rebuilt = data.record_features(target.model, prompts, answers, batch_tokens=300)  # several padded passes
+    for a, b in zip(examples, rebuilt):
+        assert torch.equal(a.tokens, b.tokens) and a.answer_start == b.answer_start
+        torch.testing.assert_close(a.features.float(), b.features.float(), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("method", ["draft_model", "eagle"])
+@pytest.mark.parametrize("stop_early", [False, True])
+def test_speculative_decoding_records_the_same_hidden_states(target, prompts, answers, method, stop_early):
+    """Rejected drafts never enter and drafts accepted past an EOS are dropped: the rows recorded
+    from verification passes are the ones target-only decoding records, and eagle's own use of
+    them is untouched."""
+    eos = (answers[0][6],) if stop_early else target.tokenizer.eos_token_ids  # a token the answers do emit
+
+    def decode(proposer):
+        generator = Generator(target.model, proposer, n_draft_tokens=3, max_seq_len=256, eos_token_ids=eos,
+                              record_hidden=True)
+        return data.answer_prompts(generator, prompts[:6], 24, rows=3)
+
+    proposer = (DraftModelProposer(target.model, 256, target_vocab_size=target.model.args.vocab_size)  # all accepted
+                if method == "draft_model" else EagleProposer(make_head("eagle", target)))
+    alone, speculative = decode(None), decode(proposer)
+    assert not stop_early or (alone[0].tokens[-1] == eos[0] and len(alone[0].tokens) < 24)
+    for a, b in zip(alone, speculative):
+        assert a.tokens == b.tokens
+        assert b.hidden.shape == (len(b.tokens) - 1 + b.stats.prompt_tokens, target.model.args.dim)
+        torch.testing.assert_close(a.hidden, b.hidden, atol=1e-5, rtol=1e-5)
+    if method == "draft_model":  # rows came from multi-token verification (past the EOS: dropped)
+        assert all(it.accepted == 3 for it in speculative[1].stats.iterations[:-1])
 
 
 def test_multi_projection_shapes_and_identity_init(target):
