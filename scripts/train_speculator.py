@@ -1,22 +1,27 @@
 #!/usr/bin/env python3
-"""Train a speculator (multi_projection heads or an EAGLE-style draft head) for a target.
+"""Make the speculators' training data and train a speculator (multi_projection heads or an
+EAGLE-style draft head) for a target.
 
+    python scripts/train_speculator.py                      # the data only (resumes; hours on a CPU)
     python scripts/train_speculator.py --kind eagle
-    python scripts/train_speculator.py --kind multi_projection
+    python scripts/train_speculator.py --kind multi_projection --answer_tokens 250000
 
-Self-distillation: the target answers the project's own prompt corpus greedily (authored
-templates and prompts it writes itself; never Spec-Bench) through the demo's engine in
-continuous batches, one teacher-forced pass records its hidden states over those answers, and
-the head learns to predict what the target will say next. Every
-stage is saved under --work_dir and skipped when done, so an interrupted run resumes where it
-stopped (training from its last checkpoint); the data is shared by both kinds. The weights
-(bf16 safetensors + speculator_config.json) go to --output, by default the folder the suite
-ships for the default model.
+Self-distillation: the target answers a mix of prompts greedily (authored templates, tasks over
+passages of the Python standard library's documentation, arithmetic word problems, translations,
+and questions, passages and foreign text it writes itself; never an evaluation prompt: any
+sharing a long n-gram with one is dropped), through the demo's engine in continuous batches;
+the hidden states those decoding passes compute are what the heads learn from. The prompts and
+answers (token ids) are small and kept in --data_dir, a chunk at a time, so the data survives
+and resumes anywhere; hidden states and checkpoints are a cache in --work_dir, rebuilt from the
+answers when gone. The weights (bf16 safetensors + speculator_config.json) go to --output, by
+default the folder the suite ships for the default model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,32 +31,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from loguru import logger
 
-from models.common.cli import ArgumentParser, run_cli, write_json_atomic
+from models.common.cli import ArgumentParser, run_cli
 from models.common.device import requested_device_name
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL
 from models.speculative.engine import METHODS, TARGET, Engine, RunConfig
+from models.speculative.speculators import data, heads, mix, sources
+from models.speculative.speculators.contamination import Contamination, evaluation_texts
+from models.speculative.speculators.dataset import HELD_OUT_CHUNKS, DataFolder, answers_chunk, load_chunk
 from models.speculative.speculators.heads import SHIPPED as SHIPPED_SPECULATORS
-from models.speculative.speculators import corpus, data, heads
 from models.speculative.speculators.train import TrainConfig, train
 
-# the shipped weights were made with these; each kind finishes in under 45 min from scratch on the
-# 2-core CPU machine (data about 28 min, shared by both kinds; training 16 min for multi_projection, 15 for eagle)
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EPOCHS = {"eagle": 4.0, "multi_projection": 6.0}
-ANSWER_CHUNK = 256  # prompts per saved chunk of answers
-DATA_SETTINGS = ("model", "n_prompts", "n_self_written", "max_new_tokens", "seed")  # what the saved data depends on
+WRITTEN_TOKENS = 96  # cap on what the target writes to become a prompt
+DATA_SETTINGS = ("model", "n_prompts", "max_new_tokens", "chunk_size", "max_seq_len", "seed")  # what the saved data depends on
 
 
 def parse_args(argv=None):
     d = TrainConfig()
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--kind", required=True, choices=heads.KINDS)
+    p.add_argument("--kind", default=None, choices=heads.KINDS, help="what to train (default: make the data only)")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--output", default=None, help="weights folder (default: the shipped one for the model)")
-    p.add_argument("--work_dir", default=None, help="data and checkpoints (default: .cache/train/MODEL)")
-    p.add_argument("--n_prompts", type=int, default=1800, help="authored prompts")
-    p.add_argument("--n_self_written", type=int, default=256, help="prompts the target writes itself")
+    p.add_argument("--data_dir", default=None, help="prompts and answers (default: data/speculator/MODEL)")
+    p.add_argument("--work_dir", default=None, help="hidden states and checkpoints (default: .cache/train/MODEL)")
+    p.add_argument("--n_prompts", type=int, default=21000, help="prompts answered, every source together")
     p.add_argument("--max_new_tokens", type=int, default=128, help="answer length for the training data")
+    p.add_argument("--chunk_size", type=int, default=256, help="prompts per saved chunk of answers")
+    p.add_argument("--answer_tokens", type=int, default=None,
+                   help="train on the first chunks holding this many answer tokens (default: all of them)")
     p.add_argument("--draft_vocab_size", type=int, default=8192)
     p.add_argument("--n_heads", type=int, default=4, help="multi_projection heads")
     p.add_argument("--n_blocks", type=int, default=1, help="residual blocks per head")
@@ -61,114 +70,133 @@ def parse_args(argv=None):
     p.add_argument("--gen_batch_size", type=int, default=32, help="rows decoded at once (continuous batching)")
     p.add_argument("--gen_method", default=TARGET, choices=METHODS,
                    help="how the answers are decoded (every method emits target-only greedy tokens)")
-    p.add_argument("--max_seq_len", type=int, default=1024, help="prompt + answer tokens per row")
+    p.add_argument("--max_seq_len", type=int, default=1024, help="prompt + answer tokens per row (longer prompts are left out)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     return p.parse_args(argv)
 
 
-class Stages:
-    """Each stage's result is a file in the work folder; a finished stage is never redone. The
-    folder belongs to one set of data settings: a run with others is refused, not mixed in."""
+class Decoder:
+    """The target answering prompts through the demo's engine, with hidden states kept."""
 
-    def __init__(self, folder: Path, settings: dict):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        settings_file = folder / "data_settings.json"
-        if settings_file.exists():
-            saved = json.loads(settings_file.read_text())
-            changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
-            if changed:
-                what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
-                raise UserError(f"{folder} holds data made with other settings ({what}); "
-                                f"pass another --work_dir or remove that folder")
-        else:
-            write_json_atomic(settings_file, settings)
-        self.timing_file = folder / "timing.json"
-        self.timing = json.loads(self.timing_file.read_text()) if self.timing_file.exists() else {}
+    def __init__(self, args, device_name: str):
+        self.engine = Engine(RunConfig(model=args.model, method=args.gen_method, full_batch_size=args.gen_batch_size,
+                                       max_generated_tokens=args.max_new_tokens, max_seq_len=args.max_seq_len,
+                                       device=device_name, dtype="float32"), uses_baseline=False)
+        self.engine.generator.record_hidden = True  # the passes that decode the answers also give the features
+        self.rows = args.gen_batch_size
+        self.tokenizer = self.engine.tokenizer
+        self.model = self.engine.target.model
 
-    def timed(self, name: str, seconds: float) -> None:
-        self.timing[name] = round(self.timing.get(name, 0.0) + seconds, 1)
-        write_json_atomic(self.timing_file, self.timing)
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        return [self.tokenizer.encode(p, chat=True) for p in prompts]
+
+    def answer(self, prompts: list[str], cap: int, desc: str) -> tuple[list[list[int]], list[data.Example]]:
+        ids = self.encode(prompts)
+        results = data.answer_prompts(self.engine.generator, ids, cap, self.rows, desc=desc)
+        return [r.tokens for r in results], data.examples_from(ids, results)
+
+    def text(self, answer: list[int]) -> str:
+        return self.tokenizer.decode([t for t in answer if t not in self.tokenizer.eos_token_ids]).strip()
 
 
-def build_prompts(stages: Stages, engine: Engine, args) -> list[str]:
-    path = stages.folder / "prompts.json"
-    if path.exists():
-        return json.loads(path.read_text())
+def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, prompts: list[str], cap: int,
+                   desc: str) -> tuple[list[list[int]], list[data.Example]]:
+    """One chunk's answers and examples: decoded and saved the first time, loaded after."""
+    loaded = load_chunk(folder, work, decoder.model, decoder.tokenizer, name, prompts)
+    if loaded is not None:
+        return loaded
     t0 = time.perf_counter()
-    requests = corpus.self_writing_requests(args.n_self_written, args.seed)
-    tok = engine.tokenizer
-    written = data.answer_prompts(engine.generator, [tok.encode(r, chat=True) for r, _ in requests], 96,
-                                  args.gen_batch_size, desc="self-written prompts")
-    self_written = []
-    for (_, wrapper), answer in zip(requests, written):
-        text = tok.decode([t for t in answer.tokens if t not in tok.eos_token_ids]).strip()
+    answers, examples = decoder.answer(prompts, cap, desc)
+    data.save_features(work / f"features-{name}.pt", examples)
+    data.save_answers(folder.folder / f"{name}.json.gz", prompts, answers)
+    folder.timed("answers", time.perf_counter() - t0)
+    return answers, examples
+
+
+def build_prompts(folder: DataFolder, work: Path, decoder: Decoder, args) -> tuple[list[str], list[data.Example]]:
+    """Every prompt, interleaved by source and free of evaluation n-grams, and the examples made
+    on the way (the target's answers to the writing requests)."""
+    passages = sources.stdlib_passages()
+    requests = mix.writing_requests(args.n_prompts, args.seed, passages)
+    answers: list[list[int]] = []
+    written: list[data.Example] = []
+    size = args.chunk_size
+    for n, lo in enumerate(range(0, len(requests), size)):
+        part, examples = chunk_examples(folder, work, decoder, f"written-{n:03d}", [r for _, r, _ in requests[lo : lo + size]],
+                                        WRITTEN_TOKENS, f"prompts the target writes, chunk {n + 1}/{-(-len(requests) // size)}")
+        answers += part
+        written += examples
+    path = folder.folder / "prompts.json.gz"
+    if path.exists():
+        return data.load_json(path)["prompts"], written
+    groups = mix.direct_prompts(args.n_prompts, args.seed, passages)
+    for (source, _, wrapper), answer in zip(requests, answers):
+        text = decoder.text(answer)
         if text:
-            self_written.append(text if wrapper is None else wrapper.format(text=text))
-    prompts = corpus.authored_prompts(args.n_prompts, args.seed) + self_written
-    write_json_atomic(path, prompts)
-    stages.timed("prompts", time.perf_counter() - t0)
-    return prompts
+            groups.setdefault(source, []).append(text if wrapper is None else wrapper.format(text=text))
+    fits = [(s, p) for s, p in mix.interleave(groups)
+            if len(decoder.encode([p])[0]) + args.max_new_tokens <= args.max_seq_len]
+    evaluation, found = evaluation_texts()
+    keep, drop = Contamination(evaluation).clean([p for _, p in fits])
+    logger.info(f"{len(fits)} prompts fit --max_seq_len {args.max_seq_len}; {len(drop)} dropped for sharing an "
+                f"n-gram with the {len(evaluation)} evaluation prompts in {len(found)} files")
+    kept = [fits[i] for i in keep]
+    data.save_json(path, {"prompts": [p for _, p in kept], "sources": [s for s, _ in kept],
+                          "dropped_for_overlap": len(drop), "evaluation_files": [str(f.relative_to(REPO.parent))
+                                                                                 for f in found]})
+    return [p for _, p in kept], written
 
 
-def build_examples(stages: Stages, engine: Engine, prompts: list[str], args) -> list[data.Example]:
-    """The target's answers and hidden states, a chunk at a time, saved as each finishes (an
-    interrupted run resumes): answers as token ids, hidden states beside them as a cache that
-    one teacher-forced pass rebuilds when it is gone."""
-    tok = engine.tokenizer
-    examples: list[data.Example] = []
-    for n, lo in enumerate(range(0, len(prompts), ANSWER_CHUNK)):
-        part = prompts[lo : lo + ANSWER_CHUNK]
-        ids = [tok.encode(p, chat=True) for p in part]
-        answers_path = stages.folder / f"answers-{n:03d}.json.gz"
-        features_path = stages.folder / f"features-{n:03d}.pt"
-        if not answers_path.exists():
-            t0 = time.perf_counter()
-            results = data.answer_prompts(engine.generator, ids, args.max_new_tokens, args.gen_batch_size,
-                                          desc=f"answers {lo}-{lo + len(part)}/{len(prompts)}")
-            chunk = data.examples_from(ids, results)
-            data.save_features(features_path, chunk)
-            data.save_answers(answers_path, part, [r.tokens for r in results])
-            stages.timed("answers", time.perf_counter() - t0)
-            examples += chunk
-            continue
-        saved_prompts, answers = data.load_answers(answers_path)
-        if saved_prompts != part:
-            raise UserError(f"{answers_path} answers other prompts than this run's; "
-                            f"remove {stages.folder} or pass another --work_dir")
-        if not features_path.exists():
-            t0 = time.perf_counter()
-            data.save_features(features_path, data.record_features(engine.target.model, ids, answers,
-                                                                   desc=f"hidden states {lo}-{lo + len(part)}"))
-            stages.timed("features", time.perf_counter() - t0)
-        examples += data.load_examples(features_path, ids, answers)
-    return examples
+def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: list[str],
+                   args) -> tuple[list[data.Example], list[data.Example]]:
+    """(held-out examples, training examples): the chunks in order, until the training ones hold
+    answer_tokens (None: every chunk)."""
+    held_out: list[data.Example] = []
+    training: list[data.Example] = []
+    size = args.chunk_size
+    n_chunks = -(-len(prompts) // size)
+    for n in range(n_chunks):
+        if args.answer_tokens is not None and n > HELD_OUT_CHUNKS and data.answer_tokens(training) >= args.answer_tokens:
+            break
+        part = prompts[n * size : (n + 1) * size]
+        _, examples = chunk_examples(folder, work, decoder, answers_chunk(n), part, args.max_new_tokens,
+                                     f"answers, chunk {n + 1}/{n_chunks}")
+        (held_out if n < HELD_OUT_CHUNKS else training).extend(examples)
+    return held_out, training
+
+
+def digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for flag, least in (("n_prompts", 1), ("n_self_written", 0), ("draft_vocab_size", 2), ("max_new_tokens", 2),
-                        ("gen_batch_size", 1)):
-        if getattr(args, flag) < least:
-            raise UserError(f"--{flag} must be >= {least}, got {getattr(args, flag)}")
+    for flag, least in (("n_prompts", 1), ("draft_vocab_size", 2), ("max_new_tokens", 2), ("gen_batch_size", 1),
+                        ("answer_tokens", 1), ("chunk_size", 1)):
+        value = getattr(args, flag)
+        if value is not None and value < least:
+            raise UserError(f"--{flag} must be >= {least}, got {value}")
     name = args.model if not Path(args.model).exists() else Path(args.model).name
-    output = Path(args.output) if args.output else SHIPPED_SPECULATORS / f"{name}-{args.kind}"
-    work = Path(args.work_dir) if args.work_dir else Path(".cache") / "train" / name.replace(":", "_")
+    name = name.replace(":", "_")
+    work = Path(args.work_dir) if args.work_dir else REPO / ".cache" / "train" / name
+    work.mkdir(parents=True, exist_ok=True)
+    folder = DataFolder(Path(args.data_dir) if args.data_dir else REPO / "data" / "speculator" / name,
+                        {k: getattr(args, k) for k in DATA_SETTINGS})
     device_name = requested_device_name(args.device, default="cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    # the demo's engine decodes the data: continuous batches, any method (all emit the same tokens)
-    engine = Engine(RunConfig(model=args.model, method=args.gen_method, full_batch_size=args.gen_batch_size,
-                              max_generated_tokens=args.max_new_tokens, max_seq_len=args.max_seq_len,
-                              device=device_name, dtype="float32"), uses_baseline=False)
-    engine.generator.record_hidden = True  # the passes that decode the answers also give the features
-    device, loaded = engine.device, engine.target
-    stages = Stages(work, {k: getattr(args, k) for k in DATA_SETTINGS})
+    decoder = Decoder(args, device_name)
     started = time.perf_counter()
 
-    prompts = build_prompts(stages, engine, args)
-    examples = build_examples(stages, engine, prompts, args)
-    n_answer = sum(len(e.tokens) - e.answer_start for e in examples)
+    prompts, written = build_prompts(folder, work, decoder, args)
+    held_out, examples = build_examples(folder, work, decoder, prompts, args)
+    examples = written + examples
+    n_answer = data.answer_tokens(examples)
+    if args.kind is None:
+        logger.info(f"data ready in {folder.folder}: {len(examples)} training examples, {n_answer} answer tokens, "
+                    f"{len(held_out)} held out (stage times: {folder.timing})")
+        return 0
+    loaded = decoder.engine.target
     draft_vocab = data.draft_vocabulary(examples, args.draft_vocab_size, loaded.tokenizer.eos_token_ids)
     covered = sum(int(torch.isin(e.tokens[e.answer_start:], draft_vocab).sum()) for e in examples) / max(1, n_answer)
     logger.info(f"{len(examples)} examples, {n_answer} answer tokens; draft vocabulary {draft_vocab.numel()} "
@@ -182,11 +210,11 @@ def main(argv=None) -> int:
     )
     head = heads.build(spec_config, loaded.model, draft_vocab)
     heads.initialise(head, loaded.model, seed=args.seed)
-    checkpoint = work / f"{args.kind}-checkpoint.pt"
+    run = {"train": vars(config), "answer_tokens": args.answer_tokens, "n_heads": args.n_heads,
+           "n_blocks": args.n_blocks, "draft_vocab_size": args.draft_vocab_size}
+    checkpoint = work / f"{args.kind}-{digest(run)}.pt"  # another configuration never resumes this one
     losses = train(head, examples, config, checkpoint=checkpoint)
-    # the checkpoint carries the training time across resumes (a kill loses at most checkpoint_every steps)
-    stages.timing[f"train_{args.kind}"] = round(torch.load(checkpoint, weights_only=False).get("seconds", 0.0), 1)
-    write_json_atomic(stages.timing_file, stages.timing)
+    train_seconds = round(torch.load(checkpoint, weights_only=False).get("seconds", 0.0), 1)
 
     spec_config.training = {
         "command": "python scripts/train_speculator.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -194,17 +222,17 @@ def main(argv=None) -> int:
         "train": {k: v for k, v in vars(config).items()},
         "loss_first_20": round(sum(losses[:20]) / len(losses[:20]), 4),
         "loss_last_20": round(sum(losses[-20:]) / len(losses[-20:]), 4),
-        "seconds": stages.timing, "device": device.describe(),
+        "seconds": {**folder.timing, f"train_{args.kind}": train_seconds},
+        "device": decoder.engine.device.describe(),
     }
+    output = Path(args.output) if args.output else SHIPPED_SPECULATORS / f"{name}-{args.kind}"
     tmp = output.with_name(output.name + ".tmp")
     heads.save(head, tmp)
     if output.exists():
-        import shutil
-
         shutil.rmtree(output)
     tmp.rename(output)
     logger.info(f"saved {args.kind} speculator to {output} (this run: {time.perf_counter() - started:.0f} s; "
-                f"stages so far: {stages.timing})")
+                f"data stages: {folder.timing}; training {train_seconds} s)")
     return 0
 
 

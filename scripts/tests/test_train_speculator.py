@@ -1,47 +1,92 @@
-"""scripts/train_speculator.py end to end on a tiny model: data through the engine, weights out,
-and a second run that reuses the saved answers instead of decoding them again."""
+"""scripts/train_speculator.py end to end on a tiny model: the data through the engine, kept in
+its folder, weights out, a second kind trained from the same saved answers, and bad input."""
 
+import gzip
 import json
 
 import pytest
 
+from models.speculative.speculators.contamination import Contamination, evaluation_texts
+
 TINY = "random:tiny-llama:41"
 
 
-def train(run_script, tmp_path, kind, *extra):
-    argv = ["--kind", kind, "--model", TINY, "--n_prompts", "6", "--n_self_written", "2", "--max_new_tokens", "8",
-            "--epochs", "0.5", "--batch_size", "4", "--gen_batch_size", "3", "--max_seq_len", "256",
-            "--draft_vocab_size", "64", "--output", str(tmp_path / kind), "--work_dir", str(tmp_path / "work"),
-            *extra]
+def run(run_script, tmp_path, *extra):
+    argv = ["--model", TINY, "--n_prompts", "24", "--chunk_size", "8", "--max_new_tokens", "8", "--epochs", "0.5",
+            "--batch_size", "4", "--gen_batch_size", "3", "--max_seq_len", "1024", "--draft_vocab_size", "64",
+            "--data_dir", str(tmp_path / "data"), "--work_dir", str(tmp_path / "work"), *extra]
     return run_script("train_speculator", argv)
 
 
-def test_trains_both_kinds_from_one_set_of_saved_answers(run_script, tmp_path):
-    code, err = train(run_script, tmp_path, "multi_projection")
+def test_data_then_both_kinds_from_the_same_saved_answers(run_script, tmp_path):
+    code, err = run(run_script, tmp_path)  # the data only
     assert code == 0, err
-    work = tmp_path / "work"
-    chunks = sorted(p.name for p in work.glob("answers-*.json.gz"))
-    assert chunks == ["answers-000.json.gz"]
-    stamp = (work / chunks[0]).stat().st_mtime_ns
-    config = json.loads((tmp_path / "multi_projection" / "speculator_config.json").read_text())
-    assert config["training"]["examples"] == 8 and 0 < config["training"]["answer_tokens"] <= 64
+    data = tmp_path / "data"
+    names = sorted(p.name for p in data.iterdir())
+    assert names == ["answers-000.json.gz", "answers-001.json.gz", "answers-002.json.gz", "prompts.json.gz",
+                     "settings.json", "timing.json", "written-000.json.gz"]
+    with gzip.open(data / "prompts.json.gz", "rt") as f:
+        saved = json.load(f)
+    assert len(saved["prompts"]) == len(saved["sources"]) > 16  # some passages are too long for the byte tokenizer
+    assert {"authored", "passage", "word_problem", "translation"} <= set(saved["sources"])
+    assert not Contamination(evaluation_texts()[0]).clean(saved["prompts"])[1]  # nothing shares an 8-gram
+    stamps = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
 
-    code, err = train(run_script, tmp_path, "eagle", "--gen_method", "prompt_lookup")
+    out = tmp_path / "mp"
+    code, err = run(run_script, tmp_path, "--kind", "multi_projection", "--output", str(out))
     assert code == 0, err
-    assert (work / chunks[0]).stat().st_mtime_ns == stamp  # the answers were reused, not decoded again
-    assert "answers " not in err
-    assert (tmp_path / "eagle" / "speculator_config.json").exists()
+    config = json.loads((out / "speculator_config.json").read_text())
+    with gzip.open(data / "written-000.json.gz", "rt") as f:
+        written = len(json.load(f)["answers"])  # the target's answers to the writing requests are data too
+    assert config["training"]["examples"] == len(saved["prompts"]) - 8 + written  # chunk 0 is held out
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--gen_method", "prompt_lookup",
+                    "--output", str(tmp_path / "eagle"), "--answer_tokens", "10")
+    assert code == 0, err
+    # the first training chunk already holds 10 answer tokens
+    assert json.loads((tmp_path / "eagle" / "speculator_config.json").read_text())["training"]["examples"] == 8 + written
+    assert {p.name: p.stat().st_mtime_ns for p in data.iterdir() if p.name != "timing.json"} == {
+        k: v for k, v in stamps.items() if k != "timing.json"}  # nothing decoded again
+    assert "answers, chunk" not in err
+
+    scores = tmp_path / "acc.json"
+    for split in ("held_out", "train"):
+        code, err = run_script("speculator_accuracy", [
+            "--model", TINY, "--speculator", str(out), "--data_dir", str(data), "--work_dir", str(tmp_path / "work"),
+            "--split", split, "--steps", "3", "--output", str(scores)])
+        assert code == 0, err
+        figures = json.loads(scores.read_text())
+        assert figures["split"] == split and len(figures["top1"]) == 3 and all(n > 0 for n in figures["positions"])
+        assert figures["examples"] == (8 if split == "held_out" else len(saved["prompts"]) - 8)
 
 
-def test_a_work_folder_with_other_data_settings_is_refused(run_script, tmp_path):
-    assert train(run_script, tmp_path, "multi_projection")[0] == 0
-    code, err = train(run_script, tmp_path, "eagle", "--seed", "5")
+def test_accuracy_needs_one_speculator_and_existing_data(run_script, tmp_path):
+    code, err = run_script("speculator_accuracy", ["--model", TINY, "--data_dir", str(tmp_path)])
+    assert code != 0 and "--kind" in err and err.strip().count("\n") == 0
+    code, err = run_script("speculator_accuracy", ["--model", TINY, "--kind", "eagle", "--data_dir", str(tmp_path / "none")])
+    assert code != 0 and "no speculator data" in err and not (tmp_path / "none").exists()
+
+
+def test_hidden_states_are_rebuilt_when_only_the_answers_survive(run_script, tmp_path):
+    assert run(run_script, tmp_path, "--n_prompts", "8")[0] == 0
+    for cached in (tmp_path / "work").glob("features-*.pt"):
+        cached.unlink()
+    code, err = run(run_script, tmp_path, "--n_prompts", "8", "--kind", "multi_projection",
+                    "--output", str(tmp_path / "mp"))
+    assert code == 0, err
+    assert "hidden states answers-000" in err and "answers, chunk" not in err
+
+
+def test_a_data_folder_with_other_settings_is_refused(run_script, tmp_path):
+    assert run(run_script, tmp_path, "--n_prompts", "8")[0] == 0
+    code, err = run(run_script, tmp_path, "--n_prompts", "8", "--seed", "5", "--kind", "eagle",
+                    "--output", str(tmp_path / "eagle"))
     assert code != 0 and "seed 0 -> 5" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "eagle").exists()
 
 
-@pytest.mark.parametrize("flag, value", [("--gen_batch_size", "0"), ("--n_prompts", "0"), ("--gen_method", "nope")])
+@pytest.mark.parametrize("flag, value", [("--gen_batch_size", "0"), ("--n_prompts", "0"), ("--gen_method", "nope"),
+                                         ("--answer_tokens", "-3")])
 def test_bad_input_is_one_line(run_script, tmp_path, flag, value):
-    code, err = train(run_script, tmp_path, "eagle", flag, value)
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--output", str(tmp_path / "eagle"), flag, value)
     assert code != 0 and err.strip().count("\n") == 0 and value in err
-    assert not (tmp_path / "eagle").exists()
+    assert not (tmp_path / "eagle").exists() and not (tmp_path / "data").exists()

@@ -11,21 +11,28 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from models.common.errors import UserError
 from models.llama.model import Transformer
 from models.speculative.generator import GenerationResult, Generator
+
+
+# an example keeps this many prompt positions before its answer: the heads learn only on answers,
+# and long prompts (documentation passages) would otherwise hold most of the memory
+PROMPT_CONTEXT = 64
 
 
 @dataclasses.dataclass
 class Example:
     tokens: torch.Tensor  # [L] int64: prompt + answer
     features: torch.Tensor  # [L, D] fp16: target final hidden state at each position
-    answer_start: int  # index of the first answer token
+    answer_start: int  # index of the first answer token (after the prompt's last PROMPT_CONTEXT tokens)
 
 
 def _left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +59,14 @@ def answer_prompts(generator: Generator, prompts: list[list[int]], max_new_token
     return result.results
 
 
+def _example(prompt: list[int], answer: list[int], features: torch.Tensor, cut: bool = True) -> Example:
+    """prompt + answer but its last token, keeping only the prompt's last PROMPT_CONTEXT positions
+    (cut: features still cover the whole prompt; otherwise they were cut already)."""
+    skip = max(0, len(prompt) - PROMPT_CONTEXT)
+    return Example(torch.tensor(prompt[skip:] + answer[:-1]), features[skip:] if cut else features,
+                   len(prompt) - skip)
+
+
 def examples_from(prompts: list[list[int]], results: list[GenerationResult]) -> list[Example]:
     """Examples from answers decoded with record_hidden: each sequence stops before its last token,
     the one position decoding never runs through the target (its hidden state is not known)."""
@@ -59,7 +74,7 @@ def examples_from(prompts: list[list[int]], results: list[GenerationResult]) -> 
     for prompt, r in zip(prompts, results):
         if r.hidden is None:
             raise ValueError("the answers were decoded without record_hidden: no hidden states to learn from")
-        examples.append(Example(torch.tensor(prompt + r.tokens[:-1]), r.hidden.to(torch.float16).cpu(), len(prompt)))
+        examples.append(_example(prompt, r.tokens, r.hidden.to(torch.float16).cpu()))
     return examples
 
 
@@ -83,26 +98,40 @@ def record_features(model: Transformer, prompts: list[list[int]], answers: list[
             cache = model.new_cache(batch.shape[1], batch_size=len(idx))
             _, hidden = model(batch.to(device), cache, 0, pad=pad.to(device), logits_for="none", return_hidden=True)
             for row, i in enumerate(idx):
-                p = int(pad[row])
-                examples[i] = Example(torch.tensor(sequences[i]), hidden[row, p:].to(torch.float16).cpu(),
-                                      len(prompts[i]))
+                features = hidden[row, int(pad[row]):].to(torch.float16).cpu()
+                examples[i] = _example(prompts[i], answers[i], features)
             bar.update(len(idx))
             lo = hi
     return examples
 
 
-def save_answers(path: Path, prompts: list[str], answers: list[list[int]]) -> None:
-    """Prompts (text) and the target's answers (token ids), gzipped JSON, written atomically."""
+def save_json(path: Path, obj) -> None:
+    """Gzipped JSON, written atomically (a kill never leaves half a file under the real name)."""
     tmp = path.with_name(path.name + ".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        json.dump({"prompts": prompts, "answers": answers}, f, separators=(",", ":"))
+        json.dump(obj, f, separators=(",", ":"))
     tmp.replace(path)
 
 
-def load_answers(path: Path) -> tuple[list[str], list[list[int]]]:
+def load_json(path: Path):
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        saved = json.load(f)
-    return saved["prompts"], saved["answers"]
+        return json.load(f)
+
+
+def _fingerprint(prompts: list[str]) -> str:
+    return hashlib.sha256("\0".join(prompts).encode()).hexdigest()
+
+
+def save_answers(path: Path, prompts: list[str], answers: list[list[int]]) -> None:
+    """The target's answers (token ids) to prompts kept elsewhere, with the prompts' fingerprint."""
+    save_json(path, {"prompts_sha256": _fingerprint(prompts), "answers": answers})
+
+
+def load_answers(path: Path, prompts: list[str]) -> list[list[int]]:
+    saved = load_json(path)
+    if saved["prompts_sha256"] != _fingerprint(prompts):
+        raise UserError(f"{path} answers other prompts than this run's; remove it or use another data folder")
+    return saved["answers"]
 
 
 def save_features(path: Path, examples: list[Example]) -> None:
@@ -114,7 +143,11 @@ def save_features(path: Path, examples: list[Example]) -> None:
 
 def load_examples(path: Path, prompts: list[list[int]], answers: list[list[int]]) -> list[Example]:
     features = torch.load(path, weights_only=True)
-    return [Example(torch.tensor(p + a[:-1]), f, len(p)) for p, a, f in zip(prompts, answers, features)]
+    return [_example(p, a, f, cut=False) for p, a, f in zip(prompts, answers, features)]
+
+
+def answer_tokens(examples: list[Example]) -> int:
+    return sum(len(e.tokens) - e.answer_start for e in examples)
 
 
 def draft_vocabulary(examples: list[Example], size: int, always: tuple[int, ...]) -> torch.Tensor:

@@ -4,9 +4,10 @@ multi_projection: head i reads the target feature at position p and learns the t
 p + 1 + i (cross-entropy over the draft vocabulary; the LM head stays frozen).
 
 eagle: pair p = (token p+1, feature p) goes through the draft layer; the output regresses the
-feature at p+1 (smooth L1) and its projection learns token p+2 (cross-entropy, weight 0.1, as
-EAGLE does). A second pass feeds the draft its own predicted features (detached) in place of
-the real ones, as it will see them from the second draft step on.
+feature at p+1 (smooth L1) and its projection learns token p+2 (cross-entropy). Training-time
+test (as EAGLE-3 and HASS do): `unroll_steps` passes, each after the first fed the previous
+pass's predicted features (detached, shifted one position) in place of the real ones, as
+drafting step s reads features the head itself predicted s - 1 steps back.
 
 Both: AdamW, linear warm-up then cosine decay, gradient clipping, a fixed seed and data order,
 and a checkpoint (weights, optimiser, step) every `checkpoint_every` steps for resuming.
@@ -43,7 +44,8 @@ class TrainConfig:
     clip: float = 1.0
     feature_noise: float = 0.05  # eagle: gaussian noise on input features, x the features' std
     cls_weight: float = 1.0  # eagle: cross-entropy weight beside the feature regression
-    own_feature_weight: float = 0.5  # eagle: weight of the pass on its own predicted features
+    own_feature_weight: float = 0.5  # eagle: weight of each pass on its own predicted features
+    unroll_steps: int = 2  # eagle: passes per batch (1: real features only; 2: one on its own, as before)
     seed: int = 0
     checkpoint_every: int = 50
 
@@ -102,6 +104,22 @@ def multi_projection_loss(heads: MultiProjectionHeads, batch: list[Example], t2d
     return torch.stack(losses).mean()
 
 
+def eagle_passes(head: EagleHead, tokens: torch.Tensor, in_feats: torch.Tensor, pad: torch.Tensor,
+                 steps: int) -> list[torch.Tensor]:
+    """The draft layer's output [B, W-1, D] for `steps` passes over pairs (token p+1, feature p):
+    the first reads in_feats; each next reads the previous pass's predictions one position back
+    (detached), so pass s sees what drafting step s sees after s - 1 steps of its own."""
+    outs: list[torch.Tensor] = []
+    feats = in_feats
+    for _ in range(steps):
+        x = head.inputs(tokens[:, 1:], feats)
+        cache = head.layer.new_cache(x.shape[1], batch_size=x.shape[0])
+        _, hidden = head.layer(None, cache, 0, pad=pad, embeds=x, logits_for="none", return_hidden=True)
+        outs.append(hidden)
+        feats = torch.cat([in_feats[:, :1], hidden[:, :-1].detach()], dim=1)
+    return outs
+
+
 def eagle_loss(head: EagleHead, batch: list[Example], t2d: torch.Tensor, config: TrainConfig,
                generator: torch.Generator) -> torch.Tensor:
     device = head.fc_weight.device
@@ -116,24 +134,17 @@ def eagle_loss(head: EagleHead, batch: list[Example], t2d: torch.Tensor, config:
     label[:, :-1] = t2d[tokens[:, 2:]]
     cls_mask = learn & (label != IGNORE)
 
-    def run(in_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = head.inputs(tokens[:, 1:], in_feats)
-        cache = head.layer.new_cache(n_pairs, batch_size=len(batch))
-        _, hidden = head.layer(None, cache, 0, pad=pad, embeds=x, logits_for="none", return_hidden=True)
-        reg = F.smooth_l1_loss(hidden[learn], feats[:, 1:][learn])
-        logits = hidden[cls_mask] @ head.layer.output.T  # only where a token is learnt
-        cls = F.cross_entropy(logits, label[cls_mask]) if bool(cls_mask.any()) else reg * 0
-        return reg + config.cls_weight * cls, hidden
-
     in_feats = feats[:, :-1]
     if config.feature_noise:
         scale = config.feature_noise * in_feats[real].std()
         in_feats = in_feats + scale * torch.randn(in_feats.shape, generator=generator, device=device)
-    loss, hidden = run(in_feats)
-    if config.own_feature_weight:
-        own = torch.cat([feats[:, :1], hidden[:, :-1].detach()], dim=1)  # predicted feature p from pass 1
-        loss2, _ = run(own)
-        loss = loss + config.own_feature_weight * loss2
+    steps = max(1, config.unroll_steps if config.own_feature_weight else 1)
+    loss = torch.zeros((), device=device)
+    for s, hidden in enumerate(eagle_passes(head, tokens, in_feats, pad, steps)):
+        reg = F.smooth_l1_loss(hidden[learn], feats[:, 1:][learn])
+        logits = hidden[cls_mask] @ head.layer.output.T  # only where a token is learnt
+        cls = F.cross_entropy(logits, label[cls_mask]) if bool(cls_mask.any()) else reg * 0
+        loss = loss + (1.0 if s == 0 else config.own_feature_weight) * (reg + config.cls_weight * cls)
     return loss
 
 

@@ -7,27 +7,39 @@ Spec-Bench; see README), so a rounding difference on another CPU does not trip t
 load, a wrong draft-to-target map or a stale feature would.
 """
 
+import json
+from pathlib import Path
+
 import pytest
 
 from models.common.device import open_device
 from models.common.metrics import summarize
 from models.common.prompts import Prompt
 from models.speculative.engine import Engine, RunConfig
-from models.speculative.speculators import corpus
+from models.speculative.speculators import corpus, data
+from models.speculative.speculators.contamination import NGRAM, REPO, Contamination, evaluation_texts
 
-HELD_OUT = [
-    "Give me two tips for learning a new language as an adult.",
-    "What is the capital of Australia, and why was that city chosen?",
-    "A train travels 60 km in 45 minutes. What is its average speed in km per hour?",
-    "Write a haiku about the first snow of winter.",
-]
+HELD_OUT = json.loads((Path(corpus.__file__).parent / "held_out_prompts.json").read_text())
 MAX_NEW_TOKENS = 48
 FLOORS = {"multi_projection": (4, 1.08), "eagle": (3, 1.15)}  # method: (k, minimum mean accepted tokens)
 
 
-def test_held_out_prompts_are_not_in_the_training_corpus():
-    authored = set(corpus.authored_prompts(1800, seed=0))  # train_speculator.py's defaults
-    assert not authored & set(HELD_OUT)
+def training_prompts() -> list[str]:
+    """Every prompt the speculators' data answers: the authored corpus the shipped weights used
+    (train_speculator.py's old defaults) and, where it is committed, the new data's prompts and
+    the requests the target answered to write some of them."""
+    prompts = corpus.authored_prompts(1800, seed=0)
+    data_dir = REPO / "data" / "speculator" / "smollm2-135m"
+    if (data_dir / "prompts.json.gz").exists():
+        prompts += data.load_json(data_dir / "prompts.json.gz")["prompts"]
+    return prompts
+
+
+def test_no_training_prompt_shares_a_long_ngram_with_an_evaluation_prompt():
+    evaluation, found = evaluation_texts()
+    assert any(f.name == "held_out_prompts.json" for f in found) and len(evaluation) >= len(HELD_OUT)
+    shared = Contamination(evaluation).clean(training_prompts())[1]
+    assert not shared, f"{len(shared)} training prompts share a {NGRAM}-word run with an evaluation prompt"
 
 
 @pytest.mark.default_model

@@ -16,6 +16,8 @@ from models.speculative.proposers.multi_projection import MultiProjectionPropose
 from models.speculative.proposers.draft_model import DraftModelProposer
 from models.speculative.tree import TreeSpec
 from models.speculative.speculators import corpus, data, heads
+from models.speculative.speculators import train as train_module
+from models.speculative.speculators.data import Example
 from models.speculative.speculators.train import TrainConfig, train
 
 TARGET = "random:tiny-llama:41"
@@ -70,12 +72,15 @@ def test_answers_are_target_only_greedy_decoding(target, prompts, answers):
 @pytest.mark.parametrize("index", [0, 5, 23])
 def test_examples_carry_the_targets_hidden_states(target, prompts, answers, examples, index):
     model, e = target.model, examples[index]
-    assert torch.equal(e.tokens, torch.tensor(prompts[index] + answers[index][:-1]))  # the last token has none
-    assert e.answer_start == len(prompts[index])
+    whole = prompts[index] + answers[index][:-1]  # the last token has no hidden state
+    skip = len(prompts[index]) - data.PROMPT_CONTEXT
+    assert skip > 0  # these prompts are longer than the context an example keeps
+    assert torch.equal(e.tokens, torch.tensor(whole[skip:]))
+    assert e.answer_start == data.PROMPT_CONTEXT
     assert e.features.shape == (len(e.tokens), model.args.dim)
     with torch.inference_mode():  # the sequence in one pass, alone: what the decoding passes recorded
-        _, hidden = model(e.tokens[None], model.new_cache(len(e.tokens)), 0, logits_for="none", return_hidden=True)
-    torch.testing.assert_close(e.features.float(), hidden[0], atol=2e-3, rtol=2e-3)
+        _, hidden = model(torch.tensor([whole]), model.new_cache(len(whole)), 0, logits_for="none", return_hidden=True)
+    torch.testing.assert_close(e.features.float(), hidden[0, skip:], atol=2e-3, rtol=2e-3)
 
 
 def test_rebuilt_examples_match_the_recorded_ones(target, prompts, answers, examples):
@@ -241,3 +246,42 @@ def test_corpus_is_deterministic_and_never_the_evaluation_prompts():
     if bench.exists():
         held_out |= {json.loads(line)["turns"][0] for line in bench.read_text().splitlines() if line.strip()}
     assert not held_out & set(corpus.authored_prompts(2000, seed=0))
+
+
+def _self_consistent(kind, target, length=24, answer_start=6):
+    """An example whose answer is exactly what the head drafts at step 1 from each position
+    (built token by token, since eagle reads the tokens it predicts): step-1 accuracy is 1."""
+    from models.speculative.speculators.evaluate import _step_logits
+    head = make_head(kind, target)
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.randn(length, target.model.args.dim, generator=gen).half()
+    tokens = torch.randint(3, 200, (length,), generator=gen)
+    for p in range(answer_start - 2, length - 2):  # position p drafts the token at p + 2
+        example = Example(tokens.clone(), feats, answer_start)
+        b_tokens, b_feats, pad, _ = train_module._pad_batch([example], "cpu")
+        with torch.inference_mode():
+            logits = _step_logits(head, b_tokens, b_feats, pad, 1)[0]
+        tokens[p + 2] = head.draft_vocab[logits[0, p].argmax()]
+    return head, Example(tokens, feats, answer_start)
+
+
+@pytest.mark.parametrize("kind", heads.KINDS)
+def test_accuracy_scores_each_step_at_the_right_position(kind, target):
+    from models.speculative.speculators.evaluate import accuracy
+    head, example = _self_consistent(kind, target)
+    scored = accuracy(head, [example], steps=2, topk=3)
+    assert scored["top1"][0] == 1.0 and scored["top3"][0] == 1.0
+    assert scored["positions"] == [len(example.tokens) - example.answer_start - 1,
+                                   len(example.tokens) - example.answer_start - 2]
+    shifted = Example(torch.roll(example.tokens, 1), example.features, example.answer_start)
+    assert accuracy(head, [shifted], steps=1)["top1"][0] < 0.5  # one position off scores (almost) nothing
+
+
+def test_eagle_unrolled_training_runs_every_pass(target, examples):
+    head = make_head("eagle", target)
+    calls = []
+    original = head.inputs
+    head.inputs = lambda *a: calls.append(1) or original(*a)
+    train(head, examples[:4], TrainConfig(epochs=1, batch_size=4, unroll_steps=4), checkpoint=None)
+    assert len(calls) == 4  # one batch, four passes
+    head.inputs = original

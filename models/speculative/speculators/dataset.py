@@ -1,0 +1,77 @@
+"""The speculators' data on disk: a data folder (small, committed: settings, prompts, the target's
+answers as token ids a chunk at a time, stage times) and a work folder (a cache: hidden states
+per chunk, training checkpoints), so the data survives a lost machine and its hidden states are
+rebuilt from the answers in one teacher-forced pass.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from models.common.cli import write_json_atomic
+from models.common.errors import UserError
+from models.common.tokenizer import Tokenizer
+from models.llama.model import Transformer
+from models.speculative.speculators import data
+
+HELD_OUT_CHUNKS = 1  # the first chunks of answers are never trained on: the held-out split of our own data
+
+
+def answers_chunk(n: int) -> str:
+    return f"answers-{n:03d}"
+
+
+class DataFolder:
+    """The prompts, the answers (a chunk at a time) and the time each stage took, for one set of
+    data settings: a finished chunk is never redone, and a run with other settings is refused."""
+
+    def __init__(self, folder: Path, settings: dict | None = None):
+        """settings None: an existing folder, read as it was made."""
+        self.folder = folder
+        settings_file = folder / "settings.json"
+        if settings is None:
+            if not settings_file.exists():
+                raise UserError(f"{folder} holds no speculator data (no settings.json); "
+                                f"make it with scripts/train_speculator.py")
+            settings = json.loads(settings_file.read_text())
+        folder.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        if settings_file.exists():
+            saved = json.loads(settings_file.read_text())
+            changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+            if changed:
+                what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+                raise UserError(f"{folder} holds data made with other settings ({what}); "
+                                f"pass another --data_dir or remove that folder")
+        else:
+            write_json_atomic(settings_file, settings)
+        self.timing_file = folder / "timing.json"
+        self.timing = json.loads(self.timing_file.read_text()) if self.timing_file.exists() else {}
+
+    def timed(self, name: str, seconds: float) -> None:
+        self.timing[name] = round(self.timing.get(name, 0.0) + seconds, 1)
+        write_json_atomic(self.timing_file, self.timing)
+
+    def prompts(self) -> list[str]:
+        path = self.folder / "prompts.json.gz"
+        if not path.exists():
+            raise UserError(f"{self.folder} has no prompts yet; make the data with scripts/train_speculator.py")
+        return data.load_json(path)["prompts"]
+
+
+def load_chunk(folder: DataFolder, work: Path, model: Transformer, tokenizer: Tokenizer, name: str,
+               prompts: list[str]) -> tuple[list[list[int]], list[data.Example]] | None:
+    """A saved chunk's answers and examples (hidden states from the cache, or rebuilt by one
+    teacher-forced pass when it is gone); None when the chunk was never answered."""
+    answers_path, features_path = folder.folder / f"{name}.json.gz", work / f"features-{name}.pt"
+    if not answers_path.exists():
+        return None
+    answers = data.load_answers(answers_path, prompts)
+    ids = [tokenizer.encode(p, chat=True) for p in prompts]
+    if not features_path.exists():
+        t0 = time.perf_counter()
+        data.save_features(features_path, data.record_features(model, ids, answers, desc=f"hidden states {name}"))
+        folder.timed("features", time.perf_counter() - t0)
+    return answers, data.load_examples(features_path, ids, answers)

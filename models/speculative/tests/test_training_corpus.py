@@ -1,0 +1,58 @@
+"""The speculators' training prompts: sources that are distinct and deterministic, a mix spread
+evenly, and the n-gram check that keeps every evaluation prompt out of them."""
+
+import json
+
+from models.speculative.speculators import mix, sources
+from models.speculative.speculators.contamination import Contamination, evaluation_texts, ngrams
+
+BENCH = "Who played anna in once upon a time?"
+SHORT = "Who wrote the Odyssey poem?"
+QUESTION = "Jen decides to travel to 3 different countries. He has to pay $400 for the supplies he needs, in total."
+
+
+def test_a_prompt_holding_an_evaluation_prompt_is_caught_however_it_is_dressed():
+    check = Contamination([BENCH, QUESTION, SHORT, "Summarize it."])
+    pasted = f"Please answer carefully.\n\n{QUESTION.upper().replace(',', ';')}\n\nThanks!"
+    keep, drop = check.clean([pasted, "Jen decides to travel to 3 different places today.",
+                              f"Quiz: {BENCH}", f"First, {SHORT.lower()} Then explain why.", "Summarize it."])
+    assert drop == [0, 2, 3] and keep == [1, 4]  # short questions whole; two words would catch everything
+    assert not check.shared("Jen decides to travel to 3 different")  # seven shared words are not eight
+
+
+def test_evaluation_texts_read_prompt_files_and_spec_bench_turns(tmp_path):
+    (tmp_path / "demo_prompts.json").write_text(json.dumps([{"prompt": "Summarize.", "context": "alpha beta"}]))
+    bench = tmp_path / "question.jsonl"
+    bench.write_text(json.dumps({"category": "qa", "turns": ["first turn", "second turn"]}) + "\n")
+    plain = tmp_path / "held.json"
+    plain.write_text(json.dumps(["a plain prompt"]))
+    texts, found = evaluation_texts([tmp_path, bench, plain, tmp_path / "missing.jsonl"])
+    assert texts == ["alpha beta\n\nSummarize.", "first turn", "second turn", "a plain prompt"]
+    assert [p.name for p in found] == ["demo_prompts.json", "question.jsonl", "held.json"]
+
+
+def test_sources_are_distinct_deterministic_and_keep_their_first_items():
+    passages = sources.stdlib_passages()
+    assert len(passages) > 500 and all(30 <= len(t.split()) <= 300 for _, t in passages)
+    for make in (lambda n: sources.word_problems(n, 0), lambda n: sources.passage_prompts(n, 0, passages)):
+        many = make(400)
+        assert len(set(many)) == 400 and make(400) == many
+    assert sources.word_problems(50, 0) == sources.word_problems(400, 0)[:50]
+    sentences = sources.first_sentences(passages)
+    assert len(sentences) == len(set(sentences)) > 100
+    requests = [r for r, _ in sources.foreign_text_requests(300, 0, sentences)]
+    assert len(set(requests)) == 300
+
+
+def test_the_mix_spreads_every_source_over_the_whole_list():
+    groups = {"a": [f"a{i}" for i in range(60)], "b": [f"b{i}" for i in range(30)], "c": [f"c{i}" for i in range(10)]}
+    ordered = mix.interleave(groups)
+    assert sorted(p for _, p in ordered) == sorted(p for items in groups.values() for p in items)
+    first = [s for s, _ in ordered[:20]]
+    assert first.count("a") == 12 and first.count("b") == 6 and first.count("c") == 2  # a fair sample
+    counts = mix.counts(21000, {**mix.DIRECT, **mix.WRITTEN})
+    assert abs(sum(counts.values()) - 21000) <= len(counts)
+
+
+def test_ngrams_ignore_case_and_punctuation():
+    assert ngrams("A, b; C!", 3) == ngrams("a b c", 3) == {("a", "b", "c")}
