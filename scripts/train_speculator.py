@@ -67,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=float, default=None, help=f"default: {DEFAULT_EPOCHS}")
     p.add_argument("--batch_size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--unroll_steps", type=int, default=d.unroll_steps,
+                   help="eagle: training-time test passes, each on the features the head predicted (1: real features only)")
     p.add_argument("--gen_batch_size", type=int, default=32, help="rows decoded at once (continuous batching)")
     p.add_argument("--gen_method", default=TARGET, choices=METHODS,
                    help="how the answers are decoded (every method emits target-only greedy tokens)")
@@ -173,7 +175,7 @@ def digest(settings: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     for flag, least in (("n_prompts", 1), ("draft_vocab_size", 2), ("max_new_tokens", 2), ("gen_batch_size", 1),
-                        ("answer_tokens", 1), ("chunk_size", 1)):
+                        ("answer_tokens", 1), ("chunk_size", 1), ("unroll_steps", 1)):
         value = getattr(args, flag)
         if value is not None and value < least:
             raise UserError(f"--{flag} must be >= {least}, got {value}")
@@ -203,7 +205,8 @@ def main(argv=None) -> int:
                 f"covers {covered:.1%} of them")
 
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.kind]
-    config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         unroll_steps=args.unroll_steps)
     spec_config = heads.SpeculatorConfig(
         kind=args.kind, target=args.model, dim=loaded.model.args.dim, vocab_size=loaded.model.args.vocab_size,
         draft_vocab_size=draft_vocab.numel(), n_heads=args.n_heads, n_blocks=args.n_blocks,

@@ -39,7 +39,7 @@ def test_data_then_both_kinds_from_the_same_saved_answers(run_script, tmp_path):
     with gzip.open(data / "written-000.json.gz", "rt") as f:
         written = len(json.load(f)["answers"])  # the target's answers to the writing requests are data too
     assert config["training"]["examples"] == len(saved["prompts"]) - 8 + written  # chunk 0 is held out
-    code, err = run(run_script, tmp_path, "--kind", "eagle", "--gen_method", "prompt_lookup",
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--gen_method", "prompt_lookup", "--unroll_steps", "3",
                     "--output", str(tmp_path / "eagle"), "--answer_tokens", "10")
     assert code == 0, err
     # the first training chunk already holds 10 answer tokens
@@ -85,7 +85,7 @@ def test_a_data_folder_with_other_settings_is_refused(run_script, tmp_path):
 
 
 @pytest.mark.parametrize("flag, value", [("--gen_batch_size", "0"), ("--n_prompts", "0"), ("--gen_method", "nope"),
-                                         ("--answer_tokens", "-3")])
+                                         ("--answer_tokens", "-3"), ("--unroll_steps", "0")])
 def test_bad_input_is_one_line(run_script, tmp_path, flag, value):
     code, err = run(run_script, tmp_path, "--kind", "eagle", "--output", str(tmp_path / "eagle"), flag, value)
     assert code != 0 and err.strip().count("\n") == 0 and value in err
