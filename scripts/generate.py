@@ -15,26 +15,28 @@ it. Prompt i samples from the stream (--seed, i): a run reproduces from its seed
 Many users at once: `--batch_size B` decodes B prompts together (the next B when all are done),
 `--full_batch_size S` keeps S rows busy (continuous batching: a finished row takes the next
 prompt). One target call per iteration serves every row; each output equals its solo run.
+
+Several devices: `--mesh_shape DPxTP` starts one worker process per mesh device (torch.distributed,
+gloo on the CPU, NCCL on CUDA): the target and a draft model sharded over TP, the prompts split
+over DP, outputs gathered in input order. See README "Mesh devices".
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loguru import logger
-from tqdm import tqdm
 
 from models.common.cli import ArgumentParser, bool01, check_writable, run_cli, tree_budget_arg, write_json_atomic
-from models.common.device import requested_device_name
+from models.common.device import open_device, requested_device_name
 from models.common.metrics import summarize
 from models.common.prompts import load_prompts
-from models.speculative.engine import BATCH_DRAFTS, METHODS, Engine, RunConfig
-from models.speculative.generator import BatchIteration, BatchResult
+from models.common.mesh import run_on_mesh
+from models.speculative.engine import BATCH_DRAFTS, METHODS, RunConfig
+from models.speculative.mesh_runs import run_prompts
 from models.speculative.sampling import VERIFY_MODES
 
 STATS_KEYS = (
@@ -83,32 +85,11 @@ def parse_args(argv: list[str] | None = None):
                    help="sampling only: rejection (default; distributed as target-only sampling) or coupled "
                         "(Gumbel noise per position: equal to target-only sampling token for token)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")
+    p.add_argument("--mesh_shape", default=d.mesh_shape,
+                   help="DPxTP mesh devices, one worker process each: the target sharded over TP, the prompts "
+                        "split over DP (default 1x1: this process)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
     return p.parse_args(argv)
-
-
-def decode(engine: Engine, encoded: list[list[int]]) -> BatchResult:
-    """Every prompt, one at a time or batched, with a progress bar over finished prompts."""
-    rows = engine.config.rows
-    bar = tqdm(total=len(encoded), desc=engine.config.method, unit="prompt", file=sys.stderr)
-    if rows == 1:
-        t0 = time.perf_counter()
-        results = []
-        for i, ids in enumerate(encoded):
-            results.append(engine.run(ids, prompt_index=i))
-            bar.update()
-        bar.close()
-        return BatchResult(results, time.perf_counter() - t0, [])
-
-    def progress(n: int, it: BatchIteration) -> None:
-        bar.set_postfix_str(f"{it.tokens_per_s_per_user:.1f} tok/s/user ({it.throughput:.1f} tok/s throughput)",
-                            refresh=False)
-        bar.update(len(it.finished))
-
-    result = engine.run_batch(encoded, on_iteration=progress)
-    bar.update(len(encoded) - bar.n)  # prompts done at their first token after the last iteration
-    bar.close()
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,25 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         full_batch_size=args.full_batch_size, batch_drafts=args.batch_drafts,
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, verify=args.verify,
+        mesh_shape=args.mesh_shape,
     )
     config.validate()
-    engine = Engine(config, uses_baseline=False)
-    encoded = engine.encode(prompts)
-    batching = (f", continuous batching over {config.full_batch_size} rows" if config.full_batch_size
-                else f", batches of {config.batch_size}" if config.batch_size > 1 else "")
-    logger.info(f"{config.method} on {len(prompts)} prompts, {engine.device.describe()}{batching}")
-    engine.warm_up(encoded[0], baseline=False)  # so prompt 0's TTFT holds no kernel load or capture
-
-    results = decode(engine, encoded)
-    records = [{"index": i, "output_ids": r.tokens, "text": engine.tokenizer.decode(r.tokens)}
-               for i, r in enumerate(results.results)]
+    device = open_device(config.device, config.dtype)  # a bad or missing device: one line, before any worker
+    run = run_on_mesh(config.mesh, run_prompts, config, prompts, device_type=device.type)
+    results = run.result
+    records = [{"index": i, "output_ids": r.tokens, "text": text}
+               for i, (r, text) in enumerate(zip(results.results, run.texts))]
     summary = summarize([r.stats for r in results.results])
     stats = {key: summary[key] for key in STATS_KEYS if key in summary}
     stats["throughput_tokens_per_s"] = results.throughput_tokens_per_s
-    config_out = {**config.describe(), "device": engine.device.describe(), "input_prompts": args.input_prompts,
-                  "tree": dataclasses.asdict(engine.spec) if engine.proposer is not None else None}
-    if engine.proposer is not None:
-        config_out["proposer"] = engine.proposer.describe()
+    config_out = {**config.describe(), "device": run.device, "input_prompts": args.input_prompts, "tree": run.tree}
+    if run.proposer is not None:
+        config_out["proposer"] = run.proposer
     write_json_atomic(output, {"config": config_out, "prompts": records, "stats": stats})
     logger.info(
         f"acceptance {stats['acceptance_rate']:.3f}, mean accepted {stats['mean_accepted_tokens']:.2f}, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import torch
 
@@ -36,6 +37,7 @@ class Device:
     torch_device: torch.device
     dtype: torch.dtype
     traced: bool  # CUDA graphs per shape; False means the same interface runs eagerly
+    mesh: str = "1x1"  # DPxTP mesh devices of this kind (cpu:1x2, cuda:1x4); runs start a worker each
 
     @property
     def type(self) -> str:
@@ -49,14 +51,10 @@ class Device:
         name = torch.cuda.get_device_name(self.torch_device).removeprefix("NVIDIA ").strip()
         return name.split()[0] if name else "cuda"
 
-    @property
-    def mesh(self) -> str:
-        """The mesh shape, rows x columns (one device until mesh support lands)."""
-        return "1x1"
-
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.torch_device) if self.type == "cuda" else "cpu"
-        return f"{name} ({str(self.dtype).removeprefix('torch.')}, {'traced' if self.traced else 'eager'})"
+        mesh = "" if self.mesh == "1x1" else f", mesh {self.mesh}"
+        return f"{name} ({str(self.dtype).removeprefix('torch.')}, {'traced' if self.traced else 'eager'}{mesh})"
 
 
 def requested_device_name(cli_value: str | None, default: str | None = None) -> str:
@@ -64,7 +62,18 @@ def requested_device_name(cli_value: str | None, default: str | None = None) -> 
     return (cli_value or os.environ.get("MESH_DEVICE") or default or "cpu").strip()
 
 
+def split_mesh(name: str) -> tuple[str, str]:
+    """"cpu:1x2" -> ("cpu", "1x2"); a plain device is a 1x1 mesh ("cuda:1" is a GPU index)."""
+    m = re.match(r"^(cpu|cuda):(\d+x\d+)$", name.strip().lower())
+    return (m.group(1), m.group(2)) if m else (name, "1x1")
+
+
 def open_device(name: str, dtype: str | None = None, traced: bool | None = None) -> Device:
+    """name: cpu, cuda[:N], or cpu:DPxTP / cuda:DPxTP for a mesh of them."""
+    name, mesh = split_mesh(name)
+    from models.common.mesh import MeshShape
+
+    mesh = str(MeshShape.parse(mesh))
     key = name.lower()
     if key in UNAVAILABLE_BACKENDS:
         raise DeviceUnavailable(
@@ -82,4 +91,4 @@ def open_device(name: str, dtype: str | None = None, traced: bool | None = None)
         raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     if traced is None:
         traced = torch_device.type == "cuda"
-    return Device(torch_device, DTYPES[dtype], traced and torch_device.type == "cuda")
+    return Device(torch_device, DTYPES[dtype], traced and torch_device.type == "cuda", mesh)

@@ -126,6 +126,8 @@ class Transformer(nn.Module):
         inv_freq = torch.tensor(args.inv_freq, dtype=torch.float32, device=device)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.tp = None  # a TensorParallel when this holds one rank's shard (tensor_parallel.shard)
+        self.unsharded: Transformer | None = None  # that shard's whole model
 
     @property
     def dtype(self) -> torch.dtype:
@@ -148,7 +150,17 @@ class Transformer(nn.Module):
         view.output = self.output
         view.register_buffer("inv_freq", self.inv_freq, persistent=False)
         view._rope_cache = self._rope_cache
+        view.tp = self.tp
+        view.unsharded = None if self.unsharded is None else self.unsharded.truncated(n_layers)
         return view
+
+    def _summed(self, partial: torch.Tensor) -> torch.Tensor:
+        """A row-parallel layer's output: this rank's partial sum, added across the tp group."""
+        return partial if self.tp is None else self.tp.sum(partial)
+
+    def _logits(self, h: torch.Tensor, any_rows: bool = False) -> torch.Tensor:
+        logits = linear(h, self.output, any_rows)
+        return logits if self.tp is None else self.tp.gather_vocab(logits, self.args.vocab_size)
 
     def new_cache(self, max_seq_len: int, batch_size: int = 1) -> KVCache:
         return KVCache(
@@ -229,7 +241,7 @@ class Transformer(nn.Module):
         if logits_for == "none":
             logits = None
         else:
-            logits = linear(h[:, -1:] if logits_for == "last" else h, self.output)
+            logits = self._logits(h[:, -1:] if logits_for == "last" else h)
         return (logits, h) if return_hidden else logits
 
     def _cache_attention(self, cache: KVCache, slots: torch.Tensor, kv_len: int, mask: torch.Tensor | None,
@@ -293,7 +305,7 @@ class Transformer(nn.Module):
         h = rms_norm(h, self.norm, self.args.norm_eps)[0]
         for block in blocks:
             block.cache.length += block.n_tokens
-        logits = linear(h, self.output, any_rows=True)
+        logits = self._logits(h, any_rows=True)
         return (logits, h) if return_hidden else logits
 
     def _rows_attention(self, cache: KVCache, blocks: list[RowBlock], slots: torch.Tensor, rows: torch.Tensor,
@@ -369,7 +381,7 @@ class Transformer(nn.Module):
         qk = apply_rope(qk.reshape(bsz, seqlen, nh + nkv, hd), cos, sin)  # q and k in one pass
         q, k = qk.split([nh, nkv], dim=2)
         attn = attention(index, q, k, v.view(bsz, seqlen, nkv, hd)).reshape(bsz, seqlen, nh * hd)
-        x = x + linear(attn, layer.wo, any_rows)
+        x = x + self._summed(linear(attn, layer.wo, any_rows))
         h = rms_norm(x, layer.ffn_norm, args.norm_eps)
         gate, up = linear(h, layer.w_gate_up, any_rows).chunk(2, dim=-1)
-        return x + linear(F.silu(gate) * up, layer.w_down, any_rows)
+        return x + self._summed(linear(F.silu(gate) * up, layer.w_down, any_rows))

@@ -11,11 +11,13 @@ import dataclasses
 import torch
 
 from models.common.correctness import top2_margin
-from models.common.device import Device, open_device
+from models.common.device import Device, open_device, split_mesh
 from models.common.errors import UserError
 from models.common.memory import check_kv_caches_fit
+from models.common.mesh import Mesh, MeshShape
 from models.common.prompts import Prompt
 from models.llama.kv_cache import cache_bytes_per_token
+from models.llama.tensor_parallel import TensorParallel, shard
 from models.llama.trace import TracedModel
 from models.llama.weights import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
 from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
@@ -63,6 +65,7 @@ class RunConfig:
     top_p: float = 1.0  # 1: off
     seed: int = 0  # prompt i samples from the stream (seed, i)
     verify: str | None = None  # sampling: rejection (default) or coupled
+    mesh_shape: str | None = None  # DPxTP mesh devices (models/common/mesh.py); default: the device's (cpu:1x2), else 1x1
 
     @property
     def sampling(self) -> SamplingParams:
@@ -96,6 +99,27 @@ class RunConfig:
         if self.verify is not None and self.temperature == 0:
             raise UserError(f"--verify {self.verify} is for sampling (--temperature > 0); at temperature 0 decoding is greedy")
         self._validate_batch()
+        self._validate_mesh()
+
+    def _validate_mesh(self) -> None:
+        mesh = self.mesh
+        if mesh.size == 1:
+            return
+        # every rank must take the same decisions; these two time this rank's own device
+        if self.tree_budget == AUTO:
+            raise UserError(f"--tree_budget auto times one device; on mesh {mesh} give a number of nodes")
+        if self.rows > 1 and self.batch_drafts == AUTO and self.method != TARGET:
+            raise UserError(f"--batch_drafts auto times one device; on mesh {mesh} pass --batch_drafts all")
+
+    @property
+    def mesh(self) -> MeshShape:
+        _, of_device = split_mesh(self.device)
+        if self.mesh_shape is None:
+            return MeshShape.parse(of_device)
+        shape = MeshShape.parse(self.mesh_shape)
+        if of_device != "1x1" and MeshShape.parse(of_device) != shape:
+            raise UserError(f"--mesh_shape {self.mesh_shape} and device {self.device!r} name two meshes; give one")
+        return shape
 
     def _validate_batch(self) -> None:
         if self.batch_size < 1:
@@ -160,13 +184,18 @@ WARMUP_TOKENS = 4
 class Engine:
     """A loaded target, the configured proposer, and a target-only baseline on the same model."""
 
-    def __init__(self, config: RunConfig, device: Device | None = None, *, uses_baseline: bool = True):
+    def __init__(self, config: RunConfig, device: Device | None = None, *, uses_baseline: bool = True,
+                 mesh: Mesh | None = None):
         """uses_baseline: the caller also runs target-only decoding (the demo and the benchmark
-        do; scripts/generate.py does not), so its cache is counted in the memory check."""
+        do; scripts/generate.py does not), so its cache is counted in the memory check.
+        mesh: this rank's place in a mesh (run_on_mesh); the target and a draft model are sharded
+        over its tp group, and every rank runs the same loop."""
         config.validate()
         self.config = config
-        self.device = device or open_device(config.device, config.dtype)
-        self.target = cached_model(config.model, config.target_layers, self.device)
+        self.device = dataclasses.replace(device or open_device(config.device, config.dtype), mesh=str(config.mesh))
+        self.tensor_parallel = (TensorParallel(mesh.tp_rank, mesh.shape.tp, mesh.tp_group)
+                                if mesh is not None and mesh.shape.tp > 1 else None)
+        self.target = self._load(config.model, config.target_layers)
         self.spec = config.tree_spec(self.device.torch_device.type)
         self.model = TracedModel(self.target.model, traced=self.device.traced, max_block=self.spec.budget + 1)
         self.proposer = self._build_proposer()
@@ -219,12 +248,18 @@ class Engine:
     def tokenizer(self):
         return self.target.tokenizer
 
+    def _load(self, spec: str, n_layers: int | None) -> LoadedModel:
+        """A model, shared across the process; on a tensor-parallel mesh, this rank's shard of it."""
+        loaded = cached_model(spec, n_layers, self.device)
+        if self.tensor_parallel is None:
+            return loaded
+        return dataclasses.replace(loaded, model=shard(loaded.model, self.tensor_parallel))
+
     def _build_proposer(self) -> Proposer | None:
         if self.config.method == TARGET:
             return None
         build = REGISTRY[self.config.method].build
-        return build(BuildContext(self.config, self.target, self.device,
-                                  lambda spec, n_layers: cached_model(spec, n_layers, self.device)))
+        return build(BuildContext(self.config, self.target, self.device, self._load))
 
     def encode(self, prompts: list[Prompt]) -> list[list[int]]:
         """Token ids per prompt; refuses any prompt that cannot fit with its generation."""
@@ -256,11 +291,13 @@ class Engine:
         generator = self.baseline if baseline else self.generator
         return generator.generate(prompt_ids, self.config.max_generated_tokens, on_iteration, prompt_index)
 
-    def run_batch(self, prompts_ids: list[list[int]], *, baseline: bool = False, on_iteration=None) -> BatchResult:
+    def run_batch(self, prompts_ids: list[list[int]], *, baseline: bool = False, on_iteration=None,
+                  streams: list[int] | None = None) -> BatchResult:
         """Every prompt through this configuration's batching (--batch_size static batches, or
         --full_batch_size continuous batching); prompt i samples from (seed, i)."""
         generator = self.baseline if baseline else self.generator
         c = self.config
         return generator.generate_batch(prompts_ids, c.max_generated_tokens, c.rows,
-                                        continuous=c.full_batch_size is not None, on_iteration=on_iteration)
+                                        continuous=c.full_batch_size is not None, on_iteration=on_iteration,
+                                        streams=streams)
 

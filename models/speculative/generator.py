@@ -227,13 +227,14 @@ class Generator:
         return logits, torch.cat(hiddens) if self._wants_hidden else None
 
     def _begin(self, prompt: list[int], max_new_tokens: int, index: int, cache: KVCache,
-               proposer: Proposer | None) -> _Sequence:
-        """Prefill into `cache` and take the first token: the sequence is ready to decode."""
+               proposer: Proposer | None, stream: int | None = None) -> _Sequence:
+        """Prefill into `cache` and take the first token: the sequence is ready to decode.
+        stream: its random stream under sampling (default: its index)."""
         device = self.target.device
         cache.reset()
         synchronize(device)
         t0 = time.perf_counter()
-        rng = None if self.verify == GREEDY else SequenceRng(self.sampling.seed, index)
+        rng = None if self.verify == GREEDY else SequenceRng(self.sampling.seed, index if stream is None else stream)
         logits, hidden = self._prefill(cache, torch.tensor([prompt], device=device))
         first = self._accept(DraftTree.empty(device), logits[0, -1:], rng, len(prompt)).tokens[0]
         stats = SequenceStats(prompt_tokens=len(prompt), ttft_s=time.perf_counter() - t0)
@@ -375,11 +376,13 @@ class Generator:
         *,
         continuous: bool = False,
         on_iteration: Callable[[int, BatchIteration], None] | None = None,
+        streams: list[int] | None = None,
     ) -> BatchResult:
         """Decode every prompt, batch_size at a time, with one target call per iteration for all
         unfinished rows. Static (continuous False): the next batch_size prompts start when the
         whole batch is done. Continuous: a finished row takes the next prompt at once (prefilled
-        into that row while the others wait one iteration). Prompt i samples from (seed, i).
+        into that row while the others wait one iteration). Prompt i samples from (seed, i), or
+        (seed, streams[i]) when given (a share of a larger run, as on a data-parallel mesh).
         max_new_tokens: one cap for all, or one per prompt."""
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
@@ -401,7 +404,8 @@ class Generator:
                 for b in range(len(slots)):
                     while slots[b] is None and queue:  # a prompt done at its first token frees the row again
                         index, prompt = queue.popleft()
-                        seq = self._begin(prompt, caps[index], index, rows[b], proposers[b])
+                        seq = self._begin(prompt, caps[index], index, rows[b], proposers[b],
+                                          None if streams is None else streams[index])
                         if self._done(seq):
                             results[index] = seq.result()
                             done_at_first.append(index)

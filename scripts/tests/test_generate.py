@@ -78,6 +78,18 @@ def test_batched_outputs_equal_one_at_a_time(run_script, tmp_path, batching):
     assert stats["throughput_tokens_per_s"] > 0 and stats["generated_tokens"] == sum(map(len, ids[0]))
 
 
+@pytest.mark.parametrize("shape", ["1x2", "2x1"])
+def test_a_mesh_writes_what_one_device_writes(run_script, prompts_file, tmp_path, shape):
+    outs = {}
+    for mesh in ("1x1", shape):
+        out = tmp_path / f"{mesh}.json"
+        code, err = generate(run_script, prompts_file, out, "--method", "prompt_lookup", "--mesh_shape", mesh)
+        assert code == 0, err
+        outs[mesh] = json.loads(out.read_text())
+    assert [p["output_ids"] for p in outs[shape]["prompts"]] == [p["output_ids"] for p in outs["1x1"]["prompts"]]
+    assert outs[shape]["config"]["mesh_shape"] == shape and outs[shape]["stats"]["mean_accepted_tokens"] > 1
+
+
 def test_sampling_reproduces_from_its_seed_and_coupled_equals_target_only(run_script, prompts_file, tmp_path):
     def outputs(name, *extra):
         out = tmp_path / f"{name}.json"
@@ -139,6 +151,10 @@ BAD = [
     ("unknown verify", ["--temperature", "0.7", "--verify", "gumbel"], "invalid choice: 'gumbel'"),
     ("verify at temperature 0", ["--verify", "coupled"], "--verify coupled is for sampling (--temperature > 0)"),
     ("kv cache past memory", ["--max_seq_len", "1000000000"], "GiB of KV cache (the target's), but cpu has"),
+    ("mesh malformed", ["--mesh_shape", "0x2"], "mesh shape '0x2' is not DPxTP"),
+    ("mesh tp does not divide", ["--mesh_shape", "1x3"], "tensor parallel 3 does not divide the model's 4 attention heads"),
+    ("mesh with auto trees", ["--mesh_shape", "1x2", "--method", "prompt_lookup", "--tree_topk", "2",
+                              "--tree_budget", "auto"], "--tree_budget auto times one device"),
 ]
 
 

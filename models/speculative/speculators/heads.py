@@ -197,7 +197,9 @@ def shipped_folder(model: str, kind: str) -> Path:
 def load_configured(speculator: str | None, model: str, target: Transformer, kind: str) -> tuple[nn.Module, Path]:
     """--speculator PATH (default: the shipped one for --model), checked to be of this kind."""
     folder = Path(speculator) if speculator else shipped_folder(model, kind)
-    head = load(folder, target)
+    # a tensor-parallel shard drafts with a head built from the whole model (its shapes and LM-head
+    # rows); the head reads only the full hidden states and the replicated embeddings
+    head = load(folder, target.unsharded or target)
     if head.config.kind != kind:
         raise UserError(f"--speculator {folder} holds a {head.config.kind} speculator, not {kind}")
     return head, folder

@@ -1,0 +1,203 @@
+"""Mesh devices over torch.distributed: DPxTP shapes, one worker process per mesh device.
+
+`run_on_mesh(shape, fn, *args)` starts dp * tp processes on this machine (gloo on the CPU, each
+with its share of the cores; NCCL on CUDA, one GPU each), joins them in a process group and a
+DeviceMesh with "dp" and "tp" dimensions, runs fn(mesh, *args) on every rank and returns rank
+0's result. No launcher is needed on one machine. A rank that raises or dies, or a collective
+that hangs, ends the whole run within a bounded time with one line naming the rank and the
+cause, and every worker is stopped: no orphans.
+
+Across machines the same fn runs under torchrun instead (`mesh_from_env`): torchrun starts the
+processes and sets RANK / WORLD_SIZE / MASTER_ADDR, and nothing here spawns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import queue
+import re
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from models.common.errors import UserError
+
+SHAPE = re.compile(r"^(\d+)x(\d+)$")
+COLLECTIVE_TIMEOUT_S = 120.0  # a collective waiting longer than this fails on its rank
+POLL_S = 0.05
+
+
+class MeshError(UserError):
+    """A mesh run that could not finish: names the rank and the cause."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshShape:
+    dp: int  # data-parallel submeshes (each decodes its share of the prompts)
+    tp: int  # devices per submesh (the model's tensor-parallel shards)
+
+    @classmethod
+    def parse(cls, text: str) -> MeshShape:
+        m = SHAPE.match(text.strip().lower())
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+            raise UserError(f"mesh shape {text!r} is not DPxTP with positive sizes (e.g. 1x2, 2x1, 2x2)")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    @property
+    def size(self) -> int:
+        return self.dp * self.tp
+
+    def __str__(self) -> str:
+        return f"{self.dp}x{self.tp}"
+
+
+@dataclasses.dataclass
+class Mesh:
+    """What fn receives on each rank: where it sits, and the groups it talks over."""
+
+    shape: MeshShape
+    rank: int
+    device_mesh: Any  # torch.distributed.device_mesh.DeviceMesh, dims ("dp", "tp")
+    device: torch.device
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.shape.tp
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.shape.tp
+
+    @property
+    def tp_group(self):
+        return self.device_mesh.get_group("tp")
+
+    @property
+    def dp_group(self):
+        return self.device_mesh.get_group("dp")
+
+
+def check_fits(shape: MeshShape, device_type: str) -> None:
+    """A mesh larger than this machine: DeviceUnavailable (tests skip, scripts refuse)."""
+    from models.common.device import DeviceUnavailable
+
+    if device_type == "cuda":
+        have = torch.cuda.device_count()
+        if shape.size > have:
+            raise DeviceUnavailable(f"mesh {shape} needs {shape.size} GPUs; this machine has {have}")
+    elif shape.size > (os.cpu_count() or 1) * 4:
+        raise DeviceUnavailable(f"mesh {shape} needs {shape.size} CPU workers; this machine has "
+                                f"{os.cpu_count()} cores (at most 4 workers a core)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(shape: MeshShape, rank: int, device_type: str, init_method: str | None) -> Mesh:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=shape.size,
+                            timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    device_mesh = init_device_mesh(device_type, (shape.dp, shape.tp), mesh_dim_names=("dp", "tp"))
+    device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
+    return Mesh(shape, rank, device_mesh, device)
+
+
+def _worker(rank: int, shape: MeshShape, device_type: str, port: int, threads: int, fn: Callable,
+            args: tuple, results: mp.Queue) -> None:
+    torch.set_num_threads(threads)
+    try:
+        mesh = _join(shape, rank, device_type, f"tcp://127.0.0.1:{port}")
+        result = fn(mesh, *args)
+        results.put((rank, "ok", result if rank == 0 else None))
+    except UserError as exc:  # a usage mistake: the same on every rank, reported as it is
+        results.put((rank, "user", str(exc)))
+    except BaseException as exc:  # reported to the parent as one line
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        results.put((rank, "error", f"{type(exc).__name__}: {line}"))
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+
+
+def run_on_mesh(shape: MeshShape, fn: Callable[..., Any], *args, device_type: str = "cpu",
+                timeout_s: float = 1800.0) -> Any:
+    """fn(mesh, *args) on every rank of a new mesh; rank 0's return value. fn and args must
+    pickle (a module-level function). A single device runs fn in this process."""
+    if shape.size == 1:
+        return fn(Mesh(shape, 0, None, torch.device("cuda" if device_type == "cuda" else "cpu")), *args)
+    check_fits(shape, device_type)
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // shape.size)
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(rank, shape, device_type, port, threads, fn, args, results),
+                         daemon=True, name=f"mesh-rank-{rank}") for rank in range(shape.size)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout_s
+    done: dict[int, Any] = {}
+    try:
+        while len(done) < shape.size:
+            try:
+                rank, status, *payload = results.get(timeout=POLL_S)
+            except queue.Empty:
+                dead = _died_silently(procs, done, results)
+                if dead is not None:
+                    raise MeshError(f"mesh {shape}: rank {dead} died (exit code {procs[dead].exitcode}) before finishing")
+                if time.monotonic() > deadline:
+                    waiting = [r for r in range(shape.size) if r not in done]
+                    raise MeshError(f"mesh {shape}: rank {waiting[0]} did not finish within {timeout_s:.0f} s "
+                                    f"(a collective hung?)")
+                continue
+            if status == "user":
+                raise UserError(payload[0])
+            if status == "error":
+                # a rank that died is the cause of the others' broken collectives: give it a moment to show
+                time.sleep(10 * POLL_S)
+                dead = _died_silently(procs, done, results)
+                if dead is not None:
+                    raise MeshError(f"mesh {shape}: rank {dead} died (exit code {procs[dead].exitcode}) "
+                                    f"before finishing")
+                raise MeshError(f"mesh {shape}: rank {rank} failed: {payload[0]}")
+            done[rank] = payload[0]
+        return done[0]
+    finally:
+        for p in procs:
+            p.join(timeout=5.0 if len(done) == shape.size else 0.5)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5.0)
+
+
+def _died_silently(procs, done: dict, results) -> int | None:
+    """A rank whose process ended with an error code without reporting anything."""
+    for rank, p in enumerate(procs):
+        if rank not in done and p.exitcode not in (None, 0) and results.empty():
+            return rank
+    return None
+
+
+def mesh_from_env(shape: MeshShape, device_type: str = "cpu") -> Mesh:
+    """Join the mesh torchrun started (RANK, WORLD_SIZE, MASTER_ADDR/PORT set by it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != shape.size:
+        raise UserError(f"mesh {shape} needs {shape.size} processes; torchrun started {world}")
+    return _join(shape, int(os.environ["RANK"]), device_type, None)

@@ -1,0 +1,101 @@
+"""Tensor parallelism for the lean model (Megatron's split): each tp rank holds a shard.
+
+q|k|v and gate|up are split by output (column parallel: whole heads, whole hidden units), o and
+down by input (row parallel: each rank's partial sums are added across ranks), the KV cache
+holds the rank's own KV heads, and the LM head is split by vocabulary rows (its logits are
+gathered). Embeddings and norms are replicated.
+
+The cross-rank sum is computed the same way for any number of rows: every rank gathers all
+partial sums and adds them in rank order. torch's all_reduce would choose its summation order by
+tensor size, so a token verified among drafts could round differently from the same token decoded
+alone; here, as on one device, speculative output equals target-only output bit for bit in fp32.
+The mesh's sums differ from one device's in the last bits, so a mesh's target-only output may
+differ from a single device's at a near-tie (as bf16 does), never from its own speculative run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from models.common.errors import UserError
+from models.llama.model import Transformer
+
+
+@dataclasses.dataclass
+class TensorParallel:
+    """A rank's place in its tensor-parallel group and the two collectives the model needs."""
+
+    rank: int
+    size: int
+    group: object | None  # a torch.distributed process group; None when size is 1
+
+    def sum(self, partial: torch.Tensor) -> torch.Tensor:
+        """The sum of every rank's partial, in rank order (the same bits for any row count)."""
+        if self.size == 1:
+            return partial
+        parts = [torch.empty_like(partial) for _ in range(self.size)]
+        dist.all_gather(parts, partial.contiguous(), group=self.group)
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total
+
+    def gather_vocab(self, shard_logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """Full logits [..., V] from every rank's vocabulary shard (shards padded to one size)."""
+        if self.size == 1:
+            return shard_logits
+        parts = [torch.empty_like(shard_logits) for _ in range(self.size)]
+        dist.all_gather(parts, shard_logits.contiguous(), group=self.group)
+        return torch.cat(parts, dim=-1)[..., :vocab_size]
+
+
+def check_divides(args, tp: int) -> None:
+    """Whole heads, whole KV heads and whole hidden units per rank, or a one-line refusal."""
+    for name, value in (("attention heads", args.n_heads), ("KV heads", args.n_kv_heads),
+                        ("MLP hidden units", args.hidden_dim)):
+        if value % tp:
+            raise UserError(f"tensor parallel {tp} does not divide the model's {value} {name}; "
+                            f"use a tp that divides {args.n_kv_heads} (the KV heads)")
+
+
+def _rows(t: torch.Tensor, parts: list[tuple[int, int]]) -> torch.Tensor:
+    return torch.cat([t[lo:hi] for lo, hi in parts]).clone()
+
+
+def shard(model: Transformer, tp: TensorParallel) -> Transformer:
+    """This rank's shard of model (a new Transformer; model is left whole)."""
+    a = model.args
+    check_divides(a, tp.size)
+    if tp.size == 1:
+        return model
+    r, n = tp.rank, tp.size
+    nh, nkv, hd, hidden = a.n_heads // n, a.n_kv_heads // n, a.head_dim, a.hidden_dim // n
+    local = dataclasses.replace(a, n_heads=nh, n_kv_heads=nkv, hidden_dim=hidden)
+    q_rows = (r * nh * hd, (r + 1) * nh * hd)
+    k_base, v_base = a.n_heads * hd, (a.n_heads + a.n_kv_heads) * hd
+    kv_rows = [(k_base + r * nkv * hd, k_base + (r + 1) * nkv * hd), (v_base + r * nkv * hd, v_base + (r + 1) * nkv * hd)]
+    gate_up_rows = [(r * hidden, (r + 1) * hidden), (a.hidden_dim + r * hidden, a.hidden_dim + (r + 1) * hidden)]
+    per_rank = -(-a.vocab_size // n)  # vocabulary rows per rank, the last shard zero-padded
+    out = model.output.detach()
+    vocab = torch.zeros(per_rank, a.dim, dtype=out.dtype, device=out.device)
+    rows = out[r * per_rank : (r + 1) * per_rank]
+    vocab[: rows.shape[0]] = rows
+
+    sharded = Transformer(local, dtype=model.dtype, device=model.device, tok_embeddings=model.tok_embeddings,
+                          output=nn.Parameter(vocab, requires_grad=False))
+    sharded.norm = model.norm
+    for mine, whole in zip(sharded.layers, model.layers):
+        mine.wqkv = nn.Parameter(_rows(whole.wqkv, [q_rows, *kv_rows]), requires_grad=False)
+        if whole.bqkv is not None:
+            mine.bqkv = nn.Parameter(_rows(whole.bqkv, [q_rows, *kv_rows]), requires_grad=False)
+        mine.wo = nn.Parameter(whole.wo[:, q_rows[0] : q_rows[1]].clone(), requires_grad=False)
+        mine.w_gate_up = nn.Parameter(_rows(whole.w_gate_up, gate_up_rows), requires_grad=False)
+        mine.w_down = nn.Parameter(whole.w_down[:, r * hidden : (r + 1) * hidden].clone(), requires_grad=False)
+        mine.attn_norm, mine.ffn_norm = whole.attn_norm, whole.ffn_norm
+    sharded.tp = tp
+    sharded.unsharded = model
+    return sharded

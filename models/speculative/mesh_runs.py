@@ -1,0 +1,97 @@
+"""Decoding a list of prompts on a mesh: every rank builds the same engine (the target sharded
+over its tp group), each dp submesh decodes its share of the prompts, and rank 0 collects the
+results in input order. On a 1x1 mesh this is plain decoding in this process.
+
+`run_prompts` is what a worker runs (models/common/mesh.py starts the workers); scripts call
+it through run_on_mesh and get rank 0's MeshRun back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import torch.distributed as dist
+from loguru import logger
+from tqdm import tqdm
+
+from models.common.mesh import Mesh
+from models.common.prompts import Prompt
+from models.speculative.engine import Engine, RunConfig
+from models.speculative.generator import BatchIteration, BatchResult
+
+
+@dataclasses.dataclass
+class MeshRun:
+    """Rank 0's answer: every prompt's result in input order, and what ran them."""
+
+    result: BatchResult
+    texts: list[str]
+    device: str
+    tree: dict | None
+    proposer: dict | None
+
+
+def decode(engine: Engine, encoded: list[list[int]], indices: list[int], *, progress: bool = True) -> BatchResult:
+    """These prompts (their indices in the whole run pick their random streams), one at a time or
+    batched, with a progress bar over finished prompts."""
+    rows = engine.config.rows
+    bar = tqdm(total=len(encoded), desc=engine.config.method, unit="prompt", file=sys.stderr, disable=not progress)
+    if rows == 1:
+        t0 = time.perf_counter()
+        results = []
+        for i, ids in zip(indices, encoded):
+            results.append(engine.run(ids, prompt_index=i))
+            bar.update()
+        bar.close()
+        return BatchResult(results, time.perf_counter() - t0, [])
+
+    def show(n: int, it: BatchIteration) -> None:
+        bar.set_postfix_str(f"{it.tokens_per_s_per_user:.1f} tok/s/user ({it.throughput:.1f} tok/s throughput)",
+                            refresh=False)
+        bar.update(len(it.finished))
+
+    result = engine.run_batch(encoded, on_iteration=show, streams=indices)
+    bar.update(len(encoded) - bar.n)  # prompts done at their first token after the last iteration
+    bar.close()
+    return result
+
+
+def _gather(mesh: Mesh, indices: list[int], part: BatchResult, n_prompts: int) -> BatchResult | None:
+    """Rank 0: every dp submesh's results in input order (wall time: the slowest submesh's)."""
+    if mesh.shape.dp == 1:
+        return part if mesh.rank == 0 else None
+    shares = [None] * mesh.shape.size
+    dist.all_gather_object(shares, (indices, part) if mesh.tp_rank == 0 else None)
+    if mesh.rank != 0:
+        return None
+    results = [None] * n_prompts
+    seconds = 0.0
+    for share in shares:
+        if share is not None:
+            for i, r in zip(share[0], share[1].results):
+                results[i] = r
+            seconds = max(seconds, share[1].seconds)
+    return BatchResult(results, seconds, [])
+
+
+def run_prompts(mesh: Mesh, config: RunConfig, prompts: list[Prompt], warm_up: bool = True) -> MeshRun | None:
+    """Every rank: build the engine, decode this dp submesh's prompts (every dp-th, from its dp
+    rank), gather. Rank 0 returns the whole run; the others None."""
+    engine = Engine(config, uses_baseline=False, mesh=mesh)
+    encoded = engine.encode(prompts)
+    indices = list(range(mesh.dp_rank, len(encoded), mesh.shape.dp))
+    if mesh.rank == 0:
+        batching = (f", continuous batching over {config.full_batch_size} rows" if config.full_batch_size
+                    else f", batches of {config.batch_size}" if config.batch_size > 1 else "")
+        logger.info(f"{config.method} on {len(prompts)} prompts, {engine.device.describe()}{batching}")
+    if warm_up and indices:
+        engine.warm_up(encoded[indices[0]], baseline=False)  # so TTFT holds no kernel load or capture
+    part = decode(engine, [encoded[i] for i in indices], indices, progress=mesh.rank == 0)
+    result = _gather(mesh, indices, part, len(prompts))
+    if result is None:
+        return None
+    return MeshRun(result, [engine.tokenizer.decode(r.tokens) for r in result.results], engine.device.describe(),
+                   dataclasses.asdict(engine.spec) if engine.proposer is not None else None,
+                   engine.proposer.describe() if engine.proposer is not None else None)
