@@ -6,6 +6,7 @@ command line overrides the parametrized one, 0 included.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
@@ -14,6 +15,7 @@ import pytest
 from models.common.cli import tree_budget_arg
 from models.common.device import DeviceUnavailable, open_device, requested_device_name
 from models.common.errors import UserError
+from models.common.mesh import MeshShape, check_fits
 from models.llama.weights import DEFAULT_GGUF_PACKAGE, DEFAULT_MODEL, load_model
 
 DEMO_OPTIONS = {
@@ -49,7 +51,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("speculative", "speculative decoding demo")
     for flag, (kind, help_text) in DEMO_OPTIONS.items():
         group.addoption(flag, action="store", type=kind, default=None, help=help_text)
-    group.addoption("--device", action="store", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")
+    group.addoption("--device", action="store", default=None,
+                    help="cpu or cuda, or cpu:DPxTP / cuda:DPxTP for a mesh (default: $MESH_DEVICE, else cpu)")
+    group.addoption("--mesh_shape", action="store", default=None,
+                    help="DPxTP mesh of the device: one worker process per mesh device (default 1x1)")
     group.addoption("--perf_targets", action="store", default=None,
                     help="perf targets file (default: perf_targets.yaml beside the demo)")
     group.addoption("--golden_outputs", action="store", default=None,
@@ -91,15 +96,23 @@ def device_params(request) -> dict:
 
 @pytest.fixture
 def mesh_device(request, device_params):
-    """The device a test runs on: --device, then $MESH_DEVICE, then an indirect param, then cpu.
+    """The device a test runs on: --device, then $MESH_DEVICE, then an indirect param, then cpu;
+    a mesh of them from the device (cpu:1x2) or --mesh_shape.
 
-    A device this machine lacks (CUDA without a GPU, Tenstorrent, Qualcomm) skips the test with
-    the reason; a misspelt one is a usage error.
+    A device or mesh this machine lacks (CUDA without a GPU, more GPUs than it has, Tenstorrent,
+    Qualcomm) skips the test with the reason; a misspelt one is a usage error.
     """
     name = requested_device_name(request.config.getoption("--device"), default=getattr(request, "param", None))
     dtype = request.config.getoption("--dtype") or device_params.get("dtype")
+    shape = request.config.getoption("--mesh_shape")
     try:
-        return open_device(name, dtype, device_params.get("trace"))
+        device = open_device(name, dtype, device_params.get("trace"))
+        if shape is not None:
+            if device.mesh != "1x1" and MeshShape.parse(shape) != MeshShape.parse(device.mesh):
+                raise UserError(f"--mesh_shape {shape} and device {name!r} name two meshes; give one")
+            device = dataclasses.replace(device, mesh=str(MeshShape.parse(shape)))
+        check_fits(MeshShape.parse(device.mesh), device.type)
+        return device
     except DeviceUnavailable as exc:
         pytest.skip(str(exc))
     except UserError as exc:

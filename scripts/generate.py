@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize([r.stats for r in results.results])
     stats = {key: summary[key] for key in STATS_KEYS if key in summary}
     stats["throughput_tokens_per_s"] = results.throughput_tokens_per_s
+    if config.mesh.tp > 1:  # what the mesh costs: rank 0's wall time in collectives
+        stats["collective_seconds"] = run.collective_seconds
     config_out = {**config.describe(), "device": run.device, "input_prompts": args.input_prompts, "tree": run.tree}
     if run.proposer is not None:
         config_out["proposer"] = run.proposer

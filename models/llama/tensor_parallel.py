@@ -16,6 +16,7 @@ differ from a single device's at a near-tie (as bf16 does), never from its own s
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import torch
 import torch.distributed as dist
@@ -32,13 +33,16 @@ class TensorParallel:
     rank: int
     size: int
     group: object | None  # a torch.distributed process group; None when size is 1
+    seconds: float = 0.0  # wall time spent in this rank's collectives (the cost of the mesh)
 
     def sum(self, partial: torch.Tensor) -> torch.Tensor:
         """The sum of every rank's partial, in rank order (the same bits for any row count)."""
         if self.size == 1:
             return partial
+        t0 = time.perf_counter()
         parts = [torch.empty_like(partial) for _ in range(self.size)]
         dist.all_gather(parts, partial.contiguous(), group=self.group)
+        self.seconds += time.perf_counter() - t0
         total = parts[0]
         for part in parts[1:]:
             total = total + part
@@ -48,18 +52,25 @@ class TensorParallel:
         """Full logits [..., V] from every rank's vocabulary shard (shards padded to one size)."""
         if self.size == 1:
             return shard_logits
+        t0 = time.perf_counter()
         parts = [torch.empty_like(shard_logits) for _ in range(self.size)]
         dist.all_gather(parts, shard_logits.contiguous(), group=self.group)
+        self.seconds += time.perf_counter() - t0
         return torch.cat(parts, dim=-1)[..., :vocab_size]
 
 
-def check_divides(args, tp: int) -> None:
-    """Whole heads, whole KV heads and whole hidden units per rank, or a one-line refusal."""
-    for name, value in (("attention heads", args.n_heads), ("KV heads", args.n_kv_heads),
-                        ("MLP hidden units", args.hidden_dim)):
-        if value % tp:
-            raise UserError(f"tensor parallel {tp} does not divide the model's {value} {name}; "
-                            f"use a tp that divides {args.n_kv_heads} (the KV heads)")
+def check_fits(args, tp: int) -> None:
+    """At least one whole KV head (and its query heads) per rank, or a one-line refusal."""
+    if tp > args.n_kv_heads:
+        raise UserError(f"tensor parallel {tp} exceeds the model's {args.n_kv_heads} KV heads; "
+                        f"use a tp of at most {args.n_kv_heads}")
+
+
+def _span(total: int, parts: int, rank: int) -> tuple[int, int]:
+    """Rank's [lo, hi) of total items split as evenly as can be (the first ranks take one more)."""
+    base, extra = divmod(total, parts)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
 
 
 def _rows(t: torch.Tensor, parts: list[tuple[int, int]]) -> torch.Tensor:
@@ -67,18 +78,22 @@ def _rows(t: torch.Tensor, parts: list[tuple[int, int]]) -> torch.Tensor:
 
 
 def shard(model: Transformer, tp: TensorParallel) -> Transformer:
-    """This rank's shard of model (a new Transformer; model is left whole)."""
+    """This rank's shard of model (a new Transformer; model is left whole). KV heads are split as
+    evenly as they go, each with its query heads (SmolLM2's 3 KV heads over 2 ranks: 2 and 1)."""
     a = model.args
-    check_divides(a, tp.size)
+    check_fits(a, tp.size)
     if tp.size == 1:
         return model
-    r, n = tp.rank, tp.size
-    nh, nkv, hd, hidden = a.n_heads // n, a.n_kv_heads // n, a.head_dim, a.hidden_dim // n
+    r, n, hd = tp.rank, tp.size, a.head_dim
+    group = a.n_heads // a.n_kv_heads  # query heads per KV head
+    kv_lo, kv_hi = _span(a.n_kv_heads, n, r)
+    h_lo, h_hi = _span(a.hidden_dim, n, r)
+    nkv, nh, hidden = kv_hi - kv_lo, (kv_hi - kv_lo) * group, h_hi - h_lo
     local = dataclasses.replace(a, n_heads=nh, n_kv_heads=nkv, hidden_dim=hidden)
-    q_rows = (r * nh * hd, (r + 1) * nh * hd)
+    q_rows = (kv_lo * group * hd, kv_hi * group * hd)
     k_base, v_base = a.n_heads * hd, (a.n_heads + a.n_kv_heads) * hd
-    kv_rows = [(k_base + r * nkv * hd, k_base + (r + 1) * nkv * hd), (v_base + r * nkv * hd, v_base + (r + 1) * nkv * hd)]
-    gate_up_rows = [(r * hidden, (r + 1) * hidden), (a.hidden_dim + r * hidden, a.hidden_dim + (r + 1) * hidden)]
+    kv_rows = [(k_base + kv_lo * hd, k_base + kv_hi * hd), (v_base + kv_lo * hd, v_base + kv_hi * hd)]
+    gate_up_rows = [(h_lo, h_hi), (a.hidden_dim + h_lo, a.hidden_dim + h_hi)]
     per_rank = -(-a.vocab_size // n)  # vocabulary rows per rank, the last shard zero-padded
     out = model.output.detach()
     vocab = torch.zeros(per_rank, a.dim, dtype=out.dtype, device=out.device)
@@ -94,7 +109,7 @@ def shard(model: Transformer, tp: TensorParallel) -> Transformer:
             mine.bqkv = nn.Parameter(_rows(whole.bqkv, [q_rows, *kv_rows]), requires_grad=False)
         mine.wo = nn.Parameter(whole.wo[:, q_rows[0] : q_rows[1]].clone(), requires_grad=False)
         mine.w_gate_up = nn.Parameter(_rows(whole.w_gate_up, gate_up_rows), requires_grad=False)
-        mine.w_down = nn.Parameter(whole.w_down[:, r * hidden : (r + 1) * hidden].clone(), requires_grad=False)
+        mine.w_down = nn.Parameter(whole.w_down[:, h_lo:h_hi].clone(), requires_grad=False)
         mine.attn_norm, mine.ffn_norm = whole.attn_norm, whole.ffn_norm
     sharded.tp = tp
     sharded.unsharded = model

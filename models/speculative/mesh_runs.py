@@ -31,6 +31,7 @@ class MeshRun:
     device: str
     tree: dict | None
     proposer: dict | None
+    collective_seconds: float = 0.0  # rank 0's time in tensor-parallel collectives (waits for the others included)
 
 
 def decode(engine: Engine, encoded: list[list[int]], indices: list[int], *, progress: bool = True) -> BatchResult:
@@ -58,22 +59,30 @@ def decode(engine: Engine, encoded: list[list[int]], indices: list[int], *, prog
     return result
 
 
-def _gather(mesh: Mesh, indices: list[int], part: BatchResult, n_prompts: int) -> BatchResult | None:
-    """Rank 0: every dp submesh's results in input order (wall time: the slowest submesh's)."""
+def gather_by_index(mesh: Mesh, indices: list[int], items: list, n: int) -> list | None:
+    """Rank 0: every dp submesh's items (item k belongs to prompt indices[k]) in prompt order;
+    the other ranks None. Each submesh's tp rank 0 speaks for it."""
     if mesh.shape.dp == 1:
-        return part if mesh.rank == 0 else None
+        return items if mesh.rank == 0 else None
     shares = [None] * mesh.shape.size
-    dist.all_gather_object(shares, (indices, part) if mesh.tp_rank == 0 else None)
+    dist.all_gather_object(shares, (indices, items) if mesh.tp_rank == 0 else None)
     if mesh.rank != 0:
         return None
-    results = [None] * n_prompts
-    seconds = 0.0
+    ordered = [None] * n
     for share in shares:
         if share is not None:
-            for i, r in zip(share[0], share[1].results):
-                results[i] = r
-            seconds = max(seconds, share[1].seconds)
-    return BatchResult(results, seconds, [])
+            for i, item in zip(*share):
+                ordered[i] = item
+    return ordered
+
+
+def _gather(mesh: Mesh, indices: list[int], part: BatchResult, n_prompts: int) -> BatchResult | None:
+    """Rank 0: every dp submesh's results in input order (wall time: the slowest submesh's)."""
+    results = gather_by_index(mesh, indices, part.results, n_prompts)
+    seconds = gather_by_index(mesh, [mesh.dp_rank], [part.seconds], mesh.shape.dp)
+    if results is None:
+        return None
+    return BatchResult(results, max(seconds), part.iterations if mesh.shape.dp == 1 else [])
 
 
 def run_prompts(mesh: Mesh, config: RunConfig, prompts: list[Prompt], warm_up: bool = True) -> MeshRun | None:
@@ -88,10 +97,14 @@ def run_prompts(mesh: Mesh, config: RunConfig, prompts: list[Prompt], warm_up: b
         logger.info(f"{config.method} on {len(prompts)} prompts, {engine.device.describe()}{batching}")
     if warm_up and indices:
         engine.warm_up(encoded[indices[0]], baseline=False)  # so TTFT holds no kernel load or capture
+    if engine.tensor_parallel is not None:
+        engine.tensor_parallel.seconds = 0.0  # the timed runs' collectives only
     part = decode(engine, [encoded[i] for i in indices], indices, progress=mesh.rank == 0)
     result = _gather(mesh, indices, part, len(prompts))
     if result is None:
         return None
+    tp = engine.tensor_parallel
     return MeshRun(result, [engine.tokenizer.decode(r.tokens) for r in result.results], engine.device.describe(),
                    dataclasses.asdict(engine.spec) if engine.proposer is not None else None,
-                   engine.proposer.describe() if engine.proposer is not None else None)
+                   engine.proposer.describe() if engine.proposer is not None else None,
+                   0.0 if tp is None else tp.seconds)

@@ -152,7 +152,7 @@ BAD = [
     ("verify at temperature 0", ["--verify", "coupled"], "--verify coupled is for sampling (--temperature > 0)"),
     ("kv cache past memory", ["--max_seq_len", "1000000000"], "GiB of KV cache (the target's), but cpu has"),
     ("mesh malformed", ["--mesh_shape", "0x2"], "mesh shape '0x2' is not DPxTP"),
-    ("mesh tp does not divide", ["--mesh_shape", "1x3"], "tensor parallel 3 does not divide the model's 4 attention heads"),
+    ("mesh tp past the KV heads", ["--mesh_shape", "1x3"], "tensor parallel 3 exceeds the model's 2 KV heads"),
     ("mesh with auto trees", ["--mesh_shape", "1x2", "--method", "prompt_lookup", "--tree_topk", "2",
                               "--tree_budget", "auto"], "--tree_budget auto times one device"),
 ]

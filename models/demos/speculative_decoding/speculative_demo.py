@@ -26,11 +26,14 @@ from loguru import logger
 
 from models.common.correctness import compare, first_divergence
 from models.common.errors import UserError
-from models.common.metrics import Iteration, summarize
-from models.speculative.generator import BatchIteration, BatchResult
+from models.common.metrics import summarize
 from models.demos.speculative_decoding.gate import Gate
 from models.common.prompts import load_prompts
 from models.speculative.engine import Engine, RunConfig
+from models.common.mesh import MeshShape, run_on_mesh
+from models.demos.speculative_decoding.demo_runs import (
+    measure, measure_batched, measure_batched_on_mesh, measure_on_mesh,
+)
 
 DEMO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DEMO_DIR.parents[2]
@@ -71,20 +74,33 @@ def demo_config(request, mesh_device, params: dict) -> RunConfig:
         device=str(mesh_device.torch_device),
         dtype=str(mesh_device.dtype).removeprefix("torch."),
         temperature=values["temperature"], top_k=values["top_k"], top_p=values["top_p"], seed=values["seed"],
-        verify=values["verify"],
+        verify=values["verify"], mesh_shape=mesh_device.mesh,
     ), values["input_prompts"]
 
 
 def set_up(request, mesh_device, params: dict, gate: Gate):
-    """(config, prompts file, perf targets, engine, encoded prompts); a user mistake fails the
-    test in one line."""
+    """(config, prompts file, perf targets, engine, prompts, encoded prompts); a user mistake
+    fails the test in one line. On a mesh the engine here serves the tokenizer, the log and
+    top-2 margins; the timed runs happen on the mesh's workers."""
     try:
         config, prompts_file = demo_config(request, mesh_device, params)
         config.validate()
         targets = gate.load_targets()
         prompts = load_prompts(resolve_prompts_path(prompts_file))
         engine = Engine(config, mesh_device)
-        return config, prompts_file, targets, engine, engine.encode(prompts)
+        return config, prompts_file, targets, engine, prompts, engine.encode(prompts)
+    except UserError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def on_mesh(config: RunConfig, here, there, *args):
+    """here() on one device; there(mesh, config, *args) on every worker of a larger mesh, where a
+    failing rank fails the test in one line."""
+    shape = config.mesh
+    if shape.size == 1:
+        return here()
+    try:
+        return run_on_mesh(shape, there, config, *args)
     except UserError as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -158,7 +174,7 @@ def test_speculative_demo(
         temperature=temperature, verify=verify, seed=seed, top_k=0, top_p=1.0,
     )
     gate = Gate.from_request(request)
-    config, prompts_file, targets, engine, encoded = set_up(request, mesh_device, params, gate)
+    config, prompts_file, targets, engine, prompts, encoded = set_up(request, mesh_device, params, gate)
 
     log_block("configuration", {
         **{k: v for k, v in config.describe().items() if k not in ("device", "dtype")},
@@ -173,32 +189,18 @@ def test_speculative_demo(
 
     # Warm-up (allocations, kernel loading, graph capture) outside the measurement, then
     # interleave target-only and the method prompt by prompt, alternating which goes first, so
-    # drift hits both alike.
-    engine.warm_up(encoded[0])
-    spec_results, base_results = [], []
-    for i, ids in enumerate(encoded):
-        def log_iteration(n: int, it: Iteration) -> None:
-            shape = "" if it.depth is None or it.proposed == it.depth else f" (tree: {it.proposed} nodes, depth {it.depth})"
-            logger.info(
-                f"Iteration {n}: {it.seconds * 1e3:.1f} ms @ {it.emitted / it.seconds:.1f} tok/s, "
-                f"accepted {it.accepted}/{it.proposed} draft tokens{shape}"
-            )
-
-        order = ("spec", "base") if i % 2 else ("base", "spec")
-        for which in order:
-            if which == "base":
-                base_results.append(engine.run(ids, baseline=True, prompt_index=i))
-            else:
-                logger.info(f"--- prompt {i}: {config.method} ---")
-                spec_results.append(engine.run(ids, on_iteration=log_iteration, prompt_index=i))
+    # drift hits both alike (on a mesh: on its workers, each dp submesh its share of the prompts).
+    runs = on_mesh(config, lambda: measure(engine, encoded), measure_on_mesh, prompts)
+    spec_results, base_results = runs.spec, runs.base
 
     exact = mesh_device.dtype.itemsize == 4
+    one_device = config.mesh.size == 1  # a mesh's sums round otherwise: its goldens may differ at a near-tie
     decoding = engine.generator.verify  # greedy, rejection or coupled
     bad = []
     if decoding == "rejection":
         # Rejection sampling is distributed as target-only sampling, not equal to it token for
         # token; what a run can assert is that its seed reproduces it.
-        again = engine.run(encoded[0], prompt_index=0)
+        again = runs.again
         if again.tokens != spec_results[0].tokens:
             bad.append(f"prompt 0: a second run with seed {config.seed} differs at token "
                        f"{first_divergence(spec_results[0].tokens, again.tokens)}")
@@ -248,7 +250,7 @@ def test_speculative_demo(
     key = {"device": mesh_device.sku, "mesh": mesh_device.mesh, "dtype": str(mesh_device.dtype).removeprefix("torch."),
            "config": {**config.describe(), "input_prompts": prompts_file}}
     golden_failures = gate.golden_outputs(
-        key, [b.tokens for b in base_results], exact=exact, allow_update=not bad,
+        key, [b.tokens for b in base_results], exact=exact and one_device, allow_update=not bad and one_device,
         margin_at=lambda i, prefix: engine.top2_margin_after(encoded[i], prefix),
         describe_token=lambda t: repr(engine.tokenizer.decode([t])),
     )
@@ -295,11 +297,6 @@ def fill_rows(encoded: list[list[int]], rows: int, continuous: bool) -> list[lis
     return [encoded[i % len(encoded)] for i in range(n)]
 
 
-def log_batch_iteration(n: int, it: BatchIteration) -> None:
-    logger.info(f"Iteration {n}: {it.seconds * 1e3:.1f} ms @ {it.tokens_per_s_per_user:.1f} tok/s/user "
-                f"({it.throughput:.1f} tok/s throughput), {len(it.rows)} rows")
-
-
 @pytest.mark.demo
 @pytest.mark.parametrize("device_params", [{"trace": True}], indirect=True)
 @pytest.mark.parametrize("mesh_device", [None], indirect=True)
@@ -321,7 +318,11 @@ def test_batched_demo(
         input_prompts=input_prompts, temperature=0.0, verify=None, seed=0, top_k=0, top_p=1.0,
     )
     gate = Gate.from_request(request)
-    config, prompts_file, targets, engine, distinct = set_up(request, mesh_device, params, gate)
+    if MeshShape.parse(mesh_device.mesh).dp > 1:
+        pytest.skip("a batch is one submesh's work: batched ids run on DPxTP meshes with DP 1")
+    if batch_drafts == "auto" and method != "target" and mesh_device.mesh != "1x1":
+        pytest.skip("--batch_drafts auto times one device; on a mesh the -all ids verify every draft")
+    config, prompts_file, targets, engine, _, distinct = set_up(request, mesh_device, params, gate)
     continuous = config.full_batch_size is not None
     encoded = fill_rows(distinct, config.rows, continuous)
     log_block("configuration", {
@@ -333,18 +334,12 @@ def test_batched_demo(
         "proposer": engine.proposer.describe() if engine.proposer else "none (target only)",
     })
 
-    engine.warm_up(encoded[0])
-    logger.info("--- target-only, one prompt at a time (the reference) ---")
-    solo = [engine.run(ids, baseline=True, prompt_index=i) for i, ids in enumerate(encoded)]
+    runs = on_mesh(config, lambda: measure_batched(engine, encoded), measure_batched_on_mesh, encoded)
+    solo, base, spec = runs.solo, runs.base, runs.spec
     solo_seconds = sum(r.stats.ttft_s + r.stats.decode_seconds for r in solo)
-    logger.info("--- target-only, batched ---")
-    base: BatchResult = engine.run_batch(encoded, baseline=True, on_iteration=log_batch_iteration)
-    spec: BatchResult = base
-    if engine.proposer is not None:
-        logger.info(f"--- {config.method}, batched ---")
-        spec = engine.run_batch(encoded, on_iteration=log_batch_iteration)
 
     exact = mesh_device.dtype.itemsize == 4
+    one_device = config.mesh.size == 1
     bad = []
     for which, result in (("batched target-only", base), (f"batched {config.method}", spec)):
         for i, (ids, got, want) in enumerate(zip(encoded, result.results, solo)):
@@ -383,7 +378,7 @@ def test_batched_demo(
     key = {"device": mesh_device.sku, "mesh": mesh_device.mesh, "dtype": str(mesh_device.dtype).removeprefix("torch."),
            "config": {**config.describe(), "input_prompts": prompts_file}}
     golden_failures = gate.golden_outputs(
-        key, [r.tokens for r in solo[: len(distinct)]], exact=exact, allow_update=not bad,
+        key, [r.tokens for r in solo[: len(distinct)]], exact=exact and one_device, allow_update=not bad and one_device,
         margin_at=lambda i, prefix: engine.top2_margin_after(encoded[i], prefix),
         describe_token=lambda t: repr(engine.tokenizer.decode([t])),
     )
