@@ -90,3 +90,27 @@ def test_bad_input_is_one_line(run_script, tmp_path, flag, value):
     code, err = run(run_script, tmp_path, "--kind", "eagle", "--output", str(tmp_path / "eagle"), flag, value)
     assert code != 0 and err.strip().count("\n") == 0 and value in err
     assert not (tmp_path / "eagle").exists() and not (tmp_path / "data").exists()
+
+
+def test_learning_curve_trains_scores_and_benchmarks_each_point_once(run_script, tmp_path):
+    assert run(run_script, tmp_path)[0] == 0  # the data
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"prompt": "abc abc abc abc"}, {"prompt": "one two one two"}]))
+    data_args = ("--epochs 0.5 --batch_size 4 --draft_vocab_size 64 --n_prompts 24 --chunk_size 8 "
+                 "--max_new_tokens 8 --gen_batch_size 3 --max_seq_len 1024")
+    argv = ["--model", TINY, "--data_dir", str(tmp_path / "data"), "--work_dir", str(tmp_path / "work"),
+            "--output_dir", str(tmp_path / "curve"), "--points", "10,all", "--input_prompts", str(prompts),
+            "--max_generated_tokens", "8", "--n_draft_tokens", "2", "--tree_topk", "2", "--tree_budget", "3",
+            "--train_args", data_args]
+    code, err = run_script("learning_curve", argv)
+    assert code == 0, err
+    curve = json.loads((tmp_path / "curve" / "curve.json").read_text())
+    assert [(p["kind"], p["point"]) for p in curve] == [("eagle", "10"), ("multi_projection", "10"),
+                                                         ("eagle", "all"), ("multi_projection", "all")]
+    small, everything = curve[0]["answer_tokens"], curve[2]["answer_tokens"]
+    assert small < everything
+    assert all(p["chain"]["tau"] >= 1 and p["tree"]["tau"] >= 1 and len(p["held_out_top1"]) == 5 for p in curve)
+    assert (tmp_path / "curve" / "curve.png").stat().st_size > 0 and "| eagle |" in (tmp_path / "curve" / "curve.md").read_text()
+    stamp = (tmp_path / "curve" / "bench" / "eagle-10" / "done.json").stat().st_mtime_ns
+    assert run_script("learning_curve", argv)[0] == 0  # resumes: nothing trained or benchmarked again
+    assert (tmp_path / "curve" / "bench" / "eagle-10" / "done.json").stat().st_mtime_ns == stamp
