@@ -35,14 +35,19 @@ class TensorParallel:
     group: object | None  # a torch.distributed process group; None when size is 1
     seconds: float = 0.0  # wall time spent in this rank's collectives (the cost of the mesh)
 
+    def _gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's t, in rank order (timed: the mesh's cost)."""
+        t0 = time.perf_counter()
+        parts = [torch.empty_like(t) for _ in range(self.size)]
+        dist.all_gather(parts, t.contiguous(), group=self.group)
+        self.seconds += time.perf_counter() - t0
+        return parts
+
     def sum(self, partial: torch.Tensor) -> torch.Tensor:
         """The sum of every rank's partial, in rank order (the same bits for any row count)."""
         if self.size == 1:
             return partial
-        t0 = time.perf_counter()
-        parts = [torch.empty_like(partial) for _ in range(self.size)]
-        dist.all_gather(parts, partial.contiguous(), group=self.group)
-        self.seconds += time.perf_counter() - t0
+        parts = self._gather(partial)
         total = parts[0]
         for part in parts[1:]:
             total = total + part
@@ -52,11 +57,7 @@ class TensorParallel:
         """Full logits [..., V] from every rank's vocabulary shard (shards padded to one size)."""
         if self.size == 1:
             return shard_logits
-        t0 = time.perf_counter()
-        parts = [torch.empty_like(shard_logits) for _ in range(self.size)]
-        dist.all_gather(parts, shard_logits.contiguous(), group=self.group)
-        self.seconds += time.perf_counter() - t0
-        return torch.cat(parts, dim=-1)[..., :vocab_size]
+        return torch.cat(self._gather(shard_logits), dim=-1)[..., :vocab_size]
 
 
 def check_fits(args, tp: int) -> None:
