@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--mesh_shape", default=d.mesh_shape,
                    help="DPxTP mesh devices, one worker process each: the target sharded over TP, the prompts "
                         "split over DP (default 1x1: this process)")
+    p.add_argument("--draft_mesh_shape", default=None,
+                   help="--method draft_model: the draft on a device group of its own, of this DPxTP shape")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
     return p.parse_args(argv)
 
@@ -106,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         full_batch_size=args.full_batch_size, batch_drafts=args.batch_drafts,
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, verify=args.verify,
-        mesh_shape=args.mesh_shape,
+        mesh_shape=args.mesh_shape, draft_mesh_shape=args.draft_mesh_shape,
     )
     config.validate()
     device = open_device(config.device, config.dtype)  # a bad or missing device: one line, before any worker
-    run = run_on_mesh(config.mesh, run_prompts, config, prompts, device_type=device.type)
+    run = run_on_mesh(config.mesh, run_prompts, config, prompts, device_type=device.type, draft_shape=config.draft_mesh)
     results = run.result
     records = [{"index": i, "output_ids": r.tokens, "text": text}
                for i, (r, text) in enumerate(zip(results.results, run.texts))]

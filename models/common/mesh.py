@@ -60,12 +60,18 @@ class MeshShape:
 
 @dataclasses.dataclass
 class Mesh:
-    """What fn receives on each rank: where it sits, and the groups it talks over."""
+    """What fn receives on each rank: where it sits, and the groups it talks over. With device
+    groups (draft_shape), ranks [0, shape.size) hold the target and the next draft_shape.size
+    ranks the draft (role "draft"; shape and rank are then the draft group's own)."""
 
     shape: MeshShape
     rank: int
-    device_mesh: Any  # torch.distributed.device_mesh.DeviceMesh, dims ("dp", "tp")
+    device_mesh: Any  # torch.distributed.device_mesh.DeviceMesh, dims ("dp", "tp"); None with device groups
     device: torch.device
+    role: str = "target"
+    draft_shape: MeshShape | None = None
+    group: Any = None  # with device groups: this role's tp group
+    draft_leader: int = 0  # with device groups: the global rank of the draft group's first rank
 
     @property
     def dp_rank(self) -> int:
@@ -77,11 +83,7 @@ class Mesh:
 
     @property
     def tp_group(self):
-        return self.device_mesh.get_group("tp")
-
-    @property
-    def dp_group(self):
-        return self.device_mesh.get_group("dp")
+        return self.group if self.device_mesh is None else self.device_mesh.get_group("tp")
 
 
 def check_fits(shape: MeshShape, device_type: str) -> None:
@@ -103,24 +105,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _join(shape: MeshShape, rank: int, device_type: str, init_method: str | None) -> Mesh:
+def _join(shape: MeshShape, rank: int, device_type: str, init_method: str | None,
+          draft_shape: MeshShape | None = None) -> Mesh:
     from torch.distributed.device_mesh import init_device_mesh
 
     backend = "nccl" if device_type == "cuda" else "gloo"
+    world = shape.size + (draft_shape.size if draft_shape else 0)
     if device_type == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=shape.size,
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    device_mesh = init_device_mesh(device_type, (shape.dp, shape.tp), mesh_dim_names=("dp", "tp"))
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
-    return Mesh(shape, rank, device_mesh, device)
+    if draft_shape is None:
+        device_mesh = init_device_mesh(device_type, (shape.dp, shape.tp), mesh_dim_names=("dp", "tp"))
+        return Mesh(shape, rank, device_mesh, device)
+    # two device groups, one tp group each (every rank creates both, in the same order)
+    target_group = dist.new_group(list(range(shape.size)))
+    draft_group = dist.new_group(list(range(shape.size, world)))
+    if rank < shape.size:
+        return Mesh(shape, rank, None, device, "target", draft_shape, target_group, shape.size)
+    return Mesh(draft_shape, rank - shape.size, None, device, "draft", draft_shape, draft_group, shape.size)
 
 
 def _worker(rank: int, shape: MeshShape, device_type: str, port: int, threads: int, fn: Callable,
-            args: tuple, results: mp.Queue) -> None:
+            args: tuple, results: mp.Queue, draft_shape: MeshShape | None = None) -> None:
     torch.set_num_threads(threads)
     try:
-        mesh = _join(shape, rank, device_type, f"tcp://127.0.0.1:{port}")
+        mesh = _join(shape, rank, device_type, f"tcp://127.0.0.1:{port}", draft_shape)
         result = fn(mesh, *args)
         results.put((rank, "ok", result if rank == 0 else None))
     except UserError as exc:  # a usage mistake: the same on every rank, reported as it is
@@ -137,24 +148,26 @@ def _worker(rank: int, shape: MeshShape, device_type: str, port: int, threads: i
 
 
 def run_on_mesh(shape: MeshShape, fn: Callable[..., Any], *args, device_type: str = "cpu",
-                timeout_s: float = 1800.0) -> Any:
+                timeout_s: float = 1800.0, draft_shape: MeshShape | None = None) -> Any:
     """fn(mesh, *args) on every rank of a new mesh; rank 0's return value. fn and args must
-    pickle (a module-level function). A single device runs fn in this process."""
-    if shape.size == 1:
+    pickle (a module-level function). A single device runs fn in this process. draft_shape: a
+    second device group of that shape after the target's (QEfficient's draft device group)."""
+    if shape.size == 1 and draft_shape is None:
         return fn(Mesh(shape, 0, None, torch.device("cuda" if device_type == "cuda" else "cpu")), *args)
-    check_fits(shape, device_type)
+    world = shape.size + (draft_shape.size if draft_shape else 0)
+    check_fits(MeshShape(1, world), device_type)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // shape.size)
+    threads = max(1, (os.cpu_count() or 1) // world)
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(rank, shape, device_type, port, threads, fn, args, results),
-                         daemon=True, name=f"mesh-rank-{rank}") for rank in range(shape.size)]
+    procs = [ctx.Process(target=_worker, args=(rank, shape, device_type, port, threads, fn, args, results, draft_shape),
+                         daemon=True, name=f"mesh-rank-{rank}") for rank in range(world)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + timeout_s
     done: dict[int, Any] = {}
     try:
-        while len(done) < shape.size:
+        while len(done) < world:
             try:
                 rank, status, *payload = results.get(timeout=POLL_S)
             except queue.Empty:
@@ -162,7 +175,7 @@ def run_on_mesh(shape: MeshShape, fn: Callable[..., Any], *args, device_type: st
                 if dead is not None:
                     raise MeshError(f"mesh {shape}: rank {dead} died (exit code {procs[dead].exitcode}) before finishing")
                 if time.monotonic() > deadline:
-                    waiting = [r for r in range(shape.size) if r not in done]
+                    waiting = [r for r in range(world) if r not in done]
                     raise MeshError(f"mesh {shape}: rank {waiting[0]} did not finish within {timeout_s:.0f} s "
                                     f"(a collective hung?)")
                 continue
@@ -180,7 +193,7 @@ def run_on_mesh(shape: MeshShape, fn: Callable[..., Any], *args, device_type: st
         return done[0]
     finally:
         for p in procs:
-            p.join(timeout=5.0 if len(done) == shape.size else 0.5)
+            p.join(timeout=5.0 if len(done) == world else 0.5)
         for p in procs:
             if p.is_alive():
                 p.kill()

@@ -23,6 +23,7 @@ from models.llama.weights import DEFAULT_MODEL, LoadedModel, cache_dir, load_mod
 from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
 from models.speculative.batch_budget import BatchCost
 from models.speculative.budget import AutoBudget, cached_verify_cost
+from models.speculative.device_groups import RemoteDraft
 from models.speculative.generator import BatchResult, GenerationResult, Generator
 from models.speculative.proposers.base import REGISTRY, BuildContext, Proposer
 from models.speculative.sampling import VERIFY_MODES, SamplingParams
@@ -66,6 +67,7 @@ class RunConfig:
     seed: int = 0  # prompt i samples from the stream (seed, i)
     verify: str | None = None  # sampling: rejection (default) or coupled
     mesh_shape: str | None = None  # DPxTP mesh devices (models/common/mesh.py); default: the device's (cpu:1x2), else 1x1
+    draft_mesh_shape: str | None = None  # draft_model on a device group of its own, after the target's
 
     @property
     def sampling(self) -> SamplingParams:
@@ -103,6 +105,13 @@ class RunConfig:
 
     def _validate_mesh(self) -> None:
         mesh = self.mesh
+        if self.draft_mesh is not None:
+            if self.method != "draft_model":
+                raise UserError(f"--draft_mesh_shape puts a draft model on devices of its own; --method {self.method} "
+                                f"has no draft model (use --method draft_model)")
+            if self.rows > 1 or self.temperature > 0 or mesh.dp > 1 or self.draft_mesh.dp > 1:
+                raise UserError("--draft_mesh_shape supports greedy decoding of one sequence at a time on DP-1 "
+                                "meshes for now (no --batch_size, --full_batch_size, --temperature or DP)")
         if mesh.size == 1:
             return
         # every rank must take the same decisions; these two time this rank's own device
@@ -110,6 +119,10 @@ class RunConfig:
             raise UserError(f"--tree_budget auto times one device; on mesh {mesh} give a number of nodes")
         if self.rows > 1 and self.batch_drafts == AUTO and self.method != TARGET:
             raise UserError(f"--batch_drafts auto times one device; on mesh {mesh} pass --batch_drafts all")
+
+    @property
+    def draft_mesh(self) -> MeshShape | None:
+        return None if self.draft_mesh_shape is None else MeshShape.parse(self.draft_mesh_shape)
 
     @property
     def mesh(self) -> MeshShape:
@@ -193,6 +206,7 @@ class Engine:
         config.validate()
         self.config = config
         self.device = dataclasses.replace(device or open_device(config.device, config.dtype), mesh=str(config.mesh))
+        self.mesh = mesh
         self.tensor_parallel = (TensorParallel(mesh.tp_rank, mesh.shape.tp, mesh.tp_group)
                                 if mesh is not None and mesh.shape.tp > 1 else None)
         self.target = self._load(config.model, config.target_layers)
@@ -258,6 +272,8 @@ class Engine:
     def _build_proposer(self) -> Proposer | None:
         if self.config.method == TARGET:
             return None
+        if self.config.draft_mesh is not None and self.mesh is not None:  # drafts come from the draft group
+            return RemoteDraft(self.mesh, self.target.model.args.vocab_size)
         build = REGISTRY[self.config.method].build
         return build(BuildContext(self.config, self.target, self.device, self._load))
 

@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from models.common.mesh import Mesh
 from models.common.prompts import Prompt
-from models.speculative.engine import Engine, RunConfig
+from models.common.device import open_device
+from models.speculative.device_groups import RemoteDraft, serve_drafts
+from models.speculative.engine import Engine, RunConfig, cached_model
 from models.speculative.generator import BatchIteration, BatchResult
 
 
@@ -88,6 +90,10 @@ def _gather(mesh: Mesh, indices: list[int], part: BatchResult, n_prompts: int) -
 def run_prompts(mesh: Mesh, config: RunConfig, prompts: list[Prompt], warm_up: bool = True) -> MeshRun | None:
     """Every rank: build the engine, decode this dp submesh's prompts (every dp-th, from its dp
     rank), gather. Rank 0 returns the whole run; the others None."""
+    if mesh.role == "draft":  # a draft device group serves the target's ranks until they finish
+        device = open_device(config.device, config.dtype)
+        serve_drafts(mesh, config, device, lambda spec, n: cached_model(spec, n, device))
+        return None
     engine = Engine(config, uses_baseline=False, mesh=mesh)
     encoded = engine.encode(prompts)
     indices = list(range(mesh.dp_rank, len(encoded), mesh.shape.dp))
@@ -100,6 +106,8 @@ def run_prompts(mesh: Mesh, config: RunConfig, prompts: list[Prompt], warm_up: b
     if engine.tensor_parallel is not None:
         engine.tensor_parallel.seconds = 0.0  # the timed runs' collectives only
     part = decode(engine, [encoded[i] for i in indices], indices, progress=mesh.rank == 0)
+    if isinstance(engine.proposer, RemoteDraft):
+        engine.proposer.close()
     result = _gather(mesh, indices, part, len(prompts))
     if result is None:
         return None

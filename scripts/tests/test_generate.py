@@ -78,16 +78,20 @@ def test_batched_outputs_equal_one_at_a_time(run_script, tmp_path, batching):
     assert stats["throughput_tokens_per_s"] > 0 and stats["generated_tokens"] == sum(map(len, ids[0]))
 
 
-@pytest.mark.parametrize("shape", ["1x2", "2x1"])
+@pytest.mark.parametrize("shape", ["1x2", "2x1", "1x2+1x1"])
 def test_a_mesh_writes_what_one_device_writes(run_script, prompts_file, tmp_path, shape):
+    """1x2+1x1: a draft model on a device group of its own (--draft_mesh_shape)."""
+    target_mesh, _, draft_mesh = shape.partition("+")
+    method = ["--method", "draft_model", "--draft_model", TINY] if draft_mesh else ["--method", "prompt_lookup"]
     outs = {}
-    for mesh in ("1x1", shape):
+    for mesh, extra in (("1x1", []), (shape, ["--draft_mesh_shape", draft_mesh] if draft_mesh else [])):
         out = tmp_path / f"{mesh}.json"
-        code, err = generate(run_script, prompts_file, out, "--method", "prompt_lookup", "--mesh_shape", mesh)
+        code, err = generate(run_script, prompts_file, out, *method, "--mesh_shape", mesh.partition("+")[0], *extra)
         assert code == 0, err
         outs[mesh] = json.loads(out.read_text())
     assert [p["output_ids"] for p in outs[shape]["prompts"]] == [p["output_ids"] for p in outs["1x1"]["prompts"]]
-    assert outs[shape]["config"]["mesh_shape"] == shape and outs[shape]["stats"]["mean_accepted_tokens"] > 1
+    assert outs[shape]["config"]["mesh_shape"] == target_mesh and outs[shape]["stats"]["mean_accepted_tokens"] > 1
+    assert outs[shape]["config"]["draft_mesh_shape"] == (draft_mesh or None)
 
 
 def test_sampling_reproduces_from_its_seed_and_coupled_equals_target_only(run_script, prompts_file, tmp_path):
@@ -153,6 +157,8 @@ BAD = [
     ("kv cache past memory", ["--max_seq_len", "1000000000"], "GiB of KV cache (the target's), but cpu has"),
     ("mesh malformed", ["--mesh_shape", "0x2"], "mesh shape '0x2' is not DPxTP"),
     ("mesh tp past the KV heads", ["--mesh_shape", "1x3"], "tensor parallel 3 exceeds the model's 2 KV heads"),
+    ("draft mesh without a draft", ["--method", "prompt_lookup", "--draft_mesh_shape", "1x1"],
+     "--method prompt_lookup has no draft model"),
     ("mesh with auto trees", ["--mesh_shape", "1x2", "--method", "prompt_lookup", "--tree_topk", "2",
                               "--tree_budget", "auto"], "--tree_budget auto times one device"),
 ]

@@ -25,12 +25,13 @@ CONFIGS = {
 }
 
 
-def decode_all(mesh, names, model=MODEL):
+def decode_all(mesh, names, model=MODEL, draft_mesh=None):
     """Every named configuration on this mesh: each prompt's tokens, from rank 0."""
     out = {}
+    shape = str(mesh.shape) if mesh.role == "target" else None  # a draft rank reads only the draft's settings
     for name in names:
-        config = RunConfig(model=model, max_generated_tokens=20, max_seq_len=128, mesh_shape=str(mesh.shape),
-                           **CONFIGS[name])
+        config = RunConfig(model=model, max_generated_tokens=20, max_seq_len=128, mesh_shape=shape,
+                           draft_mesh_shape=draft_mesh, **CONFIGS[name])
         run = run_prompts(mesh, config, PROMPTS, warm_up=False)
         if run is not None:
             out[name] = [r.tokens for r in run.result.results]
@@ -64,6 +65,13 @@ def test_kv_heads_split_unevenly_when_tp_does_not_divide_them():
     assert run_on_mesh(MeshShape(1, 3), decode_all, names, untied) == run_on_mesh(MeshShape(1, 1), decode_all, names, untied)
 
 
+@pytest.mark.parametrize("shape, draft", [("1x1", "1x1"), ("1x2", "1x2")])
+def test_a_draft_model_on_its_own_device_group_drafts_the_same(single, shape, draft):
+    got = run_on_mesh(MeshShape.parse(shape), decode_all, ["draft_model"], MODEL, draft,
+                      draft_shape=MeshShape.parse(draft))
+    assert got == {"draft_model": single["draft_model"]} and single["draft_model"] == single["target"]
+
+
 def build(mesh, config):
     run_prompts(mesh, config, PROMPTS[:1], warm_up=False)
 
@@ -73,6 +81,8 @@ def build(mesh, config):
     (dict(mesh_shape="1x2", method="prompt_lookup", tree_topk=2, tree_budget="auto"), "--tree_budget auto times one device"),
     (dict(mesh_shape="1x2", method="prompt_lookup", batch_size=2), "--batch_drafts auto times one device"),
     (dict(mesh_shape="0x2"), "DPxTP"),
+    (dict(method="prompt_lookup", draft_mesh_shape="1x1"), "--method prompt_lookup has no draft model"),
+    (dict(method="draft_model", draft_mesh_shape="1x1", batch_size=2), "--draft_mesh_shape supports greedy"),
 ])
 def test_bad_mesh_input_is_one_line(overrides, message):
     config = RunConfig(model=MODEL, max_seq_len=128, **overrides)
