@@ -24,7 +24,7 @@ from models.common.device import open_device
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL, load_model
 from models.speculative.speculators import heads
-from models.speculative.speculators.dataset import HELD_OUT_CHUNKS, DataFolder, answers_chunk, load_chunk
+from models.speculative.speculators.dataset import HELD_OUT_CHUNKS, DataFolder, answers_chunk, data_name, load_chunk
 from models.speculative.speculators.evaluate import accuracy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     for flag in ("max_examples", "steps", "topk"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    name = args.model.replace(":", "_")
+    name = data_name(args.model)
     folder = DataFolder(Path(args.data_dir) if args.data_dir else REPO / "data" / "speculator" / name)
     work = Path(args.work_dir) if args.work_dir else REPO / ".cache" / "train" / name
     work.mkdir(parents=True, exist_ok=True)

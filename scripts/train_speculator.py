@@ -38,7 +38,7 @@ from models.llama.weights import DEFAULT_MODEL
 from models.speculative.engine import METHODS, TARGET, Engine, RunConfig
 from models.speculative.speculators import data, heads, mix, sources
 from models.speculative.speculators.contamination import Contamination, evaluation_texts
-from models.speculative.speculators.dataset import HELD_OUT_CHUNKS, DataFolder, answers_chunk, load_chunk
+from models.speculative.speculators.dataset import HELD_OUT_CHUNKS, DataFolder, answers_chunk, data_name, load_chunk
 from models.speculative.speculators.heads import SHIPPED as SHIPPED_SPECULATORS
 from models.speculative.speculators.train import TrainConfig, train
 
@@ -110,7 +110,7 @@ def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, 
         return loaded
     t0 = time.perf_counter()
     answers, examples = decoder.answer(prompts, cap, desc)
-    data.save_features(work / f"features-{name}.pt", examples)
+    data.save_features(work / f"features-{name}.pt", examples, decoder.encode(prompts), answers)
     data.save_answers(folder.folder / f"{name}.json.gz", prompts, answers)
     folder.timed("answers", time.perf_counter() - t0)
     return answers, examples
@@ -119,8 +119,15 @@ def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, 
 def build_prompts(folder: DataFolder, work: Path, decoder: Decoder, args) -> tuple[list[str], list[data.Example]]:
     """Every prompt, interleaved by source and free of evaluation n-grams, and the examples made
     on the way (the target's answers to the writing requests)."""
+    # the writing requests are kept: docstrings differ between Python versions, and the saved
+    # answers must meet the requests they answered
     passages = sources.stdlib_passages()
-    requests = mix.writing_requests(args.n_prompts, args.seed, passages)
+    requests_path = folder.folder / "requests.json.gz"
+    if requests_path.exists():
+        requests = [tuple(r) for r in data.load_json(requests_path)]
+    else:
+        requests = mix.writing_requests(args.n_prompts, args.seed, passages)
+        data.save_json(requests_path, requests)
     answers: list[list[int]] = []
     written: list[data.Example] = []
     size = args.chunk_size
@@ -129,14 +136,26 @@ def build_prompts(folder: DataFolder, work: Path, decoder: Decoder, args) -> tup
                                         WRITTEN_TOKENS, f"prompts the target writes, chunk {n + 1}/{-(-len(requests) // size)}")
         answers += part
         written += examples
+    derived = [(source, decoder.text(answer), wrapper) for (source, _, wrapper), answer in zip(requests, answers)]
+    derived = [(source, text if wrapper is None else wrapper.format(text=text)) if text else (source, None)
+               for source, text, wrapper in derived]
     path = folder.folder / "prompts.json.gz"
-    if path.exists():
-        return data.load_json(path)["prompts"], written
-    groups = mix.direct_prompts(args.n_prompts, args.seed, passages)
-    for (source, _, wrapper), answer in zip(requests, answers):
-        text = decoder.text(answer)
-        if text:
-            groups.setdefault(source, []).append(text if wrapper is None else wrapper.format(text=text))
+    if not path.exists():
+        groups = mix.direct_prompts(args.n_prompts, args.seed, passages)
+        for source, prompt in derived:
+            if prompt is not None:
+                groups.setdefault(source, []).append(prompt)
+        save_prompts(path, groups, decoder, args)
+    prompts = data.load_json(path)["prompts"]
+    # a written text whose prompt was dropped (it shares an n-gram with an evaluation prompt, or
+    # does not fit) is not learnt from either
+    kept = set(prompts)
+    return prompts, [e for e, (_, prompt) in zip(written, derived) if prompt in kept]
+
+
+def save_prompts(path: Path, groups: dict[str, list[str]], decoder: Decoder, args) -> None:
+    """The prompt list, interleaved by source, without the prompts that do not fit --max_seq_len
+    or share an n-gram with an evaluation prompt."""
     fits = [(s, p) for s, p in mix.interleave(groups)
             if len(decoder.encode([p])[0]) + args.max_new_tokens <= args.max_seq_len]
     evaluation, found = evaluation_texts()
@@ -147,7 +166,6 @@ def build_prompts(folder: DataFolder, work: Path, decoder: Decoder, args) -> tup
     data.save_json(path, {"prompts": [p for _, p in kept], "sources": [s for s, _ in kept],
                           "dropped_for_overlap": len(drop), "evaluation_files": [str(f.relative_to(REPO.parent))
                                                                                  for f in found]})
-    return [p for _, p in kept], written
 
 
 def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: list[str],
@@ -179,8 +197,7 @@ def main(argv=None) -> int:
         value = getattr(args, flag)
         if value is not None and value < least:
             raise UserError(f"--{flag} must be >= {least}, got {value}")
-    name = args.model if not Path(args.model).exists() else Path(args.model).name
-    name = name.replace(":", "_")
+    name = data_name(args.model)
     work = Path(args.work_dir) if args.work_dir else REPO / ".cache" / "train" / name
     work.mkdir(parents=True, exist_ok=True)
     folder = DataFolder(Path(args.data_dir) if args.data_dir else REPO / "data" / "speculator" / name,
@@ -192,7 +209,8 @@ def main(argv=None) -> int:
 
     prompts, written = build_prompts(folder, work, decoder, args)
     held_out, examples = build_examples(folder, work, decoder, prompts, args)
-    examples = written + examples
+    if args.answer_tokens is None:  # the target's written texts join the full set only: a budget is chunks
+        examples = written + examples
     n_answer = data.answer_tokens(examples)
     if args.kind is None:
         logger.info(f"data ready in {folder.folder}: {len(examples)} training examples, {n_answer} answer tokens, "
@@ -214,7 +232,8 @@ def main(argv=None) -> int:
     head = heads.build(spec_config, loaded.model, draft_vocab)
     heads.initialise(head, loaded.model, seed=args.seed)
     run = {"train": vars(config), "answer_tokens": args.answer_tokens, "n_heads": args.n_heads,
-           "n_blocks": args.n_blocks, "draft_vocab_size": args.draft_vocab_size}
+           "n_blocks": args.n_blocks, "draft_vocab_size": args.draft_vocab_size,
+           "data": [str(folder.folder.resolve()), len(examples), n_answer]}
     checkpoint = work / f"{args.kind}-{digest(run)}.pt"  # another configuration never resumes this one
     losses = train(head, examples, config, checkpoint=checkpoint)
     train_seconds = round(torch.load(checkpoint, weights_only=False).get("seconds", 0.0), 1)

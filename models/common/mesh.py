@@ -31,6 +31,9 @@ from models.common.errors import UserError
 
 SHAPE = re.compile(r"^(\d+)x(\d+)$")
 COLLECTIVE_TIMEOUT_S = 120.0  # a collective waiting longer than this fails on its rank
+# collectives that may wait for a whole share of work (gathering the outputs, a draft group
+# waiting for the target's ranks): a hang there ends the run after this long instead
+LONG_TIMEOUT_S = 3600.0
 POLL_S = 0.05
 
 
@@ -72,6 +75,7 @@ class Mesh:
     draft_shape: MeshShape | None = None
     group: Any = None  # with device groups: this role's tp group
     draft_leader: int = 0  # with device groups: the global rank of the draft group's first rank
+    patient: Any = None  # every rank, with LONG_TIMEOUT_S: for waits as long as a share of the work
 
     @property
     def dp_rank(self) -> int:
@@ -116,15 +120,17 @@ def _join(shape: MeshShape, rank: int, device_type: str, init_method: str | None
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
+    # every rank creates every group, in the same order
+    patient = dist.new_group(list(range(world)), timeout=datetime.timedelta(seconds=LONG_TIMEOUT_S))
     if draft_shape is None:
         device_mesh = init_device_mesh(device_type, (shape.dp, shape.tp), mesh_dim_names=("dp", "tp"))
-        return Mesh(shape, rank, device_mesh, device)
-    # two device groups, one tp group each (every rank creates both, in the same order)
+        return Mesh(shape, rank, device_mesh, device, patient=patient)
+    # two device groups, one tp group each
     target_group = dist.new_group(list(range(shape.size)))
     draft_group = dist.new_group(list(range(shape.size, world)))
     if rank < shape.size:
-        return Mesh(shape, rank, None, device, "target", draft_shape, target_group, shape.size)
-    return Mesh(draft_shape, rank - shape.size, None, device, "draft", draft_shape, draft_group, shape.size)
+        return Mesh(shape, rank, None, device, "target", draft_shape, target_group, shape.size, patient)
+    return Mesh(draft_shape, rank - shape.size, None, device, "draft", draft_shape, draft_group, shape.size, patient)
 
 
 def _worker(rank: int, shape: MeshShape, device_type: str, port: int, threads: int, fn: Callable,
@@ -148,10 +154,11 @@ def _worker(rank: int, shape: MeshShape, device_type: str, port: int, threads: i
 
 
 def run_on_mesh(shape: MeshShape, fn: Callable[..., Any], *args, device_type: str = "cpu",
-                timeout_s: float = 1800.0, draft_shape: MeshShape | None = None) -> Any:
+                timeout_s: float | None = None, draft_shape: MeshShape | None = None) -> Any:
     """fn(mesh, *args) on every rank of a new mesh; rank 0's return value. fn and args must
     pickle (a module-level function). A single device runs fn in this process. draft_shape: a
-    second device group of that shape after the target's (QEfficient's draft device group)."""
+    second device group of that shape after the target's (QEfficient's draft device group).
+    timeout_s: end the run after this long (default none: hung collectives time out by themselves)."""
     if shape.size == 1 and draft_shape is None:
         return fn(Mesh(shape, 0, None, torch.device("cuda" if device_type == "cuda" else "cpu")), *args)
     world = shape.size + (draft_shape.size if draft_shape else 0)
@@ -164,7 +171,7 @@ def run_on_mesh(shape: MeshShape, fn: Callable[..., Any], *args, device_type: st
                          daemon=True, name=f"mesh-rank-{rank}") for rank in range(world)]
     for p in procs:
         p.start()
-    deadline = time.monotonic() + timeout_s
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     done: dict[int, Any] = {}
     try:
         while len(done) < world:
@@ -174,7 +181,7 @@ def run_on_mesh(shape: MeshShape, fn: Callable[..., Any], *args, device_type: st
                 dead = _died_silently(procs, done, results)
                 if dead is not None:
                     raise MeshError(f"mesh {shape}: rank {dead} died (exit code {procs[dead].exitcode}) before finishing")
-                if time.monotonic() > deadline:
+                if deadline is not None and time.monotonic() > deadline:
                     waiting = [r for r in range(world) if r not in done]
                     raise MeshError(f"mesh {shape}: rank {waiting[0]} did not finish within {timeout_s:.0f} s "
                                     f"(a collective hung?)")
@@ -182,13 +189,7 @@ def run_on_mesh(shape: MeshShape, fn: Callable[..., Any], *args, device_type: st
             if status == "user":
                 raise UserError(payload[0])
             if status == "error":
-                # a rank that died is the cause of the others' broken collectives: give it a moment to show
-                time.sleep(10 * POLL_S)
-                dead = _died_silently(procs, done, results)
-                if dead is not None:
-                    raise MeshError(f"mesh {shape}: rank {dead} died (exit code {procs[dead].exitcode}) "
-                                    f"before finishing")
-                raise MeshError(f"mesh {shape}: rank {rank} failed: {payload[0]}")
+                raise MeshError(f"mesh {shape}: {_cause(procs, done, results, rank, payload[0])}")
             done[rank] = payload[0]
         return done[0]
     finally:
@@ -206,6 +207,28 @@ def _died_silently(procs, done: dict, results) -> int | None:
         if rank not in done and p.exitcode not in (None, 0) and results.empty():
             return rank
     return None
+
+
+def _cause(procs, done: dict, results, rank: int, error: str) -> str:
+    """What broke a run in which `rank` reported `error`: a rank that died beats the errors its
+    death caused in the others' collectives, and a real error beats a broken connection."""
+    time.sleep(10 * POLL_S)  # let a dying rank's exit code, and the others' reports, arrive
+    errors = {rank: error}
+    while True:
+        try:
+            other, status, *payload = results.get_nowait()
+        except queue.Empty:
+            break
+        if status in ("error", "user"):
+            errors.setdefault(other, payload[0])
+        else:
+            done[other] = payload[0]
+    for r, p in enumerate(procs):
+        if r not in done and r not in errors and p.exitcode not in (None, 0):
+            return f"rank {r} died (exit code {p.exitcode}) before finishing"
+    broken = ("connection closed", "remote worker", "connection reset", "broken pipe", "timed out")
+    first = min(errors, key=lambda r: (any(b in errors[r].lower() for b in broken), r))
+    return f"rank {first} failed: {errors[first]}"
 
 
 def mesh_from_env(shape: MeshShape, device_type: str = "cpu") -> Mesh:

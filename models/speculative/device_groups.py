@@ -26,9 +26,11 @@ from models.speculative.tree import DraftTree, TreeSpec
 TARGET_LEADER = 0
 
 
-def _broadcast(obj, src: int):
+def _broadcast(obj, src: int, mesh: Mesh):
+    """Over every rank, patiently: a draft group waits while the target loads, prefills and
+    verifies, which may take longer than a collective's usual timeout."""
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=mesh.patient)
     return box[0]
 
 
@@ -38,26 +40,27 @@ class RemoteDraft(Proposer):
     name = "draft_model"
 
     def __init__(self, mesh: Mesh, target_vocab_size: int):
+        self.mesh = mesh
         self.leader = mesh.draft_leader
-        self.info = _broadcast(None, self.leader)  # the draft group says what it runs
+        self.info = _broadcast(None, self.leader, mesh)  # the draft group says what it runs
         if self.info["vocab_size"] != target_vocab_size:
             raise UserError(f"draft model vocabulary ({self.info['vocab_size']}) differs from the target's "
                             f"({target_vocab_size}); a draft must share the target's tokenizer")
         self.draft_mesh = str(mesh.draft_shape)
 
     def start(self, prompt: list[int], target_cache: KVCache) -> None:
-        _broadcast(("start", target_cache.max_seq_len), TARGET_LEADER)
+        _broadcast(("start", target_cache.max_seq_len), TARGET_LEADER, self.mesh)
 
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
-        _broadcast(("propose", list(ctx.tokens), spec), TARGET_LEADER)
-        return _broadcast(None, self.leader)
+        _broadcast(("propose", list(ctx.tokens), spec), TARGET_LEADER, self.mesh)
+        return _broadcast(None, self.leader, self.mesh)
 
     def forget(self) -> None:
-        _broadcast(("forget",), TARGET_LEADER)
+        _broadcast(("forget",), TARGET_LEADER, self.mesh)
 
     def close(self) -> None:
         """The draft group stops serving (every target rank calls it at the end)."""
-        _broadcast(("stop",), TARGET_LEADER)
+        _broadcast(("stop",), TARGET_LEADER, self.mesh)
 
     def fork(self) -> Proposer:
         raise UserError("--draft_mesh_shape decodes one sequence at a time; batches are not supported yet")
@@ -76,15 +79,15 @@ def serve_drafts(mesh: Mesh, config, device: Device, load) -> None:
     proposer = DraftModelProposer(TracedModel(model, traced=device.traced, max_block=2), config.max_seq_len,
                                   target_vocab_size=model.args.vocab_size, label=config.draft_model or config.model)
     info = {"vocab_size": model.args.vocab_size, "describe": proposer.describe()}
-    _broadcast(info if mesh.rank == 0 else None, mesh.draft_leader)
+    _broadcast(info if mesh.rank == 0 else None, mesh.draft_leader, mesh)
     while True:
-        message = _broadcast(None, TARGET_LEADER)
+        message = _broadcast(None, TARGET_LEADER, mesh)
         kind = message[0]
         if kind == "start":
             proposer.start([], types.SimpleNamespace(max_seq_len=message[1]))
         elif kind == "propose":
             tree = proposer.propose(ProposerContext(tokens=message[1], target_cache=None), message[2])
-            _broadcast(tree if mesh.rank == 0 else None, mesh.draft_leader)
+            _broadcast(tree if mesh.rank == 0 else None, mesh.draft_leader, mesh)
         elif kind == "forget":
             proposer.forget()
         else:

@@ -258,6 +258,11 @@ class Engine:
                                        prefill_seq_len=c.prefill_seq_len, sampling=c.sampling, verify=c.verify)
         return self._baseline
 
+    @staticmethod
+    def device_type(config: RunConfig) -> str:
+        """cpu or cuda: what a mesh of this configuration's device runs its workers on."""
+        return split_mesh(config.device)[0].split(":")[0].lower()
+
     @property
     def tokenizer(self):
         return self.target.tokenizer

@@ -67,7 +67,8 @@ def gather_by_index(mesh: Mesh, indices: list[int], items: list, n: int) -> list
     if mesh.shape.dp == 1:
         return items if mesh.rank == 0 else None
     shares = [None] * mesh.shape.size
-    dist.all_gather_object(shares, (indices, items) if mesh.tp_rank == 0 else None)
+    # the submeshes finish their shares at different times: wait as long as a share may take
+    dist.all_gather_object(shares, (indices, items) if mesh.tp_rank == 0 else None, group=mesh.patient)
     if mesh.rank != 0:
         return None
     ordered = [None] * n

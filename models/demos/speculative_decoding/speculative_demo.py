@@ -100,7 +100,7 @@ def on_mesh(config: RunConfig, here, there, *args):
     if shape.size == 1:
         return here()
     try:
-        return run_on_mesh(shape, there, config, *args)
+        return run_on_mesh(shape, there, config, *args, device_type=Engine.device_type(config))
     except UserError as exc:
         pytest.fail(str(exc), pytrace=False)
 

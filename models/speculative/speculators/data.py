@@ -134,16 +134,29 @@ def load_answers(path: Path, prompts: list[str]) -> list[list[int]]:
     return saved["answers"]
 
 
-def save_features(path: Path, examples: list[Example]) -> None:
-    """Hidden states only (fp16): they can always be rebuilt from the answers (record_features)."""
+def _sequences_fingerprint(prompts: list[list[int]], answers: list[list[int]]) -> str:
+    return hashlib.sha256(json.dumps([prompts, answers]).encode()).hexdigest()
+
+
+def save_features(path: Path, examples: list[Example], prompts: list[list[int]], answers: list[list[int]]) -> None:
+    """Hidden states only (fp16), marked with the sequences they belong to: they can always be
+    rebuilt from the answers (record_features)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save([e.features for e in examples], tmp)
+    torch.save({"sequences": _sequences_fingerprint(prompts, answers), "features": [e.features for e in examples]}, tmp)
     tmp.replace(path)
 
 
-def load_examples(path: Path, prompts: list[list[int]], answers: list[list[int]]) -> list[Example]:
-    features = torch.load(path, weights_only=True)
-    return [_example(p, a, f, cut=False) for p, a, f in zip(prompts, answers, features)]
+def load_examples(path: Path, prompts: list[list[int]], answers: list[list[int]]) -> list[Example] | None:
+    """The examples whose hidden states path holds; None when it holds other sequences' (a
+    cache from other data) or an older layout."""
+    saved = torch.load(path, weights_only=True)
+    if isinstance(saved, list):  # the first layout, unmarked: taken when every length fits
+        examples = [_example(p, a, f, cut=False) for p, a, f in zip(prompts, answers, saved)]
+        fits = len(saved) == len(answers) and all(len(e.tokens) == len(e.features) for e in examples)
+        return examples if fits else None
+    if saved.get("sequences") != _sequences_fingerprint(prompts, answers):
+        return None
+    return [_example(p, a, f, cut=False) for p, a, f in zip(prompts, answers, saved["features"])]
 
 
 def answer_tokens(examples: list[Example]) -> int:

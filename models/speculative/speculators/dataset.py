@@ -70,8 +70,15 @@ def load_chunk(folder: DataFolder, work: Path, model: Transformer, tokenizer: To
         return None
     answers = data.load_answers(answers_path, prompts)
     ids = [tokenizer.encode(p, chat=True) for p in prompts]
-    if not features_path.exists():
+    examples = data.load_examples(features_path, ids, answers) if features_path.exists() else None
+    if examples is None:  # gone, or made for other sequences: rebuilt
         t0 = time.perf_counter()
-        data.save_features(features_path, data.record_features(model, ids, answers, desc=f"hidden states {name}"))
+        examples = data.record_features(model, ids, answers, desc=f"hidden states {name}")
+        data.save_features(features_path, examples, ids, answers)
         folder.timed("features", time.perf_counter() - t0)
-    return answers, data.load_examples(features_path, ids, answers)
+    return answers, examples
+
+
+def data_name(model: str) -> str:
+    """The folder name a model's data and caches go under (a path's last part, ':' made safe)."""
+    return (Path(model).name if Path(model).exists() else model).replace(":", "_")

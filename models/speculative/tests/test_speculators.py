@@ -90,6 +90,20 @@ def test_rebuilt_examples_match_the_recorded_ones(target, prompts, answers, exam
         torch.testing.assert_close(a.features.float(), b.features.float(), atol=2e-3, rtol=2e-3)
 
 
+def test_answers_and_features_round_trip_through_their_files(tmp_path, prompts, answers, examples):
+    path, features = tmp_path / "answers-000.json.gz", tmp_path / "features-000.pt"
+    data.save_answers(path, ["a", "b"], answers[:2])
+    data.save_features(features, examples[:2], prompts[:2], answers[:2])
+    assert data.load_answers(path, ["a", "b"]) == answers[:2]
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted([path.name, features.name])  # no temporaries
+    for a, b in zip(examples, data.load_examples(features, prompts[:2], answers[:2])):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.features, b.features)
+        assert a.answer_start == b.answer_start
+    assert data.load_examples(features, prompts[2:4], answers[2:4]) is None  # a cache of other sequences
+    with pytest.raises(UserError, match="answers other prompts"):
+        data.load_answers(path, ["a", "c"])
+
+
 @pytest.mark.parametrize("method", ["draft_model", "eagle"])
 @pytest.mark.parametrize("stop_early", [False, True])
 def test_speculative_decoding_records_the_same_hidden_states(target, prompts, answers, method, stop_early):
