@@ -107,10 +107,7 @@ def mesh_device(request, device_params):
     shape = request.config.getoption("--mesh_shape")
     try:
         device = open_device(name, dtype, device_params.get("trace"))
-        if shape is not None:
-            if device.mesh != "1x1" and MeshShape.parse(shape) != MeshShape.parse(device.mesh):
-                raise UserError(f"--mesh_shape {shape} and device {name!r} name two meshes; give one")
-            device = dataclasses.replace(device, mesh=str(MeshShape.parse(shape)))
+        device = dataclasses.replace(device, mesh=str(MeshShape.of(name, shape)))
         check_fits(MeshShape.parse(device.mesh), device.type)
         return device
     except DeviceUnavailable as exc:

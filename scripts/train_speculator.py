@@ -93,8 +93,7 @@ class Decoder:
     def encode(self, prompts: list[str]) -> list[list[int]]:
         return [self.tokenizer.encode(p, chat=True) for p in prompts]
 
-    def answer(self, prompts: list[str], cap: int, desc: str) -> tuple[list[list[int]], list[data.Example]]:
-        ids = self.encode(prompts)
+    def answer(self, ids: list[list[int]], cap: int, desc: str) -> tuple[list[list[int]], list[data.Example]]:
         results = data.answer_prompts(self.engine.generator, ids, cap, self.rows, desc=desc)
         return [r.tokens for r in results], data.examples_from(ids, results)
 
@@ -109,8 +108,9 @@ def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, 
     if loaded is not None:
         return loaded
     t0 = time.perf_counter()
-    answers, examples = decoder.answer(prompts, cap, desc)
-    data.save_features(work / f"features-{name}.pt", examples, decoder.encode(prompts), answers)
+    ids = decoder.encode(prompts)
+    answers, examples = decoder.answer(ids, cap, desc)
+    data.save_features(work / f"features-{name}.pt", examples, ids, answers)
     data.save_answers(folder.folder / f"{name}.json.gz", prompts, answers)
     folder.timed("answers", time.perf_counter() - t0)
     return answers, examples

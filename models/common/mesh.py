@@ -53,6 +53,20 @@ class MeshShape:
             raise UserError(f"mesh shape {text!r} is not DPxTP with positive sizes (e.g. 1x2, 2x1, 2x2)")
         return cls(int(m.group(1)), int(m.group(2)))
 
+    @classmethod
+    def of(cls, device: str, mesh_shape: str | None) -> MeshShape:
+        """The mesh a device name (cpu:1x2) and a --mesh_shape ask for together; both naming
+        different meshes is a usage error."""
+        from models.common.device import split_mesh
+
+        of_device = cls.parse(split_mesh(device)[1])
+        if mesh_shape is None:
+            return of_device
+        shape = cls.parse(mesh_shape)
+        if of_device.size > 1 and of_device != shape:
+            raise UserError(f"--mesh_shape {mesh_shape} and device {device!r} name two meshes; give one")
+        return shape
+
     @property
     def size(self) -> int:
         return self.dp * self.tp

@@ -126,13 +126,7 @@ class RunConfig:
 
     @property
     def mesh(self) -> MeshShape:
-        _, of_device = split_mesh(self.device)
-        if self.mesh_shape is None:
-            return MeshShape.parse(of_device)
-        shape = MeshShape.parse(self.mesh_shape)
-        if of_device != "1x1" and MeshShape.parse(of_device) != shape:
-            raise UserError(f"--mesh_shape {self.mesh_shape} and device {self.device!r} name two meshes; give one")
-        return shape
+        return MeshShape.of(self.device, self.mesh_shape)
 
     def _validate_batch(self) -> None:
         if self.batch_size < 1:

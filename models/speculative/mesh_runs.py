@@ -81,11 +81,16 @@ def gather_by_index(mesh: Mesh, indices: list[int], items: list, n: int) -> list
 
 def _gather(mesh: Mesh, indices: list[int], part: BatchResult, n_prompts: int) -> BatchResult | None:
     """Rank 0: every dp submesh's results in input order (wall time: the slowest submesh's)."""
-    results = gather_by_index(mesh, indices, part.results, n_prompts)
-    seconds = gather_by_index(mesh, [mesh.dp_rank], [part.seconds], mesh.shape.dp)
-    if results is None:
+    if mesh.shape.dp == 1:
+        return part if mesh.rank == 0 else None
+    shares = gather_by_index(mesh, [mesh.dp_rank], [(indices, part)], mesh.shape.dp)
+    if shares is None:
         return None
-    return BatchResult(results, max(seconds), part.iterations if mesh.shape.dp == 1 else [])
+    results = [None] * n_prompts
+    for share_indices, share in shares:
+        for i, r in zip(share_indices, share.results):
+            results[i] = r
+    return BatchResult(results, max(share.seconds for _, share in shares), [])
 
 
 def run_prompts(mesh: Mesh, config: RunConfig, prompts: list[Prompt], warm_up: bool = True) -> MeshRun | None:

@@ -86,3 +86,17 @@ def test_a_failing_rank_ends_the_run_in_one_line_with_no_orphans(fn, cause):
     assert cause in str(info.value) and "\n" not in str(info.value)
     assert time.monotonic() - t0 < 30
     assert no_workers_left()
+
+
+@pytest.mark.parametrize("device, shape, expected", [
+    ("cpu", None, MeshShape(1, 1)), ("cpu:1x2", None, MeshShape(1, 2)), ("cuda:1", None, MeshShape(1, 1)),
+    ("cpu", "2x1", MeshShape(2, 1)), ("cpu:1x2", "1x2", MeshShape(1, 2)),
+])
+def test_a_device_and_a_mesh_shape_name_one_mesh(device, shape, expected):
+    assert MeshShape.of(device, shape) == expected
+
+
+def test_a_device_and_a_mesh_shape_naming_two_meshes_is_one_line():
+    with pytest.raises(UserError, match="name two meshes") as info:
+        MeshShape.of("cpu:1x2", "2x1")
+    assert "\n" not in str(info.value)

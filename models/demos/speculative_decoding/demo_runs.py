@@ -57,7 +57,7 @@ def measure(engine: Engine, encoded: list[list[int]], indices: list[int] | None 
     if encoded:
         engine.warm_up(encoded[0])
     runs = Runs([], [])
-    for n, (i, ids) in enumerate(zip(indices, encoded)):
+    for i, ids in zip(indices, encoded):
         for which in (("spec", "base") if i % 2 else ("base", "spec")):
             if which == "base":
                 runs.base.append(engine.run(ids, baseline=True, prompt_index=i))
@@ -93,10 +93,11 @@ def measure_on_mesh(mesh: Mesh, config: RunConfig, prompts: list[Prompt]) -> Run
     encoded = engine.encode(prompts)
     indices = list(range(mesh.dp_rank, len(encoded), mesh.shape.dp))
     runs = measure(engine, [encoded[i] for i in indices], indices, log=mesh.rank == 0)
-    spec = gather_by_index(mesh, indices, runs.spec, len(encoded))
-    base = gather_by_index(mesh, indices, runs.base, len(encoded))
-    again = gather_by_index(mesh, [mesh.dp_rank], [runs.again], mesh.shape.dp)
-    return None if spec is None else Runs(spec, base, again[0])
+    pairs = gather_by_index(mesh, indices, list(zip(runs.spec, runs.base)), len(encoded))
+    if pairs is None:
+        return None
+    # rank 0 is in dp submesh 0, which decoded prompt 0: its own rerun is the one
+    return Runs([spec for spec, _ in pairs], [base for _, base in pairs], runs.again)
 
 
 def measure_batched_on_mesh(mesh: Mesh, config: RunConfig, encoded: list[list[int]]) -> BatchRuns | None:
