@@ -102,9 +102,10 @@ class Decoder:
 
 
 def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, prompts: list[str], cap: int,
-                   desc: str) -> tuple[list[list[int]], list[data.Example]]:
-    """One chunk's answers and examples: decoded and saved the first time, loaded after."""
-    loaded = load_chunk(folder, work, decoder.model, decoder.tokenizer, name, prompts)
+                   desc: str, features: bool) -> tuple[list[list[int]], list[data.Example]]:
+    """One chunk's answers and examples: decoded and saved the first time, loaded after (with no
+    examples when features is False)."""
+    loaded = load_chunk(folder, work, decoder.model, decoder.tokenizer, name, prompts, features)
     if loaded is not None:
         return loaded
     t0 = time.perf_counter()
@@ -116,7 +117,8 @@ def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, 
     return answers, examples
 
 
-def build_prompts(folder: DataFolder, work: Path, decoder: Decoder, args) -> tuple[list[str], list[data.Example]]:
+def build_prompts(folder: DataFolder, work: Path, decoder: Decoder, args,
+                  features: bool) -> tuple[list[str], list[data.Example]]:
     """Every prompt, interleaved by source and free of evaluation n-grams, and the examples made
     on the way (the target's answers to the writing requests)."""
     # the writing requests are kept: docstrings differ between Python versions, and the saved
@@ -133,7 +135,8 @@ def build_prompts(folder: DataFolder, work: Path, decoder: Decoder, args) -> tup
     size = args.chunk_size
     for n, lo in enumerate(range(0, len(requests), size)):
         part, examples = chunk_examples(folder, work, decoder, f"written-{n:03d}", [r for _, r, _ in requests[lo : lo + size]],
-                                        WRITTEN_TOKENS, f"prompts the target writes, chunk {n + 1}/{-(-len(requests) // size)}")
+                                        WRITTEN_TOKENS, f"prompts the target writes, chunk {n + 1}/{-(-len(requests) // size)}",
+                                        features)
         answers += part
         written += examples
     derived = [(source, decoder.text(answer), wrapper) for (source, _, wrapper), answer in zip(requests, answers)]
@@ -168,22 +171,24 @@ def save_prompts(path: Path, groups: dict[str, list[str]], decoder: Decoder, arg
                                                                                  for f in found]})
 
 
-def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: list[str],
-                   args) -> tuple[list[data.Example], list[data.Example]]:
-    """(held-out examples, training examples): the chunks in order, until the training ones hold
-    answer_tokens (None: every chunk)."""
+def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: list[str], args,
+                   features: bool) -> tuple[list[data.Example], list[data.Example], int]:
+    """(held-out examples, training examples, answer tokens decoded for the training chunks): the
+    chunks in order, until the training ones hold answer_tokens (None: every chunk)."""
     held_out: list[data.Example] = []
     training: list[data.Example] = []
+    decoded = 0
     size = args.chunk_size
     n_chunks = -(-len(prompts) // size)
     for n in range(n_chunks):
         if args.answer_tokens is not None and n > HELD_OUT_CHUNKS and data.answer_tokens(training) >= args.answer_tokens:
             break
         part = prompts[n * size : (n + 1) * size]
-        _, examples = chunk_examples(folder, work, decoder, answers_chunk(n), part, args.max_new_tokens,
-                                     f"answers, chunk {n + 1}/{n_chunks}")
+        answers, examples = chunk_examples(folder, work, decoder, answers_chunk(n), part, args.max_new_tokens,
+                                           f"answers, chunk {n + 1}/{n_chunks}", features)
         (held_out if n < HELD_OUT_CHUNKS else training).extend(examples)
-    return held_out, training
+        decoded += sum(map(len, answers)) if n >= HELD_OUT_CHUNKS else 0
+    return held_out, training, decoded
 
 
 def digest(settings: dict) -> str:
@@ -207,15 +212,16 @@ def main(argv=None) -> int:
     decoder = Decoder(args, device_name)
     started = time.perf_counter()
 
-    prompts, written = build_prompts(folder, work, decoder, args)
-    held_out, examples = build_examples(folder, work, decoder, prompts, args)
+    features = args.kind is not None  # the data alone needs no hidden states of what is already answered
+    prompts, written = build_prompts(folder, work, decoder, args, features)
+    held_out, examples, decoded = build_examples(folder, work, decoder, prompts, args, features)
+    if args.kind is None:
+        logger.info(f"data ready in {folder.folder}: {len(prompts)} prompts, {decoded} answer tokens decoded "
+                    f"outside the held-out chunks (stage times: {folder.timing})")
+        return 0
     if args.answer_tokens is None:  # the target's written texts join the full set only: a budget is chunks
         examples = written + examples
     n_answer = data.answer_tokens(examples)
-    if args.kind is None:
-        logger.info(f"data ready in {folder.folder}: {len(examples)} training examples, {n_answer} answer tokens, "
-                    f"{len(held_out)} held out (stage times: {folder.timing})")
-        return 0
     loaded = decoder.engine.target
     draft_vocab = data.draft_vocabulary(examples, args.draft_vocab_size, loaded.tokenizer.eos_token_ids)
     covered = sum(int(torch.isin(e.tokens[e.answer_start:], draft_vocab).sum()) for e in examples) / max(1, n_answer)

@@ -71,6 +71,9 @@ def test_hidden_states_are_rebuilt_when_only_the_answers_survive(run_script, tmp
     assert run(run_script, tmp_path, "--n_prompts", "8")[0] == 0
     for cached in (tmp_path / "work").glob("features-*.pt"):
         cached.unlink()
+    code, err = run(run_script, tmp_path, "--n_prompts", "8")  # the data alone: nothing to rebuild or decode
+    assert code == 0 and "hidden states" not in err and "answers, chunk" not in err, err
+    assert not list((tmp_path / "work").glob("features-*.pt"))
     code, err = run(run_script, tmp_path, "--n_prompts", "8", "--kind", "multi_projection",
                     "--output", str(tmp_path / "mp"))
     assert code == 0, err

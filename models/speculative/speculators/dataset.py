@@ -62,13 +62,17 @@ class DataFolder:
 
 
 def load_chunk(folder: DataFolder, work: Path, model: Transformer, tokenizer: Tokenizer, name: str,
-               prompts: list[str]) -> tuple[list[list[int]], list[data.Example]] | None:
+               prompts: list[str], features: bool = True) -> tuple[list[list[int]], list[data.Example]] | None:
     """A saved chunk's answers and examples (hidden states from the cache, or rebuilt by one
-    teacher-forced pass when it is gone); None when the chunk was never answered."""
+    teacher-forced pass when it is gone); None when the chunk was never answered. features False:
+    the answers only, with no examples (making data needs no hidden states of finished chunks, and
+    rebuilding them costs about half a chunk's decoding)."""
     answers_path, features_path = folder.folder / f"{name}.json.gz", work / f"features-{name}.pt"
     if not answers_path.exists():
         return None
     answers = data.load_answers(answers_path, prompts)
+    if not features:
+        return answers, []
     ids = [tokenizer.encode(p, chat=True) for p in prompts]
     examples = data.load_examples(features_path, ids, answers) if features_path.exists() else None
     if examples is None:  # gone, or made for other sequences: rebuilt
