@@ -8,8 +8,9 @@ EAGLE-style draft head) for a target.
 
 Self-distillation: the target answers a mix of prompts greedily (authored templates, tasks over
 passages of the Python standard library's documentation, arithmetic word problems, translations,
-and questions, passages and foreign text it writes itself; never an evaluation prompt: any
-sharing a long n-gram with one is dropped), through the demo's engine in continuous batches;
+questions, passages and foreign text it writes itself, and follow-up requests after its own
+answers; never an evaluation prompt: any sharing a long n-gram with one is dropped, the
+target's own words included), through the demo's engine in continuous batches;
 the hidden states those decoding passes compute are what the heads learn from. The prompts and
 answers (token ids) are small and kept in --data_dir, a chunk at a time, so the data survives
 and resumes anywhere; hidden states and checkpoints are a cache in --work_dir, rebuilt from the
@@ -36,16 +37,18 @@ from models.common.device import requested_device_name
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL
 from models.speculative.engine import METHODS, TARGET, Engine, RunConfig
-from models.speculative.speculators import data, heads, mix, sources
+from models.speculative.speculators import data, followups, heads, mix, sources
 from models.speculative.speculators.contamination import Contamination, evaluation_texts
-from models.speculative.speculators.dataset import HELD_OUT_CHUNKS, DataFolder, answers_chunk, data_name, load_chunk
+from models.speculative.speculators.dataset import (HELD_OUT_CHUNKS, DataFolder, answers_chunk, data_name,
+                                                    followups_chunk, load_chunk)
 from models.speculative.speculators.heads import SHIPPED as SHIPPED_SPECULATORS
 from models.speculative.speculators.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EPOCHS = {"eagle": 4.0, "multi_projection": 6.0}
 WRITTEN_TOKENS = 96  # cap on what the target writes to become a prompt
-DATA_SETTINGS = ("model", "n_prompts", "max_new_tokens", "chunk_size", "max_seq_len", "seed")  # what the saved data depends on
+DATA_SETTINGS = ("model", "n_prompts", "max_new_tokens", "chunk_size", "max_seq_len", "seed",
+                 "followup_share")  # what the saved data depends on
 
 
 def parse_args(argv=None):
@@ -59,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--n_prompts", type=int, default=21000, help="prompts answered, every source together")
     p.add_argument("--max_new_tokens", type=int, default=128, help="answer length for the training data")
     p.add_argument("--chunk_size", type=int, default=256, help="prompts per saved chunk of answers")
+    p.add_argument("--followup_share", type=float, default=0.25,
+                   help="share of answered prompts that get a second turn (a follow-up request after the answer)")
     p.add_argument("--answer_tokens", type=int, default=None,
                    help="train on the first chunks holding this many answer tokens (default: all of them)")
     p.add_argument("--draft_vocab_size", type=int, default=8192)
@@ -90,8 +95,8 @@ class Decoder:
         self.tokenizer = self.engine.tokenizer
         self.model = self.engine.target.model
 
-    def encode(self, prompts: list[str]) -> list[list[int]]:
-        return [self.tokenizer.encode(p, chat=True) for p in prompts]
+    def encode(self, prompts: list[data.Prompt]) -> list[list[int]]:
+        return [data.encode_prompt(self.tokenizer, p) for p in prompts]
 
     def answer(self, ids: list[list[int]], cap: int, desc: str) -> tuple[list[list[int]], list[data.Example]]:
         results = data.answer_prompts(self.engine.generator, ids, cap, self.rows, desc=desc)
@@ -101,7 +106,7 @@ class Decoder:
         return self.tokenizer.decode([t for t in answer if t not in self.tokenizer.eos_token_ids]).strip()
 
 
-def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, prompts: list[str], cap: int,
+def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, prompts: list[data.Prompt], cap: int,
                    desc: str, features: bool) -> tuple[list[list[int]], list[data.Example]]:
     """One chunk's answers and examples: decoded and saved the first time, loaded after (with no
     examples when features is False)."""
@@ -174,10 +179,12 @@ def save_prompts(path: Path, groups: dict[str, list[str]], decoder: Decoder, arg
 def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: list[str], args,
                    features: bool) -> tuple[list[data.Example], list[data.Example], int]:
     """(held-out examples, training examples, answer tokens decoded for the training chunks): the
-    chunks in order, until the training ones hold answer_tokens (None: every chunk)."""
+    chunks in order, each chunk's answers then its follow-ups, until the training ones hold
+    answer_tokens (None: every chunk)."""
     held_out: list[data.Example] = []
     training: list[data.Example] = []
     decoded = 0
+    evaluation = Contamination(evaluation_texts()[0])
     size = args.chunk_size
     n_chunks = -(-len(prompts) // size)
     for n in range(n_chunks):
@@ -186,9 +193,21 @@ def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: li
         part = prompts[n * size : (n + 1) * size]
         answers, examples = chunk_examples(folder, work, decoder, answers_chunk(n), part, args.max_new_tokens,
                                            f"answers, chunk {n + 1}/{n_chunks}", features)
-        (held_out if n < HELD_OUT_CHUNKS else training).extend(examples)
-        decoded += sum(map(len, answers)) if n >= HELD_OUT_CHUNKS else 0
+        second = followup_prompts(decoder, evaluation, part, answers, n, args)
+        more, more_examples = chunk_examples(folder, work, decoder, followups_chunk(n), second, args.max_new_tokens,
+                                             f"follow-ups, chunk {n + 1}/{n_chunks}", features) if second else ([], [])
+        (held_out if n < HELD_OUT_CHUNKS else training).extend(examples + more_examples)
+        decoded += sum(map(len, answers + more)) if n >= HELD_OUT_CHUNKS else 0
     return held_out, training, decoded
+
+
+def followup_prompts(decoder: Decoder, evaluation: Contamination, prompts: list[str], answers: list[list[int]],
+                     n: int, args) -> list[followups.Conversation]:
+    """Chunk n's second-turn conversations that fit --max_seq_len and share no n-gram with an
+    evaluation prompt (the target's first answer included)."""
+    drawn = followups.conversations(prompts, [decoder.text(a) for a in answers], args.followup_share, args.seed, n)
+    fits = [c for c in drawn if len(decoder.encode([c])[0]) + args.max_new_tokens <= args.max_seq_len]
+    return [fits[i] for i in evaluation.clean([followups.text(c) for c in fits])[0]]
 
 
 def digest(settings: dict) -> str:
@@ -202,6 +221,8 @@ def main(argv=None) -> int:
         value = getattr(args, flag)
         if value is not None and value < least:
             raise UserError(f"--{flag} must be >= {least}, got {value}")
+    if not 0 <= args.followup_share <= 1:
+        raise UserError(f"--followup_share must be between 0 and 1, got {args.followup_share}")
     name = data_name(args.model)
     work = Path(args.work_dir) if args.work_dir else REPO / ".cache" / "train" / name
     work.mkdir(parents=True, exist_ok=True)

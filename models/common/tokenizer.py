@@ -14,6 +14,8 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str, *, chat: bool = False) -> list[int]: ...
 
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
+
     def decode(self, ids: list[int]) -> str: ...
 
     def token_strings(self, ids: list[int]) -> list[str]: ...
@@ -32,16 +34,18 @@ class HFTokenizer:
 
     def encode(self, text: str, *, chat: bool = False) -> list[int]:
         if chat:
-            if not getattr(self.hf, "chat_template", None):
-                from models.common.errors import UserError
+            return self.encode_chat([{"role": "user", "content": text}])
+        return list(self.hf(text)["input_ids"])
 
-                raise UserError(
-                    "--instruct 1 needs a chat template, and this model's tokenizer has none; use --instruct 0"
-                )
-            text = self.hf.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-        return list(self.hf(text, add_special_tokens=not chat)["input_ids"])
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation (role/content turns) in the model's chat template, ready for the
+        assistant's next turn."""
+        if not getattr(self.hf, "chat_template", None):
+            from models.common.errors import UserError
+
+            raise UserError("--instruct 1 needs a chat template, and this model's tokenizer has none; use --instruct 0")
+        text = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(self.hf(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=False)
@@ -64,7 +68,11 @@ class ByteTokenizer:
 
     def encode(self, text: str, *, chat: bool = False) -> list[int]:
         if chat:
-            text = f"<user>\n{text}\n<assistant>\n"
+            return self.encode_chat([{"role": "user", "content": text}])
+        return [1] + [b + self.OFFSET for b in text.encode("utf-8")]
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        text = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
         return [1] + [b + self.OFFSET for b in text.encode("utf-8")]
 
     def decode(self, ids: list[int]) -> str:

@@ -23,8 +23,11 @@ def test_data_then_both_kinds_from_the_same_saved_answers(run_script, tmp_path):
     assert code == 0, err
     data = tmp_path / "data"
     names = sorted(p.name for p in data.iterdir())
-    assert names == ["answers-000.json.gz", "answers-001.json.gz", "answers-002.json.gz", "prompts.json.gz",
-                     "requests.json.gz", "settings.json", "timing.json", "written-000.json.gz"]
+    assert names == ["answers-000.json.gz", "answers-001.json.gz", "answers-002.json.gz", "followups-000.json.gz",
+                     "followups-001.json.gz", "followups-002.json.gz", "prompts.json.gz", "requests.json.gz",
+                     "settings.json", "timing.json", "written-000.json.gz"]
+    followups = [len(json.load(gzip.open(data / f"followups-00{n}.json.gz", "rt"))["answers"]) for n in range(3)]
+    assert all(0 < f <= 2 for f in followups)  # a quarter of each chunk of 8, less what does not fit
     with gzip.open(data / "prompts.json.gz", "rt") as f:
         saved = json.load(f)
     assert len(saved["prompts"]) == len(saved["sources"]) > 16  # some passages are too long for the byte tokenizer
@@ -38,13 +41,14 @@ def test_data_then_both_kinds_from_the_same_saved_answers(run_script, tmp_path):
     config = json.loads((out / "speculator_config.json").read_text())
     with gzip.open(data / "written-000.json.gz", "rt") as f:
         written = len(json.load(f)["answers"])  # the target's answers to the writing requests are data too
-    # chunk 0 is held out; the target's written texts join when their prompt was kept
-    assert len(saved["prompts"]) - 8 < config["training"]["examples"] <= len(saved["prompts"]) - 8 + written
+    # chunk 0 and its follow-ups are held out; the target's written texts join when their prompt was kept
+    trained = len(saved["prompts"]) - 8 + sum(followups[1:])
+    assert trained < config["training"]["examples"] <= trained + written
     code, err = run(run_script, tmp_path, "--kind", "eagle", "--gen_method", "prompt_lookup", "--unroll_steps", "3",
                     "--output", str(tmp_path / "eagle"), "--answer_tokens", "10")
     assert code == 0, err
-    # the first training chunk already holds 10 answer tokens; a budget counts chunks only
-    assert json.loads((tmp_path / "eagle" / "speculator_config.json").read_text())["training"]["examples"] == 8
+    # the first training chunk already holds 10 answer tokens; a budget counts chunks (with their follow-ups) only
+    assert json.loads((tmp_path / "eagle" / "speculator_config.json").read_text())["training"]["examples"] == 8 + followups[1]
     assert {p.name: p.stat().st_mtime_ns for p in data.iterdir() if p.name != "timing.json"} == {
         k: v for k, v in stamps.items() if k != "timing.json"}  # nothing decoded again
     assert "answers, chunk" not in err
@@ -89,7 +93,8 @@ def test_a_data_folder_with_other_settings_is_refused(run_script, tmp_path):
 
 
 @pytest.mark.parametrize("flag, value", [("--gen_batch_size", "0"), ("--n_prompts", "0"), ("--gen_method", "nope"),
-                                         ("--answer_tokens", "-3"), ("--unroll_steps", "0")])
+                                         ("--answer_tokens", "-3"), ("--unroll_steps", "0"),
+                                         ("--followup_share", "1.5")])
 def test_bad_input_is_one_line(run_script, tmp_path, flag, value):
     code, err = run(run_script, tmp_path, "--kind", "eagle", "--output", str(tmp_path / "eagle"), flag, value)
     assert code != 0 and err.strip().count("\n") == 0 and value in err

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from models.common.errors import UserError
+from models.common.tokenizer import Tokenizer
 from models.llama.model import Transformer
 from models.speculative.generator import GenerationResult, Generator
 
@@ -26,6 +27,15 @@ from models.speculative.generator import GenerationResult, Generator
 # an example keeps this many prompt positions before its answer: the heads learn only on answers,
 # and long prompts (documentation passages) would otherwise hold most of the memory
 PROMPT_CONTEXT = 64
+
+
+# what the target answers: one user turn, or a conversation that ends in a user turn
+Prompt = str | list[dict[str, str]]
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: Prompt) -> list[int]:
+    """A prompt in the chat template, ready for the target's answer."""
+    return tokenizer.encode(prompt, chat=True) if isinstance(prompt, str) else tokenizer.encode_chat(prompt)
 
 
 @dataclasses.dataclass
@@ -118,16 +128,16 @@ def load_json(path: Path):
         return json.load(f)
 
 
-def _fingerprint(prompts: list[str]) -> str:
-    return hashlib.sha256("\0".join(prompts).encode()).hexdigest()
+def _fingerprint(prompts: list[Prompt]) -> str:
+    return hashlib.sha256("\0".join(p if isinstance(p, str) else json.dumps(p) for p in prompts).encode()).hexdigest()
 
 
-def save_answers(path: Path, prompts: list[str], answers: list[list[int]]) -> None:
+def save_answers(path: Path, prompts: list[Prompt], answers: list[list[int]]) -> None:
     """The target's answers (token ids) to prompts kept elsewhere, with the prompts' fingerprint."""
     save_json(path, {"prompts_sha256": _fingerprint(prompts), "answers": answers})
 
 
-def load_answers(path: Path, prompts: list[str]) -> list[list[int]]:
+def load_answers(path: Path, prompts: list[Prompt]) -> list[list[int]]:
     saved = load_json(path)
     if saved["prompts_sha256"] != _fingerprint(prompts):
         raise UserError(f"{path} answers other prompts than this run's; remove it or use another data folder")

@@ -23,6 +23,11 @@ def answers_chunk(n: int) -> str:
     return f"answers-{n:03d}"
 
 
+def followups_chunk(n: int) -> str:
+    """The second turns after answers chunk n's (held out with it when it is held out)."""
+    return f"followups-{n:03d}"
+
+
 class DataFolder:
     """The prompts, the answers (a chunk at a time) and the time each stage took, for one set of
     data settings: a finished chunk is never redone, and a run with other settings is refused."""
@@ -38,15 +43,14 @@ class DataFolder:
             settings = json.loads(settings_file.read_text())
         folder.mkdir(parents=True, exist_ok=True)
         self.settings = settings
-        if settings_file.exists():
-            saved = json.loads(settings_file.read_text())
-            changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
-            if changed:
-                what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
-                raise UserError(f"{folder} holds data made with other settings ({what}); "
-                                f"pass another --data_dir or remove that folder")
-        else:
-            write_json_atomic(settings_file, settings)
+        saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+        changed = {k: (saved[k], v) for k, v in settings.items() if k in saved and saved[k] != v}
+        if changed:
+            what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise UserError(f"{folder} holds data made with other settings ({what}); "
+                            f"pass another --data_dir or remove that folder")
+        if settings.keys() - saved.keys():  # a setting newer than the folder governs only stages it adds
+            write_json_atomic(settings_file, {**saved, **settings})
         self.timing_file = folder / "timing.json"
         self.timing = json.loads(self.timing_file.read_text()) if self.timing_file.exists() else {}
 
@@ -62,7 +66,7 @@ class DataFolder:
 
 
 def load_chunk(folder: DataFolder, work: Path, model: Transformer, tokenizer: Tokenizer, name: str,
-               prompts: list[str], features: bool = True) -> tuple[list[list[int]], list[data.Example]] | None:
+               prompts: list[data.Prompt], features: bool = True) -> tuple[list[list[int]], list[data.Example]] | None:
     """A saved chunk's answers and examples (hidden states from the cache, or rebuilt by one
     teacher-forced pass when it is gone); None when the chunk was never answered. features False:
     the answers only, with no examples (making data needs no hidden states of finished chunks, and
@@ -73,7 +77,7 @@ def load_chunk(folder: DataFolder, work: Path, model: Transformer, tokenizer: To
     answers = data.load_answers(answers_path, prompts)
     if not features:
         return answers, []
-    ids = [tokenizer.encode(p, chat=True) for p in prompts]
+    ids = [data.encode_prompt(tokenizer, p) for p in prompts]
     examples = data.load_examples(features_path, ids, answers) if features_path.exists() else None
     if examples is None:  # gone, or made for other sequences: rebuilt
         t0 = time.perf_counter()

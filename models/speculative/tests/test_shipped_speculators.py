@@ -16,7 +16,7 @@ from models.common.device import open_device
 from models.common.metrics import summarize
 from models.common.prompts import Prompt
 from models.speculative.engine import Engine, RunConfig
-from models.speculative.speculators import corpus, data
+from models.speculative.speculators import corpus, data, followups
 from models.speculative.speculators.contamination import NGRAM, REPO, Contamination, evaluation_texts
 
 HELD_OUT = json.loads((Path(corpus.__file__).parent / "held_out_prompts.json").read_text())
@@ -27,8 +27,10 @@ FLOORS = {"multi_projection": (4, 1.08), "eagle": (3, 1.15)}  # method: (k, mini
 def training_prompts() -> list[str]:
     """Every prompt the speculators' data answers: the authored corpus the shipped weights used
     (train_speculator.py's old defaults) and, where it is committed, the new data's prompts and
-    the requests the target answered to write some of them."""
+    the requests the target answered to write some of them, and every follow-up request (the
+    first turns and answers they follow are checked as each follow-up chunk is made)."""
     prompts = corpus.authored_prompts(1800, seed=0)
+    prompts += [r.format(language=language) for r in followups.REQUESTS for language in corpus.LANGUAGES]
     data_dir = REPO / "data" / "speculator" / "smollm2-135m"
     if (data_dir / "prompts.json.gz").exists():
         prompts += data.load_json(data_dir / "prompts.json.gz")["prompts"]

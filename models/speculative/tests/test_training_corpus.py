@@ -3,7 +3,12 @@ evenly, and the n-gram check that keeps every evaluation prompt out of them."""
 
 import json
 
-from models.speculative.speculators import mix, sources
+import pytest
+
+from models.common.errors import UserError
+from models.common.tokenizer import ByteTokenizer
+from models.speculative.speculators import data, followups, mix, sources
+from models.speculative.speculators.dataset import DataFolder
 from models.speculative.speculators.contamination import Contamination, evaluation_texts, ngrams
 
 BENCH = "Who played anna in once upon a time?"
@@ -56,3 +61,34 @@ def test_the_mix_spreads_every_source_over_the_whole_list():
 
 def test_ngrams_ignore_case_and_punctuation():
     assert ngrams("A, b; C!", 3) == ngrams("a b c", 3) == {("a", "b", "c")}
+
+
+def test_follow_ups_pick_a_share_of_a_chunk_the_same_way_every_time():
+    prompts = [f"prompt {i}" for i in range(40)]
+    answers = [f"answer {i}" if i != 7 else "" for i in range(40)]
+    drawn = followups.conversations(prompts, answers, 0.25, seed=0, chunk=3)
+    assert drawn == followups.conversations(prompts, answers, 0.25, seed=0, chunk=3)
+    assert drawn != followups.conversations(prompts, answers, 0.25, seed=0, chunk=4)
+    assert 9 <= len(drawn) <= 10  # ten drawn; one may have met the empty answer
+    for user, assistant, request in drawn:
+        i = prompts.index(user["content"])
+        assert assistant == {"role": "assistant", "content": answers[i]} and request["role"] == "user"
+        assert "{" not in request["content"] and followups.text([user, assistant, request]).endswith(request["content"])
+    assert [prompts.index(c[0]["content"]) for c in drawn] == sorted(prompts.index(c[0]["content"]) for c in drawn)
+    assert followups.conversations(prompts, answers, 0.0, seed=0, chunk=3) == []
+
+
+def test_a_conversation_encodes_as_its_turns_in_the_chat_markers():
+    tok = ByteTokenizer()
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+             {"role": "user", "content": "shorter"}]
+    assert tok.decode(data.encode_prompt(tok, turns)) == "<user>\nhi\n<assistant>\nhello\n<user>\nshorter\n<assistant>\n"
+    assert data.encode_prompt(tok, "hi") == tok.encode("hi", chat=True) == tok.encode_chat(turns[:1])
+
+
+def test_a_data_folder_records_a_setting_newer_than_it_and_refuses_a_changed_one(tmp_path):
+    (tmp_path / "settings.json").write_text(json.dumps({"seed": 0}))
+    DataFolder(tmp_path, {"seed": 0, "followup_share": 0.25})
+    assert json.loads((tmp_path / "settings.json").read_text()) == {"seed": 0, "followup_share": 0.25}
+    with pytest.raises(UserError, match="followup_share 0.25 -> 0.5"):
+        DataFolder(tmp_path, {"seed": 0, "followup_share": 0.5})
