@@ -178,17 +178,18 @@ def save_prompts(path: Path, groups: dict[str, list[str]], decoder: Decoder, arg
 
 def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: list[str], args,
                    features: bool) -> tuple[list[data.Example], list[data.Example], int]:
-    """(held-out examples, training examples, answer tokens decoded for the training chunks): the
-    chunks in order, each chunk's answers then its follow-ups, until the training ones hold
-    answer_tokens (None: every chunk)."""
+    """(held-out examples, training examples, the training examples' answer tokens): the chunks in
+    order, each chunk's answers then its follow-ups, until the training ones hold answer_tokens
+    (None: every chunk). The tokens are counted from the answers, so a budget holds whether or not
+    the examples were built (an example learns every answer token but its last)."""
     held_out: list[data.Example] = []
     training: list[data.Example] = []
-    decoded = 0
+    trained = 0
     evaluation = Contamination(evaluation_texts()[0])
     size = args.chunk_size
     n_chunks = -(-len(prompts) // size)
     for n in range(n_chunks):
-        if args.answer_tokens is not None and n > HELD_OUT_CHUNKS and data.answer_tokens(training) >= args.answer_tokens:
+        if args.answer_tokens is not None and n > HELD_OUT_CHUNKS and trained >= args.answer_tokens:
             break
         part = prompts[n * size : (n + 1) * size]
         answers, examples = chunk_examples(folder, work, decoder, answers_chunk(n), part, args.max_new_tokens,
@@ -197,8 +198,8 @@ def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: li
         more, more_examples = chunk_examples(folder, work, decoder, followups_chunk(n), second, args.max_new_tokens,
                                              f"follow-ups, chunk {n + 1}/{n_chunks}", features) if second else ([], [])
         (held_out if n < HELD_OUT_CHUNKS else training).extend(examples + more_examples)
-        decoded += sum(map(len, answers + more)) if n >= HELD_OUT_CHUNKS else 0
-    return held_out, training, decoded
+        trained += sum(len(a) - 1 for a in answers + more) if n >= HELD_OUT_CHUNKS else 0
+    return held_out, training, trained
 
 
 def followup_prompts(decoder: Decoder, evaluation: Contamination, prompts: list[str], answers: list[list[int]],
@@ -235,9 +236,9 @@ def main(argv=None) -> int:
 
     features = args.kind is not None  # the data alone needs no hidden states of what is already answered
     prompts, written = build_prompts(folder, work, decoder, args, features)
-    held_out, examples, decoded = build_examples(folder, work, decoder, prompts, args, features)
+    held_out, examples, trained = build_examples(folder, work, decoder, prompts, args, features)
     if args.kind is None:
-        logger.info(f"data ready in {folder.folder}: {len(prompts)} prompts, {decoded} answer tokens decoded "
+        logger.info(f"data ready in {folder.folder}: {len(prompts)} prompts, {trained} answer tokens to learn "
                     f"outside the held-out chunks (stage times: {folder.timing})")
         return 0
     if args.answer_tokens is None:  # the target's written texts join the full set only: a budget is chunks

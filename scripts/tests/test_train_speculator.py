@@ -84,6 +84,15 @@ def test_hidden_states_are_rebuilt_when_only_the_answers_survive(run_script, tmp
     assert "hidden states answers-000" in err and "answers, chunk" not in err
 
 
+def test_a_data_budget_holds_when_the_hidden_states_are_gone(run_script, tmp_path):
+    assert run(run_script, tmp_path, "--answer_tokens", "10")[0] == 0  # held-out chunk 0, then chunk 1 holds 10
+    for cached in (tmp_path / "work").glob("features-*.pt"):
+        cached.unlink()
+    code, err = run(run_script, tmp_path, "--answer_tokens", "10")
+    assert code == 0 and "answers, chunk" not in err, err
+    assert sorted(p.name for p in (tmp_path / "data").glob("answers-*")) == ["answers-000.json.gz", "answers-001.json.gz"]
+
+
 def test_a_data_folder_with_other_settings_is_refused(run_script, tmp_path):
     assert run(run_script, tmp_path, "--n_prompts", "8")[0] == 0
     code, err = run(run_script, tmp_path, "--n_prompts", "8", "--seed", "5", "--kind", "eagle",
