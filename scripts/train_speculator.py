@@ -235,13 +235,15 @@ def main(argv=None) -> int:
     started = time.perf_counter()
 
     features = args.kind is not None  # the data alone needs no hidden states of what is already answered
-    prompts, written = build_prompts(folder, work, decoder, args, features)
+    # the target's written texts join the full set only (a budget is chunks of answers), so a budget
+    # needs no hidden states of them
+    prompts, written = build_prompts(folder, work, decoder, args, features and args.answer_tokens is None)
     held_out, examples, trained = build_examples(folder, work, decoder, prompts, args, features)
     if args.kind is None:
         logger.info(f"data ready in {folder.folder}: {len(prompts)} prompts, {trained} answer tokens to learn "
                     f"outside the held-out chunks (stage times: {folder.timing})")
         return 0
-    if args.answer_tokens is None:  # the target's written texts join the full set only: a budget is chunks
+    if args.answer_tokens is None:
         examples = written + examples
     n_answer = data.answer_tokens(examples)
     loaded = decoder.engine.target

@@ -93,6 +93,18 @@ def test_a_data_budget_holds_when_the_hidden_states_are_gone(run_script, tmp_pat
     assert sorted(p.name for p in (tmp_path / "data").glob("answers-*")) == ["answers-000.json.gz", "answers-001.json.gz"]
 
 
+def test_a_budget_rebuilds_no_hidden_states_of_the_written_texts(run_script, tmp_path):
+    assert run(run_script, tmp_path, "--answer_tokens", "10")[0] == 0
+    for cached in (tmp_path / "work").glob("features-*.pt"):
+        cached.unlink()
+    code, err = run(run_script, tmp_path, "--answer_tokens", "10", "--kind", "multi_projection",
+                    "--output", str(tmp_path / "mp"))
+    assert code == 0, err
+    # a budget trains on chunks of answers only, so the written texts' hidden states are never needed
+    assert "hidden states answers-001" in err and "hidden states written" not in err
+    assert not list((tmp_path / "work").glob("features-written-*.pt"))
+
+
 def test_a_data_folder_with_other_settings_is_refused(run_script, tmp_path):
     assert run(run_script, tmp_path, "--n_prompts", "8")[0] == 0
     code, err = run(run_script, tmp_path, "--n_prompts", "8", "--seed", "5", "--kind", "eagle",
