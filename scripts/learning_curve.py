@@ -10,6 +10,10 @@ score teacher-forced accuracy on the held-out chunk (scripts/speculator_accuracy
 benchmark the head as a chain of --n_draft_tokens and as a tree (scripts/benchmark.py). Every
 step's output is kept under --output_dir and skipped when present, so the run resumes after an
 interruption. Writes curve.json, curve.md and curve.png there. Hours on the 2-core CPU.
+
+A point's head already in --output_dir/heads/KIND-POINT is taken as it is: train one with other
+settings (say fewer epochs on more data) by scripts/train_speculator.py --output there; the table
+says each head's epochs.
 """
 
 from __future__ import annotations
@@ -95,11 +99,11 @@ def plot(points: list[dict], path: Path) -> None:
 
 
 def table(points: list[dict]) -> str:
-    lines = ["| kind | answer tokens | held-out top-1 by step | chain tau / speedup | tree tau / speedup |",
-             "|---|---:|---|---:|---:|"]
+    lines = ["| kind | answer tokens | epochs | held-out top-1 by step | chain tau / speedup | tree tau / speedup |",
+             "|---|---:|---:|---|---:|---:|"]
     for p in sorted(points, key=lambda p: (p["kind"], p["answer_tokens"])):
         top1 = " ".join(f"{a:.0%}" for a in p["held_out_top1"])
-        lines.append(f"| {p['kind']} | {p['answer_tokens']:,} | {top1} | {p['chain']['tau']:.2f} / "
+        lines.append(f"| {p['kind']} | {p['answer_tokens']:,} | {p['epochs']:g} | {top1} | {p['chain']['tau']:.2f} / "
                      f"{p['chain']['speedup']:.2f}x | {p['tree']['tau']:.2f} / {p['tree']['speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
 
@@ -161,6 +165,8 @@ def main(argv=None) -> int:
             chain = taus[f"{kind}-k{k}-n{n}"]
             tree = taus[f"{kind}-t{args.tree_topk}d{k}b{args.tree_budget}-n{n}"]
             results.append({"kind": kind, "point": point, "answer_tokens": trained["answer_tokens"],
+                            "epochs": trained["train"]["epochs"],
+                            "train_seconds": trained["seconds"].get(f"train_{kind}"),
                             "held_out_top1": json.loads(scores.read_text())["top1"], "chain": chain, "tree": tree})
     write_json_atomic(out / "curve.json", results)
     (out / "curve.md").write_text(table(results))

@@ -4,10 +4,15 @@
     python scripts/speculator_accuracy.py --kind eagle                       # the shipped head, held-out split
     python scripts/speculator_accuracy.py --speculator PATH --split train --output acc.json
 
+    python scripts/speculator_accuracy.py --kind eagle --per_category 8 \
+        --bench_file ../shared/data/spec_bench/question.jsonl   # the target's answers to Spec-Bench, by category
+
 The held-out split is the data folder's first chunk of answers, which training never reads; the
 train split is a sample of the chunks it does read. A head that scores far better on train than
-held out has fitted its data rather than learnt the target. See
-models/speculative/speculators/evaluate.py for what each step scores.
+held out has fitted its data rather than learnt the target. --bench_file (or --input_prompts)
+scores the target's own greedy answers to evaluation prompts instead, decoded here, per
+category: set beside the held-out split, it says how far the training prompts' domain carries.
+See models/speculative/speculators/evaluate.py for what each step scores.
 """
 
 from __future__ import annotations
@@ -41,31 +46,85 @@ def parse_args(argv=None):
     p.add_argument("--max_examples", type=int, default=256)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--topk", type=int, default=4)
+    p.add_argument("--bench_file", default=None, help="score on Spec-Bench's first turns instead of a split")
+    p.add_argument("--input_prompts", nargs="+", default=None, help="score on prompt files instead of a split")
+    p.add_argument("--per_category", type=int, default=None, help="with --bench_file: the first N of each category")
+    p.add_argument("--max_new_tokens", type=int, default=128, help="the target's answer length on evaluation prompts")
     p.add_argument("--output", default=None, help="also write the figures as JSON here")
     return p.parse_args(argv)
+
+
+def evaluation_examples(args, loaded) -> tuple[list, list[str]]:
+    """The target's greedy answers to evaluation prompts, with the hidden states decoding made, and
+    each prompt's category (never training data: this only scores)."""
+    from models.benchmark.sources import from_prompt_files, from_spec_bench, select
+    from models.speculative.generator import Generator
+    from models.speculative.speculators import data
+
+    prompts = from_spec_bench(args.bench_file) if args.bench_file else from_prompt_files(args.input_prompts)
+    prompts = select(prompts, None, args.per_category)
+    ids = [loaded.tokenizer.encode(p.text, chat=True) for p in prompts]
+    generator = Generator(loaded.model, max_seq_len=max(map(len, ids)) + args.max_new_tokens,
+                          eos_token_ids=loaded.tokenizer.eos_token_ids, record_hidden=True)
+    results = data.answer_prompts(generator, ids, args.max_new_tokens, rows=16, desc="the target's answers")
+    return data.examples_from(ids, results), [p.category for p in prompts]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if (args.kind is None) == (args.speculator is None):
         raise UserError("give one of --kind (the shipped speculator) or --speculator PATH")
-    for flag in ("max_examples", "steps", "topk"):
+    if args.bench_file and args.input_prompts:
+        raise UserError("give --bench_file or --input_prompts, not both")
+    for flag in ("max_examples", "steps", "topk", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     name = data_name(args.model)
-    folder = DataFolder(Path(args.data_dir) if args.data_dir else REPO / "data" / "speculator" / name)
+    bench = bool(args.bench_file or args.input_prompts)
+    data_dir = Path(args.data_dir) if args.data_dir else REPO / "data" / "speculator" / name
+    folder = None if bench else DataFolder(data_dir)
+    loaded = load_model(args.model, device=open_device("cpu", "float32").torch_device)
+    path = Path(args.speculator) if args.speculator else heads.SHIPPED / f"{name}-{args.kind}"
+    head = heads.load(path, loaded.model)
+    if folder is None:
+        split = "bench"
+        examples, categories = evaluation_examples(args, loaded)
+        source = args.bench_file or ", ".join(args.input_prompts)
+    else:
+        split, categories = args.split, None
+        examples = split_examples(args, loaded, folder, name)
+        source = str(folder.folder)
+    scores = accuracy(head, examples, steps=args.steps, topk=args.topk)
+    top = f"top{args.topk}"
+    logger.info(f"{path.name} on {len(examples)} {split} examples of {source}")
+    rows = [("all", scores)]
+    if categories is not None:
+        for category in dict.fromkeys(categories):
+            mine = [e for e, c in zip(examples, categories) if c == category]
+            rows.append((category, accuracy(head, mine, steps=args.steps, topk=args.topk)))
+    print(f"| examples | step | top-1 | top-{args.topk} | positions |\n|---|---:|---:|---:|---:|")
+    for label, figures in rows:
+        for s, (a1, ak, n) in enumerate(zip(figures["top1"], figures[top], figures["positions"]), start=1):
+            print(f"| {label} | {s} | {a1:.1%} | {ak:.1%} | {n} |")
+    if args.output:
+        by_category = {label: figures for label, figures in rows[1:]}
+        write_json_atomic(Path(args.output), {"speculator": str(path), "split": split, "source": source,
+                                              "examples": len(examples), **scores,
+                                              **({"by_category": by_category} if by_category else {})})
+    return 0
+
+
+def split_examples(args, loaded, folder: DataFolder, name: str) -> list:
+    """Up to --max_examples examples of the data folder's held-out or training split."""
     work = Path(args.work_dir) if args.work_dir else REPO / ".cache" / "train" / name
     work.mkdir(parents=True, exist_ok=True)
     prompts = folder.prompts()
     size = folder.settings["chunk_size"]
-    loaded = load_model(args.model, device=open_device("cpu", "float32").torch_device)
-    path = Path(args.speculator) if args.speculator else heads.SHIPPED / f"{name}-{args.kind}"
-    head = heads.load(path, loaded.model)
-
     chunks = range(HELD_OUT_CHUNKS) if args.split == "held_out" else range(HELD_OUT_CHUNKS, -(-len(prompts) // size))
     examples = []
     for n in chunks:
-        chunk = load_chunk(folder, work, loaded.model, loaded.tokenizer, answers_chunk(n), prompts[n * size : (n + 1) * size])
+        part = prompts[n * size : (n + 1) * size]
+        chunk = load_chunk(folder, work, loaded.model, loaded.tokenizer, answers_chunk(n), part)
         if chunk is None:
             continue  # not answered yet
         examples += chunk[1]
@@ -73,17 +132,7 @@ def main(argv=None) -> int:
             break
     if not examples:
         raise UserError(f"{folder.folder} has no answered chunk in the {args.split} split yet")
-    examples = examples[: args.max_examples]
-    scores = accuracy(head, examples, steps=args.steps, topk=args.topk)
-    top = f"top{args.topk}"
-    logger.info(f"{path.name} on {len(examples)} {args.split} examples of {folder.folder}")
-    print(f"| step | top-1 | top-{args.topk} | positions |\n|---:|---:|---:|---:|")
-    for s, (a1, ak, n) in enumerate(zip(scores["top1"], scores[top], scores["positions"]), start=1):
-        print(f"| {s} | {a1:.1%} | {ak:.1%} | {n} |")
-    if args.output:
-        write_json_atomic(Path(args.output), {"speculator": str(path), "split": args.split,
-                                              "examples": len(examples), **scores})
-    return 0
+    return examples[: args.max_examples]
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from models.speculative.speculators.contamination import Contamination, evaluati
 from models.speculative.speculators.dataset import (HELD_OUT_CHUNKS, DataFolder, answers_chunk, data_name,
                                                     followups_chunk, load_chunk)
 from models.speculative.speculators.heads import SHIPPED as SHIPPED_SPECULATORS
-from models.speculative.speculators.train import TrainConfig, train
+from models.speculative.speculators.train import TRAINING_VERSION, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EPOCHS = {"eagle": 4.0, "multi_projection": 6.0}
@@ -261,7 +261,8 @@ def main(argv=None) -> int:
     )
     head = heads.build(spec_config, loaded.model, draft_vocab)
     heads.initialise(head, loaded.model, seed=args.seed)
-    run = {"train": vars(config), "answer_tokens": args.answer_tokens, "n_heads": args.n_heads,
+    run = {"version": TRAINING_VERSION, "train": vars(config), "answer_tokens": args.answer_tokens,
+           "n_heads": args.n_heads,
            "n_blocks": args.n_blocks, "draft_vocab_size": args.draft_vocab_size,
            "data": [str(folder.folder.resolve()), len(examples), n_answer]}
     checkpoint = work / f"{args.kind}-{digest(run)}.pt"  # another configuration never resumes this one

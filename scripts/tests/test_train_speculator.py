@@ -64,6 +64,25 @@ def test_data_then_both_kinds_from_the_same_saved_answers(run_script, tmp_path):
         assert figures["examples"] == (8 if split == "held_out" else len(saved["prompts"]) - 8)
 
 
+def test_accuracy_on_evaluation_prompts_scores_each_category(run_script, tmp_path):
+    assert run(run_script, tmp_path, "--n_prompts", "8", "--kind", "eagle", "--output", str(tmp_path / "eagle"))[0] == 0
+    files = []
+    for name, texts in (("copying", ["abc abc abc abc", "one two one two"]), ("chat", ["Say hello."])):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps([{"prompt": t} for t in texts]))
+    scores = tmp_path / "acc.json"
+    code, err = run_script("speculator_accuracy", ["--model", TINY, "--speculator", str(tmp_path / "eagle"),
+                                                   "--input_prompts", *map(str, files), "--max_new_tokens", "8",
+                                                   "--steps", "2", "--output", str(scores)])
+    assert code == 0, err
+    figures = json.loads(scores.read_text())
+    assert figures["split"] == "bench" and figures["examples"] == 3
+    assert set(figures["by_category"]) == {"copying", "chat"}
+    # every answer position is scored once overall and once in its category
+    assert figures["positions"] == [sum(c["positions"][s] for c in figures["by_category"].values()) for s in range(2)]
+    assert all(n > 0 for n in figures["positions"])
+
+
 def test_accuracy_needs_one_speculator_and_existing_data(run_script, tmp_path):
     code, err = run_script("speculator_accuracy", ["--model", TINY, "--data_dir", str(tmp_path)])
     assert code != 0 and "--kind" in err and err.strip().count("\n") == 0
@@ -140,6 +159,7 @@ def test_learning_curve_trains_scores_and_benchmarks_each_point_once(run_script,
     small, everything = curve[0]["answer_tokens"], curve[2]["answer_tokens"]
     assert small < everything
     assert all(p["chain"]["tau"] >= 1 and p["tree"]["tau"] >= 1 and len(p["held_out_top1"]) == 5 for p in curve)
+    assert all(p["epochs"] == 0.5 and p["train_seconds"] > 0 for p in curve)
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 0 and "| eagle |" in (tmp_path / "curve" / "curve.md").read_text()
     stamp = (tmp_path / "curve" / "bench" / "eagle-10" / "done.json").stat().st_mtime_ns
     assert run_script("learning_curve", argv)[0] == 0  # resumes: nothing trained or benchmarked again

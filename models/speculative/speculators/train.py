@@ -6,8 +6,9 @@ p + 1 + i (cross-entropy over the draft vocabulary; the LM head stays frozen).
 eagle: pair p = (token p+1, feature p) goes through the draft layer; the output regresses the
 feature at p+1 (smooth L1) and its projection learns token p+2 (cross-entropy). Training-time
 test (as EAGLE-3 and HASS do): `unroll_steps` passes, each after the first fed the previous
-pass's predicted features (detached, shifted one position) in place of the real ones, as
-drafting step s reads features the head itself predicted s - 1 steps back.
+pass's predicted features (detached, shifted one position) in place of the real ones, and
+attending as drafting does: to the real-feature pairs up to its chain's start and to its own
+chain's earlier nodes (eagle_passes), so pass s learns exactly what drafting step s + 1 sees.
 
 Both: AdamW, linear warm-up then cosine decay, gradient clipping, a fixed seed and data order,
 and a checkpoint (weights, optimiser, step) every `checkpoint_every` steps for resuming.
@@ -27,11 +28,14 @@ import torch.nn.functional as F
 from loguru import logger
 from tqdm import tqdm
 
-from models.llama.model import linear
+from models.llama.model import linear, rms_norm
 from models.speculative.speculators.data import Example
 from models.speculative.speculators.heads import EagleHead, MultiProjectionHeads
 
 IGNORE = -100
+# bumped whenever a loss learns something else, so that a checkpoint of another version is never
+# resumed (2: eagle's unrolled passes attend as drafting does)
+TRAINING_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -106,15 +110,62 @@ def multi_projection_loss(heads: MultiProjectionHeads, batch: list[Example], t2d
 
 def eagle_passes(head: EagleHead, tokens: torch.Tensor, in_feats: torch.Tensor, pad: torch.Tensor,
                  steps: int) -> list[torch.Tensor]:
-    """The draft layer's output [B, W-1, D] for `steps` passes over pairs (token p+1, feature p):
-    the first reads in_feats; each next reads the previous pass's predictions one position back
-    (detached), so pass s sees what drafting step s sees after s - 1 steps of its own."""
+    """The draft layer's output [B, W-1, D] for `steps` passes over pairs (token p+1, feature p),
+    each pass s (0-based) at pair q computing exactly what drafting step s + 1 computes for a chain
+    that starts from the real feature at q - s (with the true tokens as its drafts):
+
+    - input: pass 0 reads in_feats; pass s reads pass s-1's output one pair back (detached), the
+      feature the head itself predicted for position q;
+    - attention: the pairs built on real features up to q - s (pass 0's keys), then its own chain:
+      pass k's key at pair q - s + k for k = 1..s (EAGLE-3's training-time test). Drafting keeps
+      real features in its cache and only the chain's nodes on predicted ones, so a pass that
+      attended over its own predictions everywhere would learn a context drafting never shows.
+    """
+    layer = head.layer
+    args = layer.args
+    bsz, width = tokens.shape[0], tokens.shape[1] - 1
+    hd, nh, nkv = args.head_dim, args.n_heads, args.n_kv_heads
+    device = in_feats.device
+    pos = torch.arange(width, device=device)
+    positions = (pos[None, :] - pad[:, None]).clamp(min=0)  # RoPE counts from each row's first real token
+    cos_t, sin_t = layer.rope_tables(width)
+    cos, sin = cos_t[positions].unsqueeze(-2), sin_t[positions].unsqueeze(-2)
+    real = pos[None, :] >= pad[:, None]  # [B, W]
+    keys: list[torch.Tensor] = []  # per pass: [B, H, W, hd] (GQA heads expanded)
+    values: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
     feats = in_feats
-    for _ in range(steps):
+    for s in range(steps):
+        def attention(_: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int = s) -> torch.Tensor:
+            keys.append(k.transpose(1, 2).repeat_interleave(nh // nkv, dim=1))
+            values.append(v.transpose(1, 2).repeat_interleave(nh // nkv, dim=1))
+            qh = q.transpose(1, 2) * hd**-0.5  # [B, H, W, hd]
+            # the real-feature pairs up to the chain's start q - s
+            base = qh @ keys[0].transpose(-1, -2)  # [B, H, W, W]
+            seen = (pos[None, :] <= pos[:, None] - s)[None] & real[:, None, :]
+            if s == 0:  # the query's own pair is among these: a padding query still sees itself
+                seen = seen | torch.eye(width, dtype=torch.bool, device=device)[None]
+            base = base.masked_fill(~seen[:, None], float("-inf"))
+            # the chain's own nodes: pass k's key at q - s + k (k = s: the query's own pair)
+            chain, chain_v = [], []
+            for k_pass in range(1, s + 1):
+                back = s - k_pass  # pass k's node sits `back` pairs before q
+                kk = F.pad(keys[k_pass], (0, 0, back, 0))[:, :, :width]
+                vv = F.pad(values[k_pass], (0, 0, back, 0))[:, :, :width]
+                # a node in the padding is hidden; a padding query still sees itself (no empty row)
+                ok = (pos - back >= 0)[None, :] & torch.roll(real, back, dims=1) if back else torch.ones_like(real)
+                chain.append(((qh * kk).sum(-1)).masked_fill(~ok[:, None], float("-inf")))
+                chain_v.append(vv)
+            scores = torch.cat([base] + [c[..., None] for c in chain], dim=-1)
+            probs = torch.softmax(scores, dim=-1)
+            out = probs[..., :width] @ values[0]
+            for i, vv in enumerate(chain_v):
+                out = out + probs[..., width + i, None] * vv
+            return out.transpose(1, 2)  # [B, W, H, hd]
+
         x = head.inputs(tokens[:, 1:], feats)
-        cache = head.layer.new_cache(x.shape[1], batch_size=x.shape[0])
-        _, hidden = head.layer(None, cache, 0, pad=pad, embeds=x, logits_for="none", return_hidden=True)
+        h = layer._block(layer.layers[0], 0, x, cos, sin, attention)
+        hidden = rms_norm(h, layer.norm, args.norm_eps)
         outs.append(hidden)
         feats = torch.cat([in_feats[:, :1], hidden[:, :-1].detach()], dim=1)
     return outs
@@ -141,9 +192,11 @@ def eagle_loss(head: EagleHead, batch: list[Example], t2d: torch.Tensor, config:
     steps = max(1, config.unroll_steps if config.own_feature_weight else 1)
     loss = torch.zeros((), device=device)
     for s, hidden in enumerate(eagle_passes(head, tokens, in_feats, pad, steps)):
-        reg = F.smooth_l1_loss(hidden[learn], feats[:, 1:][learn])
-        logits = hidden[cls_mask] @ head.layer.output.T  # only where a token is learnt
-        cls = F.cross_entropy(logits, label[cls_mask]) if bool(cls_mask.any()) else reg * 0
+        starts = pos[None, :] - s >= pad[:, None]  # pass s at pair q drafts for a chain from q - s
+        where, cls_where = learn & starts, cls_mask & starts
+        reg = F.smooth_l1_loss(hidden[where], feats[:, 1:][where])
+        logits = hidden[cls_where] @ head.layer.output.T  # only where a token is learnt
+        cls = F.cross_entropy(logits, label[cls_where]) if bool(cls_where.any()) else reg * 0
         loss = loss + (1.0 if s == 0 else config.own_feature_weight) * (reg + config.cls_weight * cls)
     return loss
 

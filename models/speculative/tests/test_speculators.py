@@ -291,6 +291,44 @@ def test_accuracy_scores_each_step_at_the_right_position(kind, target):
     assert accuracy(head, [shifted], steps=1)["top1"][0] < 0.5  # one position off scores (almost) nothing
 
 
+def eagle_chain_hidden(head, tokens, features, start, steps):
+    """Reference: drafting's hidden states for a chain from the real feature at `start`, fed the
+    true tokens as its drafts (the draft cache: real pairs 0..start, then the chain's nodes)."""
+    layer = head.layer
+    cache = layer.new_cache(len(tokens) + steps)
+    x = head.inputs(tokens[1 : start + 2], features[: start + 1])
+    _, hidden = layer(None, cache, 0, embeds=x[None], logits_for="none", return_hidden=True)
+    out = [hidden[0, -1]]
+    for k in range(1, steps):
+        x = head.inputs(tokens[start + 1 + k].view(1), out[-1][None])
+        _, hidden = layer(None, cache, cache.length, embeds=x[None], logits_for="none", return_hidden=True)
+        out.append(hidden[0, -1])
+    return out
+
+
+def test_eagle_training_passes_compute_what_drafting_computes(target):
+    """Pass s at pair q of the training-time test equals drafting step s + 1 of a chain from q - s:
+    the same inputs (its own predicted features) and the same context (real pairs up to the
+    chain's start, then the chain), for a left-padded row too."""
+    head = make_head("eagle", target)
+    gen = torch.Generator().manual_seed(7)
+    dim, steps = target.model.args.dim, 3
+    rows = []
+    for length in (20, 13):
+        rows.append(Example(torch.randint(3, 200, (length,), generator=gen), torch.randn(length, dim, generator=gen),
+                            answer_start=4))
+    tokens, feats, pad, _ = train_module._pad_batch(rows, "cpu")
+    with torch.inference_mode():
+        passes = train_module.eagle_passes(head, tokens, feats[:, :-1], pad, steps)
+        for b, row in enumerate(rows):
+            p0 = int(pad[b])
+            for start in range(0, len(row.tokens) - steps - 1):
+                expected = eagle_chain_hidden(head, row.tokens, row.features, start, steps)
+                for s in range(steps):
+                    got = passes[s][b, p0 + start + s]
+                    assert torch.allclose(got, expected[s], atol=1e-4), (b, start, s)
+
+
 def test_eagle_unrolled_training_runs_every_pass(target, examples):
     head = make_head("eagle", target)
     calls = []
