@@ -27,8 +27,10 @@ from loguru import logger
 from models.common.cli import ArgumentParser, run_cli, write_json_atomic
 from models.common.device import open_device
 from models.common.errors import UserError
+from models.benchmark.sources import from_prompt_files, from_spec_bench, select
 from models.llama.weights import DEFAULT_MODEL, load_model
-from models.speculative.speculators import heads
+from models.speculative.generator import Generator
+from models.speculative.speculators import data, heads
 from models.speculative.speculators.dataset import HELD_OUT_CHUNKS, DataFolder, answers_chunk, data_name, load_chunk
 from models.speculative.speculators.evaluate import accuracy
 
@@ -57,10 +59,6 @@ def parse_args(argv=None):
 def evaluation_examples(args, loaded) -> tuple[list, list[str]]:
     """The target's greedy answers to evaluation prompts, with the hidden states decoding made, and
     each prompt's category (never training data: this only scores)."""
-    from models.benchmark.sources import from_prompt_files, from_spec_bench, select
-    from models.speculative.generator import Generator
-    from models.speculative.speculators import data
-
     prompts = from_spec_bench(args.bench_file) if args.bench_file else from_prompt_files(args.input_prompts)
     prompts = select(prompts, None, args.per_category)
     ids = [loaded.tokenizer.encode(p.text, chat=True) for p in prompts]

@@ -262,8 +262,7 @@ def main(argv=None) -> int:
     head = heads.build(spec_config, loaded.model, draft_vocab)
     heads.initialise(head, loaded.model, seed=args.seed)
     run = {"version": TRAINING_VERSION, "train": vars(config), "answer_tokens": args.answer_tokens,
-           "n_heads": args.n_heads,
-           "n_blocks": args.n_blocks, "draft_vocab_size": args.draft_vocab_size,
+           "n_heads": args.n_heads, "n_blocks": args.n_blocks, "draft_vocab_size": args.draft_vocab_size,
            "data": [str(folder.folder.resolve()), len(examples), n_answer]}
     checkpoint = work / f"{args.kind}-{digest(run)}.pt"  # another configuration never resumes this one
     losses = train(head, examples, config, checkpoint=checkpoint)
