@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loguru import logger
 
-from models.common.cli import ArgumentParser, run_cli, write_json_atomic
+from models.common.cli import ArgumentParser, prompt_context_arg, run_cli, write_json_atomic
 from models.common.device import open_device
 from models.common.errors import UserError
 from models.benchmark.sources import from_prompt_files, from_spec_bench, select
@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--input_prompts", nargs="+", default=None, help="score on prompt files instead of a split")
     p.add_argument("--per_category", type=int, default=None, help="with --bench_file: the first N of each category")
     p.add_argument("--max_new_tokens", type=int, default=128, help="the target's answer length on evaluation prompts")
+    p.add_argument("--prompt_context", type=prompt_context_arg, default=None,
+                   help="prompt positions the head sees before each answer: a number, or all (default, as drafting)")
     p.add_argument("--output", default=None, help="also write the figures as JSON here")
     return p.parse_args(argv)
 
@@ -65,7 +67,7 @@ def evaluation_examples(args, loaded) -> tuple[list, list[str]]:
     generator = Generator(loaded.model, max_seq_len=max(map(len, ids)) + args.max_new_tokens,
                           eos_token_ids=loaded.tokenizer.eos_token_ids, record_hidden=True)
     results = data.answer_prompts(generator, ids, args.max_new_tokens, rows=16, desc="the target's answers")
-    return data.examples_from(ids, results), [p.category for p in prompts]
+    return data.keep_context(data.examples_from(ids, results), args.prompt_context), [p.category for p in prompts]
 
 
 def main(argv=None) -> int:
@@ -122,7 +124,8 @@ def split_examples(args, loaded, folder: DataFolder, name: str) -> list:
     examples = []
     for n in chunks:
         part = prompts[n * size : (n + 1) * size]
-        chunk = load_chunk(folder, work, loaded.model, loaded.tokenizer, answers_chunk(n), part)
+        chunk = load_chunk(folder, work, loaded.model, loaded.tokenizer, answers_chunk(n), part,
+                           context=args.prompt_context)
         if chunk is None:
             continue  # not answered yet
         examples += chunk[1]

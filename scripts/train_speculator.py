@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from loguru import logger
 
-from models.common.cli import ArgumentParser, run_cli
+from models.common.cli import ArgumentParser, prompt_context_arg, run_cli
 from models.common.device import requested_device_name
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL
@@ -77,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--gen_batch_size", type=int, default=32, help="rows decoded at once (continuous batching)")
     p.add_argument("--gen_method", default=TARGET, choices=METHODS,
                    help="how the answers are decoded (every method emits target-only greedy tokens)")
+    p.add_argument("--prompt_context", type=prompt_context_arg, default=None,
+                   help="prompt positions each example keeps before its answer: a number, or all (default, "
+                        "as drafting sees them)")
     p.add_argument("--max_seq_len", type=int, default=1024, help="prompt + answer tokens per row (longer prompts are left out)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
@@ -107,10 +110,10 @@ class Decoder:
 
 
 def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, prompts: list[data.Prompt], cap: int,
-                   desc: str, features: bool) -> tuple[list[list[int]], list[data.Example]]:
-    """One chunk's answers and examples: decoded and saved the first time, loaded after (with no
-    examples when features is False)."""
-    loaded = load_chunk(folder, work, decoder.model, decoder.tokenizer, name, prompts, features)
+                   desc: str, features: bool, context: int | None) -> tuple[list[list[int]], list[data.Example]]:
+    """One chunk's answers and examples (the last `context` prompt positions each): decoded and
+    saved the first time, loaded after (with no examples when features is False)."""
+    loaded = load_chunk(folder, work, decoder.model, decoder.tokenizer, name, prompts, features, context)
     if loaded is not None:
         return loaded
     t0 = time.perf_counter()
@@ -119,7 +122,7 @@ def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, 
     data.save_features(work / f"features-{name}.pt", examples, ids, answers)
     data.save_answers(folder.folder / f"{name}.json.gz", prompts, answers)
     folder.timed("answers", time.perf_counter() - t0)
-    return answers, examples
+    return answers, data.keep_context(examples, context)
 
 
 def build_prompts(folder: DataFolder, work: Path, decoder: Decoder, args,
@@ -141,7 +144,7 @@ def build_prompts(folder: DataFolder, work: Path, decoder: Decoder, args,
     for n, lo in enumerate(range(0, len(requests), size)):
         part, examples = chunk_examples(folder, work, decoder, f"written-{n:03d}", [r for _, r, _ in requests[lo : lo + size]],
                                         WRITTEN_TOKENS, f"prompts the target writes, chunk {n + 1}/{-(-len(requests) // size)}",
-                                        features)
+                                        features, args.prompt_context)
         answers += part
         written += examples
     derived = [(source, decoder.text(answer), wrapper) for (source, _, wrapper), answer in zip(requests, answers)]
@@ -193,10 +196,11 @@ def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: li
             break
         part = prompts[n * size : (n + 1) * size]
         answers, examples = chunk_examples(folder, work, decoder, answers_chunk(n), part, args.max_new_tokens,
-                                           f"answers, chunk {n + 1}/{n_chunks}", features)
+                                           f"answers, chunk {n + 1}/{n_chunks}", features, args.prompt_context)
         second = followup_prompts(decoder, evaluation, part, answers, n, args)
         more, more_examples = chunk_examples(folder, work, decoder, followups_chunk(n), second, args.max_new_tokens,
-                                             f"follow-ups, chunk {n + 1}/{n_chunks}", features) if second else ([], [])
+                                             f"follow-ups, chunk {n + 1}/{n_chunks}", features,
+                                             args.prompt_context) if second else ([], [])
         (held_out if n < HELD_OUT_CHUNKS else training).extend(examples + more_examples)
         trained += sum(len(a) - 1 for a in answers + more) if n >= HELD_OUT_CHUNKS else 0
     return held_out, training, trained
@@ -262,7 +266,8 @@ def main(argv=None) -> int:
     head = heads.build(spec_config, loaded.model, draft_vocab)
     heads.initialise(head, loaded.model, seed=args.seed)
     run = {"version": TRAINING_VERSION, "train": vars(config), "answer_tokens": args.answer_tokens,
-           "n_heads": args.n_heads, "n_blocks": args.n_blocks, "draft_vocab_size": args.draft_vocab_size,
+           "prompt_context": args.prompt_context, "n_heads": args.n_heads, "n_blocks": args.n_blocks,
+           "draft_vocab_size": args.draft_vocab_size,
            "data": [str(folder.folder.resolve()), len(examples), n_answer]}
     checkpoint = work / f"{args.kind}-{digest(run)}.pt"  # another configuration never resumes this one
     losses = train(head, examples, config, checkpoint=checkpoint)

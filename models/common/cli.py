@@ -37,6 +37,15 @@ def tree_budget_arg(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of nodes or 'auto', got {value!r}") from None
 
 
+def prompt_context_arg(value: str) -> int | None:
+    """--prompt_context: a number of prompt positions (>= 1), or all (None)."""
+    if value == "all":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or all, got {value!r}")
+    return int(value)
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a script's main; a UserError becomes `error: ...` on one line and exit status 2."""
     try:

@@ -134,7 +134,8 @@ def test_a_data_folder_with_other_settings_is_refused(run_script, tmp_path):
 
 @pytest.mark.parametrize("flag, value", [("--gen_batch_size", "0"), ("--n_prompts", "0"), ("--gen_method", "nope"),
                                          ("--answer_tokens", "-3"), ("--unroll_steps", "0"),
-                                         ("--followup_share", "1.5")])
+                                         ("--followup_share", "1.5"), ("--prompt_context", "0"),
+                                         ("--prompt_context", "whole")])
 def test_bad_input_is_one_line(run_script, tmp_path, flag, value):
     code, err = run(run_script, tmp_path, "--kind", "eagle", "--output", str(tmp_path / "eagle"), flag, value)
     assert code != 0 and err.strip().count("\n") == 0 and value in err
@@ -158,7 +159,7 @@ def test_learning_curve_trains_scores_and_benchmarks_each_point_once(run_script,
                                                          ("eagle", "all"), ("multi_projection", "all")]
     small, everything = curve[0]["answer_tokens"], curve[2]["answer_tokens"]
     assert small < everything
-    assert all(p["chain"]["tau"] >= 1 and p["tree"]["tau"] >= 1 and len(p["held_out_top1"]) == 5 for p in curve)
+    assert all(p["chain"]["tau"] >= 1 and p["tree"]["tau"] >= 1 and len(p["held_out_top1"]) == (5 if p["kind"] == "eagle" else 4) for p in curve)
     assert all(p["epochs"] == 0.5 and p["train_seconds"] is not None for p in curve)  # tiny runs round to 0 s
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 0 and "| eagle |" in (tmp_path / "curve" / "curve.md").read_text()
     stamp = (tmp_path / "curve" / "bench" / "eagle-10" / "done.json").stat().st_mtime_ns

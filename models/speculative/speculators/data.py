@@ -24,9 +24,10 @@ from models.llama.model import Transformer
 from models.speculative.generator import GenerationResult, Generator
 
 
-# an example keeps this many prompt positions before its answer: the heads learn only on answers,
-# and long prompts (documentation passages) would otherwise hold most of the memory
-PROMPT_CONTEXT = 64
+# the prompt positions an example kept before its answer until the heads were trained with whole
+# prompts; hidden-state caches of that time hold no more (the heads learn only on answers, but
+# attend to the prompt: with a cut one they never learn to copy from far back)
+CUT_CONTEXT = 64
 
 
 # what the target answers: one user turn, or a conversation that ends in a user turn
@@ -42,7 +43,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: Prompt) -> list[int]:
 class Example:
     tokens: torch.Tensor  # [L] int64: prompt + answer
     features: torch.Tensor  # [L, D] fp16: target final hidden state at each position
-    answer_start: int  # index of the first answer token (after the prompt's last PROMPT_CONTEXT tokens)
+    answer_start: int  # index of the first answer token (= the prompt positions kept)
 
 
 def _left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,12 +70,22 @@ def answer_prompts(generator: Generator, prompts: list[list[int]], max_new_token
     return result.results
 
 
-def _example(prompt: list[int], answer: list[int], features: torch.Tensor, cut: bool = True) -> Example:
-    """prompt + answer but its last token, keeping only the prompt's last PROMPT_CONTEXT positions
-    (cut: features still cover the whole prompt; otherwise they were cut already)."""
-    skip = max(0, len(prompt) - PROMPT_CONTEXT)
-    return Example(torch.tensor(prompt[skip:] + answer[:-1]), features[skip:] if cut else features,
-                   len(prompt) - skip)
+def _example(prompt: list[int], answer: list[int], features: torch.Tensor) -> Example:
+    """prompt + answer but its last token; features may cover fewer prompt positions than the
+    prompt has (a cache cut to its last ones), and the example keeps as many."""
+    skip = len(prompt) + len(answer) - 1 - len(features)
+    return Example(torch.tensor(prompt[skip:] + answer[:-1]), features, len(prompt) - skip)
+
+
+def keep_context(examples: list[Example], context: int | None) -> list[Example]:
+    """The examples with at most `context` prompt positions before each answer (None: all)."""
+    if context is None:
+        return examples
+    out = []
+    for e in examples:
+        skip = max(0, e.answer_start - context)
+        out.append(Example(e.tokens[skip:], e.features[skip:], e.answer_start - skip) if skip else e)
+    return out
 
 
 def examples_from(prompts: list[list[int]], results: list[GenerationResult]) -> list[Example]:
@@ -157,16 +168,25 @@ def save_features(path: Path, examples: list[Example], prompts: list[list[int]],
 
 
 def load_examples(path: Path, prompts: list[list[int]], answers: list[list[int]]) -> list[Example] | None:
-    """The examples whose hidden states path holds; None when it holds other sequences' (a
-    cache from other data) or an older layout."""
+    """The examples whose hidden states path holds (whole prompts, or caches of the time they were
+    cut to CUT_CONTEXT positions); None when it holds other sequences' (a cache from other data)."""
     saved = torch.load(path, weights_only=True)
     if isinstance(saved, list):  # the first layout, unmarked: taken when every length fits
-        examples = [_example(p, a, f, cut=False) for p, a, f in zip(prompts, answers, saved)]
-        fits = len(saved) == len(answers) and all(len(e.tokens) == len(e.features) for e in examples)
-        return examples if fits else None
-    if saved.get("sequences") != _sequences_fingerprint(prompts, answers):
+        features = saved
+        if len(features) != len(answers) or any(
+                not len(a) - 1 <= len(f) <= len(p) + len(a) - 1 for p, a, f in zip(prompts, answers, features)):
+            return None
+    elif saved.get("sequences") != _sequences_fingerprint(prompts, answers):
         return None
-    return [_example(p, a, f, cut=False) for p, a, f in zip(prompts, answers, saved["features"])]
+    else:
+        features = saved["features"]
+    return [_example(p, a, f) for p, a, f in zip(prompts, answers, features)]
+
+
+def has_context(examples: list[Example], prompts: list[list[int]], context: int | None) -> bool:
+    """Whether every example holds the last `context` positions of its prompt (None: all of it)."""
+    return all(e.answer_start >= (len(p) if context is None else min(len(p), context))
+               for e, p in zip(examples, prompts))
 
 
 def answer_tokens(examples: list[Example]) -> int:

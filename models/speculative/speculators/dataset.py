@@ -66,10 +66,12 @@ class DataFolder:
 
 
 def load_chunk(folder: DataFolder, work: Path, model: Transformer, tokenizer: Tokenizer, name: str,
-               prompts: list[data.Prompt], features: bool = True) -> tuple[list[list[int]], list[data.Example]] | None:
-    """A saved chunk's answers and examples (hidden states from the cache, or rebuilt by one
-    teacher-forced pass when it is gone); None when the chunk was never answered. features False:
-    the answers only, with no examples (making data needs no hidden states of finished chunks, and
+               prompts: list[data.Prompt], features: bool = True,
+               context: int | None = None) -> tuple[list[list[int]], list[data.Example]] | None:
+    """A saved chunk's answers and examples with the last `context` positions of each prompt (None:
+    all of it), hidden states from the cache, or rebuilt by one teacher-forced pass when it is gone
+    or holds fewer prompt positions; None when the chunk was never answered. features False: the
+    answers only, with no examples (making data needs no hidden states of finished chunks, and
     rebuilding them costs about half a chunk's decoding)."""
     answers_path, features_path = folder.folder / f"{name}.json.gz", work / f"features-{name}.pt"
     if not answers_path.exists():
@@ -79,12 +81,12 @@ def load_chunk(folder: DataFolder, work: Path, model: Transformer, tokenizer: To
         return answers, []
     ids = [data.encode_prompt(tokenizer, p) for p in prompts]
     examples = data.load_examples(features_path, ids, answers) if features_path.exists() else None
-    if examples is None:  # gone, or made for other sequences: rebuilt
+    if examples is None or not data.has_context(examples, ids, context):  # gone, other sequences', or cut
         t0 = time.perf_counter()
         examples = data.record_features(model, ids, answers, desc=f"hidden states {name}")
         data.save_features(features_path, examples, ids, answers)
         folder.timed("features", time.perf_counter() - t0)
-    return answers, examples
+    return answers, data.keep_context(examples, context)
 
 
 def data_name(model: str) -> str:

@@ -18,6 +18,7 @@ from models.speculative.tree import TreeSpec
 from models.speculative.speculators import corpus, data, heads
 from models.speculative.speculators import train as train_module
 from models.speculative.speculators.data import Example
+from models.speculative.speculators.dataset import DataFolder, load_chunk
 from models.speculative.speculators.train import TrainConfig, train
 
 TARGET = "random:tiny-llama:41"
@@ -73,14 +74,42 @@ def test_answers_are_target_only_greedy_decoding(target, prompts, answers):
 def test_examples_carry_the_targets_hidden_states(target, prompts, answers, examples, index):
     model, e = target.model, examples[index]
     whole = prompts[index] + answers[index][:-1]  # the last token has no hidden state
-    skip = len(prompts[index]) - data.PROMPT_CONTEXT
-    assert skip > 0  # these prompts are longer than the context an example keeps
-    assert torch.equal(e.tokens, torch.tensor(whole[skip:]))
-    assert e.answer_start == data.PROMPT_CONTEXT
+    assert torch.equal(e.tokens, torch.tensor(whole)) and e.answer_start == len(prompts[index])
     assert e.features.shape == (len(e.tokens), model.args.dim)
     with torch.inference_mode():  # the sequence in one pass, alone: what the decoding passes recorded
         _, hidden = model(torch.tensor([whole]), model.new_cache(len(whole)), 0, logits_for="none", return_hidden=True)
-    torch.testing.assert_close(e.features.float(), hidden[0, skip:], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(e.features.float(), hidden[0], atol=2e-3, rtol=2e-3)
+
+
+def test_an_example_keeps_the_prompt_context_asked_for(prompts, examples):
+    cut = data.keep_context(examples, data.CUT_CONTEXT)
+    for e, c, p in zip(examples, cut, prompts):
+        skip = max(0, len(p) - data.CUT_CONTEXT)
+        assert c.answer_start == min(len(p), data.CUT_CONTEXT)
+        assert torch.equal(c.tokens, e.tokens[skip:]) and torch.equal(c.features, e.features[skip:])
+    assert any(len(p) > data.CUT_CONTEXT for p in prompts)  # the cut does cut
+    assert data.keep_context(examples, None) is examples
+    assert data.has_context(cut, prompts, data.CUT_CONTEXT) and not data.has_context(cut, prompts, None)
+    assert data.has_context(examples, prompts, None)
+
+
+def test_a_cache_cut_to_fewer_prompt_positions_is_rebuilt_whole(tmp_path, target, prompts, answers, examples):
+    """Caches of the time examples kept 64 prompt positions serve that context, and are rebuilt by
+    one teacher-forced pass when a run asks for the whole prompt."""
+    texts = corpus.authored_prompts(24, seed=3)[:3]  # the prompts fixture's first three
+    ids = [data.encode_prompt(target.tokenizer, t) for t in texts]
+    assert ids == prompts[:3]
+    folder = DataFolder(tmp_path / "data", {"model": "tiny"})
+    data.save_answers(folder.folder / "answers-000.json.gz", texts, answers[:3])
+    full = data.record_features(target.model, ids, answers[:3])
+    old = data.keep_context(full, 4)  # what an old cache held (as the first, unmarked layout)
+    torch.save([e.features for e in old], tmp_path / "features-answers-000.pt")
+    _, kept = load_chunk(folder, tmp_path, target.model, target.tokenizer, "answers-000", texts, context=4)
+    assert [e.answer_start for e in kept] == [4, 4, 4] and "features" not in folder.timing  # served, not rebuilt
+    _, whole = load_chunk(folder, tmp_path, target.model, target.tokenizer, "answers-000", texts, context=None)
+    assert [e.answer_start for e in whole] == [len(i) for i in ids] and "features" in folder.timing
+    for a, b in zip(whole, full):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.features, b.features)
 
 
 def test_rebuilt_examples_match_the_recorded_ones(target, prompts, answers, examples):
