@@ -6,7 +6,8 @@ answer tokens the heads were trained on.
 
 For each point (--points, answer tokens; "all" = every answered chunk) and each kind (--kinds):
 train with scripts/train_speculator.py --answer_tokens N (only the chunks it needs must exist),
-score teacher-forced accuracy on the held-out chunk (scripts/speculator_accuracy.py), and
+score teacher-forced accuracy on the held-out chunk and on a training chunk
+(scripts/speculator_accuracy.py; the gap says how much the head memorises), and
 benchmark the head as a chain of --n_draft_tokens and as a tree (scripts/benchmark.py). Every
 step's output is kept under --output_dir and skipped when present, so the run resumes after an
 interruption. Writes curve.json, curve.md and curve.png there. Hours on the 2-core CPU.
@@ -74,6 +75,11 @@ def overall_tau(bench_dir: Path) -> dict[str, dict[str, float]]:
                 for row in csv.DictReader(f) if row["category"] == "overall"}
 
 
+# teacher-forced accuracy on both splits: how far train exceeds held out says how much the head
+# memorises rather than generalises (file suffix per split)
+SPLITS = {"held_out": "", "train": "-train"}
+
+
 def scored_steps(scores: dict) -> list[float]:
     """Top-1 by draft step, for the steps the head drafts (multi_projection's 4 heads score no fifth)."""
     return [a for a, n in zip(scores["top1"], scores["positions"]) if n]
@@ -104,12 +110,13 @@ def plot(points: list[dict], path: Path) -> None:
 
 
 def table(points: list[dict]) -> str:
-    lines = ["| kind | answer tokens | epochs | held-out top-1 by step | chain tau / speedup | tree tau / speedup |",
-             "|---|---:|---:|---|---:|---:|"]
+    lines = ["| kind | answer tokens | epochs | train top-1 by step | held-out top-1 by step | chain tau / speedup "
+             "| tree tau / speedup |", "|---|---:|---:|---|---|---:|---:|"]
     for p in sorted(points, key=lambda p: (p["kind"], p["answer_tokens"])):
-        top1 = " ".join(f"{a:.0%}" for a in p["held_out_top1"])
-        lines.append(f"| {p['kind']} | {p['answer_tokens']:,} | {p['epochs']:g} | {top1} | {p['chain']['tau']:.2f} / "
-                     f"{p['chain']['speedup']:.2f}x | {p['tree']['tau']:.2f} / {p['tree']['speedup']:.2f}x |")
+        train, held_out = (" ".join(f"{a:.0%}" for a in p[key]) for key in ("train_top1", "held_out_top1"))
+        lines.append(f"| {p['kind']} | {p['answer_tokens']:,} | {p['epochs']:g} | {train} | {held_out} "
+                     f"| {p['chain']['tau']:.2f} / {p['chain']['speedup']:.2f}x "
+                     f"| {p['tree']['tau']:.2f} / {p['tree']['speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -142,10 +149,12 @@ def main(argv=None) -> int:
                 budget = [] if point == "all" else ["--answer_tokens", point]
                 run_script("train_speculator", ["--kind", kind, "--output", str(head), *common, *budget,
                                                 *args.train_args.split()])
-            scores = out / "accuracy" / f"{name}.json"
-            if not scores.exists():
-                scores.parent.mkdir(parents=True, exist_ok=True)
-                run_script("speculator_accuracy", ["--speculator", str(head), *common, "--output", str(scores)])
+            scores = {split: out / "accuracy" / f"{name}{suffix}.json" for split, suffix in SPLITS.items()}
+            for split, path in scores.items():
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    run_script("speculator_accuracy", ["--speculator", str(head), *common, "--split", split,
+                                                       "--output", str(path)])
             bench = out / "bench" / name
             if not (bench / "done.json").exists():
                 logger.info(f"--- benchmarking {name} ---")
@@ -172,7 +181,9 @@ def main(argv=None) -> int:
             results.append({"kind": kind, "point": point, "answer_tokens": trained["answer_tokens"],
                             "epochs": trained["train"]["epochs"],
                             "train_seconds": trained["seconds"].get(f"train_{kind}"),
-                            "held_out_top1": scored_steps(json.loads(scores.read_text())), "chain": chain, "tree": tree})
+                            "train_top1": scored_steps(json.loads(scores["train"].read_text())),
+                            "held_out_top1": scored_steps(json.loads(scores["held_out"].read_text())),
+                            "chain": chain, "tree": tree})
     write_json_atomic(out / "curve.json", results)
     (out / "curve.md").write_text(table(results))
     plot(results, out / "curve.png")

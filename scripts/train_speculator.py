@@ -39,8 +39,8 @@ from models.llama.weights import DEFAULT_MODEL
 from models.speculative.engine import METHODS, TARGET, Engine, RunConfig
 from models.speculative.speculators import data, followups, heads, mix, sources
 from models.speculative.speculators.contamination import Contamination, evaluation_texts
-from models.speculative.speculators.dataset import (HELD_OUT_CHUNKS, DataFolder, answers_chunk, data_name,
-                                                    followups_chunk, load_chunk)
+from models.speculative.speculators.dataset import (HELD_OUT_CHUNKS, DataFolder, answer_text, answers_chunk,
+                                                    data_name, followups_chunk, load_chunk)
 from models.speculative.speculators.heads import SHIPPED as SHIPPED_SPECULATORS
 from models.speculative.speculators.train import TRAINING_VERSION, TrainConfig, train
 
@@ -106,7 +106,7 @@ class Decoder:
         return [r.tokens for r in results], data.examples_from(ids, results)
 
     def text(self, answer: list[int]) -> str:
-        return self.tokenizer.decode([t for t in answer if t not in self.tokenizer.eos_token_ids]).strip()
+        return answer_text(self.tokenizer, answer)
 
 
 def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, prompts: list[data.Prompt], cap: int,

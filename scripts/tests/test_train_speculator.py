@@ -159,7 +159,7 @@ def test_learning_curve_trains_scores_and_benchmarks_each_point_once(run_script,
                                                          ("eagle", "all"), ("multi_projection", "all")]
     small, everything = curve[0]["answer_tokens"], curve[2]["answer_tokens"]
     assert small < everything
-    assert all(p["chain"]["tau"] >= 1 and p["tree"]["tau"] >= 1 and len(p["held_out_top1"]) == (5 if p["kind"] == "eagle" else 4) for p in curve)
+    assert all(p["chain"]["tau"] >= 1 and p["tree"]["tau"] >= 1 and len(p["held_out_top1"]) == len(p["train_top1"]) == (5 if p["kind"] == "eagle" else 4) for p in curve)
     assert all(p["epochs"] == 0.5 and p["train_seconds"] is not None for p in curve)  # tiny runs round to 0 s
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 0 and "| eagle |" in (tmp_path / "curve" / "curve.md").read_text()
     stamp = (tmp_path / "curve" / "bench" / "eagle-10" / "done.json").stat().st_mtime_ns

@@ -15,11 +15,14 @@ from models.common.prompts import load_prompts
 
 REPO = Path(__file__).resolve().parents[3]
 NGRAM = 8
-# what the suite evaluates on: the demo's prompts, the benchmark's prompt files, the held-out
-# speculator prompts, and Spec-Bench where this machine has it (it is not part of the repo)
+UNSEEN_PROMPTS = REPO / "docs" / "benchmarks" / "unseen_prompts"
+# what the suite evaluates on: the demo's prompts, the benchmark's prompt files, the prompts
+# nobody here wrote (scripts/unseen_prompts.py), the held-out speculator prompts, and Spec-Bench
+# where this machine has it (it is not part of the repo)
 EVALUATION_SOURCES = (
     REPO / "sample_prompts",
     REPO / "docs" / "benchmarks",
+    *sorted(UNSEEN_PROMPTS.glob("*.json")),
     REPO / "models" / "speculative" / "speculators" / "held_out_prompts.json",
     REPO.parent / "shared" / "data" / "spec_bench" / "question.jsonl",
 )

@@ -14,7 +14,7 @@ from models.common.cli import write_json_atomic
 from models.common.errors import UserError
 from models.common.tokenizer import Tokenizer
 from models.llama.model import Transformer
-from models.speculative.speculators import data
+from models.speculative.speculators import data, followups
 
 HELD_OUT_CHUNKS = 1  # the first chunks of answers are never trained on: the held-out split of our own data
 
@@ -87,6 +87,35 @@ def load_chunk(folder: DataFolder, work: Path, model: Transformer, tokenizer: To
         data.save_features(features_path, examples, ids, answers)
         folder.timed("features", time.perf_counter() - t0)
     return answers, data.keep_context(examples, context)
+
+
+def answer_text(tokenizer: Tokenizer, answer: list[int]) -> str:
+    return tokenizer.decode([t for t in answer if t not in tokenizer.eos_token_ids]).strip()
+
+
+def learned_texts(folder: DataFolder, tokenizer: Tokenizer) -> list[str]:
+    """Every text in a data folder that the heads learn from or that training checks for overlap:
+    the prompts and writing requests, every answer, and each follow-up conversation as its
+    overlap check reads it (prompt, first answer and request together). A prompt set meant to stay
+    unseen must share no n-gram with these, or adding it to the evaluation set would drop a
+    follow-up conversation that a committed chunk answered."""
+    prompts = folder.prompts()
+    texts = list(prompts)
+    requests = folder.folder / "requests.json.gz"
+    if requests.exists():
+        texts += [request for _, request, _ in data.load_json(requests)]
+    size = folder.settings["chunk_size"]
+    for path in sorted(folder.folder.glob("*-[0-9][0-9][0-9].json.gz")):
+        texts += [answer_text(tokenizer, a) for a in data.load_json(path)["answers"]]
+    for n in range(-(-len(prompts) // size)):
+        path = folder.folder / f"{answers_chunk(n)}.json.gz"
+        if not path.exists():
+            break
+        first = [answer_text(tokenizer, a) for a in data.load_json(path)["answers"]]
+        drawn = followups.conversations(prompts[n * size : (n + 1) * size], first,
+                                        folder.settings["followup_share"], folder.settings["seed"], n)
+        texts += [followups.text(c) for c in drawn]
+    return texts
 
 
 def data_name(model: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 from models.common.errors import UserError
 from models.common.tokenizer import ByteTokenizer
 from models.speculative.speculators import data, followups, mix, sources
-from models.speculative.speculators.dataset import DataFolder
+from models.speculative.speculators.dataset import DataFolder, learned_texts
 from models.speculative.speculators.contamination import Contamination, evaluation_texts, ngrams
 
 BENCH = "Who played anna in once upon a time?"
@@ -92,3 +92,19 @@ def test_a_data_folder_records_a_setting_newer_than_it_and_refuses_a_changed_one
     assert json.loads((tmp_path / "settings.json").read_text()) == {"seed": 0, "followup_share": 0.25}
     with pytest.raises(UserError, match="followup_share 0.25 -> 0.5"):
         DataFolder(tmp_path, {"seed": 0, "followup_share": 0.5})
+
+
+def test_learned_texts_hold_every_prompt_answer_and_follow_up_conversation(tmp_path):
+    """A run of words across a prompt and its answer exists only in the follow-up conversation:
+    an evaluation set checked against the learned texts must still see it."""
+    tok = ByteTokenizer()
+    prompts = ["tell me about the old stone bridge", "name a color", "count to three", "say hello"]
+    answers = ["it spans the wide river near town", "blue", "one two three", "hello"]
+    folder = DataFolder(tmp_path, {"seed": 0, "followup_share": 1.0, "chunk_size": 4})
+    data.save_json(tmp_path / "prompts.json.gz", {"prompts": prompts})
+    data.save_answers(tmp_path / "answers-000.json.gz", prompts, [tok.encode(a)[1:] + [2] for a in answers])
+    texts = learned_texts(folder, tok)
+    assert texts[: len(prompts) + len(answers)] == prompts + answers  # the eos is not text
+    across = "the old stone bridge it spans the wide"  # 4 prompt words, then 4 answer words
+    assert not Contamination([across]).clean(prompts + answers)[1]
+    assert Contamination([across]).clean(texts)[1]
