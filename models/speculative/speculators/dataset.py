@@ -104,15 +104,14 @@ def learned_texts(folder: DataFolder, tokenizer: Tokenizer) -> list[str]:
     requests = folder.folder / "requests.json.gz"
     if requests.exists():
         texts += [request for _, request, _ in data.load_json(requests)]
+    answers = {path.name.removesuffix(".json.gz"): [answer_text(tokenizer, a) for a in data.load_json(path)["answers"]]
+               for path in sorted(folder.folder.glob("*-[0-9][0-9][0-9].json.gz"))}
+    texts += [text for chunk in answers.values() for text in chunk]
     size = folder.settings["chunk_size"]
-    for path in sorted(folder.folder.glob("*-[0-9][0-9][0-9].json.gz")):
-        texts += [answer_text(tokenizer, a) for a in data.load_json(path)["answers"]]
     for n in range(-(-len(prompts) // size)):
-        path = folder.folder / f"{answers_chunk(n)}.json.gz"
-        if not path.exists():
+        if answers_chunk(n) not in answers:
             break
-        first = [answer_text(tokenizer, a) for a in data.load_json(path)["answers"]]
-        drawn = followups.conversations(prompts[n * size : (n + 1) * size], first,
+        drawn = followups.conversations(prompts[n * size : (n + 1) * size], answers[answers_chunk(n)],
                                         folder.settings["followup_share"], folder.settings["seed"], n)
         texts += [followups.text(c) for c in drawn]
     return texts
