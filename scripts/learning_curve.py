@@ -179,8 +179,8 @@ def main(argv=None) -> int:
             chain = taus[f"{kind}-k{k}-n{n}"]
             tree = taus[f"{kind}-t{args.tree_topk}d{k}b{args.tree_budget}-n{n}"]
             results.append({"kind": kind, "point": point, "answer_tokens": trained["answer_tokens"],
-                            "epochs": trained["train"]["epochs"],
-                            "train_seconds": trained["seconds"].get(f"train_{kind}"),
+                            "epochs": all_runs(trained, lambda t: t["train"]["epochs"]),
+                            "train_seconds": all_runs(trained, lambda t: t["seconds"].get(f"train_{kind}")),
                             "train_top1": scored_steps(json.loads(scores["train"].read_text())),
                             "held_out_top1": scored_steps(json.loads(scores["held_out"].read_text())),
                             "chain": chain, "tree": tree})
@@ -189,6 +189,14 @@ def main(argv=None) -> int:
     plot(results, out / "curve.png")
     print(table(results))
     return 0
+
+
+def all_runs(training: dict, figure) -> float | None:
+    """A head's figure summed over its training runs: one trained further from another
+    (train_speculator.py --init_from) counts the earlier run's passes and seconds too."""
+    earlier = training.get("init_from", {}).get("training")
+    mine, before = figure(training), all_runs(earlier, figure) if earlier else 0
+    return None if mine is None or before is None else mine + before
 
 
 if __name__ == "__main__":

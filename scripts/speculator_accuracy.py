@@ -12,11 +12,15 @@ train split is a sample of the chunks it does read. A head that scores far bette
 held out has fitted its data rather than learnt the target. --bench_file (or --input_prompts)
 scores the target's own greedy answers to evaluation prompts instead, decoded here, per
 category: set beside the held-out split, it says how far the training prompts' domain carries.
-See models/speculative/speculators/evaluate.py for what each step scores.
+A second table splits step 1 by how sure the target itself was of each token (its top-1
+probability): it tells a domain the head lacks (lower top-1 at the same certainty) from answers the
+target hesitates over (more positions in the low bins). See models/speculative/speculators/evaluate.py
+for what each step scores.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -24,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loguru import logger
 
-from models.common.cli import ArgumentParser, prompt_context_arg, run_cli, write_json_atomic
+from models.common.cli import ArgumentParser, prompt_context_arg, read_json_file, run_cli, write_json_atomic
 from models.common.device import open_device
 from models.common.errors import UserError
 from models.benchmark.sources import from_prompt_files, from_spec_bench, select
@@ -32,7 +36,7 @@ from models.llama.weights import DEFAULT_MODEL, load_model
 from models.speculative.generator import Generator
 from models.speculative.speculators import data, heads
 from models.speculative.speculators.dataset import HELD_OUT_CHUNKS, DataFolder, answers_chunk, data_name, load_chunk
-from models.speculative.speculators.evaluate import accuracy
+from models.speculative.speculators.evaluate import accuracy, certainty_bins
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,6 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=128, help="the target's answer length on evaluation prompts")
     p.add_argument("--prompt_context", type=prompt_context_arg, default=None,
                    help="prompt positions the head sees before each answer: a number, or all (default, as drafting)")
+    p.add_argument("--certainty_reference", default=None,
+                   help="an --output of this script (say the held-out split's): also give the step-1 top-1 these "
+                        "positions would score at its accuracy per certainty bin, the part of the difference the "
+                        "target's own certainty explains")
     p.add_argument("--output", default=None, help="also write the figures as JSON here")
     return p.parse_args(argv)
 
@@ -79,6 +87,7 @@ def main(argv=None) -> int:
     for flag in ("max_examples", "steps", "topk", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    reference = reference_accuracy(Path(args.certainty_reference)) if args.certainty_reference else None
     name = data_name(args.model)
     bench = bool(args.bench_file or args.input_prompts)
     data_dir = Path(args.data_dir) if args.data_dir else REPO / "data" / "speculator" / name
@@ -94,24 +103,54 @@ def main(argv=None) -> int:
         split, categories = args.split, None
         examples = split_examples(args, loaded, folder, name)
         source = str(folder.folder)
-    scores = accuracy(head, examples, steps=args.steps, topk=args.topk)
+    score = functools.partial(accuracy, head, steps=args.steps, topk=args.topk, target_lm_head=loaded.model.output)
+    scores = score(examples)
     top = f"top{args.topk}"
     logger.info(f"{path.name} on {len(examples)} {split} examples of {source}")
     rows = [("all", scores)]
     if categories is not None:
         for category in dict.fromkeys(categories):
             mine = [e for e, c in zip(examples, categories) if c == category]
-            rows.append((category, accuracy(head, mine, steps=args.steps, topk=args.topk)))
+            rows.append((category, score(mine)))
     print(f"| examples | step | top-1 | top-{args.topk} | positions |\n|---|---:|---:|---:|---:|")
     for label, figures in rows:
         for s, (a1, ak, n) in enumerate(zip(figures["top1"], figures[top], figures["positions"]), start=1):
             print(f"| {label} | {s} | {a1:.1%} | {ak:.1%} | {n} |")
+    print("\n| examples | target's top-1 probability | share of step-1 positions | step-1 top-1 |\n|---|---|---:|---:|")
+    for label, figures in rows:
+        total = max(1, sum(b["positions"] for b in figures["step1_by_certainty"]))
+        for b in figures["step1_by_certainty"]:
+            print(f"| {label} | {b['certainty']} | {b['positions'] / total:.1%} | {b['top1']:.1%} |")
+    if reference is not None:
+        print(f"\n| examples | step-1 top-1 | at {args.certainty_reference}'s accuracy per certainty |\n|---|---:|---:|")
+        for label, figures in rows:
+            figures["step1_at_reference_certainty"] = at_certainty_of(figures, reference)
+            print(f"| {label} | {figures['top1'][0]:.1%} | {figures['step1_at_reference_certainty']:.1%} |")
     if args.output:
         by_category = {label: figures for label, figures in rows[1:]}
         write_json_atomic(Path(args.output), {"speculator": str(path), "split": split, "source": source,
                                               "examples": len(examples), **scores,
+                                              **({"certainty_reference": args.certainty_reference} if reference else {}),
                                               **({"by_category": by_category} if by_category else {})})
     return 0
+
+
+def reference_accuracy(path: Path) -> dict[str, float]:
+    """--certainty_reference: step-1 top-1 per certainty bin from an earlier --output."""
+    figures = read_json_file(path, "--certainty_reference")
+    bins = figures.get("step1_by_certainty") if isinstance(figures, dict) else None
+    if not bins or [b.get("certainty") for b in bins] != certainty_bins():
+        raise UserError(f"--certainty_reference {path} has no step-1 figures per certainty bin "
+                        f"({certainty_bins()}); give an --output of this script")
+    return {b["certainty"]: b["top1"] for b in bins}
+
+
+def at_certainty_of(figures: dict, reference: dict[str, float]) -> float:
+    """Step-1 top-1 if each certainty bin scored as in the reference: these positions' mix of
+    certainty, the reference's accuracy at each."""
+    bins = figures["step1_by_certainty"]
+    total = sum(b["positions"] for b in bins)
+    return sum(b["positions"] * reference[b["certainty"]] for b in bins) / total if total else 0.0
 
 
 def split_examples(args, loaded, folder: DataFolder, name: str) -> list:

@@ -66,6 +66,9 @@ def parse_args(argv=None):
                    help="share of answered prompts that get a second turn (a follow-up request after the answer)")
     p.add_argument("--answer_tokens", type=int, default=None,
                    help="train on the first chunks holding this many answer tokens (default: all of them)")
+    p.add_argument("--init_from", default=None,
+                   help="start from this speculator folder's weights (same kind; its draft vocabulary and shape "
+                        "are kept) instead of fresh ones: more training on a head made before")
     p.add_argument("--draft_vocab_size", type=int, default=8192)
     p.add_argument("--n_heads", type=int, default=4, help="multi_projection heads")
     p.add_argument("--n_blocks", type=int, default=1, help="residual blocks per head")
@@ -219,6 +222,20 @@ def digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def digest_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def starting_head(folder: str, kind: str, target) -> torch.nn.Module:
+    """--init_from: a saved speculator of this kind for this target, to train further."""
+    head = heads.load(folder, target)  # one-line errors for a folder that is not a speculator
+    if head.config.kind != kind:
+        raise UserError(f"--init_from {folder}: its speculator is {head.config.kind}, not --kind {kind}")
+    logger.info(f"starting from {folder} (trained on {head.config.training.get('answer_tokens', '?')} answer "
+                f"tokens, draft vocabulary {head.config.draft_vocab_size})")
+    return head
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     for flag, least in (("n_prompts", 1), ("draft_vocab_size", 2), ("max_new_tokens", 2), ("gen_batch_size", 1),
@@ -251,7 +268,9 @@ def main(argv=None) -> int:
         examples = written + examples
     n_answer = data.answer_tokens(examples)
     loaded = decoder.engine.target
-    draft_vocab = data.draft_vocabulary(examples, args.draft_vocab_size, loaded.tokenizer.eos_token_ids)
+    start = starting_head(args.init_from, args.kind, loaded.model) if args.init_from else None
+    draft_vocab = (start.draft_vocab.cpu() if start is not None
+                   else data.draft_vocabulary(examples, args.draft_vocab_size, loaded.tokenizer.eos_token_ids))
     covered = sum(int(torch.isin(e.tokens[e.answer_start:], draft_vocab).sum()) for e in examples) / max(1, n_answer)
     logger.info(f"{len(examples)} examples, {n_answer} answer tokens; draft vocabulary {draft_vocab.numel()} "
                 f"covers {covered:.1%} of them")
@@ -259,16 +278,24 @@ def main(argv=None) -> int:
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.kind]
     config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          unroll_steps=args.unroll_steps)
-    spec_config = heads.SpeculatorConfig(
-        kind=args.kind, target=args.model, dim=loaded.model.args.dim, vocab_size=loaded.model.args.vocab_size,
-        draft_vocab_size=draft_vocab.numel(), n_heads=args.n_heads, n_blocks=args.n_blocks,
-    )
-    head = heads.build(spec_config, loaded.model, draft_vocab)
-    heads.initialise(head, loaded.model, seed=args.seed)
+    if start is not None:
+        head, spec_config = start, start.config
+        earlier = dict(spec_config.training)
+        started_from = {"folder": str(Path(args.init_from).resolve()), "weights_sha256": digest_file(
+            Path(args.init_from) / heads.WEIGHTS_FILE), "training": earlier}
+    else:
+        spec_config = heads.SpeculatorConfig(
+            kind=args.kind, target=args.model, dim=loaded.model.args.dim, vocab_size=loaded.model.args.vocab_size,
+            draft_vocab_size=draft_vocab.numel(), n_heads=args.n_heads, n_blocks=args.n_blocks,
+        )
+        head = heads.build(spec_config, loaded.model, draft_vocab)
+        heads.initialise(head, loaded.model, seed=args.seed)
+        started_from = None
     run = {"version": TRAINING_VERSION, "train": vars(config), "answer_tokens": args.answer_tokens,
-           "prompt_context": args.prompt_context, "n_heads": args.n_heads, "n_blocks": args.n_blocks,
+           "prompt_context": args.prompt_context, "n_heads": spec_config.n_heads, "n_blocks": spec_config.n_blocks,
            "draft_vocab_size": args.draft_vocab_size,
-           "data": [str(folder.folder.resolve()), len(examples), n_answer]}
+           "data": [str(folder.folder.resolve()), len(examples), n_answer],
+           **({"init_from": started_from["weights_sha256"]} if started_from else {})}
     checkpoint = work / f"{args.kind}-{digest(run)}.pt"  # another configuration never resumes this one
     losses = train(head, examples, config, checkpoint=checkpoint)
     train_seconds = round(torch.load(checkpoint, weights_only=False).get("seconds", 0.0), 1)
@@ -281,6 +308,7 @@ def main(argv=None) -> int:
         "loss_last_20": round(sum(losses[-20:]) / len(losses[-20:]), 4),
         "seconds": {**folder.timing, f"train_{args.kind}": train_seconds},
         "device": decoder.engine.device.describe(),
+        **({"init_from": started_from} if started_from else {}),
     }
     output = Path(args.output) if args.output else SHIPPED_SPECULATORS / f"{name}-{args.kind}"
     tmp = output.with_name(output.name + ".tmp")

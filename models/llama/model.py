@@ -234,7 +234,7 @@ class Transformer(nn.Module):
         h = self.tok_embeddings[tokens] if embeds is None else embeds
         attention = self._cache_attention(cache, slots, kv_len, mask, bsz)
         for i, layer in enumerate(self.layers):
-            h = self._block(layer, i, h, cos, sin, attention)
+            h = self.block(layer, i, h, cos, sin, attention)
         h = rms_norm(h, self.norm, self.args.norm_eps)
         if not static:
             cache.length = kv_len
@@ -301,7 +301,7 @@ class Transformer(nn.Module):
         attention = self._rows_attention(cache, blocks, slots_t, rows_t, kv_t, mask)
         h = self.tok_embeddings[tokens][None]
         for i, layer in enumerate(self.layers):
-            h = self._block(layer, i, h, cos, sin, attention, any_rows=True)
+            h = self.block(layer, i, h, cos, sin, attention, any_rows=True)
         h = rms_norm(h, self.norm, self.args.norm_eps)[0]
         for block in blocks:
             block.cache.length += block.n_tokens
@@ -360,7 +360,7 @@ class Transformer(nn.Module):
             mask = mask & ((slots[:, None] - cols[None, :]) < window)
         return mask
 
-    def _block(
+    def block(
         self,
         layer: Block,
         index: int,
@@ -370,6 +370,8 @@ class Transformer(nn.Module):
         attention: Attention,
         any_rows: bool = False,
     ) -> torch.Tensor:
+        """One decoder layer whose attention the caller supplies (the cache's, or a training loss's
+        own masks: eagle_passes runs the draft layer this way, so it trains the layer that drafts)."""
         args = self.args
         bsz, seqlen, _ = x.shape
         hd, nh, nkv = args.head_dim, args.n_heads, args.n_kv_heads

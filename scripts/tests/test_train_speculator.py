@@ -5,6 +5,7 @@ import gzip
 import json
 
 import pytest
+import torch
 
 from models.speculative.speculators.contamination import Contamination, evaluation_texts
 
@@ -81,6 +82,26 @@ def test_accuracy_on_evaluation_prompts_scores_each_category(run_script, tmp_pat
     # every answer position is scored once overall and once in its category
     assert figures["positions"] == [sum(c["positions"][s] for c in figures["by_category"].values()) for s in range(2)]
     assert all(n > 0 for n in figures["positions"])
+    # step 1 split by the target's certainty: each bin counts its positions once, overall and per category
+    for figs in (figures, *figures["by_category"].values()):
+        assert sum(b["positions"] for b in figs["step1_by_certainty"]) == figs["positions"][0]
+    # against a reference: its accuracy per certainty bin at these positions' mix; against itself, its own top-1
+    again = tmp_path / "again.json"
+    code, err = run_script("speculator_accuracy", ["--model", TINY, "--speculator", str(tmp_path / "eagle"),
+                                                   "--input_prompts", *map(str, files), "--max_new_tokens", "8",
+                                                   "--steps", "2", "--certainty_reference", str(scores),
+                                                   "--output", str(again)])
+    assert code == 0, err
+    redone = json.loads(again.read_text())
+    assert redone["step1_at_reference_certainty"] == pytest.approx(figures["top1"][0])
+    chat = redone["by_category"]["chat"]
+    reference = {b["certainty"]: b["top1"] for b in figures["step1_by_certainty"]}
+    assert chat["step1_at_reference_certainty"] == pytest.approx(
+        sum(b["positions"] * reference[b["certainty"]] for b in chat["step1_by_certainty"]) / chat["positions"][0])
+    code, err = run_script("speculator_accuracy", ["--model", TINY, "--speculator", str(tmp_path / "eagle"),
+                                                   "--input_prompts", *map(str, files), "--certainty_reference",
+                                                   str(files[0])])
+    assert code != 0 and "has no step-1 figures per certainty bin" in err and err.strip().count("\n") == 0
 
 
 def test_accuracy_needs_one_speculator_and_existing_data(run_script, tmp_path):
@@ -165,3 +186,29 @@ def test_learning_curve_trains_scores_and_benchmarks_each_point_once(run_script,
     stamp = (tmp_path / "curve" / "bench" / "eagle-10" / "done.json").stat().st_mtime_ns
     assert run_script("learning_curve", argv)[0] == 0  # resumes: nothing trained or benchmarked again
     assert (tmp_path / "curve" / "bench" / "eagle-10" / "done.json").stat().st_mtime_ns == stamp
+
+
+def test_init_from_trains_further_from_a_saved_head(run_script, tmp_path):
+    from safetensors.torch import load_file
+    first = tmp_path / "first"
+    assert run(run_script, tmp_path, "--kind", "eagle", "--output", str(first))[0] == 0
+    # at learning rate 0 a run changes nothing: what it saves is what it started from
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--init_from", str(first), "--lr", "0",
+                    "--output", str(tmp_path / "same"))
+    assert code == 0, err
+    before, after = load_file(str(first / "model.safetensors")), load_file(str(tmp_path / "same" / "model.safetensors"))
+    assert set(before) == set(after) and all(torch.equal(before[k], after[k]) for k in before)
+    fresh = tmp_path / "fresh"
+    assert run(run_script, tmp_path, "--kind", "eagle", "--lr", "0", "--output", str(fresh))[0] == 0
+    assert not torch.equal(load_file(str(fresh / "model.safetensors"))["fc_weight"], before["fc_weight"])
+    # trained further: new weights, and the record says where it started
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--init_from", str(first), "--output", str(tmp_path / "more"))
+    assert code == 0, err
+    assert not torch.equal(load_file(str(tmp_path / "more" / "model.safetensors"))["fc_weight"], before["fc_weight"])
+    record = json.loads((tmp_path / "more" / "speculator_config.json").read_text())["training"]["init_from"]
+    assert record["folder"] == str(first.resolve()) and record["training"]["command"].endswith(str(first))
+    from scripts.tests.conftest import load_script
+    training = json.loads((tmp_path / "more" / "speculator_config.json").read_text())["training"]
+    assert load_script("learning_curve").all_runs(training, lambda t: t["train"]["epochs"]) == 1.0  # 0.5 + 0.5
+    code, err = run(run_script, tmp_path, "--kind", "multi_projection", "--init_from", str(first))
+    assert code != 0 and "its speculator is eagle, not --kind multi_projection" in err and err.strip().count("\n") == 0

@@ -6,6 +6,12 @@ eagle: step s unrolls s passes (the training-time test's passes), each on the pr
 predicted features, and predicts the token s + 1 places after the feature it started from.
 Top-k: the true token among the k best drafts (what a tree of width k can catch at that step).
 Tokens outside the draft vocabulary count as misses.
+
+With the target's LM head, step 1 is also split by how sure the target itself was of the token
+the head guesses (its top-1 probability at the position that predicts it, from the recorded
+hidden states): a head that scores less on one set of prompts than another either meets more
+tokens the target itself hesitates over, or scores less at the same certainty. Only the second
+is something more or better-matched training data can fix.
 """
 
 from __future__ import annotations
@@ -17,6 +23,24 @@ from models.llama.model import linear
 from models.speculative.speculators.data import Example
 from models.speculative.speculators.heads import EagleHead, MultiProjectionHeads
 from models.speculative.speculators.train import IGNORE, _pad_batch, _target_to_draft, eagle_passes
+
+# upper edges of the target-certainty bins (top-1 probability); the last bin is >= the last edge
+CERTAINTY_EDGES = (0.3, 0.6, 0.9)
+
+
+def certainty_bins() -> list[str]:
+    edges = ("0", *(f"{e:g}" for e in CERTAINTY_EDGES))
+    return [f"{lo}-{hi}" for lo, hi in zip(edges, edges[1:])] + [f">={CERTAINTY_EDGES[-1]:g}"]
+
+
+def top_probability(hidden: torch.Tensor, lm_head: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """[N, D] final hidden states -> [N] the target's top-1 probability (in chunks: a full-vocabulary
+    softmax over every position at once would not fit)."""
+    out = [torch.empty(0, device=hidden.device)]
+    for lo in range(0, hidden.shape[0], rows):
+        logits = linear(hidden[lo : lo + rows].float(), lm_head.float())
+        out.append((logits.max(-1).values - torch.logsumexp(logits, -1)).exp())
+    return torch.cat(out)
 
 
 def _step_logits(head: nn.Module, tokens, feats, pad, steps: int) -> list[torch.Tensor]:
@@ -39,14 +63,18 @@ def _step_logits(head: nn.Module, tokens, feats, pad, steps: int) -> list[torch.
 
 @torch.inference_mode()
 def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: int = 4,
-             batch_size: int = 16) -> dict[str, list[float]]:
+             batch_size: int = 16, target_lm_head: torch.Tensor | None = None) -> dict:
     """{"top1": [per step], f"top{topk}": [per step], "positions": [per step]} over every answer
-    position each step can be scored at."""
+    position each step can be scored at; with target_lm_head also "step1_by_certainty": per
+    certainty bin, its positions and step-1 top-1."""
     device = next(iter(head.buffers())).device
     t2d = _target_to_draft(head.draft_vocab, head.config.vocab_size)
     hits1: list[int] = [0] * steps
     hitsk: list[int] = [0] * steps
     counted: list[int] = [0] * steps
+    n_bins = len(CERTAINTY_EDGES) + 1
+    bin_hits, bin_counted = [0] * n_bins, [0] * n_bins
+    edges = torch.tensor(CERTAINTY_EDGES, device=device)
     for lo in range(0, len(examples), batch_size):
         tokens, feats, pad, start = _pad_batch(examples[lo : lo + batch_size], device)
         width = tokens.shape[1]
@@ -64,8 +92,20 @@ def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: 
             hits1[s] += int(((top[..., 0] == mapped) & valid).sum())
             hitsk[s] += int(((top == mapped[..., None]).any(-1) & valid).sum())
             counted[s] += int(valid.sum())
-    return {
+            if s == 0 and target_lm_head is not None:
+                # position p + 1's hidden state is where the target chose the token at p + 2
+                sure = top_probability(feats[:, 1 : width - 1][valid], target_lm_head)
+                which = torch.bucketize(sure, edges, right=True)
+                right = (top[..., 0] == mapped)[valid]
+                for b in range(n_bins):
+                    bin_counted[b] += int((which == b).sum())
+                    bin_hits[b] += int(((which == b) & right).sum())
+    scores: dict = {
         "top1": [h / c if c else 0.0 for h, c in zip(hits1, counted)],
         f"top{topk}": [h / c if c else 0.0 for h, c in zip(hitsk, counted)],
         "positions": counted,
     }
+    if target_lm_head is not None:
+        scores["step1_by_certainty"] = [{"certainty": name, "positions": c, "top1": h / c if c else 0.0}
+                                        for name, h, c in zip(certainty_bins(), bin_hits, bin_counted)]
+    return scores

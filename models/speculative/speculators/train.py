@@ -164,7 +164,7 @@ def eagle_passes(head: EagleHead, tokens: torch.Tensor, in_feats: torch.Tensor, 
             return out.transpose(1, 2)  # [B, W, H, hd]
 
         x = head.inputs(tokens[:, 1:], feats)
-        h = layer._block(layer.layers[0], 0, x, cos, sin, attention)
+        h = layer.block(layer.layers[0], 0, x, cos, sin, attention)
         hidden = rms_norm(h, layer.norm, args.norm_eps)
         outs.append(hidden)
         feats = torch.cat([in_feats[:, :1], hidden[:, :-1].detach()], dim=1)

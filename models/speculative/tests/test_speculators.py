@@ -320,6 +320,39 @@ def test_accuracy_scores_each_step_at_the_right_position(kind, target):
     assert accuracy(head, [shifted], steps=1)["top1"][0] < 0.5  # one position off scores (almost) nothing
 
 
+def test_top_probability_is_the_targets_softmax_maximum_in_any_chunking():
+    from models.speculative.speculators.evaluate import top_probability
+    gen = torch.Generator().manual_seed(3)
+    hidden, lm_head = torch.randn(10, 8, generator=gen), 3 * torch.randn(50, 8, generator=gen)
+    want = torch.softmax(hidden @ lm_head.T, dim=-1).max(-1).values
+    for rows in (1, 4, 4096):
+        assert torch.allclose(top_probability(hidden, lm_head, rows=rows), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", heads.KINDS)
+def test_step_one_splits_by_the_targets_certainty_at_the_position_that_chose_the_token(kind, target):
+    """Two-row LM head (w, 0): the target's top-1 probability at position q is sigmoid(|h_q . w|);
+    the token at p + 2 was chosen at q = p + 1, and each bin must count exactly those positions."""
+    from models.speculative.speculators.evaluate import CERTAINTY_EDGES, accuracy, certainty_bins
+    head, example = _self_consistent(kind, target)
+    dim = target.model.args.dim
+    w = torch.randn(dim, generator=torch.Generator().manual_seed(9)) / dim**0.5
+    lm_head = torch.stack([w, torch.zeros(dim)])
+    scored = accuracy(head, [example], steps=1, target_lm_head=lm_head)
+    sure = torch.sigmoid((example.features.float() @ w).abs())
+    # step 1 is scored from the last prompt token p = answer_start - 1 on; it guesses p + 2, chosen at p + 1
+    chose = range(example.answer_start, len(example.tokens) - 1)
+    want = [0] * (len(CERTAINTY_EDGES) + 1)
+    for q in chose:
+        want[sum(float(sure[q]) >= e for e in CERTAINTY_EDGES)] += 1
+    got = scored["step1_by_certainty"]
+    assert [b["certainty"] for b in got] == certainty_bins() == ["0-0.3", "0.3-0.6", "0.6-0.9", ">=0.9"]
+    assert [b["positions"] for b in got] == want and sum(want) == scored["positions"][0]
+    assert sum(1 for n in want if n) >= 2  # the check spans bins, so an off-by-one position shows
+    assert all(b["top1"] == 1.0 for b in got if b["positions"])  # every step-1 draft is right here
+    assert "step1_by_certainty" not in accuracy(head, [example], steps=1)
+
+
 def eagle_chain_hidden(head, tokens, features, start, steps):
     """Reference: drafting's hidden states for a chain from the real feature at `start`, fed the
     true tokens as its drafts (the draft cache: real pairs 0..start, then the chain's nodes)."""
