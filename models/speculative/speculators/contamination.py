@@ -11,10 +11,12 @@ import json
 import re
 from pathlib import Path
 
+from models.common.errors import UserError
 from models.common.prompts import load_prompts
 
 REPO = Path(__file__).resolve().parents[3]
 NGRAM = 8
+PROMPT_FILES = "*prompts*.json"  # in a source folder, the files read as prompt files
 UNSEEN_PROMPTS = REPO / "docs" / "benchmarks" / "unseen_prompts"
 # what the suite evaluates on: the demo's prompts, the benchmark's prompt files, the prompts
 # nobody here wrote (scripts/unseen_prompts.py), the held-out speculator prompts, and Spec-Bench
@@ -43,7 +45,7 @@ def evaluation_texts(sources=EVALUATION_SOURCES) -> tuple[list[str], list[Path]]
     texts: list[str] = []
     found: list[Path] = []
     for source in map(Path, sources):
-        files = sorted(source.rglob("*prompts*.json")) if source.is_dir() else [source] if source.exists() else []
+        files = sorted(source.rglob(PROMPT_FILES)) if source.is_dir() else [source] if source.exists() else []
         for path in files:
             found.append(path)
             if path.suffix == ".jsonl":
@@ -52,6 +54,9 @@ def evaluation_texts(sources=EVALUATION_SOURCES) -> tuple[list[str], list[Path]]
                         texts += json.loads(line).get("turns", [])
             else:
                 data = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(data, list):  # say, a result file whose name happens to match
+                    raise UserError(f"{path} is named like a prompt file ({PROMPT_FILES}) but holds no list of "
+                                    f"prompts; rename it, since the contamination check reads every such file")
                 texts += data if data and isinstance(data[0], str) else [p.text for p in load_prompts(path)]
     return texts, found
 

@@ -34,6 +34,10 @@ def test_evaluation_texts_read_prompt_files_and_spec_bench_turns(tmp_path):
     texts, found = evaluation_texts([tmp_path, bench, plain, tmp_path / "missing.jsonl"])
     assert texts == ["alpha beta\n\nSummarize.", "first turn", "second turn", "a plain prompt"]
     assert [p.name for p in found] == ["demo_prompts.json", "question.jsonl", "held.json"]
+    # a result file named like a prompt file is a one-line error naming it, not a KeyError
+    (tmp_path / "unseen_prompts.json").write_text(json.dumps({"top1": [0.5]}))
+    with pytest.raises(UserError, match="unseen_prompts.json is named like a prompt file"):
+        evaluation_texts([tmp_path])
 
 
 def test_sources_are_distinct_deterministic_and_keep_their_first_items():
