@@ -226,14 +226,17 @@ def digest_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def starting_head(folder: str, kind: str, target) -> torch.nn.Module:
-    """--init_from: a saved speculator of this kind for this target, to train further."""
+def starting_head(folder: str, kind: str, target) -> tuple[torch.nn.Module, dict]:
+    """--init_from: a saved speculator of this kind for this target, to train further, and the
+    record of where it came from (its folder, weights digest and own training record)."""
     head = heads.load(folder, target)  # one-line errors for a folder that is not a speculator
     if head.config.kind != kind:
         raise UserError(f"--init_from {folder}: its speculator is {head.config.kind}, not --kind {kind}")
     logger.info(f"starting from {folder} (trained on {head.config.training.get('answer_tokens', '?')} answer "
                 f"tokens, draft vocabulary {head.config.draft_vocab_size})")
-    return head
+    record = {"folder": str(Path(folder).resolve()), "weights_sha256": digest_file(Path(folder) / heads.WEIGHTS_FILE),
+              "training": dict(head.config.training)}
+    return head, record
 
 
 def main(argv=None) -> int:
@@ -268,7 +271,7 @@ def main(argv=None) -> int:
         examples = written + examples
     n_answer = data.answer_tokens(examples)
     loaded = decoder.engine.target
-    start = starting_head(args.init_from, args.kind, loaded.model) if args.init_from else None
+    start, started_from = starting_head(args.init_from, args.kind, loaded.model) if args.init_from else (None, None)
     draft_vocab = (start.draft_vocab.cpu() if start is not None
                    else data.draft_vocabulary(examples, args.draft_vocab_size, loaded.tokenizer.eos_token_ids))
     covered = sum(int(torch.isin(e.tokens[e.answer_start:], draft_vocab).sum()) for e in examples) / max(1, n_answer)
@@ -280,9 +283,6 @@ def main(argv=None) -> int:
                          unroll_steps=args.unroll_steps)
     if start is not None:
         head, spec_config = start, start.config
-        earlier = dict(spec_config.training)
-        started_from = {"folder": str(Path(args.init_from).resolve()), "weights_sha256": digest_file(
-            Path(args.init_from) / heads.WEIGHTS_FILE), "training": earlier}
     else:
         spec_config = heads.SpeculatorConfig(
             kind=args.kind, target=args.model, dim=loaded.model.args.dim, vocab_size=loaded.model.args.vocab_size,
@@ -290,7 +290,6 @@ def main(argv=None) -> int:
         )
         head = heads.build(spec_config, loaded.model, draft_vocab)
         heads.initialise(head, loaded.model, seed=args.seed)
-        started_from = None
     run = {"version": TRAINING_VERSION, "train": vars(config), "answer_tokens": args.answer_tokens,
            "prompt_context": args.prompt_context, "n_heads": spec_config.n_heads, "n_blocks": spec_config.n_blocks,
            "draft_vocab_size": args.draft_vocab_size,
