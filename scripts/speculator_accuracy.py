@@ -15,7 +15,10 @@ category: set beside the held-out split, it says how far the training prompts' d
 A second table splits step 1 by how sure the target itself was of each token (its top-1
 probability): it tells a domain the head lacks (lower top-1 at the same certainty) from answers the
 target hesitates over (more positions in the low bins). See models/speculative/speculators/evaluate.py
-for what each step scores.
+for what each step scores. A third table splits step 1 into tokens that already appeared earlier in
+the sequence (the target may be copying them from the prompt) and new ones, and gives the share of
+labels outside the head's draft vocabulary; --full_vocab scores the same head drafting from the
+target's whole vocabulary.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch
 from loguru import logger
 
 from models.common.cli import ArgumentParser, prompt_context_arg, read_json_file, run_cli, write_json_atomic
@@ -62,6 +66,9 @@ def parse_args(argv=None):
                    help="an --output of this script (say the held-out split's): also give the step-1 top-1 these "
                         "positions would score at its accuracy per certainty bin, the part of the difference the "
                         "target's own certainty explains")
+    p.add_argument("--full_vocab", action="store_true",
+                   help="draft from the target's whole vocabulary instead of the head's draft vocabulary (the same "
+                        "weights: what a larger draft vocabulary could buy)")
     p.add_argument("--output", default=None, help="also write the figures as JSON here")
     return p.parse_args(argv)
 
@@ -95,6 +102,8 @@ def main(argv=None) -> int:
     loaded = load_model(args.model, device=open_device("cpu", "float32").torch_device)
     path = Path(args.speculator) if args.speculator else heads.SHIPPED / f"{name}-{args.kind}"
     head = heads.load(path, loaded.model)
+    if args.full_vocab:
+        head = heads.with_draft_vocab(head, torch.arange(loaded.model.args.vocab_size), loaded.model)
     if folder is None:
         split = "bench"
         examples, categories = evaluation_examples(args, loaded)
@@ -103,7 +112,9 @@ def main(argv=None) -> int:
         split, categories = args.split, None
         examples = split_examples(args, loaded, folder, name)
         source = str(folder.folder)
-    score = functools.partial(accuracy, head, steps=args.steps, topk=args.topk, target_lm_head=loaded.model.output)
+    # a step's logits over the full vocabulary are six times the draft vocabulary's: fewer rows at once
+    score = functools.partial(accuracy, head, steps=args.steps, topk=args.topk, target_lm_head=loaded.model.output,
+                              batch_size=2 if args.full_vocab else 16)
     scores = score(examples)
     top = f"top{args.topk}"
     logger.info(f"{path.name} on {len(examples)} {split} examples of {source}")
@@ -121,6 +132,12 @@ def main(argv=None) -> int:
         total = max(1, sum(b["positions"] for b in figures["step1_by_certainty"]))
         for b in figures["step1_by_certainty"]:
             print(f"| {label} | {b['certainty']} | {b['positions'] / total:.1%} | {b['top1']:.1%} |")
+    print("\n| examples | step-1 top-1: tokens seen earlier in the sequence (share) | new tokens | labels outside the "
+          "draft vocabulary |\n|---|---:|---:|---:|")
+    for label, figures in rows:
+        (seen, new), n = figures["step1_by_copy"], max(1, figures["positions"][0])
+        print(f"| {label} | {seen['top1']:.1%} ({seen['positions'] / n:.0%}) | {new['top1']:.1%} | "
+              f"{figures['outside_draft_vocab']:.1%} |")
     if reference is not None:
         print(f"\n| examples | step-1 top-1 | at {args.certainty_reference}'s accuracy per certainty |\n|---|---:|---:|")
         for label, figures in rows:
@@ -129,7 +146,7 @@ def main(argv=None) -> int:
     if args.output:
         by_category = {label: figures for label, figures in rows[1:]}
         write_json_atomic(Path(args.output), {"speculator": str(path), "split": split, "source": source,
-                                              "examples": len(examples), **scores,
+                                              "examples": len(examples), "full_vocab": args.full_vocab, **scores,
                                               **({"certainty_reference": args.certainty_reference} if reference else {}),
                                               **({"by_category": by_category} if by_category else {})})
     return 0

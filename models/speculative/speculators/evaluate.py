@@ -16,6 +16,8 @@ is something more or better-matched training data can fix.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -26,6 +28,7 @@ from models.speculative.speculators.train import IGNORE, _pad_batch, _target_to_
 
 # upper edges of the target-certainty bins (top-1 probability); the last bin is >= the last edge
 CERTAINTY_EDGES = (0.3, 0.6, 0.9)
+COPY_KINDS = ("seen earlier", "new")
 
 
 def certainty_bins() -> list[str]:
@@ -43,30 +46,45 @@ def top_probability(hidden: torch.Tensor, lm_head: torch.Tensor, rows: int = 409
     return torch.cat(out)
 
 
-def _step_logits(head: nn.Module, tokens, feats, pad, steps: int) -> list[torch.Tensor]:
-    """Per draft step s (0-based), logits [B, W, V'] where position p predicts token p + 2 + s."""
+def seen_before(tokens: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """[B, W] bool: whether each position's token already appeared earlier in its (left-padded)
+    sequence, prompt or answer: a token the target could be copying."""
+    out = torch.zeros(tokens.shape, dtype=torch.bool)
+    for b, row in enumerate(tokens.tolist()):
+        seen: set[int] = set()
+        for j in range(int(pad[b]), len(row)):
+            out[b, j] = row[j] in seen
+            seen.add(row[j])
+    return out.to(tokens.device)
+
+
+def _step_logits(head: nn.Module, tokens, feats, pad, steps: int) -> Iterator[torch.Tensor]:
+    """Per draft step s (0-based), logits [B, W, V'] where position p predicts token p + 2 + s,
+    one step at a time (with a large draft vocabulary all steps' logits at once would not fit)."""
     if isinstance(head, MultiProjectionHeads):
-        logits = head.logits(feats)  # [B, W, n_heads, V']
-        return [logits[:, :, i] for i in range(min(steps, head.config.n_heads))]
+        features = head.features(feats)  # [B, W, n_heads, D]
+        for i in range(min(steps, head.config.n_heads)):
+            yield linear(features[:, :, i], head.lm_head)
+        return
     assert isinstance(head, EagleHead)
     # eagle's pass s output at pair q predicts token q + 2 from a chain that started at q - s
-    outs = eagle_passes(head, tokens, feats[:, :-1], pad, steps)
-    result = []
-    for s, hidden in enumerate(outs):
+    for s, hidden in enumerate(eagle_passes(head, tokens, feats[:, :-1], pad, steps)):
         logits = linear(hidden, head.layer.output)  # [B, W-1, V'], pair q -> token q + 2
         shifted = torch.full((*logits.shape[:1], feats.shape[1], logits.shape[2]), float("-inf"),
                              dtype=logits.dtype, device=logits.device)
         shifted[:, : logits.shape[1] - s] = logits[:, s:]  # index by the starting position q - s
-        result.append(shifted)
-    return result
+        del logits
+        yield shifted
 
 
 @torch.inference_mode()
 def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: int = 4,
              batch_size: int = 16, target_lm_head: torch.Tensor | None = None) -> dict:
     """{"top1": [per step], f"top{topk}": [per step], "positions": [per step]} over every answer
-    position each step can be scored at; with target_lm_head also "step1_by_certainty": per
-    certainty bin, its positions and step-1 top-1."""
+    position each step can be scored at; "step1_by_copy": step-1 top-1 on tokens seen earlier in
+    the sequence and on new ones; "outside_draft_vocab": the share of step-1 labels the head
+    cannot draft; with target_lm_head also "step1_by_certainty": per certainty bin, its positions
+    and step-1 top-1."""
     device = next(iter(head.buffers())).device
     t2d = _target_to_draft(head.draft_vocab, head.config.vocab_size)
     hits1: list[int] = [0] * steps
@@ -75,6 +93,7 @@ def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: 
     n_bins = len(CERTAINTY_EDGES) + 1
     bin_hits, bin_counted = [0] * n_bins, [0] * n_bins
     edges = torch.tensor(CERTAINTY_EDGES, device=device)
+    copy_hits, copy_counted, outside = [0, 0], [0, 0], 0
     for lo in range(0, len(examples), batch_size):
         tokens, feats, pad, start = _pad_batch(examples[lo : lo + batch_size], device)
         width = tokens.shape[1]
@@ -92,6 +111,13 @@ def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: 
             hits1[s] += int(((top[..., 0] == mapped) & valid).sum())
             hitsk[s] += int(((top == mapped[..., None]).any(-1) & valid).sum())
             counted[s] += int(valid.sum())
+            if s == 0:
+                copied = seen_before(tokens, pad)[:, offset:][valid]
+                right = (top[..., 0] == mapped)[valid]
+                for k, kind in enumerate((copied, ~copied)):
+                    copy_counted[k] += int(kind.sum())
+                    copy_hits[k] += int((kind & right).sum())
+                outside += int((label == IGNORE)[valid].sum())
             if s == 0 and target_lm_head is not None:
                 # position p + 1's hidden state is where the target chose the token at p + 2
                 sure = top_probability(feats[:, 1 : width - 1][valid], target_lm_head)
@@ -105,6 +131,9 @@ def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: 
         f"top{topk}": [h / c if c else 0.0 for h, c in zip(hitsk, counted)],
         "positions": counted,
     }
+    scores["step1_by_copy"] = [{"tokens": name, "positions": c, "top1": h / c if c else 0.0}
+                               for name, h, c in zip(COPY_KINDS, copy_hits, copy_counted)]
+    scores["outside_draft_vocab"] = outside / counted[0] if counted[0] else 0.0
     if target_lm_head is not None:
         scores["step1_by_certainty"] = [{"certainty": name, "positions": c, "top1": h / c if c else 0.0}
                                         for name, h, c in zip(certainty_bins(), bin_hits, bin_counted)]

@@ -140,6 +140,15 @@ def initialise(head: nn.Module, target: Transformer, seed: int = 0) -> None:
         head.fc_bias.zero_()
 
 
+def with_draft_vocab(head: nn.Module, draft_vocab: torch.Tensor, target: Transformer) -> nn.Module:
+    """The same trained head drafting from another vocabulary: its weights never depend on the
+    draft vocabulary (the projection is the target's own LM-head rows, gathered at build time)."""
+    config = dataclasses.replace(head.config, draft_vocab_size=draft_vocab.numel())
+    twin = build(config, target, draft_vocab)
+    twin.load_state_dict({k: v for k, v in _trained_state(head).items() if k != "draft_vocab"}, strict=False)
+    return twin
+
+
 def build(config: SpeculatorConfig, target: Transformer, draft_vocab: torch.Tensor) -> nn.Module:
     if config.dim != target.args.dim or config.vocab_size != target.args.vocab_size:
         raise UserError(

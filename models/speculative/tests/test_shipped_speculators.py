@@ -26,14 +26,15 @@ FLOORS = {"multi_projection": (4, 1.08), "eagle": (3, 1.15)}  # method: (k, mini
 
 def training_prompts() -> list[str]:
     """Every prompt the speculators' data answers: the authored corpus the shipped weights used
-    (train_speculator.py's old defaults) and, where it is committed, the new data's prompts and
+    (train_speculator.py's old defaults) and, where it is committed, the new data's prompts (both
+    mixes' folders) and
     the requests the target answered to write some of them, and every follow-up request (the
     first turns and answers they follow are checked as each follow-up chunk is made)."""
     prompts = corpus.authored_prompts(1800, seed=0)
     prompts += [r.format(language=language) for r in followups.REQUESTS for language in corpus.LANGUAGES]
-    data_dir = REPO / "data" / "speculator" / "smollm2-135m"
-    if (data_dir / "prompts.json.gz").exists():
-        prompts += data.load_json(data_dir / "prompts.json.gz")["prompts"]
+    for data_dir in sorted((REPO / "data" / "speculator").glob("smollm2-135m*")):  # the evals mix's folder too
+        if (data_dir / "prompts.json.gz").exists():
+            prompts += data.load_json(data_dir / "prompts.json.gz")["prompts"]
     return prompts
 
 

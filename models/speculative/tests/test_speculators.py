@@ -303,7 +303,7 @@ def _self_consistent(kind, target, length=24, answer_start=6):
         example = Example(tokens.clone(), feats, answer_start)
         b_tokens, b_feats, pad, _ = train_module._pad_batch([example], "cpu")
         with torch.inference_mode():
-            logits = _step_logits(head, b_tokens, b_feats, pad, 1)[0]
+            logits = next(_step_logits(head, b_tokens, b_feats, pad, 1))
         tokens[p + 2] = head.draft_vocab[logits[0, p].argmax()]
     return head, Example(tokens, feats, answer_start)
 
@@ -351,6 +351,33 @@ def test_step_one_splits_by_the_targets_certainty_at_the_position_that_chose_the
     assert sum(1 for n in want if n) >= 2  # the check spans bins, so an off-by-one position shows
     assert all(b["top1"] == 1.0 for b in got if b["positions"])  # every step-1 draft is right here
     assert "step1_by_certainty" not in accuracy(head, [example], steps=1)
+
+
+def test_seen_before_marks_a_token_repeated_later_in_its_own_row_only():
+    from models.speculative.speculators.evaluate import seen_before
+    tokens = torch.tensor([[0, 0, 5, 6, 5, 7], [5, 6, 7, 6, 8, 5]])
+    pad = torch.tensor([2, 0])  # row 0's two leading zeros are padding: they are never "seen"
+    assert seen_before(tokens, pad).tolist() == [[False, False, False, False, True, False],
+                                                 [False, False, False, True, False, True]]
+
+
+@pytest.mark.parametrize("kind", heads.KINDS)
+def test_step_one_splits_into_copied_and_new_tokens_and_counts_those_outside_the_draft_vocabulary(kind, target):
+    from models.speculative.speculators.evaluate import accuracy, seen_before
+    head, example = _self_consistent(kind, target)
+    scored = accuracy(head, [example], steps=1)
+    # step 1 scores the tokens from answer_start + 1 on
+    copied = seen_before(example.tokens[None], torch.tensor([0]))[0, example.answer_start + 1:]
+    seen, new = scored["step1_by_copy"]
+    assert (seen["tokens"], new["tokens"]) == ("seen earlier", "new")
+    assert (seen["positions"], new["positions"]) == (int(copied.sum()), int((~copied).sum()))
+    assert seen["positions"] + new["positions"] == scored["positions"][0] and scored["outside_draft_vocab"] == 0.0
+    # the same head without the last answer token in its draft vocabulary misses it wherever it is the label
+    last = int(example.tokens[-1])
+    narrow = heads.with_draft_vocab(head, head.draft_vocab[head.draft_vocab != last], target.model)
+    missed = accuracy(narrow, [example], steps=1)
+    n, times = scored["positions"][0], int((example.tokens[example.answer_start + 1:] == last).sum())
+    assert times >= 1 and missed["outside_draft_vocab"] == times / n and missed["top1"][0] == 1.0 - times / n
 
 
 def eagle_chain_hidden(head, tokens, features, start, steps):

@@ -1,0 +1,69 @@
+"""The evals-registry prompt mix on a stand-in wheel: every task shape made, deterministic,
+long documents built from one dataset's passages, half the translations from German, and no text
+from a dataset under its own licence or one the unseen prompts read."""
+
+import json
+import re
+import zipfile
+
+import pytest
+
+from models.speculative.speculators import evals_registry as registry
+
+FORBIDDEN = "forbidden words that must never reach a training prompt"
+
+
+def passage(dataset: str, i: int) -> str:
+    return f"{dataset} passage {i} " + " ".join(f"w{dataset[:3]}{i}x{k}" for k in range(40))
+
+
+def fake_wheel(folder, rows_per_dataset: int = 12) -> None:
+    """An evals wheel with every dataset the mix reads, one under its own licence and one the
+    unseen set reads (both holding FORBIDDEN)."""
+    folder.mkdir()
+    files: dict[str, list[dict]] = {}
+    for dataset in registry.PASSAGE_DATASETS:
+        files[f"{registry.DATA}/{dataset}/samples.jsonl"] = [
+            {"input": [{"role": "system", "content": "Do the task."}, {"role": "user", "content": passage(dataset, i)}]}
+            for i in range(rows_per_dataset)]
+    for dataset, language in registry.FOREIGN_DATASETS.items():
+        files[f"{registry.DATA}/{dataset}/samples.jsonl"] = [
+            {"input": [{"role": "system", "content": "Answer with a letter."},
+                       {"role": "user", "content": f"{language} frage nummer {i} ist hier gestellt\nA. eins\nB. zwei"}]}
+            for i in range(rows_per_dataset)]
+    files[f"{registry.DATA}/text_compression/samples.jsonl"] = [{"input": [{"role": "user", "content": FORBIDDEN}]}]
+    files[registry.UNSEEN["summarization"][1]] = [{"input": [{"role": "user", "content": FORBIDDEN}]}]
+    with zipfile.ZipFile(folder / "evals-0-py3-none-any.whl", "w") as z:
+        for member, rows in files.items():
+            z.writestr(member, "\n".join(map(json.dumps, rows)))
+
+
+def test_the_mix_makes_every_task_shape_from_allowed_datasets_only(tmp_path):
+    fake_wheel(tmp_path / "wheels")
+    groups = registry.training_prompts(60, seed=0, wheels_dir=tmp_path / "wheels")
+    assert {source: len(prompts) for source, prompts in groups.items()} == {
+        "summary": 21, "retrieval": 15, "extraction": 6, "translation": 18}
+    assert groups == registry.training_prompts(60, seed=0, wheels_dir=tmp_path / "wheels")
+    assert groups != registry.training_prompts(60, seed=1, wheels_dir=tmp_path / "wheels")
+    every = [p for prompts in groups.values() for p in prompts]
+    assert not any(FORBIDDEN in p or "Do the task." in p for p in every)  # instructions dropped, licences kept
+    for prompt in groups["summary"]:
+        found = {d for d in registry.PASSAGE_DATASETS if f"{d} passage" in prompt}
+        assert len(found) == 1  # a document is one dataset's passages
+        assert prompt.count(" passage ") >= 150 // 42  # run to at least 150 words: several 42-word passages
+    languages = [re.match(r"Translate (?:this )?(\w+)", p).group(1) for p in groups["translation"]]
+    assert languages.count("German") == 9 and all("\nA." not in p for p in groups["translation"])
+    assert all(p.endswith("ist hier gestellt") for p in groups["translation"])  # the question, not its options
+
+
+@pytest.mark.parametrize("dataset", ["text_compression", "consensus_summary"])
+def test_a_dataset_with_its_own_licence_or_read_by_the_unseen_set_is_refused(tmp_path, dataset):
+    fake_wheel(tmp_path / "wheels")
+    with pytest.raises(ValueError, match="not for training"):
+        registry.dataset_rows(tmp_path / "wheels" / "evals-0-py3-none-any.whl", dataset)
+
+
+def test_no_dataset_the_mix_reads_is_excluded_by_licence_or_the_unseen_set():
+    unseen = {registry.dataset_of(member) for _, member in registry.UNSEEN.values()}
+    read = set(registry.PASSAGE_DATASETS) | set(registry.FOREIGN_DATASETS)
+    assert not read & (registry.OWN_LICENCE | unseen)
