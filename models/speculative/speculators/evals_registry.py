@@ -6,9 +6,9 @@ Spec-Bench's task shapes.
 Why the mix exists: on Spec-Bench summarisation the shipped eagle head guesses 20% of the target's
 next tokens that already appear earlier in the sequence (91% of them: the target copies names and
 phrases out of a news article); on its own held-out split a head so trained guesses 64% of such
-tokens. Drafting from the full
-vocabulary does not change that (speculator_accuracy.py, README). Its passages were the standard
-library's docstrings: it never learnt to copy prose of this kind, nor to translate real German.
+tokens. Drafting from the full vocabulary does not change that (speculator_accuracy.py, README).
+Its passages were the standard library's docstrings: it never learnt to copy prose of this kind,
+nor to translate real German.
 
 Licence: the registry's data is under the repository's MIT licence except the datasets its
 LICENSE.md lists with their own (OWN_LICENCE); those are never read, nor is any dataset UNSEEN
