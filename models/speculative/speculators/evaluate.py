@@ -49,13 +49,15 @@ def top_probability(hidden: torch.Tensor, lm_head: torch.Tensor, rows: int = 409
 def seen_before(tokens: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     """[B, W] bool: whether each position's token already appeared earlier in its (left-padded)
     sequence, prompt or answer: a token the target could be copying."""
-    out = torch.zeros(tokens.shape, dtype=torch.bool)
-    for b, row in enumerate(tokens.tolist()):
+    flags = []
+    for row, skip in zip(tokens.tolist(), pad.tolist()):
         seen: set[int] = set()
-        for j in range(int(pad[b]), len(row)):
-            out[b, j] = row[j] in seen
-            seen.add(row[j])
-    return out.to(tokens.device)
+        marks = [False] * skip
+        for t in row[skip:]:
+            marks.append(t in seen)
+            seen.add(t)
+        flags.append(marks)
+    return torch.tensor(flags, dtype=torch.bool, device=tokens.device)
 
 
 def _step_logits(head: nn.Module, tokens, feats, pad, steps: int) -> Iterator[torch.Tensor]:
@@ -108,21 +110,22 @@ def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: 
             valid = (p[None, :] >= start[:, None] - 1) & (p[None, :] >= pad[:, None])
             top = logits[:, : width - offset].topk(topk, dim=-1).indices
             mapped = torch.where(label == IGNORE, -1, label)
-            hits1[s] += int(((top[..., 0] == mapped) & valid).sum())
+            first = top[..., 0] == mapped
+            hits1[s] += int((first & valid).sum())
             hitsk[s] += int(((top == mapped[..., None]).any(-1) & valid).sum())
             counted[s] += int(valid.sum())
-            if s == 0:
-                copied = seen_before(tokens, pad)[:, offset:][valid]
-                right = (top[..., 0] == mapped)[valid]
-                for k, kind in enumerate((copied, ~copied)):
-                    copy_counted[k] += int(kind.sum())
-                    copy_hits[k] += int((kind & right).sum())
-                outside += int((label == IGNORE)[valid].sum())
-            if s == 0 and target_lm_head is not None:
+            if s > 0:
+                continue
+            right = first[valid]
+            copied = seen_before(tokens, pad)[:, offset:][valid]
+            for k, kind in enumerate((copied, ~copied)):
+                copy_counted[k] += int(kind.sum())
+                copy_hits[k] += int((kind & right).sum())
+            outside += int((label == IGNORE)[valid].sum())
+            if target_lm_head is not None:
                 # position p + 1's hidden state is where the target chose the token at p + 2
                 sure = top_probability(feats[:, 1 : width - 1][valid], target_lm_head)
                 which = torch.bucketize(sure, edges, right=True)
-                right = (top[..., 0] == mapped)[valid]
                 for b in range(n_bins):
                     bin_counted[b] += int((which == b).sum())
                     bin_hits[b] += int(((which == b) & right).sum())
@@ -130,10 +133,10 @@ def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: 
         "top1": [h / c if c else 0.0 for h, c in zip(hits1, counted)],
         f"top{topk}": [h / c if c else 0.0 for h, c in zip(hitsk, counted)],
         "positions": counted,
+        "step1_by_copy": [{"tokens": name, "positions": c, "top1": h / c if c else 0.0}
+                          for name, h, c in zip(COPY_KINDS, copy_hits, copy_counted)],
+        "outside_draft_vocab": outside / counted[0] if counted[0] else 0.0,
     }
-    scores["step1_by_copy"] = [{"tokens": name, "positions": c, "top1": h / c if c else 0.0}
-                               for name, h, c in zip(COPY_KINDS, copy_hits, copy_counted)]
-    scores["outside_draft_vocab"] = outside / counted[0] if counted[0] else 0.0
     if target_lm_head is not None:
         scores["step1_by_certainty"] = [{"certainty": name, "positions": c, "top1": h / c if c else 0.0}
                                         for name, h, c in zip(certainty_bins(), bin_hits, bin_counted)]
