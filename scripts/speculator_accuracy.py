@@ -73,14 +73,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def evaluation_examples(args, loaded) -> tuple[list, list[str]]:
-    """The target's greedy answers to evaluation prompts, with the hidden states decoding made, and
-    each prompt's category (never training data: this only scores)."""
+def evaluation_examples(args, loaded, layers: tuple[int, ...]) -> tuple[list, list[str]]:
+    """The target's greedy answers to evaluation prompts, with the hidden states decoding made (of
+    `layers` too, for a head that reads them), and each prompt's category (never training data:
+    this only scores)."""
     prompts = from_spec_bench(args.bench_file) if args.bench_file else from_prompt_files(args.input_prompts)
     prompts = select(prompts, None, args.per_category)
     ids = [loaded.tokenizer.encode(p.text, chat=True) for p in prompts]
     generator = Generator(loaded.model, max_seq_len=max(map(len, ids)) + args.max_new_tokens,
                           eos_token_ids=loaded.tokenizer.eos_token_ids, record_hidden=True)
+    generator.record_layers = layers
     results = data.answer_prompts(generator, ids, args.max_new_tokens, rows=16, desc="the target's answers")
     return data.keep_context(data.examples_from(ids, results), args.prompt_context), [p.category for p in prompts]
 
@@ -106,11 +108,11 @@ def main(argv=None) -> int:
         head = heads.with_draft_vocab(head, torch.arange(loaded.model.args.vocab_size), loaded.model)
     if folder is None:
         split = "bench"
-        examples, categories = evaluation_examples(args, loaded)
+        examples, categories = evaluation_examples(args, loaded, head.config.hidden_layers)
         source = args.bench_file or ", ".join(args.input_prompts)
     else:
         split, categories = args.split, None
-        examples = split_examples(args, loaded, folder, name)
+        examples = split_examples(args, loaded, folder, name, head.config.hidden_layers)
         source = str(folder.folder)
     # a step's logits over the full vocabulary are six times the draft vocabulary's: fewer rows at once
     score = functools.partial(accuracy, head, steps=args.steps, topk=args.topk, target_lm_head=loaded.model.output,
@@ -170,8 +172,9 @@ def at_certainty_of(figures: dict, reference: dict[str, float]) -> float:
     return sum(b["positions"] * reference[b["certainty"]] for b in bins) / total if total else 0.0
 
 
-def split_examples(args, loaded, folder: DataFolder, name: str) -> list:
-    """Up to --max_examples examples of the data folder's held-out or training split."""
+def split_examples(args, loaded, folder: DataFolder, name: str, layers: tuple[int, ...]) -> list:
+    """Up to --max_examples examples of the data folder's held-out or training split (hidden states
+    of `layers` too, for a head that reads them)."""
     work = Path(args.work_dir) if args.work_dir else REPO / ".cache" / "train" / name
     work.mkdir(parents=True, exist_ok=True)
     prompts = folder.prompts()
@@ -181,7 +184,7 @@ def split_examples(args, loaded, folder: DataFolder, name: str) -> list:
     for n in chunks:
         part = prompts[n * size : (n + 1) * size]
         chunk = load_chunk(folder, work, loaded.model, loaded.tokenizer, answers_chunk(n), part,
-                           context=args.prompt_context)
+                           context=args.prompt_context, layers=layers)
         if chunk is None:
             continue  # not answered yet
         examples += chunk[1]

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from loguru import logger
 
-from models.common.cli import ArgumentParser, prompt_context_arg, run_cli
+from models.common.cli import ArgumentParser, layers_arg, prompt_context_arg, run_cli
 from models.common.device import requested_device_name
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL
@@ -46,7 +46,7 @@ from models.speculative.engine import METHODS, TARGET, Engine, RunConfig
 from models.speculative.speculators import data, evals_registry, followups, heads, mix, sources
 from models.speculative.speculators.contamination import Contamination, evaluation_texts
 from models.speculative.speculators.dataset import (HELD_OUT_CHUNKS, DataFolder, answer_text, answers_chunk,
-                                                    data_name, followups_chunk, load_chunk)
+                                                    data_name, features_file, followups_chunk, load_chunk)
 from models.speculative.speculators.heads import SHIPPED as SHIPPED_SPECULATORS
 from models.speculative.speculators.train import TRAINING_VERSION, TrainConfig, train
 
@@ -88,6 +88,10 @@ def parse_args(argv=None):
     p.add_argument("--draft_vocab_size", type=int, default=None,
                    help=f"the tokens the head drafts from, the target's most frequent in the answers (default: "
                         f"{DRAFT_VOCAB_SIZE}, or --init_from's; another size with --init_from keeps its trained weights)")
+    p.add_argument("--feature_layers", type=layers_arg, default=None,
+                   help="eagle: target layers (0-based, below the last) whose outputs join the final hidden state as "
+                        "the head's input, e.g. 2,14 (EAGLE-3's low/mid/high features; their hidden states are a "
+                        "cache of their own). Default: the final state alone, or the --init_from head's layers")
     p.add_argument("--n_heads", type=int, default=4, help="multi_projection heads")
     p.add_argument("--n_blocks", type=int, default=1, help="residual blocks per head")
     p.add_argument("--epochs", type=float, default=None, help=f"default: {DEFAULT_EPOCHS}")
@@ -110,11 +114,13 @@ def parse_args(argv=None):
 class Decoder:
     """The target answering prompts through the demo's engine, with hidden states kept."""
 
-    def __init__(self, args, device_name: str):
+    def __init__(self, args, device_name: str, layers: tuple[int, ...] = ()):
         self.engine = Engine(RunConfig(model=args.model, method=args.gen_method, full_batch_size=args.gen_batch_size,
                                        max_generated_tokens=args.max_new_tokens, max_seq_len=args.max_seq_len,
                                        device=device_name, dtype="float32"), uses_baseline=False)
         self.engine.generator.record_hidden = True  # the passes that decode the answers also give the features
+        self.engine.generator.record_layers = layers
+        self.layers = layers  # the target layers the hidden states hold beside the final state
         self.rows = args.gen_batch_size
         self.tokenizer = self.engine.tokenizer
         self.model = self.engine.target.model
@@ -134,13 +140,14 @@ def chunk_examples(folder: DataFolder, work: Path, decoder: Decoder, name: str, 
                    desc: str, features: bool, context: int | None) -> tuple[list[list[int]], list[data.Example]]:
     """One chunk's answers and examples (the last `context` prompt positions each): decoded and
     saved the first time, loaded after (with no examples when features is False)."""
-    loaded = load_chunk(folder, work, decoder.model, decoder.tokenizer, name, prompts, features, context)
+    loaded = load_chunk(folder, work, decoder.model, decoder.tokenizer, name, prompts, features, context,
+                        decoder.layers)
     if loaded is not None:
         return loaded
     t0 = time.perf_counter()
     ids = decoder.encode(prompts)
     answers, examples = decoder.answer(ids, cap, desc)
-    data.save_features(work / f"features-{name}.pt", examples, ids, answers)
+    data.save_features(features_file(work, name, decoder.layers), examples, ids, answers)
     data.save_answers(folder.folder / f"{name}.json.gz", prompts, answers)
     folder.timed("answers", time.perf_counter() - t0)
     return answers, data.keep_context(examples, context)
@@ -206,6 +213,32 @@ def save_prompts(path: Path, groups: dict[str, list[str]], decoder: Decoder, arg
                                                                                  for f in found]})
 
 
+def chunk_and_followups(folder: DataFolder, work: Path, decoder: Decoder, prompts: list[data.Prompt], n: int,
+                        settings, evaluation: Contamination, *, decode: bool, features: bool,
+                        context: int | None) -> tuple[list[list[int]], list[data.Example]] | None:
+    """Chunk n of the prompts, answers then follow-ups: every answer, and the examples (the last
+    `context` prompt positions each). decode False never runs the engine, whose --max_seq_len may
+    not fit another folder's prompts: None when the chunk was never answered, and follow-ups not
+    yet answered are left out."""
+    size = settings.chunk_size
+    n_chunks = -(-len(prompts) // size)
+    part = prompts[n * size : (n + 1) * size]
+
+    def one(name: str, chunk: list, what: str):
+        if decode:
+            return chunk_examples(folder, work, decoder, name, chunk, settings.max_new_tokens,
+                                  f"{what}, chunk {n + 1}/{n_chunks}", features, context)
+        return load_chunk(folder, work, decoder.model, decoder.tokenizer, name, chunk, features, context,
+                          decoder.layers)
+
+    first = one(answers_chunk(n), part, "answers")
+    if first is None:
+        return None
+    second = followup_prompts(decoder, evaluation, part, first[0], n, settings)
+    more = one(followups_chunk(n), second, "follow-ups") if second else None
+    return (first[0] + more[0], first[1] + more[1]) if more else first
+
+
 def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: list[str], args,
                    features: bool) -> tuple[list[data.Example], list[data.Example], int]:
     """(held-out examples, training examples, the training examples' answer tokens): the chunks in
@@ -216,20 +249,13 @@ def build_examples(folder: DataFolder, work: Path, decoder: Decoder, prompts: li
     training: list[data.Example] = []
     trained = 0
     evaluation = Contamination(evaluation_texts()[0])
-    size = args.chunk_size
-    n_chunks = -(-len(prompts) // size)
-    for n in range(n_chunks):
+    for n in range(-(-len(prompts) // args.chunk_size)):
         if args.answer_tokens is not None and n > HELD_OUT_CHUNKS and trained >= args.answer_tokens:
             break
-        part = prompts[n * size : (n + 1) * size]
-        answers, examples = chunk_examples(folder, work, decoder, answers_chunk(n), part, args.max_new_tokens,
-                                           f"answers, chunk {n + 1}/{n_chunks}", features, args.prompt_context)
-        second = followup_prompts(decoder, evaluation, part, answers, n, args)
-        more, more_examples = chunk_examples(folder, work, decoder, followups_chunk(n), second, args.max_new_tokens,
-                                             f"follow-ups, chunk {n + 1}/{n_chunks}", features,
-                                             args.prompt_context) if second else ([], [])
-        (held_out if n < HELD_OUT_CHUNKS else training).extend(examples + more_examples)
-        trained += sum(len(a) - 1 for a in answers + more) if n >= HELD_OUT_CHUNKS else 0
+        answers, examples = chunk_and_followups(folder, work, decoder, prompts, n, args, evaluation, decode=True,
+                                                features=features, context=args.prompt_context)
+        (held_out if n < HELD_OUT_CHUNKS else training).extend(examples)
+        trained += sum(len(a) - 1 for a in answers) if n >= HELD_OUT_CHUNKS else 0
     return held_out, training, trained
 
 
@@ -243,21 +269,16 @@ def extra_examples(path: Path, work: Path, decoder: Decoder, args) -> list[data.
     own = argparse.Namespace(**folder.settings, prompt_context=args.prompt_context)
     prompts = folder.prompts()
     evaluation = Contamination(evaluation_texts()[0])
-    size, n_chunks = own.chunk_size, -(-len(prompts) // own.chunk_size)
+    n_chunks = -(-len(prompts) // own.chunk_size)
     examples: list[data.Example] = []
     for n in range(HELD_OUT_CHUNKS, n_chunks):
-        part = prompts[n * size : (n + 1) * size]
-        loaded = load_chunk(folder, work, decoder.model, decoder.tokenizer, answers_chunk(n), part,
-                            context=args.prompt_context)
+        loaded = chunk_and_followups(folder, work, decoder, prompts, n, own, evaluation, decode=False, features=True,
+                                     context=args.prompt_context)
         if loaded is None:
             logger.warning(f"--extra_data {path}: chunks {n} to {n_chunks - 1} are not answered yet; "
                            f"training on the ones before")
             break
-        answers, chunk = loaded
-        second = followup_prompts(decoder, evaluation, part, answers, n, own)
-        more = load_chunk(folder, work, decoder.model, decoder.tokenizer, followups_chunk(n), second,
-                          context=args.prompt_context) if second else None
-        examples += chunk + (more[1] if more else [])
+        examples += loaded[1]
     logger.info(f"--extra_data {path}: {len(examples)} training examples, {data.answer_tokens(examples)} answer tokens")
     return examples
 
@@ -308,7 +329,15 @@ def main(argv=None) -> int:
                         {k: getattr(args, k) for k in DATA_SETTINGS})
     device_name = requested_device_name(args.device, default="cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    decoder = Decoder(args, device_name)
+    start_layers = heads.SpeculatorConfig.load(Path(args.init_from)).hidden_layers if args.init_from else ()
+    layers = args.feature_layers if args.feature_layers is not None else start_layers
+    if layers and args.kind != "eagle":
+        raise UserError(f"--feature_layers {','.join(map(str, layers))}: only --kind eagle reads several layers")
+    if start_layers and layers != start_layers:
+        raise UserError(f"--init_from {args.init_from} reads layers {list(start_layers)}, not --feature_layers "
+                        f"{','.join(map(str, layers)) or 'none'}; start a new head for other layers")
+    decoder = Decoder(args, device_name, layers)
+    heads.check_feature_layers(layers, decoder.model.args.n_layers)
     started = time.perf_counter()
 
     features = args.kind is not None  # the data alone needs no hidden states of what is already answered
@@ -334,6 +363,8 @@ def main(argv=None) -> int:
                                             loaded.tokenizer.eos_token_ids)
         if start is not None:
             start = heads.with_draft_vocab(start, draft_vocab, loaded.model)
+    if start is not None and layers != start.config.hidden_layers:
+        start = heads.with_feature_layers(start, layers, loaded.model)
     covered = sum(int(torch.isin(e.tokens[e.answer_start:], draft_vocab).sum()) for e in examples) / max(1, n_answer)
     logger.info(f"{len(examples)} examples, {n_answer} answer tokens; draft vocabulary {draft_vocab.numel()} "
                 f"covers {covered:.1%} of them")
@@ -347,6 +378,7 @@ def main(argv=None) -> int:
         spec_config = heads.SpeculatorConfig(
             kind=args.kind, target=args.model, dim=loaded.model.args.dim, vocab_size=loaded.model.args.vocab_size,
             draft_vocab_size=draft_vocab.numel(), n_heads=args.n_heads, n_blocks=args.n_blocks,
+            feature_layers=list(layers),
         )
         head = heads.build(spec_config, loaded.model, draft_vocab)
         heads.initialise(head, loaded.model, seed=args.seed)
@@ -355,7 +387,8 @@ def main(argv=None) -> int:
            "draft_vocab_size": draft_vocab.numel(),
            "data": [str(folder.folder.resolve()), len(examples), n_answer],
            **({"extra_data": [str(Path(e).resolve()) for e in args.extra_data]} if args.extra_data else {}),
-           **({"init_from": started_from["weights_sha256"]} if started_from else {})}
+           **({"init_from": started_from["weights_sha256"]} if started_from else {}),
+           **({"feature_layers": list(layers)} if layers else {})}
     checkpoint = work / f"{args.kind}-{digest(run)}.pt"  # another configuration never resumes this one
     losses = train(head, examples, config, checkpoint=checkpoint)
     train_seconds = round(torch.load(checkpoint, weights_only=False).get("seconds", 0.0), 1)

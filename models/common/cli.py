@@ -46,6 +46,16 @@ def prompt_context_arg(value: str) -> int | None:
     return int(value)
 
 
+def layers_arg(value: str) -> tuple[int, ...]:
+    """--feature_layers: comma-separated target layer indices (0 = the first), or none."""
+    if value == "none":
+        return ()
+    parts = value.split(",")
+    if not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected layer indices such as 2,14 (or none), got {value!r}")
+    return tuple(int(p) for p in parts)
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a script's main; a UserError becomes `error: ...` on one line and exit status 2."""
     try:

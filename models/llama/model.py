@@ -198,6 +198,7 @@ class Transformer(nn.Module):
         embeds: torch.Tensor | None = None,
         logits_for: str = "all",
         return_hidden: bool = False,
+        hidden_layers: tuple[int, ...] = (),
     ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
         """Run T new tokens [B, T] stored at cache slots [start, start + T).
 
@@ -212,6 +213,11 @@ class Transformer(nn.Module):
           never attended to, and RoPE positions count from each row's first real token.
         embeds: [B, T, D] input vectors used instead of the tokens' embeddings (a draft head).
         logits_for: "all", "last" (prefill) or "none" (hidden states only).
+        hidden_layers: with return_hidden, the hidden states are [the output of each of these
+          layers ; the final state], all through the final norm (the output of layer i is what a
+          target cut to i + 1 layers returns), [..., (len + 1) D]: EAGLE-3's features from several
+          depths, normed so that their scales match; the final state stays last, so its slice is
+          what a single-layer reader takes.
         """
         bsz, seqlen = tokens.shape if embeds is None else embeds.shape[:2]
         static = isinstance(start, torch.Tensor)
@@ -233,8 +239,12 @@ class Transformer(nn.Module):
 
         h = self.tok_embeddings[tokens] if embeds is None else embeds
         attention = self._cache_attention(cache, slots, kv_len, mask, bsz)
+        depths = self._check_hidden_layers(hidden_layers)
+        kept = []
         for i, layer in enumerate(self.layers):
             h = self.block(layer, i, h, cos, sin, attention)
+            if i in depths:
+                kept.append(rms_norm(h, self.norm, self.args.norm_eps))
         h = rms_norm(h, self.norm, self.args.norm_eps)
         if not static:
             cache.length = kv_len
@@ -242,7 +252,14 @@ class Transformer(nn.Module):
             logits = None
         else:
             logits = self._logits(h[:, -1:] if logits_for == "last" else h)
-        return (logits, h) if return_hidden else logits
+        return (logits, torch.cat([*kept, h], dim=-1) if kept else h) if return_hidden else logits
+
+    def _check_hidden_layers(self, hidden_layers: tuple[int, ...]) -> frozenset[int]:
+        if any(not 0 <= i < self.args.n_layers - 1 for i in hidden_layers) or list(hidden_layers) != sorted(
+                set(hidden_layers)):
+            raise ValueError(f"hidden_layers {hidden_layers}: increasing layer indices below the last "
+                             f"({self.args.n_layers - 1}) expected")
+        return frozenset(hidden_layers)
 
     def _cache_attention(self, cache: KVCache, slots: torch.Tensor, kv_len: int, mask: torch.Tensor | None,
                          bsz: int) -> Attention:
@@ -265,9 +282,10 @@ class Transformer(nn.Module):
         return attention
 
     def forward_rows(self, tokens: torch.Tensor, blocks: list[RowBlock], cache: KVCache,
-                     return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                     return_hidden: bool = False,
+                     hidden_layers: tuple[int, ...] = ()) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Several sequences' new tokens in one call, flattened (vLLM's layout, no padding):
-        tokens [N] holds each block's tokens in turn. Returns logits [N, V] (and hidden [N, D]).
+        tokens [N] holds each block's tokens in turn. Returns logits [N, V] (and hidden [N, D], or as forward with hidden_layers).
 
         Every weight is read once for the whole batch; a finished sequence costs nothing and a
         sequence's rows compute exactly as in `forward` for it alone (fp32 on the CPU: the
@@ -300,13 +318,17 @@ class Transformer(nn.Module):
         cos, sin = cos_t[pos_t][None, :, None], sin_t[pos_t][None, :, None]  # [1, N, 1, hd]
         attention = self._rows_attention(cache, blocks, slots_t, rows_t, kv_t, mask)
         h = self.tok_embeddings[tokens][None]
+        depths = self._check_hidden_layers(hidden_layers)
+        kept = []
         for i, layer in enumerate(self.layers):
             h = self.block(layer, i, h, cos, sin, attention, any_rows=True)
+            if i in depths:
+                kept.append(rms_norm(h[0], self.norm, self.args.norm_eps))
         h = rms_norm(h, self.norm, self.args.norm_eps)[0]
         for block in blocks:
             block.cache.length += block.n_tokens
         logits = self._logits(h, any_rows=True)
-        return (logits, h) if return_hidden else logits
+        return (logits, torch.cat([*kept, h], dim=-1) if kept else h) if return_hidden else logits
 
     def _rows_attention(self, cache: KVCache, blocks: list[RowBlock], slots: torch.Tensor, rows: torch.Tensor,
                         kv_lens: torch.Tensor, mask: torch.Tensor | None) -> Attention:

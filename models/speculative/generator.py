@@ -55,7 +55,7 @@ class GenerationResult:
     tokens: list[int]  # generated ids, prompt excluded, EOS included when it ended the sequence
     stats: SequenceStats  # per-iteration accepted/emitted counts give the per-token view
     # record_hidden: the target's final hidden state [prompt + generated - 1, D] at every position
-    # but the last token's (never run through the target)
+    # but the last token's (never run through the target); [..., (n + 1) D] with n record_layers
     hidden: torch.Tensor | None = None
 
 
@@ -150,7 +150,8 @@ class Generator:
         sampling: temperature / top-k / top-p / seed (default greedy); verify: rejection (the
         default when sampling) or coupled.
         record_hidden: return the target's hidden states over each sequence (speculator training
-        data, taken from the passes decoding already makes)."""
+        data, taken from the passes decoding already makes); set record_layers to record the
+        outputs of those target layers beside the final state (Transformer hidden_layers)."""
         if proposer is not None and tree is None and n_draft_tokens < 1:
             raise UserError(f"--n_draft_tokens must be >= 1 for speculative methods, got {n_draft_tokens}")
         self.target = target
@@ -167,6 +168,7 @@ class Generator:
         self.sampling = sampling or SamplingParams()
         self.verify = GREEDY if self.sampling.is_greedy else (verify or REJECTION)
         self.record_hidden = record_hidden
+        self.record_layers: tuple[int, ...] = ()  # with record_hidden: layers recorded beside the final state
 
     @property
     def cache(self) -> KVCache:
@@ -201,11 +203,24 @@ class Generator:
     def _drafts_from_hidden(self) -> bool:
         return self.proposer is not None and self.proposer.uses_target_hidden
 
+    @property
+    def _hidden_layers(self) -> tuple[int, ...]:
+        """The target layers whose outputs join its final hidden state (an EAGLE-3 head's input)."""
+        wanted = {self.proposer.hidden_layers} if self._drafts_from_hidden else set()
+        if self.record_hidden:
+            wanted.add(self.record_layers)
+        if len(wanted) > 1:
+            raise UserError(f"the proposer reads target layers {self.proposer.hidden_layers} but the generator "
+                            f"records {self.record_layers}; record what the proposer reads")
+        return next(iter(wanted), ())
+
     def _forward(self, cache: KVCache, tokens: torch.Tensor, start: int, logits_for: str, **tree):
-        """Target forward of one sequence; hidden states [T, D] too when the proposer drafts from them."""
+        """Target forward of one sequence; hidden states [T, D] too when the proposer drafts from them
+        ([T, (n + 1) D] for a proposer reading n more layers)."""
         if not self._wants_hidden:
             return self.target(tokens, cache, start, logits_for=logits_for, **tree), None
-        logits, hidden = self.target(tokens, cache, start, logits_for=logits_for, return_hidden=True, **tree)
+        logits, hidden = self.target(tokens, cache, start, logits_for=logits_for, return_hidden=True,
+                                     **({"hidden_layers": self._hidden_layers} if self._hidden_layers else {}), **tree)
         return logits, hidden[0]
 
     def _accept(self, tree: DraftTree, logits: torch.Tensor, rng: SequenceRng | None, position: int) -> Acceptance:
@@ -428,7 +443,8 @@ class Generator:
             tokens = torch.cat([block for block, _ in blocks])
             row_blocks = [RowBlock(seq.cache, len(block), shape.get("positions"), shape.get("tree_mask"))
                           for seq, (block, shape) in zip(active, blocks)]
-            out = self.target.forward_rows(tokens, row_blocks, self._batch_cache, return_hidden=self._wants_hidden)
+            out = self.target.forward_rows(tokens, row_blocks, self._batch_cache, return_hidden=self._wants_hidden,
+                                           hidden_layers=self._hidden_layers if self._wants_hidden else ())
             logits, hidden = out if self._wants_hidden else (out, None)
             its, lo = [], 0
             for seq, start, (block, _) in zip(active, starts, blocks):

@@ -252,3 +252,34 @@ def test_the_evals_mix_makes_its_own_data_and_joins_training_as_extra_data(run_s
     (evals / "settings.json").write_text(json.dumps({**settings, "model": "random:tiny-llama:7"}))
     code, err = run(run_script, tmp_path, "--kind", "eagle", "--extra_data", str(evals))
     assert code == 2 and "holds answers of random:tiny-llama:7, not --model" in err
+
+
+def test_feature_layers_get_their_own_hidden_states_and_a_head_that_reads_them(run_script, tmp_path):
+    from safetensors.torch import load_file
+    one, wide = tmp_path / "one", tmp_path / "wide"
+    assert run(run_script, tmp_path, "--kind", "eagle", "--output", str(one))[0] == 0
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--feature_layers", "0,2", "--output", str(wide))
+    assert code == 0, err
+    assert json.loads((wide / "speculator_config.json").read_text())["feature_layers"] == [0, 2]
+    assert load_file(str(wide / "model.safetensors"))["fuse_weight"].shape == (64, 3 * 64)
+    work = tmp_path / "work"
+    assert (work / "features-answers-001-layers-0-2.pt").is_file() and (work / "features-answers-001.pt").is_file()
+    code, err = run_script("speculator_accuracy", ["--speculator", str(wide), "--model", TINY, "--data_dir",
+                                                   str(tmp_path / "data"), "--work_dir", str(work)])
+    assert code == 0, err
+    assert (work / "features-answers-000-layers-0-2.pt").is_file()  # the held-out chunk, with the head's layers
+    # a single-layer head trained further reading more layers; a wide head keeps its own
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--init_from", str(one), "--feature_layers", "1",
+                    "--output", str(tmp_path / "more"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "more" / "speculator_config.json").read_text())["feature_layers"] == [1]
+    code, err = run(run_script, tmp_path, "--kind", "eagle", "--init_from", str(wide), "--lr", "0",
+                    "--output", str(tmp_path / "same"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "same" / "speculator_config.json").read_text())["feature_layers"] == [0, 2]
+    for extra, message in [(["--kind", "eagle", "--init_from", str(wide), "--feature_layers", "1"], "reads layers [0, 2]"),
+                           (["--kind", "multi_projection", "--feature_layers", "0"], "only --kind eagle"),
+                           (["--kind", "eagle", "--feature_layers", "3"], "from 0 to 2"),
+                           (["--kind", "eagle", "--feature_layers", "a,b"], "expected layer indices")]:
+        code, err = run(run_script, tmp_path, *extra)
+        assert code == 2 and message in err and err.strip().count("\n") == 0, (extra, err)

@@ -37,6 +37,7 @@ class ProposerContext:
 class Proposer(abc.ABC):
     name: str = "proposer"
     uses_target_hidden: bool = False  # the generator then passes target_hidden
+    hidden_layers: tuple[int, ...] = ()  # target layers whose outputs precede the final state in it
 
     def start(self, prompt: list[int], target_cache: KVCache) -> None:
         """A new sequence begins (after the target's prefill)."""

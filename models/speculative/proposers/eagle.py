@@ -25,6 +25,7 @@ class EagleProposer(Proposer):
 
     def __init__(self, head: EagleHead, label: str = ""):
         self.head = head
+        self.hidden_layers = head.config.hidden_layers
         self.vocab_size = head.config.vocab_size  # the target's (draft ids map into it)
         self.label = label
         self.cache: KVCache | None = None
@@ -51,7 +52,7 @@ class EagleProposer(Proposer):
         m = features.shape[0]
         next_tokens = torch.tensor(ctx.tokens[end - m + 1 : end + 1], device=device)
         self.cache.rollback(self.real)
-        x = self.head.inputs(next_tokens, features)
+        x = self.head.inputs(next_tokens, self.head.target_features(features))
         logits, hidden = layer(None, self.cache, self.real, embeds=x[None], logits_for="last", return_hidden=True)
         self.real += m
         node_hidden = {-1: hidden[0, -1]}  # predicted feature per fed node; -1 = the root's

@@ -21,6 +21,11 @@ class MultiProposer(Proposer):
     def __init__(self, proposers: list[Proposer]):
         self.proposers = proposers
         self.uses_target_hidden = any(p.uses_target_hidden for p in proposers)
+        layers = {p.hidden_layers for p in proposers if p.hidden_layers}
+        if len(layers) > 1:
+            raise UserError(f"the proposers read different target layers ({sorted(layers)}); "
+                            f"combine heads that read the same ones")
+        self.hidden_layers = next(iter(layers), ())
 
     def start(self, prompt, target_cache) -> None:
         for p in self.proposers:

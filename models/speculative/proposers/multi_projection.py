@@ -56,7 +56,8 @@ class MultiProjectionProposer(Proposer):
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         hidden, ctx.target_hidden = ctx.target_hidden, None
         depth = min(spec.depth, self.heads.config.n_heads)
-        logits = self.heads.logits(hidden[-1:])[0, :depth]  # [depth, V']
+        # the final state: the last D of what the target returns (an eagle beside may read more layers)
+        logits = self.heads.logits(hidden[-1:, -self.heads.config.dim :])[0, :depth]  # [depth, V']
         if spec.topk == 1 and ctx.sampler is not None:  # sampled decoding: head d's pick at depth d
             full = to_target_vocab(logits.float(), self.heads.draft_vocab, self.vocab_size)
             picks = [ctx.sampler.draw(full[d], d + 1) for d in range(min(depth, spec.budget))]

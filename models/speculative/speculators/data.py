@@ -101,9 +101,10 @@ def examples_from(prompts: list[list[int]], results: list[GenerationResult]) -> 
 
 @torch.inference_mode()
 def record_features(model: Transformer, prompts: list[list[int]], answers: list[list[int]], *,
-                    batch_tokens: int = 16384, desc: str = "features") -> list[Example]:
+                    layers: tuple[int, ...] = (), batch_tokens: int = 16384, desc: str = "features") -> list[Example]:
     """The same examples as examples_from, rebuilt from saved answers by one teacher-forced pass
-    per sequence (prefill-shaped; about half the cost of decoding them again on the CPU)."""
+    per sequence (prefill-shaped; about half the cost of decoding them again on the CPU); with
+    layers, those layers' outputs precede the final state in each feature (Transformer hidden_layers)."""
     sequences = [p + a[:-1] for p, a in zip(prompts, answers)]
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a pass
     examples: list[Example] = [None] * len(sequences)  # type: ignore[list-item]
@@ -117,7 +118,8 @@ def record_features(model: Transformer, prompts: list[list[int]], answers: list[
             idx = order[lo:hi]
             batch, pad = _left_pad([sequences[i] for i in idx])
             cache = model.new_cache(batch.shape[1], batch_size=len(idx))
-            _, hidden = model(batch.to(device), cache, 0, pad=pad.to(device), logits_for="none", return_hidden=True)
+            _, hidden = model(batch.to(device), cache, 0, pad=pad.to(device), logits_for="none", return_hidden=True,
+                              hidden_layers=layers)
             for row, i in enumerate(idx):
                 features = hidden[row, int(pad[row]):].to(torch.float16).cpu()
                 examples[i] = _example(prompts[i], answers[i], features)

@@ -28,6 +28,11 @@ def followups_chunk(n: int) -> str:
     return f"followups-{n:03d}"
 
 
+def features_file(work: Path, name: str, layers: tuple[int, ...] = ()) -> Path:
+    """A chunk's cached hidden states: the final state alone, or with the outputs of `layers`."""
+    return work / (f"features-{name}.pt" if not layers else f"features-{name}-layers-{'-'.join(map(str, layers))}.pt")
+
+
 class DataFolder:
     """The prompts, the answers (a chunk at a time) and the time each stage took, for one set of
     data settings: a finished chunk is never redone, and a run with other settings is refused."""
@@ -66,14 +71,15 @@ class DataFolder:
 
 
 def load_chunk(folder: DataFolder, work: Path, model: Transformer, tokenizer: Tokenizer, name: str,
-               prompts: list[data.Prompt], features: bool = True,
-               context: int | None = None) -> tuple[list[list[int]], list[data.Example]] | None:
+               prompts: list[data.Prompt], features: bool = True, context: int | None = None,
+               layers: tuple[int, ...] = ()) -> tuple[list[list[int]], list[data.Example]] | None:
     """A saved chunk's answers and examples with the last `context` positions of each prompt (None:
     all of it), hidden states from the cache, or rebuilt by one teacher-forced pass when it is gone
     or holds fewer prompt positions; None when the chunk was never answered. features False: the
     answers only, with no examples (making data needs no hidden states of finished chunks, and
-    rebuilding them costs about half a chunk's decoding)."""
-    answers_path, features_path = folder.folder / f"{name}.json.gz", work / f"features-{name}.pt"
+    rebuilding them costs about half a chunk's decoding). layers: the target layers whose outputs
+    the hidden states hold beside the final state (a cache of their own)."""
+    answers_path, features_path = folder.folder / f"{name}.json.gz", features_file(work, name, layers)
     if not answers_path.exists():
         return None
     answers = data.load_answers(answers_path, prompts)
@@ -83,7 +89,7 @@ def load_chunk(folder: DataFolder, work: Path, model: Transformer, tokenizer: To
     examples = data.load_examples(features_path, ids, answers) if features_path.exists() else None
     if examples is None or not data.has_context(examples, ids, context):  # gone, other sequences', or cut
         t0 = time.perf_counter()
-        examples = data.record_features(model, ids, answers, desc=f"hidden states {name}")
+        examples = data.record_features(model, ids, answers, layers=layers, desc=f"hidden states {name}")
         data.save_features(features_path, examples, ids, answers)
         folder.timed("features", time.perf_counter() - t0)
     return answers, data.keep_context(examples, context)

@@ -174,25 +174,41 @@ TRANSLATE = [
 SHARES = {"summary": 0.35, "retrieval": 0.25, "extraction": 0.1, "translation": 0.3}
 
 
+DOC_WORDS = (150, 900)  # Spec-Bench's articles and retrieved passages run to about that
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
 def documents(n: int, rng: random.Random, by_dataset: dict[str, list[str]]) -> list[str]:
-    """n documents, each a run of passages of one dataset (up to a drawn length of 150-900 words,
-    Spec-Bench's articles and retrieved passages run to about that), passages separated by blank
-    lines; each dataset's passages are walked in a shuffled order, so they repeat only once all
-    are used."""
-    names = [d for d, texts in by_dataset.items() if texts]
+    """n documents, each a run of one dataset's passages to a drawn length of DOC_WORDS, separated
+    by blank lines; the datasets take turns. A passage is used once: a dataset leaves the turns
+    when its unused passages cannot make another document, and only when every dataset has left
+    do all start again in a new order (small datasets such as the 8 Singapore decisions would
+    otherwise come round again and again, repeating whole documents)."""
+    least = DOC_WORDS[0]
+    names = [d for d, texts in by_dataset.items() if sum(map(_words, texts)) >= least]
     if not names:
         raise UserError("no registry passages found: is the evals wheel the one WHEELS names?")
-    order = {d: rng.sample(by_dataset[d], len(by_dataset[d])) for d in names}
-    cursor = dict.fromkeys(names, 0)
-    out = []
-    for i in range(n):
-        dataset = names[i % len(names)]
-        goal, doc, words = rng.randint(150, 900), [], 0
-        while words < goal and len(doc) < len(order[dataset]):
-            text = order[dataset][cursor[dataset] % len(order[dataset])]
-            cursor[dataset] += 1
-            doc.append(text)
-            words += len(text.split())
+    unused: dict[str, list[str]] = {}
+    left = dict.fromkeys(names, 0)  # words in each dataset's unused passages
+    out: list[str] = []
+    while len(out) < n:
+        turns = [d for d in names if left[d] >= least]
+        if not turns:
+            if unused:
+                logger.warning(f"every registry passage is in a document after {len(out)} of {n}; "
+                               f"the rest reuse them in a new order")
+            unused = {d: rng.sample(by_dataset[d], len(by_dataset[d])) for d in names}
+            left = {d: sum(map(_words, unused[d])) for d in names}
+            continue
+        dataset = turns[len(out) % len(turns)]
+        goal, doc, words = rng.randint(*DOC_WORDS), [], 0
+        while words < goal and unused[dataset]:
+            doc.append(unused[dataset].pop())
+            words += _words(doc[-1])
+        left[dataset] -= words
         out.append("\n\n".join(doc))
     return out
 

@@ -64,7 +64,7 @@ def _step_logits(head: nn.Module, tokens, feats, pad, steps: int) -> Iterator[to
     """Per draft step s (0-based), logits [B, W, V'] where position p predicts token p + 2 + s,
     one step at a time (with a large draft vocabulary all steps' logits at once would not fit)."""
     if isinstance(head, MultiProjectionHeads):
-        features = head.features(feats)  # [B, W, n_heads, D]
+        features = head.features(feats[..., -head.config.dim :])  # [B, W, n_heads, D]
         for i in range(min(steps, head.config.n_heads)):
             yield linear(features[:, :, i], head.lm_head)
         return
@@ -124,7 +124,7 @@ def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: 
             outside += int((label == IGNORE)[valid].sum())
             if target_lm_head is not None:
                 # position p + 1's hidden state is where the target chose the token at p + 2
-                sure = top_probability(feats[:, 1 : width - 1][valid], target_lm_head)
+                sure = top_probability(feats[:, 1 : width - 1, -target_lm_head.shape[1] :][valid], target_lm_head)
                 which = torch.bucketize(sure, edges, right=True)
                 for b in range(n_bins):
                     bin_counted[b] += int((which == b).sum())

@@ -8,7 +8,9 @@
   layer, reads [embedding of token t+1 ; target feature at t] (through a 2D -> D projection)
   and predicts the feature at t+1, whose projection gives token t+2; it drafts a chain with its
   own KV cache and re-reads the target's real features for the tokens accepted after each
-  verification.
+  verification. With feature_layers (EAGLE-3) the target's feature is the outputs of those
+  layers beside its final state, fused by a linear map: lower layers still say which token sits
+  where, which a head copying names out of a passage needs; its own predictions skip the map.
 
 Both project onto a reduced draft vocabulary (the target's LM-head rows for the tokens the
 target actually emits, as EAGLE-3 does): the full 49152-row head is a fifth of the default
@@ -46,7 +48,15 @@ class SpeculatorConfig:
     draft_vocab_size: int
     n_heads: int = 4  # multi_projection
     n_blocks: int = 1  # multi_projection
+    # eagle: target layers whose outputs join the final hidden state as its input (EAGLE-3's
+    # low/mid/high features, fused by a linear map); empty: the final hidden state alone
+    feature_layers: list[int] = dataclasses.field(default_factory=list)
     training: dict = dataclasses.field(default_factory=dict)  # how it was made, for the record
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        """What the target's forward must return for this speculator (Transformer hidden_layers)."""
+        return tuple(self.feature_layers)
 
     def save(self, folder: Path) -> None:
         write_json_atomic(folder / CONFIG_FILE, dataclasses.asdict(self))
@@ -99,6 +109,10 @@ class EagleHead(nn.Module):
         dtype, device = target.dtype, target.device
         self.fc_weight = nn.Parameter(torch.zeros(args.dim, 2 * args.dim, dtype=dtype, device=device))
         self.fc_bias = nn.Parameter(torch.zeros(args.dim, dtype=dtype, device=device))
+        n_features = len(config.feature_layers) + 1
+        # several layers' features -> one; the head's own predicted features skip it
+        self.fuse_weight = nn.Parameter(torch.zeros(args.dim, n_features * args.dim, dtype=dtype, device=device)) \
+            if n_features > 1 else None
         self.register_buffer("draft_vocab", draft_vocab.to(device))
         # A one-layer model sharing the target's embeddings; its "LM head" is the draft head.
         self.layer = Transformer(
@@ -111,8 +125,14 @@ class EagleHead(nn.Module):
         x = torch.cat([self.layer.tok_embeddings[next_tokens], features], dim=-1)
         return linear(x, self.fc_weight) + self.fc_bias
 
+    def target_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The target's hidden states as returned with config.hidden_layers -> the feature [..., D]
+        the head reads at a real position (its own predictions are already of that size)."""
+        return hidden if self.fuse_weight is None else linear(hidden, self.fuse_weight)
+
     def trainable(self) -> list[nn.Parameter]:
-        return [self.fc_weight, self.fc_bias, self.layer.norm, *self.layer.layers.parameters()]
+        fuse = [] if self.fuse_weight is None else [self.fuse_weight]
+        return [self.fc_weight, self.fc_bias, *fuse, self.layer.norm, *self.layer.layers.parameters()]
 
 
 def initialise(head: nn.Module, target: Transformer, seed: int = 0) -> None:
@@ -138,6 +158,29 @@ def initialise(head: nn.Module, target: Transformer, seed: int = 0) -> None:
         head.fc_weight.copy_(0.02 * torch.randn(head.fc_weight.shape, generator=gen))
         head.fc_weight[:, dim:] += torch.eye(dim, dtype=head.fc_weight.dtype)
         head.fc_bias.zero_()
+        if head.fuse_weight is not None:
+            pass_final_feature(head)
+
+
+def pass_final_feature(head: EagleHead) -> None:
+    """A fusion that passes the final hidden state alone (the single-layer head's input): training
+    starts from what one layer knows and learns what the others add (a linear map's gradient
+    does not need its weights away from zero)."""
+    dim = head.config.dim
+    with torch.no_grad():
+        head.fuse_weight.zero_()
+        head.fuse_weight[:, -dim:] = torch.eye(dim, dtype=head.fuse_weight.dtype)
+
+
+def with_feature_layers(head: EagleHead, layers: tuple[int, ...], target: Transformer) -> EagleHead:
+    """A trained single-layer eagle head reading more target layers, drafting exactly as before
+    until it is trained further (its fusion passes the final state alone)."""
+    if head.config.feature_layers:
+        raise UserError(f"the head already reads layers {head.config.feature_layers}; train a new one for {list(layers)}")
+    twin = build(dataclasses.replace(head.config, feature_layers=list(layers)), target, head.draft_vocab)
+    twin.load_state_dict(_trained_state(head), strict=False)
+    pass_final_feature(twin)
+    return twin
 
 
 def with_draft_vocab(head: nn.Module, draft_vocab: torch.Tensor, target: Transformer) -> nn.Module:
@@ -149,12 +192,21 @@ def with_draft_vocab(head: nn.Module, draft_vocab: torch.Tensor, target: Transfo
     return twin
 
 
+def check_feature_layers(layers: list[int] | tuple[int, ...], n_layers: int) -> None:
+    if list(layers) != sorted(set(layers)) or any(not 0 <= i < n_layers - 1 for i in layers):
+        raise UserError(f"feature layers {list(layers)}: increasing layer indices from 0 to {n_layers - 2} "
+                        f"expected (the last layer's output, the final state, is always read)")
+
+
 def build(config: SpeculatorConfig, target: Transformer, draft_vocab: torch.Tensor) -> nn.Module:
     if config.dim != target.args.dim or config.vocab_size != target.args.vocab_size:
         raise UserError(
             f"speculator for dim {config.dim} / vocab {config.vocab_size} does not fit this target "
             f"(dim {target.args.dim} / vocab {target.args.vocab_size}); train one for it"
         )
+    if config.feature_layers and config.kind != "eagle":
+        raise UserError(f"feature_layers {config.feature_layers}: only an eagle head reads several layers")
+    check_feature_layers(config.feature_layers, target.args.n_layers)
     cls = MultiProjectionHeads if config.kind == "multi_projection" else EagleHead
     return cls(config, target, draft_vocab)
 

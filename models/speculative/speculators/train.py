@@ -91,7 +91,7 @@ def multi_projection_loss(heads: MultiProjectionHeads, batch: list[Example], t2d
     tokens, feats, pad, start = _pad_batch(batch, device)
     width = tokens.shape[1]
     pos = torch.arange(width, device=device)
-    features = heads.features(feats[:, : max(0, width - 2)])  # [B, W-2, n_heads, D]: the inference path
+    features = heads.features(feats[:, : max(0, width - 2), -heads.config.dim :])  # [B, W-2, n_heads, D]: the inference path
     losses = []
     for i in range(heads.config.n_heads):
         offset = i + 2  # head i at position p predicts the token at p + 1 + (i + 1)
@@ -114,8 +114,9 @@ def eagle_passes(head: EagleHead, tokens: torch.Tensor, in_feats: torch.Tensor, 
     each pass s (0-based) at pair q computing exactly what drafting step s + 1 computes for a chain
     that starts from the real feature at q - s (with the true tokens as its drafts):
 
-    - input: pass 0 reads in_feats; pass s reads pass s-1's output one pair back (detached), the
-      feature the head itself predicted for position q;
+    - input: pass 0 reads in_feats (the target's hidden states, fused when the head reads
+      several layers); pass s reads pass s-1's output one pair back (detached), the feature the
+      head itself predicted for position q;
     - attention: the pairs built on real features up to q - s (pass 0's keys), then its own chain:
       pass k's key at pair q - s + k for k = 1..s (EAGLE-3's training-time test). Drafting keeps
       real features in its cache and only the chain's nodes on predicted ones, so a pass that
@@ -134,6 +135,7 @@ def eagle_passes(head: EagleHead, tokens: torch.Tensor, in_feats: torch.Tensor, 
     keys: list[torch.Tensor] = []  # per pass: [B, H, W, hd] (GQA heads expanded)
     values: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
+    in_feats = head.target_features(in_feats)
     feats = in_feats
     for s in range(steps):
         def attention(_: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int = s) -> torch.Tensor:
@@ -194,7 +196,7 @@ def eagle_loss(head: EagleHead, batch: list[Example], t2d: torch.Tensor, config:
     for s, hidden in enumerate(eagle_passes(head, tokens, in_feats, pad, steps)):
         starts = pos[None, :] - s >= pad[:, None]  # pass s at pair q drafts for a chain from q - s
         where, cls_where = learn & starts, cls_mask & starts
-        reg = F.smooth_l1_loss(hidden[where], feats[:, 1:][where])
+        reg = F.smooth_l1_loss(hidden[where], feats[:, 1:, -hidden.shape[-1]:][where])  # the final state
         logits = hidden[cls_where] @ head.layer.output.T  # only where a token is learnt
         cls = F.cross_entropy(logits, label[cls_where]) if bool(cls_where.any()) else reg * 0
         loss = loss + (1.0 if s == 0 else config.own_feature_weight) * (reg + config.cls_weight * cls)

@@ -3,6 +3,7 @@ long documents built from one dataset's passages, half the translations from Ger
 from a dataset under its own licence or one the unseen prompts read."""
 
 import json
+import random
 import re
 import zipfile
 
@@ -67,3 +68,32 @@ def test_no_dataset_the_mix_reads_is_excluded_by_licence_or_the_unseen_set():
     unseen = {registry.dataset_of(member) for _, member in registry.UNSEEN.values()}
     read = set(registry.PASSAGE_DATASETS) | set(registry.FOREIGN_DATASETS)
     assert not read & (registry.OWN_LICENCE | unseen)
+
+
+def words(prefix: str, i: int) -> str:
+    return " ".join(f"{prefix}{i}w{k}" for k in range(50))
+
+
+def test_a_passage_is_used_once_before_any_repeats_and_small_datasets_leave_the_turns():
+    big, small = [words("big", i) for i in range(300)], [words("small", i) for i in range(4)]
+    docs = registry.documents(10, random.Random(0), {"small": small, "big": big, "tiny": [words("tiny", 0)]})
+    assert len(docs) == 10 and all(len(d.split()) >= registry.DOC_WORDS[0] for d in docs)
+    used = [p for d in docs for p in d.split("\n\n")]
+    assert len(used) == len(set(used))  # the old turns came back to "small" every other document
+    assert sum(any(p in d for p in small) for d in docs) == 1  # 200 words make one document, then it leaves
+    assert not any("tiny0w0" in d for d in docs)  # 50 words in all: never a document
+
+
+def test_documents_start_again_only_when_every_passage_is_used():
+    pool = [words("a", i) for i in range(12)]  # 600 words: one to four documents
+    docs = registry.documents(6, random.Random(1), {"a": pool})
+    assert len(docs) == 6
+    first_round = []
+    for d in docs:
+        passages = d.split("\n\n")
+        if set(passages) & set(first_round):
+            break
+        first_round += passages
+    assert len(first_round) >= len(pool) - 2  # at most the last 100 words (too few for a document) left over
+    with pytest.raises(registry.UserError, match="no registry passages"):
+        registry.documents(1, random.Random(0), {"a": [words("a", 0)]})
