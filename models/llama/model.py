@@ -255,6 +255,8 @@ class Transformer(nn.Module):
         return (logits, torch.cat([*kept, h], dim=-1) if kept else h) if return_hidden else logits
 
     def _check_hidden_layers(self, hidden_layers: tuple[int, ...]) -> frozenset[int]:
+        if not hidden_layers:
+            return frozenset()
         if any(not 0 <= i < self.args.n_layers - 1 for i in hidden_layers) or list(hidden_layers) != sorted(
                 set(hidden_layers)):
             raise ValueError(f"hidden_layers {hidden_layers}: increasing layer indices below the last "

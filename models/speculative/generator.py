@@ -205,14 +205,15 @@ class Generator:
 
     @property
     def _hidden_layers(self) -> tuple[int, ...]:
-        """The target layers whose outputs join its final hidden state (an EAGLE-3 head's input)."""
-        wanted = {self.proposer.hidden_layers} if self._drafts_from_hidden else set()
-        if self.record_hidden:
-            wanted.add(self.record_layers)
-        if len(wanted) > 1:
-            raise UserError(f"the proposer reads target layers {self.proposer.hidden_layers} but the generator "
-                            f"records {self.record_layers}; record what the proposer reads")
-        return next(iter(wanted), ())
+        """The target layers whose outputs join its final hidden state (an EAGLE-3 head's input). A
+        proposer reading the final state alone takes its slice of whatever is recorded."""
+        layers = self.proposer.hidden_layers if self._drafts_from_hidden else ()
+        if not self.record_hidden:
+            return layers
+        if layers and layers != self.record_layers:
+            raise UserError(f"the proposer reads target layers {layers} but the generator records "
+                            f"{self.record_layers}; record what the proposer reads")
+        return self.record_layers
 
     def _forward(self, cache: KVCache, tokens: torch.Tensor, start: int, logits_for: str, **tree):
         """Target forward of one sequence; hidden states [T, D] too when the proposer drafts from them

@@ -24,7 +24,8 @@ class ProposerContext:
     """What a proposer may look at: all tokens so far (the last one is not yet in the target
     cache), the target cache itself, which holds every token before the last, and, for
     proposers that draft from features, the target's final hidden states [m, D] of the m
-    tokens that entered the cache since the last proposal (the prompt, then each accepted path);
+    tokens that entered the cache since the last proposal (the prompt, then each accepted path;
+    [m, (n + 1) D] when a proposer reads n more layers, the final state last);
     a proposer that reads them sets it to None. Under sampled decoding, `sampler` says how a
     model proposer picks a chain's tokens (None: greedy, or a proposer without a distribution)."""
 

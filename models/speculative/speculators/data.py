@@ -42,7 +42,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: Prompt) -> list[int]:
 @dataclasses.dataclass
 class Example:
     tokens: torch.Tensor  # [L] int64: prompt + answer
-    features: torch.Tensor  # [L, D] fp16: target final hidden state at each position
+    features: torch.Tensor  # [L, D] fp16: target final hidden state at each position ([L, (n + 1) D] with n layers)
     answer_start: int  # index of the first answer token (= the prompt positions kept)
 
 

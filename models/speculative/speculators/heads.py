@@ -127,8 +127,9 @@ class EagleHead(nn.Module):
 
     def target_features(self, hidden: torch.Tensor) -> torch.Tensor:
         """The target's hidden states as returned with config.hidden_layers -> the feature [..., D]
-        the head reads at a real position (its own predictions are already of that size)."""
-        return hidden if self.fuse_weight is None else linear(hidden, self.fuse_weight)
+        the head reads at a real position (its own predictions are already of that size); a head
+        of the final state alone takes its slice of wider hidden states."""
+        return hidden[..., -self.config.dim :] if self.fuse_weight is None else linear(hidden, self.fuse_weight)
 
     def trainable(self) -> list[nn.Parameter]:
         fuse = [] if self.fuse_weight is None else [self.fuse_weight]

@@ -67,7 +67,8 @@ def _batches(examples: list[Example], batch_size: int, epochs: float, seed: int)
 
 
 def _pad_batch(examples: list[Example], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded tokens [B, W], features [B, W, D] (fp32), pad [B], answer start [B] (absolute)."""
+    """Left-padded tokens [B, W], features [B, W, D] (fp32; (n + 1) D with n feature layers), pad [B],
+    answer start [B] (absolute)."""
     width = max(len(e.tokens) for e in examples)
     dim = examples[0].features.shape[1]
     tokens = torch.zeros(len(examples), width, dtype=torch.int64)

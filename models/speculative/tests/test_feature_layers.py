@@ -128,3 +128,49 @@ def test_layer_settings_that_cannot_work_are_refused(target):
     generator = Generator(model, EagleProposer(one), n_draft_tokens=2, max_seq_len=64, record_hidden=True)
     with pytest.raises(UserError, match="record what the proposer reads"):
         generator.generate(target.tokenizer.encode("abc"), 4)
+
+
+def test_readers_of_the_final_state_take_its_slice_of_wider_hidden_states(target, prompts, answers):
+    """Scoring, training losses and multi-projection drafting see the same numbers in wide hidden
+    states as in the final state alone (a slice of the wrong layer would change them all)."""
+    from models.speculative.proposers.base import ProposerContext
+    from models.speculative.speculators import evaluate, train as train_module
+
+    model = target.model
+    narrow = data.record_features(model, prompts[:6], answers[:6])
+    wide = data.record_features(model, prompts[:6], answers[:6], layers=LAYERS)
+    head = make_head("eagle", target)
+    twin = heads.with_feature_layers(head, LAYERS, model)
+    multi = make_head("multi_projection", target)
+    expected = evaluate.accuracy(head, narrow, target_lm_head=model.output)
+    assert evaluate.accuracy(twin, wide, target_lm_head=model.output) == expected
+    assert evaluate.accuracy(head, wide, target_lm_head=model.output) == expected
+    assert evaluate.accuracy(multi, wide) == evaluate.accuracy(multi, narrow)
+    t2d = train_module._target_to_draft(head.draft_vocab, model.args.vocab_size)
+    config = TrainConfig(feature_noise=0.0, unroll_steps=3)
+    loss = train_module.eagle_loss(head, narrow, t2d, config, torch.Generator())
+    torch.testing.assert_close(train_module.eagle_loss(twin, wide, t2d, config, torch.Generator()), loss)
+    assert torch.equal(train_module.multi_projection_loss(multi, wide, t2d),
+                       train_module.multi_projection_loss(multi, narrow, t2d))
+    proposer = MultiProjectionProposer(multi)
+    trees = [proposer.propose(ProposerContext(tokens=[1, 2], target_cache=None, target_hidden=e.features.float()),
+                              TreeSpec(2, 3, 6)) for e in (narrow[0], wide[0])]
+    assert torch.equal(trees[0].tokens, trees[1].tokens) and trees[0].parents == trees[1].parents
+
+
+def test_decoding_records_the_layers_asked_for_beside_any_proposer(target, prompts, answers):
+    model = target.model
+    generator = Generator(model, max_seq_len=256, eos_token_ids=target.tokenizer.eos_token_ids, record_hidden=True)
+    generator.record_layers = LAYERS
+    results = data.answer_prompts(generator, prompts[:6], 24, rows=3)  # batched, continuous
+    assert [r.tokens for r in results] == answers[:6]
+    rebuilt = data.record_features(model, prompts[:6], answers[:6], layers=LAYERS)
+    for recorded, again in zip(data.examples_from(prompts[:6], results), rebuilt):
+        assert recorded.features.shape[-1] == 3 * 64
+        torch.testing.assert_close(recorded.features.float(), again.features.float(), atol=2e-3, rtol=2e-3)
+    # a proposer of the final state alone drafts from its slice while the generator records wider states
+    drafting = Generator(model, EagleProposer(make_head("eagle", target)), n_draft_tokens=3, max_seq_len=256,
+                         eos_token_ids=target.tokenizer.eos_token_ids, record_hidden=True)
+    drafting.record_layers = LAYERS
+    result = drafting.generate(prompts[0], 24)
+    assert result.tokens == answers[0] and result.hidden.shape[-1] == 3 * 64
