@@ -61,6 +61,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
+def hidden_layers_fit(layers: tuple[int, ...] | list[int], n_layers: int) -> bool:
+    """Whether `layers` are increasing indices below the last layer (whose output is the final
+    state itself), as Transformer.forward's hidden_layers must be."""
+    return list(layers) == sorted(set(layers)) and all(0 <= i < n_layers - 1 for i in layers)
+
+
 @dataclasses.dataclass
 class RowBlock:
     """One sequence's new tokens in a multi-sequence call: `cache` is its row of the batch cache
@@ -257,8 +263,7 @@ class Transformer(nn.Module):
     def _check_hidden_layers(self, hidden_layers: tuple[int, ...]) -> frozenset[int]:
         if not hidden_layers:
             return frozenset()
-        if any(not 0 <= i < self.args.n_layers - 1 for i in hidden_layers) or list(hidden_layers) != sorted(
-                set(hidden_layers)):
+        if not hidden_layers_fit(hidden_layers, self.args.n_layers):
             raise ValueError(f"hidden_layers {hidden_layers}: increasing layer indices below the last "
                              f"({self.args.n_layers - 1}) expected")
         return frozenset(hidden_layers)

@@ -221,7 +221,7 @@ class Generator:
         if not self._wants_hidden:
             return self.target(tokens, cache, start, logits_for=logits_for, **tree), None
         logits, hidden = self.target(tokens, cache, start, logits_for=logits_for, return_hidden=True,
-                                     **({"hidden_layers": self._hidden_layers} if self._hidden_layers else {}), **tree)
+                                     hidden_layers=self._hidden_layers, **tree)
         return logits, hidden[0]
 
     def _accept(self, tree: DraftTree, logits: torch.Tensor, rng: SequenceRng | None, position: int) -> Acceptance:
@@ -445,7 +445,7 @@ class Generator:
             row_blocks = [RowBlock(seq.cache, len(block), shape.get("positions"), shape.get("tree_mask"))
                           for seq, (block, shape) in zip(active, blocks)]
             out = self.target.forward_rows(tokens, row_blocks, self._batch_cache, return_hidden=self._wants_hidden,
-                                           hidden_layers=self._hidden_layers if self._wants_hidden else ())
+                                           hidden_layers=self._hidden_layers)
             logits, hidden = out if self._wants_hidden else (out, None)
             its, lo = [], 0
             for seq, start, (block, _) in zip(active, starts, blocks):

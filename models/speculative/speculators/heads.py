@@ -30,7 +30,7 @@ from torch import nn
 from models.common.cli import read_json_file, write_json_atomic
 from models.common.errors import UserError
 from models.llama.config import ModelArgs
-from models.llama.model import Transformer, linear
+from models.llama.model import Transformer, hidden_layers_fit, linear
 from models.llama.weights import DEFAULT_MODEL
 
 KINDS = ("multi_projection", "eagle")
@@ -194,7 +194,7 @@ def with_draft_vocab(head: nn.Module, draft_vocab: torch.Tensor, target: Transfo
 
 
 def check_feature_layers(layers: list[int] | tuple[int, ...], n_layers: int) -> None:
-    if list(layers) != sorted(set(layers)) or any(not 0 <= i < n_layers - 1 for i in layers):
+    if not hidden_layers_fit(layers, n_layers):
         raise UserError(f"feature layers {list(layers)}: increasing layer indices from 0 to {n_layers - 2} "
                         f"expected (the last layer's output, the final state, is always read)")
 

@@ -8,33 +8,17 @@ import torch
 
 from models.common.errors import UserError
 from models.llama.model import RowBlock
-from models.llama.weights import load_model
 from models.speculative.generator import Generator
 from models.speculative.proposers.eagle import EagleProposer
 from models.speculative.proposers.multi import MultiProposer
 from models.speculative.proposers.multi_projection import MultiProjectionProposer
-from models.speculative.speculators import corpus, data, heads
+from models.speculative.speculators import data, heads
 from models.speculative.speculators.train import TrainConfig, train
-from models.speculative.tests.test_speculators import TARGET, make_head
+# the tiny target, its prompts and their greedy answers: the same module fixtures as test_speculators
+from models.speculative.tests.test_speculators import TARGET, answers, decoded, make_head, prompts, target  # noqa: F401
 from models.speculative.tree import TreeSpec
 
 LAYERS = (0, 2)  # of the tiny target's 4
-
-
-@pytest.fixture(scope="module")
-def target():
-    return load_model(TARGET)
-
-
-@pytest.fixture(scope="module")
-def prompts(target):
-    return [target.tokenizer.encode(p, chat=True) for p in corpus.authored_prompts(16, seed=5)]
-
-
-@pytest.fixture(scope="module")
-def answers(target, prompts):
-    generator = Generator(target.model, max_seq_len=256, eos_token_ids=target.tokenizer.eos_token_ids)
-    return [r.tokens for r in data.answer_prompts(generator, prompts, 24, rows=8)]
 
 
 def test_hidden_layers_are_each_layers_output_through_the_final_norm(target):
