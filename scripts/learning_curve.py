@@ -4,8 +4,8 @@ answer tokens the heads were trained on.
 
     python scripts/learning_curve.py --bench_file ../shared/data/spec_bench/question.jsonl --per_category 8
 
-For each point (--points, answer tokens; "all" = every answered chunk) and each kind (--kinds):
-train with scripts/train_speculator.py --answer_tokens N (only the chunks it needs must exist),
+For each point (--points, answer tokens; "all" = every chunk, missing ones decoded first) and each
+kind (--kinds): train with scripts/train_speculator.py --answer_tokens N (only the chunks it needs must exist),
 score teacher-forced accuracy on the held-out chunk and on a training chunk
 (scripts/speculator_accuracy.py; the gap says how much the head memorises), and
 benchmark the head as a chain of --n_draft_tokens and as a tree (scripts/benchmark.py). Every
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loguru import logger
 
-from models.common.cli import ArgumentParser, run_cli, write_json_atomic
+from models.common.cli import ArgumentParser, prompt_context_arg, run_cli, write_json_atomic
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL
 from models.speculative.speculators import heads
@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--input_prompts", nargs="+", default=None, help="prompt files instead of --bench_file")
     p.add_argument("--max_generated_tokens", type=int, default=128)
     p.add_argument("--train_args", default="", help="extra train_speculator.py flags, e.g. '--epochs 2'")
+    p.add_argument("--prompt_context", type=prompt_context_arg, default=None,
+                   help="prompt positions each example keeps, in training and in scoring alike (default all)")
     return p.parse_args(argv)
 
 
@@ -132,12 +134,16 @@ def main(argv=None) -> int:
         if value != "all" and (not value.isdigit() or int(value) < 1):
             raise UserError(f"--points takes answer-token counts or 'all', got {value!r}")
         points.append(value)
+    if any(flag.startswith("--prompt_context") for flag in args.train_args.split()):
+        raise UserError("give --prompt_context to learning_curve.py itself, not in --train_args: "
+                        "the accuracy scores must keep the same prompt positions as training")
     if (args.bench_file is None) == (args.input_prompts is None):
         raise UserError("give one of --bench_file (Spec-Bench) or --input_prompts")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--model", args.model] + (["--data_dir", args.data_dir] if args.data_dir else []) + (
-        ["--work_dir", args.work_dir] if args.work_dir else [])
+        ["--work_dir", args.work_dir] if args.work_dir else []) + (
+        ["--prompt_context", str(args.prompt_context)] if args.prompt_context else [])
 
     results = []
     for point in points:

@@ -8,7 +8,7 @@
         --bench_file ../shared/data/spec_bench/question.jsonl   # the target's answers to Spec-Bench, by category
 
 The held-out split is the data folder's first chunk of answers, which training never reads; the
-train split is a sample of the chunks it does read. A head that scores far better on train than
+train split is the first --max_examples first turns of the chunks it does read. A head that scores far better on train than
 held out has fitted its data rather than learnt the target. --bench_file (or --input_prompts)
 scores the target's own greedy answers to evaluation prompts instead, decoded here, per
 category: set beside the held-out split, it says how far the training prompts' domain carries.

@@ -20,7 +20,7 @@ the hidden states those decoding passes compute are what the heads learn from. A
 answers (token ids) are small and kept in --data_dir, a chunk at a time, so the data survives
 and resumes anywhere; hidden states and checkpoints are a cache in --work_dir, rebuilt from the
 answers when gone. The weights (bf16 safetensors + speculator_config.json) go to --output, by
-default the folder the suite ships for the default model.
+default the folder the suite ships for --model.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def parse_args(argv=None):
                         "are kept) instead of fresh ones: more training on a head made before")
     p.add_argument("--draft_vocab_size", type=int, default=None,
                    help=f"the tokens the head drafts from, the target's most frequent in the answers (default: "
-                        f"{DRAFT_VOCAB_SIZE}, or --init_from's; another size with --init_from keeps its trained weights)")
+                        f"{DRAFT_VOCAB_SIZE}; --init_from keeps its head's unless this is given, and then re-draws it from "
+                        f"this run's answers, --extra_data's included, keeping the trained weights)")
     p.add_argument("--feature_layers", type=layers_arg, default=None,
                    help="eagle: target layers (0-based, below the last) whose outputs join the final hidden state as "
                         "the head's input, e.g. 2,14 (EAGLE-3's low/mid/high features; their hidden states are a "
@@ -356,7 +357,7 @@ def main(argv=None) -> int:
     n_answer = data.answer_tokens(examples)
     loaded = decoder.engine.target
     start, started_from = starting_head(args.init_from, args.kind, loaded.model) if args.init_from else (None, None)
-    if start is not None and args.draft_vocab_size in (None, start.config.draft_vocab_size):
+    if start is not None and args.draft_vocab_size is None:
         draft_vocab = start.draft_vocab.cpu()
     else:
         draft_vocab = data.draft_vocabulary(examples, args.draft_vocab_size or DRAFT_VOCAB_SIZE,

@@ -188,6 +188,32 @@ def test_learning_curve_trains_scores_and_benchmarks_each_point_once(run_script,
     assert (tmp_path / "curve" / "bench" / "eagle-10" / "done.json").stat().st_mtime_ns == stamp
 
 
+def test_learning_curve_keeps_the_same_prompt_context_for_training_and_scoring(run_script, tmp_path, monkeypatch):
+    from scripts.tests.conftest import load_script
+    module, calls = load_script("learning_curve"), []
+
+    class Scored(Exception):
+        pass
+
+    def fake(name, argv):  # record each script's flags; stop at the first score
+        calls.append((name, argv))
+        if name == "train_speculator":
+            head = tmp_path / "curve" / "heads" / "eagle-10"
+            head.mkdir(parents=True)
+            (head / "speculator_config.json").write_text("{}")
+        else:
+            raise Scored
+
+    monkeypatch.setattr(module, "run_script", fake)
+    argv = ["--points", "10", "--kinds", "eagle", "--input_prompts", "p.json", "--output_dir", str(tmp_path / "curve")]
+    with pytest.raises(Scored):
+        module.main([*argv, "--prompt_context", "64"])
+    assert [name for name, _ in calls] == ["train_speculator", "speculator_accuracy"]
+    assert all(" --prompt_context 64 " in f" {' '.join(flags)} " for _, flags in calls)
+    code, err = run_script("learning_curve", [*argv, "--train_args", "--epochs 2 --prompt_context 64"])
+    assert code != 0 and err.strip().count("\n") == 0 and "--prompt_context" in err
+
+
 def test_init_from_trains_further_from_a_saved_head(run_script, tmp_path):
     from safetensors.torch import load_file
     first = tmp_path / "first"
@@ -217,6 +243,14 @@ def test_init_from_trains_further_from_a_saved_head(run_script, tmp_path):
     narrow = load_file(str(tmp_path / "narrow" / "model.safetensors"))
     assert narrow["draft_vocab"].numel() == 32 and before["draft_vocab"].numel() == 64
     assert set(narrow) == set(before) and all(torch.equal(before[k], narrow[k]) for k in before if k != "draft_vocab")
+    # the same size given again re-draws it from this run's answers (here the first chunk's alone)
+    vocab = {}
+    for name, start in (("small", []), ("redrawn", ["--init_from", str(first)])):
+        code, err = run(run_script, tmp_path, "--kind", "eagle", "--answer_tokens", "10", "--lr", "0", *start,
+                        "--output", str(tmp_path / name))
+        assert code == 0, err
+        vocab[name] = load_file(str(tmp_path / name / "model.safetensors"))["draft_vocab"]
+    assert not torch.equal(vocab["small"], before["draft_vocab"]) and torch.equal(vocab["redrawn"], vocab["small"])
     code, err = run(run_script, tmp_path, "--kind", "multi_projection", "--init_from", str(first))
     assert code != 0 and "its speculator is eagle, not --kind multi_projection" in err and err.strip().count("\n") == 0
 
