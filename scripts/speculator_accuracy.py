@@ -8,17 +8,17 @@
         --bench_file ../shared/data/spec_bench/question.jsonl   # the target's answers to Spec-Bench, by category
 
 The held-out split is the data folder's first chunk of answers, which training never reads; the
-train split is the first --max_examples first turns of the chunks it does read. A head that scores far better on train than
-held out has fitted its data rather than learnt the target. --bench_file (or --input_prompts)
-scores the target's own greedy answers to evaluation prompts instead, decoded here, per
-category: set beside the held-out split, it says how far the training prompts' domain carries.
-A second table splits step 1 by how sure the target itself was of each token (its top-1
+train split is the first --max_examples first turns of the chunks it does read. A head that scores
+far better on train than held out has fitted its data rather than learnt the target. --bench_file
+(or --input_prompts) scores the target's own greedy answers to evaluation prompts instead, decoded
+here, per category: set beside the held-out split, it says how far the training prompts' domain
+carries. A second table splits step 1 by how sure the target itself was of each token (its top-1
 probability): it tells a domain the head lacks (lower top-1 at the same certainty) from answers the
-target hesitates over (more positions in the low bins). See models/speculative/speculators/evaluate.py
-for what each step scores. A third table splits step 1 into tokens that already appeared earlier in
-the sequence (the target may be copying them from the prompt) and new ones, and gives the share of
-labels outside the head's draft vocabulary; --full_vocab scores the same head drafting from the
-target's whole vocabulary.
+target hesitates over (more positions in the low bins). See
+models/speculative/speculators/evaluate.py for what each step scores. A third table splits step 1
+into tokens that already appeared earlier in the sequence (the target may be copying them from the
+prompt) and new ones, and gives the share of labels outside the head's draft vocabulary;
+--full_vocab scores the same head drafting from the target's whole vocabulary.
 """
 
 from __future__ import annotations

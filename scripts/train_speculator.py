@@ -87,8 +87,8 @@ def parse_args(argv=None):
                         "are kept) instead of fresh ones: more training on a head made before")
     p.add_argument("--draft_vocab_size", type=int, default=None,
                    help=f"the tokens the head drafts from, the target's most frequent in the answers (default: "
-                        f"{DRAFT_VOCAB_SIZE}; --init_from keeps its head's unless this is given, and then re-draws it from "
-                        f"this run's answers, --extra_data's included, keeping the trained weights)")
+                        f"{DRAFT_VOCAB_SIZE}; --init_from keeps its head's unless this is given, and then "
+                        f"re-draws it from this run's answers, --extra_data's included, keeping the trained weights)")
     p.add_argument("--feature_layers", type=layers_arg, default=None,
                    help="eagle: target layers (0-based, below the last) whose outputs join the final hidden state as "
                         "the head's input, e.g. 2,14 (EAGLE-3's low/mid/high features; their hidden states are a "
