@@ -189,8 +189,9 @@ def suite_runner(engine: Engine, baseline: bool) -> Runner:
         synchronize(engine.device.torch_device)
         return Outcome(result.tokens, time.perf_counter() - t0, result.stats)
 
-    # what a proposer learnt from the warm-up sequence must not help the timed runs (suffix)
-    run.after_warm_up = engine.proposer.forget if engine.proposer is not None and not baseline else None
+    # what the proposers (suffix) and the auto tree budget learnt from the warm-up sequence must
+    # not steer the timed runs
+    run.after_warm_up = None if baseline else engine.generator.forget
     return run
 
 

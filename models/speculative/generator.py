@@ -365,10 +365,13 @@ class Generator:
         return seq.result()
 
     def forget(self) -> None:
-        """Every row's proposer drops what earlier sequences taught (after a warm-up)."""
+        """Every row's proposer and the auto tree budget drop what earlier sequences taught (after
+        a warm-up), so a timed run starts as a fresh engine would."""
         for proposer in [self.proposer, *self._row_proposers]:
             if proposer is not None:
                 proposer.forget()
+        if self.auto_budget is not None:  # the warm-up's iterations, acceptance and slow first calls
+            self.auto_budget = AutoBudget(self.auto_budget.cost, self.auto_budget.max_budget)
 
     def _batch_rows(self, batch_size: int) -> tuple[list[KVCache], list[Proposer | None]]:
         """The batch cache's rows (allocated when a larger batch first needs them) and a

@@ -8,7 +8,7 @@ import torch
 from models.common.cpu_kernels import skinny_kernels
 from models.common.errors import UserError
 from models.common.metrics import summarize
-from models.llama.model import RowBlock
+from models.llama.model import RowBlock, Transformer
 from models.llama.weights import load_model
 from models.speculative.batch_budget import EXPLORE_EVERY, BatchCost, RowHistory, nodes_to_verify
 from models.speculative.budget import VerifyCost
@@ -117,32 +117,73 @@ def test_fewer_prompts_than_the_batch_and_a_one_token_cap():
     assert engine.generator._batch_cache.batch_size == 3  # sized by the rows used
 
 
+TREE_DEPTHS = torch.tensor([0, 1, 1, 1, 2])
+TREE_MASK = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [1, 0, 0, 1, 0], [1, 1, 0, 0, 1]],
+                         dtype=torch.bool)
+
+
+def rows_and_alone(model: Transformer) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Three sequences' blocks (a chain, a tree, a decode step) in one flat forward_rows call,
+    and each block's logits from forward for its sequence alone: (batched, alone in the same
+    order, the rows' lengths after). Shared with the mesh's bit-exact test."""
+    torch.manual_seed(0)
+    prompts = [torch.randint(3, 300, (1, n)) for n in (7, 12, 4)]
+    blocks = [torch.randint(3, 300, (1, n)) for n in (4, 5, 1)]
+    trees = [False, True, False]
+    alone = []
+    for prompt, block, tree in zip(prompts, blocks, trees):
+        cache = model.new_cache(64)
+        model(prompt, cache, 0)
+        shape = {"positions": TREE_DEPTHS + cache.length, "tree_mask": TREE_MASK} if tree else {}
+        alone.append(model(block, cache, cache.length, **shape)[0])
+    batch = model.new_cache(64, batch_size=4)
+    rows = [batch.row(b) for b in (3, 0, 2)]
+    row_blocks = []
+    for prompt, block, tree, row in zip(prompts, blocks, trees, rows):
+        model(prompt, row, 0)
+        shape = (TREE_DEPTHS + row.length, TREE_MASK) if tree else ()
+        row_blocks.append(RowBlock(row, block.shape[1], *shape))
+    logits = model.forward_rows(torch.cat([b[0] for b in blocks]), row_blocks, batch)
+    return logits, torch.cat(alone), [r.length for r in rows]
+
+
 @pytest.mark.skipif(skinny_kernels() is None, reason="the batch-invariant CPU kernels are not available here")
 def test_forward_rows_equals_one_sequence_forward_bit_for_bit():
     """The model level: three sequences' blocks (a chain, a tree, a decode step) in one flat call
     give each the logits it gets alone."""
+    batched, alone, lengths = rows_and_alone(load_model(MODEL + ":5").model)
+    assert torch.equal(batched, alone)
+    assert lengths == [11, 17, 5]
+
+
+@pytest.mark.skipif(skinny_kernels() is None, reason="the batch-invariant CPU kernels are not available here")
+def test_one_token_rows_over_unequal_caches_equal_one_sequence_forward_bit_for_bit():
+    """A batch's decode step: every row one token, so no mask is built and each row's own kv_len
+    alone keeps it off the slots past its end (stale entries of a rejected block here, or
+    another row's longer reach)."""
     model = load_model(MODEL + ":5").model
-    torch.manual_seed(0)
-    prompts = [torch.randint(3, 300, (1, n)) for n in (7, 12, 4)]
-    blocks = [torch.randint(3, 300, (1, n)) for n in (4, 5, 1)]
-    tree = (torch.tensor([0, 1, 1, 1, 2]), torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0],
-                                                         [1, 0, 0, 1, 0], [1, 1, 0, 0, 1]], dtype=torch.bool))
-    shapes = [{}, {"positions": None, "tree_mask": tree[1]}, {}]
-    alone = []
-    for prompt, block, shape in zip(prompts, blocks, shapes):
-        cache = model.new_cache(64)
+    torch.manual_seed(1)
+    prompts = [torch.randint(3, 300, (1, n)) for n in (3, 11, 6)]
+    rejected = torch.randint(3, 300, (1, 4))  # a block then rolled back: its entries stay, stale
+    steps = torch.randint(3, 300, (len(prompts),))
+
+    def fill(cache, prompt):
         model(prompt, cache, 0)
-        if shape:
-            shape = {"positions": tree[0] + cache.length, "tree_mask": tree[1]}
-        alone.append(model(block, cache, cache.length, **shape)[0])
-    batch = model.new_cache(64, batch_size=4)
-    rows = [batch.row(b) for b in (3, 0, 2)]
+        model(rejected, cache, cache.length)
+        cache.rollback(prompt.shape[1])
+
+    alone = []
+    for prompt, token in zip(prompts, steps):
+        cache = model.new_cache(64)
+        fill(cache, prompt)
+        alone.append(model(token.view(1, 1), cache, cache.length)[0])
+    batch = model.new_cache(64, batch_size=3)
+    rows = [batch.row(b) for b in (1, 2, 0)]
     for prompt, row in zip(prompts, rows):
-        model(prompt, row, 0)
-    row_blocks = [RowBlock(rows[0], 4), RowBlock(rows[1], 5, tree[0] + rows[1].length, tree[1]), RowBlock(rows[2], 1)]
-    logits = model.forward_rows(torch.cat([b[0] for b in blocks]), row_blocks, batch)
-    assert torch.equal(logits, torch.cat(alone))
-    assert [r.length for r in rows] == [11, 17, 5]
+        fill(row, prompt)
+    logits = model.forward_rows(steps, [RowBlock(row, 1) for row in rows], batch)
+    assert torch.equal(logits, torch.cat(alone)), f"max difference {(logits - torch.cat(alone)).abs().max()}"
+    assert [r.length for r in rows] == [4, 12, 7]
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -28,12 +28,14 @@ class ScriptedTarget:
     def __init__(self, rule: Callable[[list[int]], int]):
         self.rule = rule
         self.calls = 0
+        self.cache: KVCache | None = None  # the last cache it wrote to (what a rollback left)
 
     def new_cache(self, max_seq_len: int) -> KVCache:
         return KVCache(1, 1, 2, max_seq_len)
 
     def __call__(self, tokens, cache, start, logits_for="all", positions=None, tree_mask=None):
         self.calls += 1
+        self.cache = cache
         n = tokens.shape[1]
         cache.check_append(start, n)
         if positions is None:
@@ -121,14 +123,19 @@ def test_wrong_drafts_cost_nothing_in_correctness():
 
 
 def test_partial_acceptance_rolls_back_the_cache():
+    """The rule reads the whole cached context and its length, so one stale entry left behind
+    (a rollback one slot too long) or one accepted entry dropped (one too short) changes the
+    next token; the cache ends holding exactly the prompt and every output token but the last."""
     def half_right(tokens, k):  # first draft right, second wrong, rest whatever
-        good = oracle_for(counting_rule)(tokens, k)
+        good = oracle_for(mixing_rule)(tokens, k)
         return good[:1] + [(t + 5) % V for t in good[1:]]
 
-    base, _, _ = run(counting_rule, None, 0, 20)
-    spec, _, _ = run(counting_rule, half_right, 4, 20)
+    prompt = (1, 2, 3)
+    base, _, _ = run(mixing_rule, None, 0, 20, prompt)
+    spec, target, _ = run(mixing_rule, half_right, 4, 20, prompt)
     assert spec.tokens == base.tokens  # a bad rollback would feed stale tokens to the rule
-    assert all(it.accepted == 1 for it in spec.stats.iterations[:-1])
+    assert all(it.accepted == 1 for it in spec.stats.iterations[:-1]) and len(spec.stats.iterations) > 5
+    assert target.cache.length == len(prompt) + len(spec.tokens) - 1
 
 
 def test_eos_inside_an_accepted_block_ends_generation_there():
