@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 
 import pytest
 
@@ -16,6 +15,7 @@ from models.common.cli import tree_budget_arg
 from models.common.device import DeviceUnavailable, open_device, requested_device_name
 from models.common.errors import UserError
 from models.common.mesh import MeshShape, check_fits
+from models.common.perf_targets import ci_mode
 from models.llama.weights import DEFAULT_GGUF_PACKAGE, DEFAULT_MODEL, load_model
 
 DEMO_OPTIONS = {
@@ -56,18 +56,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--mesh_shape", action="store", default=None,
                     help="DPxTP mesh of the device: one worker process per mesh device (default 1x1)")
     group.addoption("--perf_targets", action="store", default=None,
-                    help="perf targets file (default: perf_targets.yaml beside the demo)")
+                    help="perf targets file (default: perf_targets.yaml beside the demo); naming one keeps "
+                         "the full speed band with CI=true")
     group.addoption("--golden_outputs", action="store", default=None,
-                    help="golden target-only outputs file (default: golden_outputs.json beside the demo)")
+                    help="golden target-only outputs file (default: golden_outputs.json beside the demo); "
+                         "it must exist unless --update_perf_targets writes it")
     group.addoption("--update_perf_targets", action="store_true", default=False,
                     help="rewrite the perf targets and golden outputs from this run and print the diff")
     group.addoption("--results_dir", action="store", default=None,
                     help="where each demo run appends its JSON record (default generated/benchmark_data; '' for none)")
-
-
-def ci_mode() -> bool:
-    """CI=true (as CI runners set it): the demo runs only its ci-* parametrizations."""
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
 def pytest_configure(config: pytest.Config) -> None:

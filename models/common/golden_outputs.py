@@ -29,13 +29,24 @@ def golden_key(device: str, dtype: str, model: str, prompts: str, instruct: bool
 
 
 def load_goldens(path: Path) -> dict[str, list[list[int]]]:
-    if not path.exists():
-        return {}
+    """Every golden of a file; a missing or malformed file is a one-line UserError, so that the
+    gate never switches itself off (nor fails only after the whole run)."""
+    if not path.is_file():
+        raise UserError(f"--golden_outputs {str(path)!r} is not a file")
     try:
-        data = json.loads(path.read_text())
-        outputs = data["outputs"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{path}: not a golden outputs file (expected JSON with an 'outputs' mapping)") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a golden outputs file (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON at line {exc.lineno}: {exc.msg}") from None
+    outputs = data.get("outputs") if isinstance(data, dict) else None
+    if not isinstance(outputs, dict):
+        raise UserError(f"{path}: not a golden outputs file (expected JSON with an 'outputs' mapping)")
+    for key, prompts in outputs.items():
+        if not (isinstance(prompts, list) and all(
+            isinstance(ids, list) and all(type(t) is int for t in ids) for ids in prompts
+        )):
+            raise UserError(f"{path}: outputs[{key!r}] must be a list of token-id lists, one per prompt")
     return outputs
 
 

@@ -5,7 +5,8 @@ import pytest
 from models.common.errors import UserError
 from models.common.golden_outputs import check_goldens, golden_key, load_goldens, merged, write_goldens
 from models.common.perf_targets import (
-    DEFAULTS, MATCH_KEYS, Band, PerfTarget, check, dump_targets, find_target, judge, load_targets, updated_targets,
+    DEFAULTS, HEADER, MATCH_KEYS, Band, PerfTarget, check, dump_targets, find_target, judge, load_targets,
+    updated_targets,
 )
 
 DEMO_TARGETS = Path(__file__).resolve().parents[2] / "demos" / "speculative_decoding" / "perf_targets.yaml"
@@ -14,8 +15,8 @@ DEMO_TARGETS = Path(__file__).resolve().parents[2] / "demos" / "speculative_deco
 CONFIG = {**{k: DEFAULTS.get(k) for k in MATCH_KEYS}, "method": "eagle"}
 
 
-def target(**metrics):
-    return PerfTarget(id="t", device="cpu", config=CONFIG, metrics={
+def target(device="cpu", **metrics):
+    return PerfTarget(id="t", device=device, config=CONFIG, metrics={
         m: Band(*v) for m, v in metrics.items()
     })
 
@@ -108,7 +109,94 @@ def test_golden_outputs_exact_prefix_and_near_tie_rules(tmp_path):
     write_goldens(path, {key: golden})
     assert load_goldens(path) == {key: golden}
     assert "      [1, 2, 3, 4],\n      [5, 6, 7]\n" in path.read_text()  # one line per prompt
-    assert load_goldens(tmp_path / "none.json") == {}
-    (tmp_path / "bad.json").write_text("[1]")
-    with pytest.raises(UserError, match="not a golden outputs file"):
-        load_goldens(tmp_path / "bad.json")
+
+
+# The CI rule (perf_targets.speed_floor), on hand-built bands: speedup 1.0 +-15%, so 0.67 is outside
+# the band but above the floor (0.5, half the target) and 0.4 below it.
+NOISY = target(speedup=(1.0, 0.15), batch_speedup=(2.0, 0.15), acceptance_rate=(0.5, 0.02), target_calls=(40, 3))
+
+
+def by_metric(verdicts):
+    return {v.metric: v for v in verdicts}
+
+
+def test_ci_reports_a_cpu_speed_ratio_outside_its_band_above_half_its_target():
+    v = by_metric(check(NOISY, {"speedup": 0.67, "batch_speedup": 3.5, "acceptance_rate": 0.5, "target_calls": 40},
+                        ci=True))
+    assert v["speedup"].status == "reported" and v["speedup"].ok and v["speedup"].floor == 0.5
+    assert v["batch_speedup"].status == "reported" and v["batch_speedup"].ok  # above the band: reported too
+    assert "speedup 0.67 is outside its band 0.85..1.15 (target 1) but above the CI floor 0.5: reported, not " \
+           "failed" in v["speedup"].describe()
+    assert v["speedup"].to_json() == {"measured": 0.67, "value": 1.0, "tolerance": 0.15, "status": "reported",
+                                      "floor": 0.5}
+
+
+def test_ci_fails_a_cpu_speed_ratio_below_half_its_target():
+    v = by_metric(check(NOISY, {"speedup": 0.4, "batch_speedup": 0.9, "acceptance_rate": 0.5, "target_calls": 40},
+                        ci=True))
+    assert v["speedup"].status == "low" and not v["speedup"].ok
+    assert v["batch_speedup"].status == "low" and not v["batch_speedup"].ok
+    assert "speedup 0.4 is below the CI floor 0.5, 50% of its target 1" in v["speedup"].describe()
+
+
+def test_ci_keeps_golden_metrics_strict():
+    v = by_metric(check(NOISY, {"speedup": 1.0, "batch_speedup": 2.0, "acceptance_rate": 0.53, "target_calls": 44},
+                        ci=True))
+    assert v["acceptance_rate"].status == "differs" and not v["acceptance_rate"].ok
+    assert v["target_calls"].status == "differs" and v["acceptance_rate"].floor is None
+
+
+@pytest.mark.parametrize("mode", [{}, {"ci": False}, {"ci": True, "targets_named": True}],
+                         ids=["default", "outside-ci", "ci-with-named-targets-file"])
+def test_outside_ci_and_with_a_named_targets_file_the_full_band_applies(mode):
+    low = by_metric(check(NOISY, {"speedup": 0.67, "batch_speedup": 2.0, "acceptance_rate": 0.5, "target_calls": 40},
+                          **mode))
+    assert low["speedup"].status == "low" and low["speedup"].floor is None
+    assert low["speedup"].describe() == "speedup 0.67 is below its target 1 (band 0.85..1.15)"
+    high = check(NOISY, {"speedup": 1.2, "batch_speedup": 2.0, "acceptance_rate": 0.5, "target_calls": 40}, **mode)
+    assert by_metric(high)["speedup"].status == "high"
+
+
+def test_a_gpu_entry_keeps_the_full_band_in_ci():
+    gpu = target("H100", speedup=(1.0, 0.15), decode_tokens_per_s=(100.0, 0.15))
+    v = by_metric(check(gpu, {"speedup": 0.67, "decode_tokens_per_s": 70.0}, ci=True))
+    assert v["speedup"].status == "low" and v["decode_tokens_per_s"].status == "low"
+    assert v["speedup"].floor is None
+
+
+def test_judge_reports_only_between_the_floor_and_the_band():
+    band = Band(1.0, 0.15)
+    assert judge("speedup", 0.9, band, floor=0.5).status == "pass"
+    assert judge("speedup", 0.5, band, floor=0.5).status == "reported"  # the floor itself passes
+    assert judge("speedup", 0.499, band, floor=0.5).status == "low"
+    assert judge("acceptance_rate", 0.53, Band(0.5, 0.02), floor=0.25).status == "differs"  # never a golden
+
+
+def test_the_demo_targets_file_header_is_the_one_dump_writes():
+    text = DEMO_TARGETS.read_text()
+    assert text.startswith(HEADER) and "The CI rule" in HEADER
+
+
+def test_missing_golden_outputs_file_names_it(tmp_path):
+    with pytest.raises(UserError, match="--golden_outputs '.*none.json' is not a file"):
+        load_goldens(tmp_path / "none.json")
+    with pytest.raises(UserError, match="is not a file"):
+        load_goldens(tmp_path)  # a folder
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[1]", "not a golden outputs file (expected JSON with an 'outputs' mapping)"),
+    (b"{}", "not a golden outputs file (expected JSON with an 'outputs' mapping)"),
+    (b'{"outputs": [[1, 2]]}', "not a golden outputs file (expected JSON with an 'outputs' mapping)"),
+    (b'{"outputs": {"k": [[1, 2]],\n', "not valid JSON at line 2"),
+    (b"\xff\xfe\x00", "not a golden outputs file (not UTF-8 text)"),
+    (b'{"outputs": {"k": 5}}', "outputs['k'] must be a list of token-id lists, one per prompt"),
+    (b'{"outputs": {"k": [[1, "a"]]}}', "outputs['k'] must be a list of token-id lists, one per prompt"),
+    (b'{"outputs": {"k": [[1, 2.0]]}}', "outputs['k'] must be a list of token-id lists, one per prompt"),
+])
+def test_malformed_golden_outputs_file_is_one_line(tmp_path, content, message):
+    path = tmp_path / "g.json"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        load_goldens(path)
+    assert message in str(err.value) and "\n" not in str(err.value)

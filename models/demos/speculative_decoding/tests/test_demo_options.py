@@ -176,3 +176,32 @@ def test_sampling_flags_are_checked_before_any_model_loads():
     assert "--verify coupled is for sampling (--temperature > 0)" in proc.stdout and "Traceback" not in proc.stdout
     proc = run_demo("-k", "draft-model and not ci", "--temperature", "0.7", "--top_p", "1.5")
     assert proc.returncode == 1 and "--top_p must be in (0, 1]" in proc.stdout
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "--golden_outputs '{path}' is not a file"),
+    ('{"outputs": {"k": [[1, 2]],\n', "{path}: not valid JSON at line 2"),
+    ('{"_comment": "no outputs"}', "{path}: not a golden outputs file"),
+])
+def test_a_missing_or_malformed_golden_outputs_file_fails_in_one_line_before_any_model_loads(
+    tmp_path, content, message,
+):
+    path = tmp_path / "g.json"
+    if content is not None:
+        path.write_text(content)
+    # a model that is not there: loading it would fail with another line
+    proc = run_demo("-k", "ci-draft-model", "--golden_outputs", str(path), "--target_model", str(tmp_path / "none"))
+    assert proc.returncode == 1
+    [line] = failure_lines(proc)
+    assert message.format(path=path) in line, line
+    assert "not found" not in proc.stdout and "Traceback" not in proc.stdout
+
+
+def test_a_configuration_error_prints_once():
+    proc = run_demo("-k", "ci-suffix", "--method", "nonsense", ci=True)
+    assert proc.returncode == 1
+    message = "unknown method 'nonsense'"
+    assert [line for line in proc.stdout.splitlines() if line.startswith(message)] == [
+        message + "; choose from target, draft_model, self_draft, eagle, multi, multi_projection, prompt_lookup, suffix"
+    ]
+    assert "another exception occurred" not in proc.stdout
