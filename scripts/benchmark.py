@@ -42,6 +42,9 @@ the crossover, the batch size from which a method is slower than target-only. Gr
 
 Writes meta.json, runs.jsonl (one line per configuration x prompt), summary.csv, summary.md and
 done.json under --output_dir (default logs/<timestamp>/), and prints the Spec-Bench table.
+An interrupted sweep (Ctrl-C, a kill) resumes: the same command with the same --output_dir skips
+the prompts (with --batch_sizes: the batch sizes) already recorded for every configuration and
+runs the rest; a folder holding another configuration's sweep, or a finished one, is refused.
 `--config FILE` reads the same options from JSON ({"methods": ["prompt_lookup"], "n_draft_tokens":
 [2, 4], ...}; flags on the command line win), plus "method_options": {METHOD: {RunConfig field:
 value}} for knobs of one method (e.g. {"eagle": {"speculator": "PATH"}}).
@@ -70,9 +73,12 @@ from models.benchmark.configurations import (  # noqa: E402
     GREEDY_MODE, HF_PEERS, LLAMA_PEERS, MULTI, REJECTION, TARGET, Configuration, Mode, SweepPlan, build,
     default_methods, mode_config, sampling_modes, sweep_shapes, temperature_text,
 )
-from models.benchmark.runlog import DONE, SUMMARY_CSV, SUMMARY_MD, RunRecord, RunWriter, prepare_output_dir  # noqa: E402
+from models.benchmark.runlog import (  # noqa: E402
+    DONE, SUMMARY_CSV, SUMMARY_MD, RunRecord, RunWriter, check_output_dir, check_resumable, resume_records,
+    write_meta,
+)
 from models.benchmark.summary import spec_bench_table, summary_markdown, summary_rows, to_csv  # noqa: E402
-from models.benchmark.sweep import sweep  # noqa: E402
+from models.benchmark.sweep import counts_as_mismatch, sweep  # noqa: E402
 from models.common.cli import (  # noqa: E402
     ArgumentParser, bool01, read_json_file, run_cli, write_atomic, write_json_atomic,
 )
@@ -127,7 +133,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--per_category", type=int, default=None,
                    help="first N prompts per category, in file order (default: all)")
     p.add_argument("--instruct", type=bool01, default=True, help="1: apply the chat template (default: 1)")
-    p.add_argument("--output_dir", default=None, help="new folder for the logs (default logs/<timestamp>/)")
+    p.add_argument("--output_dir", default=None,
+                   help="folder for the logs: a new one, or an unfinished sweep's to resume it (default "
+                        "logs/<timestamp>/)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: $MESH_DEVICE, else cpu)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--max_seq_len", type=int, default=DEFAULT_MAX_SEQ_LEN,
@@ -351,6 +359,50 @@ def run_header(args, argv: list[str], device) -> dict:
     }
 
 
+def versions() -> dict:
+    """What meta.json records, and a resumed sweep must match (its timings would mix versions)."""
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def resumed_meta(previous: dict, argv: list[str], recorded: int, total: int, unit: str) -> dict:
+    """The interrupted sweep's meta.json, plus when and by what it resumed (its timings mix sessions)."""
+    entry = {"command": "python scripts/benchmark.py " + shlex.join(argv),
+             "at": datetime.datetime.now().isoformat(timespec="seconds"), f"{unit}s_recorded": recorded,
+             f"{unit}s_total": total, "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+    return {**previous, "resumed": [*previous.get("resumed", []), entry]}
+
+
+def log_resume(output_dir: Path, done: list[int], total: int, unit: str) -> None:
+    """One line: what a resumed sweep skips (unit: prompt or batch_size)."""
+    units = unit.replace("_", " ") + "s"
+    logger.info(f"resuming the sweep in {output_dir}: {len(done)} of {total} {units} already recorded for every "
+                f"configuration are skipped ({spans(done) or 'none'}); {total - len(done)} to run")
+
+
+def spans(values: list[int]) -> str:
+    """'0-46, 48' for 0, 1, ..., 46, 48: a long sweep's recorded prompts in a short line."""
+    runs: list[list[int]] = []
+    for v in sorted(values):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def resume_sweep(output_dir: Path, previous: dict, meta: dict, configs: list[Configuration],
+                 argv: list[str]) -> tuple[dict, list[RunRecord]]:
+    """The unfinished sweep in output_dir goes on if it is this one (the same configurations and
+    prompts; else one line names the difference): (its meta.json noting the resume, the records of
+    its prompts recorded for every configuration)."""
+    check_resumable(output_dir, previous, {k: meta.get(k) for k in ("configurations", "prompts", "skipped_prompts",
+                                                                    "llama_cpp")})
+    records = resume_records(output_dir, [c.id for c in configs])
+    done = sorted({r.prompt_index for r in records})
+    log_resume(output_dir, done, len(meta["prompts"]), "prompt")
+    return resumed_meta(previous, argv, len(done), len(meta["prompts"]), "prompt"), records
+
+
 def configuration_meta(config: Configuration, with_length: bool, base: RunConfig) -> dict:
     """meta.json's entry for a configuration: its id, label, draft shape (None: nothing drafted)
     and decoding (temperature 0 and verify greedy, or how it sampled)."""
@@ -359,6 +411,15 @@ def configuration_meta(config: Configuration, with_length: bool, base: RunConfig
             "tree_topk": topk, "tree_depth": depth, "tree_budget": budget,
             "max_generated_tokens": config.max_generated_tokens, "temperature": config.temperature,
             "verify": config.verify, "top_k": base.top_k, "top_p": base.top_p, "seed": base.seed}
+
+
+def with_draft_model(method_options: dict, draft_model: str | None, proposers: str | None) -> dict:
+    """--draft_model, given to the configurations that load a draft only (RunConfig refuses it on
+    any other); a method_options entry of their own wins."""
+    if draft_model is None:
+        return method_options
+    readers = ["draft_model"] + ([MULTI] if "draft_model" in (proposers or "").split(",") else [])
+    return {**method_options, **{m: {"draft_model": draft_model, **method_options.get(m, {})} for m in readers}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,13 +435,15 @@ def main(argv: list[str] | None = None) -> int:
     depths = optional_int_list("tree_depth", args.tree_depth)
     budgets = budget_list(args.tree_budget)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    output_dir = prepare_output_dir(Path(args.output_dir) if args.output_dir else REPO_ROOT / "logs" / stamp)
+    output_dir = Path(args.output_dir) if args.output_dir else REPO_ROOT / "logs" / stamp
+    previous = check_output_dir(output_dir)  # an unfinished sweep's meta.json, to resume it
     prompts = load_bench_prompts(args)
+    options = {k: v for k, v in vars(args).items() if k != "given"}
 
     base = RunConfig(
         model=args.model, method=TARGET, max_seq_len=args.max_seq_len, max_generated_tokens=max(lengths),
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
-        max_ngram_size=args.max_ngram_size, draft_model=args.draft_model,
+        max_ngram_size=args.max_ngram_size,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )
     base.validate()
@@ -391,15 +454,19 @@ def main(argv: list[str] | None = None) -> int:
     explicit |= {"draft_model"} if "draft_model" in args.given else set()
     explicit |= {MULTI} if "proposers" in args.given else set()
     device = open_device(base.device, base.dtype)
+    if previous is not None:  # before any model loads
+        check_resumable(output_dir, previous, {"options": options, "versions": versions(),
+                                               "device": device.describe()})
     greedy = GREEDY_MODE in modes  # the peers decode greedily only
     llama_cpp = greedy and llama_cpp_peer.wanted(args.model, device.type, args.llama_cpp_peers,
                                                  "llama_cpp_peers" in args.given)
     hf_peers, llama_cpp = peers_for(modes, args.hf_peers, llama_cpp if greedy else args.llama_cpp_peers)
-    plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, args.method_options, hf_peers, explicit,
+    method_options = with_draft_model(args.method_options, args.draft_model, proposers)
+    plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, method_options, hf_peers, explicit,
                      shapes=sweep_shapes(ks, topks, depths, budgets), proposers=proposers, llama_cpp_peers=llama_cpp,
                      modes=modes)
     if args.batch_sizes is not None:
-        return batch_main(args, argv, plan, device, prompts, output_dir)
+        return batch_main(args, argv, plan, device, prompts, output_dir, previous, options)
     if args.continuous:
         raise UserError("--continuous is for --batch_sizes")
     built = build(plan, device)
@@ -409,9 +476,8 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {
         **run_header(args, argv, device),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
-        "options": {k: v for k, v in vars(args).items() if k != "given"},
+        "versions": versions(),
+        "options": options,
         "configurations": [configuration_meta(c, len(lengths) > 1, base) for c in configs],
         "prompts": [{"index": i, "category": p.category, "subcategory": p.subcategory, "source": p.source,
                      "question_id": p.question_id,
@@ -419,18 +485,24 @@ def main(argv: list[str] | None = None) -> int:
         "skipped_prompts": len(prompts) - len(selected),
         **built.peer_meta,  # llama_cpp: the GGUF, its weights' type, llama-cpp-python's version, threads
     }
+    records: list[RunRecord] = []
+    if previous is not None:
+        meta, records = resume_sweep(output_dir, previous, meta, configs, argv)
+    by_id = {c.id: c for c in configs}
+    earlier_mismatches = sum(counts_as_mismatch(by_id[r.config_id], r) for r in records)
     t0 = time.perf_counter()
     writer = RunWriter(output_dir, meta)
-    records: list[RunRecord] = []
 
     def keep(batch: list[RunRecord]) -> None:
         writer.append(batch)
         records.extend(batch)
 
     try:
-        mismatches = sweep(selected, built.runners, built.target.tokenizer.token_strings, keep, base.sampling)
+        mismatches = earlier_mismatches + sweep(selected, built.runners, built.target.tokenizer.token_strings, keep,
+                                                base.sampling, done={r.prompt_index for r in records})
     except BaseException:
-        logger.error(f"sweep stopped; the partial logs in {output_dir} have no {DONE}")
+        logger.error(f"sweep stopped; the partial logs in {output_dir} have no {DONE}: the same command with "
+                     f"--output_dir {shlex.quote(str(output_dir))} resumes it")
         raise
     finally:
         writer.close()
@@ -441,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(output_dir / DONE, {
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         "elapsed_s": round(time.perf_counter() - t0, 1), "runs": len(records), "mismatches": mismatches,
+        "resumed": len(meta.get("resumed", [])),  # elapsed_s is the last session's alone
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     })
     print(spec_bench_table(rows))
@@ -453,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def batch_main(args, argv: list[str], plan, device, prompts, output_dir: Path) -> int:
+def batch_main(args, argv: list[str], plan, device, prompts, output_dir: Path, previous: dict | None,
+               options: dict) -> int:
     """--batch_sizes: throughput of target-only and each method at each batch size."""
     sizes = int_list("batch_sizes", args.batch_sizes)
     engines = batch_sweep.build_engines(plan, device, max(sizes))
@@ -461,16 +535,24 @@ def batch_main(args, argv: list[str], plan, device, prompts, output_dir: Path) -
     selected = fitting_prompts(prompts, target, plan.lengths[0], args.instruct)
     meta = {
         **run_header(args, argv, device),
+        "versions": versions(), "options": options,
         "batch_sizes": sizes, "continuous": bool(args.continuous),
         "configurations": [c.id for c in engines],
-        "prompts": [{"index": i, "category": p.category, "question_id": p.question_id, "prompt_tokens": len(ids)}
-                    for i, p, ids in selected],
+        "prompts": [{"index": i, "category": p.category, "question_id": p.question_id, "prompt_tokens": len(ids),
+                     "text": p.text} for i, p, ids in selected],
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output_dir / "meta.json", meta)
+    done, reference = [], None
+    if previous is not None:
+        check_resumable(output_dir, previous, {k: meta[k] for k in ("configurations", "prompts")})
+        done, reference = batch_sweep.resume_rows(output_dir, meta["configurations"])
+        recorded = sorted({r.batch_size for r in done})
+        log_resume(output_dir, recorded, len(sizes), "batch_size")
+        meta = resumed_meta(previous, argv, len(recorded), len(sizes), "batch_size")
+    write_meta(output_dir, meta)
     logger.info(f"{len(engines)} configurations x batch sizes {sizes} over {len(selected)} prompts on "
                 f"{device.describe()} -> {output_dir}")
-    rows = batch_sweep.batch_sweep(engines, [ids for _, _, ids in selected], sizes, bool(args.continuous), output_dir)
+    rows = batch_sweep.batch_sweep(engines, [ids for _, _, ids in selected], sizes, bool(args.continuous), output_dir,
+                                   done, reference)
     print(batch_sweep.write_summary(rows, meta, output_dir))
     mismatches = sum(r.mismatches for r in rows)
     logger.info(f"{len(rows)} runs, {mismatches} outputs differing from target-only -> {output_dir}")

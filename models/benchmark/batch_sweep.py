@@ -11,7 +11,10 @@ spare compute, so past some batch size a method's throughput falls below target-
 crossover. Every output must equal target-only's at the first batch size (greedy).
 
 Writes batch_runs.jsonl (one line per configuration x batch size, as each finishes),
-batch_summary.md (throughput table and crossovers) and done.json under the output folder.
+batch_reference.json (target-only's outputs at the first batch size: what every output is held
+to), batch_summary.md (throughput table and crossovers) and done.json under the output folder.
+An interrupted sweep resumes by batch size: one recorded for every configuration is skipped (its
+configurations ran back to back, as the uninterrupted sweep's), one recorded in part runs again.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from models.benchmark.configurations import GREEDY_MODE, TARGET, Configuration, SweepPlan, _method_config
+from models.benchmark.runlog import resume_lines
 from models.benchmark.sweep import rotated
 from models.common.cli import write_atomic, write_json_atomic
 from models.common.device import Device
@@ -33,7 +37,7 @@ from models.common.metrics import summarize
 from models.speculative.engine import AUTO, Engine
 from models.speculative.generator import BatchResult
 
-BATCH_RUNS, BATCH_SUMMARY = "batch_runs.jsonl", "batch_summary.md"
+BATCH_RUNS, BATCH_SUMMARY, BATCH_REFERENCE = "batch_runs.jsonl", "batch_summary.md", "batch_reference.json"
 WARMUP_TOKENS = 4
 
 
@@ -95,16 +99,30 @@ def _row(config: Configuration, batch_size: int, continuous: bool, result: Batch
     )
 
 
+def resume_rows(folder: Path, config_ids: list[str]) -> tuple[list[BatchRow], list[list[int]] | None]:
+    """An interrupted batch sweep's rows of the batch sizes every configuration ran, and the
+    reference outputs they were held to (None: none recorded, so nothing is kept)."""
+    path = folder / BATCH_REFERENCE
+    if not path.is_file():
+        (folder / BATCH_RUNS).unlink(missing_ok=True)  # rows without their reference cannot be checked
+        return [], None
+    rows = resume_lines(folder / BATCH_RUNS, lambda data: BatchRow(**data), lambda r: r.batch_size,
+                        lambda r: r.config_id, config_ids, "batch size")
+    return rows, json.loads(path.read_text(encoding="utf-8"))
+
+
 def batch_sweep(engines: dict[Configuration, Engine], prompts: list[list[int]], batch_sizes: list[int],
-                continuous: bool, output_dir: Path) -> list[BatchRow]:
-    """Every configuration at every batch size over all prompts; rows appended to batch_runs.jsonl."""
+                continuous: bool, output_dir: Path, done: list[BatchRow] | None = None,
+                reference: list[list[int]] | None = None) -> list[BatchRow]:
+    """Every configuration at every batch size over all prompts; rows appended to batch_runs.jsonl.
+    done, reference: a resumed sweep's rows (their batch sizes are skipped) and reference outputs."""
     configs = list(engines)
     n = configs[0].max_generated_tokens
-    reference: list[list[int]] | None = None
-    rows: list[BatchRow] = []
+    rows: list[BatchRow] = list(done or [])
+    todo = [(i, b) for i, b in enumerate(batch_sizes) if b not in {r.batch_size for r in rows}]
     with open(output_dir / BATCH_RUNS, "a", encoding="utf-8") as log, \
-            tqdm(total=len(configs) * len(batch_sizes), desc="batch sweep", unit="run", file=sys.stderr) as bar:
-        for i, batch_size in enumerate(batch_sizes):
+            tqdm(total=len(configs) * len(todo), desc="batch sweep", unit="run", file=sys.stderr) as bar:
+        for i, batch_size in todo:
             order = rotated(configs, i)
             if reference is None:  # target-only first at the first size: it is the reference
                 order = [configs[0]] + [c for c in order if c != configs[0]]
@@ -115,6 +133,7 @@ def batch_sweep(engines: dict[Configuration, Engine], prompts: list[list[int]], 
                 result = generator.generate_batch(prompts, n, batch_size, continuous=continuous)
                 if config.method == TARGET and reference is None:
                     reference = [r.tokens for r in result.results]
+                    write_json_atomic(output_dir / BATCH_REFERENCE, reference)
                 row = _row(config, batch_size, continuous, result, reference)
                 if row.mismatches:
                     logger.error(f"{config.id} at batch {batch_size}: {row.mismatches} outputs differ from target-only")

@@ -6,6 +6,13 @@
     summary.md    the Spec-Bench style table and the full summary
     done.json     written last: a folder without it is a sweep that did not finish
 
+A sweep that did not finish resumes: the same command with the same --output_dir keeps every
+unit (a prompt, or a batch size) recorded for all its configurations and runs the rest. A unit
+is the interleaved turn in which target-only and the methods ran back to back, so a speedup is
+never paired across processes. A line cut short by a kill, and a unit recorded only in part,
+are dropped (logged) and the log rewritten whole; a folder holding another configuration's
+sweep is refused, naming the first difference.
+
 Each line keeps what the report needs and nothing it would have to recompute from a model:
 output ids and their strings, the draft shape (tree_topk, tree_depth, tree_budget; a chain of k
 is 1, k, k), and the per-iteration counts that tell drafts from target tokens (tree nodes,
@@ -19,9 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from models.common.cli import write_json_atomic
+from loguru import logger
+
+from models.common.cli import check_output_folder, write_atomic, write_json_atomic
 from models.common.errors import UserError
 from models.common.metrics import Iteration, SequenceStats
 
@@ -86,28 +96,143 @@ def first_mismatch(output: list[int], reference: list[int]) -> int | None:
     return None if len(output) == len(reference) else min(len(output), len(reference))
 
 
-def prepare_output_dir(path: Path) -> Path:
-    """Refuse a file, or a folder that already holds a run; checked before any model loads.
-    Missing parents are made when the sweep starts writing (logs/ on a fresh checkout)."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--output_dir {str(path)!r} is a file; give a folder")
-    if path.is_dir() and any(path.iterdir()):
-        raise UserError(f"--output_dir {str(path)!r} is not empty; give a new folder")
-    return path
+# options that may differ when a sweep resumes: where it writes, and the paths of files whose
+# prompts are compared themselves (meta.json's prompts)
+RESUME_IGNORED = ("output_dir", "config", "input_prompts", "bench_file")
+DIFF_TEXT = 60  # characters of a differing value shown in the refusal
+
+
+def check_output_dir(path: Path) -> dict | None:
+    """Checked before any model loads: --output_dir must be a writable folder (or one that can be
+    made there; missing parents are made when the sweep starts writing), and hold nothing, or a
+    sweep that did not finish. Returns that sweep's meta.json (to resume it), else None."""
+    check_output_folder(path, "--output_dir")
+    if not path.is_dir() or not [p for p in path.iterdir() if not _is_leftover(p)]:
+        return None
+    if (path / DONE).exists():
+        raise UserError(f"--output_dir {str(path)!r} holds a finished sweep ({DONE}); give a new folder")
+    if not (path / META).is_file():
+        raise UserError(f"--output_dir {str(path)!r} is not empty and holds no sweep ({META}); give a new folder")
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path / META} is unreadable ({exc}); give a new --output_dir") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("options"), dict):
+        raise UserError(f"{path / META} holds no sweep's options; give a new --output_dir")
+    return meta
+
+
+def _is_leftover(path: Path) -> bool:
+    """A temporary file of write_atomic's for one of the sweep's files (.NAME.XXXX.tmp) that a
+    kill left behind."""
+    ours = (META, RUNS, SUMMARY_CSV, SUMMARY_MD, DONE, "batch_")  # batch_sweep's files start batch_
+    return path.name.endswith(".tmp") and path.name.startswith(tuple("." + n for n in ours)) and path.is_file()
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    """Start (or resume) writing in `folder`: made if missing, a killed run's half-written files
+    removed, meta.json written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if _is_leftover(path):
+            logger.info(f"removing {path.name}, a half-written file a killed sweep left in {folder}")
+            path.unlink()
+    write_json_atomic(folder / META, meta)
+
+
+def check_resumable(folder: Path, meta: dict, now: dict) -> None:
+    """The sweep in `folder` (its meta.json) resumes only as the same sweep: each key of `now`
+    (options, versions, configurations, prompts...) must equal meta's, else one line names the
+    first difference and how to start afresh."""
+    for key, value in now.items():
+        then = meta.get(key)
+        if key == "options":
+            then, value = resume_options(then if isinstance(then, dict) else {}), resume_options(value)
+        difference = first_difference(then, value, key)
+        if difference:
+            raise UserError(f"--output_dir {str(folder)!r} holds an unfinished sweep of another configuration "
+                            f"({difference}); rerun its own command ({META}) to resume it, or give a new folder")
+
+
+def resume_options(options: dict) -> dict:
+    """The options that must match to resume (JSON's view of them, as meta.json keeps them)."""
+    return {k: v for k, v in json.loads(json.dumps(options)).items() if k not in RESUME_IGNORED}
+
+
+def first_difference(then: object, now: object, where: str) -> str | None:
+    """'options.n_draft_tokens: '2' there, '4' now' for the first place two JSON values differ."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        for key in dict.fromkeys([*then, *now]):
+            found = first_difference(then.get(key), now.get(key), f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(then, list) and isinstance(now, list):
+        for i, (a, b) in enumerate(zip(then, now)):
+            found = first_difference(a, b, f"{where}[{i}]")
+            if found:
+                return found
+        return None if len(then) == len(now) else f"{where}: {len(then)} there, {len(now)} now"
+    if then == now:
+        return None
+    return f"{where}: {_short(then)} there, {_short(now)} now"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= DIFF_TEXT else text[: DIFF_TEXT - 3] + "..."
+
+
+def resume_lines(path: Path, parse: Callable[[dict], object], unit: Callable[[object], object],
+                 config_id: Callable[[object], str], config_ids: list[str], unit_name: str) -> list:
+    """The records of `path` (a JSON line each) in units recorded for every configuration: a last
+    line cut short by a kill and a unit recorded only in part are dropped, each in one log line,
+    and the file is rewritten without them (atomically), so appending goes on from whole lines."""
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    cut = lines.pop()  # b"" when the file ends with a whole line
+    if cut:
+        logger.warning(f"{path}: dropping its last line, cut short ({len(cut)} bytes) when the sweep was killed")
+    parsed = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append((line, parse(json.loads(line))))
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{path} line {number} is malformed ({exc}); give a new --output_dir") from None
+    seen: dict[object, list[str]] = {}
+    for _, record in parsed:
+        seen.setdefault(unit(record), []).append(config_id(record))
+    whole = {u for u, ids in seen.items() if sorted(ids) == sorted(config_ids)}
+    partial = sorted(set(seen) - whole, key=str)
+    if partial:
+        logger.warning(f"{path}: {unit_name} {', '.join(map(str, partial))} recorded for only some configurations; "
+                       "its records are dropped and it runs again")
+    kept = [(line, record) for line, record in parsed if unit(record) in whole]
+    if cut or len(kept) < len(parsed):
+        write_atomic(path, b"".join(line + b"\n" for line, _ in kept))
+    return [record for _, record in kept]
+
+
+def resume_records(folder: Path, config_ids: list[str]) -> list[RunRecord]:
+    """runs.jsonl's records of the prompts every configuration ran (see resume_lines)."""
+    return resume_lines(folder / RUNS, lambda data: RunRecord(**data), lambda r: r.prompt_index,
+                        lambda r: r.config_id, config_ids, "prompt")
 
 
 class RunWriter:
-    """Appends records as prompts finish, so an interrupted sweep still shows what it measured."""
+    """Appends records as prompts finish, so an interrupted sweep still shows what it measured and
+    resumes from it; a prompt's records go out in one write."""
 
     def __init__(self, folder: Path, meta: dict):
-        folder.mkdir(parents=True, exist_ok=True)
+        write_meta(folder, meta)
         self.folder = folder
-        write_json_atomic(folder / META, meta)
         self._runs = (folder / RUNS).open("a", encoding="utf-8")
 
     def append(self, records: list[RunRecord]) -> None:
-        for record in records:
-            self._runs.write(record.to_json() + "\n")
+        self._runs.write("".join(record.to_json() + "\n" for record in records))
         self._runs.flush()
 
     def close(self) -> None:
@@ -146,7 +271,7 @@ def read_run_log(folder: str | Path) -> RunLog:
     try:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
         done = json.loads((folder / DONE).read_text(encoding="utf-8"))
-        lines = (folder / RUNS).read_text(encoding="utf-8").splitlines()
+        lines = (folder / RUNS).read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may sit in a token
         records = [RunRecord(**json.loads(line)) for line in lines if line.strip()]
     except (json.JSONDecodeError, TypeError) as exc:
         raise UserError(f"{folder}: malformed run log ({exc})") from None

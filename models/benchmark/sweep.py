@@ -11,12 +11,15 @@ quantized weights vs target-only; rejection sampling, distributed as target-only
 equal to it token for token: the comparison is recorded, not counted). Under sampling each prompt
 draws from the stream (seed, its prompt index), the same for a method and its target-only
 reference, so a sweep reproduces from its seed.
+
+A resumed sweep skips the prompts already recorded (`done`); every other prompt keeps its turn,
+so its rotation, and its target-only run beside its methods, are the uninterrupted sweep's.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from loguru import logger
 from tqdm import tqdm
@@ -63,22 +66,32 @@ def _record(
     )
 
 
+def counts_as_mismatch(config: Configuration, record: RunRecord) -> bool:
+    """A difference from the reference that must not be (see Configuration.must_match)."""
+    return not record.matches_target_only and config.must_match
+
+
 def sweep(
     prompts: list[tuple[int, BenchPrompt, list[int]]],
     runners: dict[Configuration, Runner],
     token_strings: Callable[[list[int]], list[str]],
     sink: Callable[[list[RunRecord]], None],
     sampling: SamplingParams | None = None,
+    done: Collection[int] = (),
 ) -> int:
     """Run (index, prompt, ids) x configurations; hand each prompt's records to `sink`. sampling:
     the sweep's top_k, top_p and seed (recorded with each run; the runners already use them).
+    done: indices of prompts already recorded (a resumed sweep), skipped.
     Returns the number of runs whose output differs from their reference where it must not."""
     sampling = sampling or SamplingParams()
     configs = list(runners)
+    todo = [(turn, item) for turn, item in enumerate(prompts) if item[0] not in done]
+    if not todo:
+        return 0
     warm_up(runners, prompts[0][2])
     mismatches = 0
-    with tqdm(total=len(prompts) * len(configs), desc="sweep", unit="run", file=sys.stderr) as bar:
-        for turn, (index, prompt, ids) in enumerate(prompts):
+    with tqdm(total=len(todo) * len(configs), desc="sweep", unit="run", file=sys.stderr) as bar:
+        for turn, (index, prompt, ids) in todo:
             outcomes: dict[Configuration, Outcome] = {}
             for config in rotated(configs, turn):
                 bar.set_postfix_str(f"prompt {index} {config.id}", refresh=False)
@@ -92,7 +105,7 @@ def sweep(
                 for c in configs
             ]
             for c, r in zip(configs, records, strict=True):
-                if not r.matches_target_only and c.must_match:
+                if counts_as_mismatch(c, r):
                     mismatches += 1
                     reference = "target-only" if c.reference_id == c.baseline_id else c.reference_id
                     logger.warning(f"prompt {index}: {r.config_id} differs from {reference} at {r.first_mismatch}")

@@ -1,7 +1,8 @@
 """scripts/benchmark.py: the run log's contract, equality with target-only, the interleaving,
 the summary, prompt selection, the config file, token-tree shapes and their counters, the
-llama.cpp peers (one line without the package; a real run with it), the documented defaults, and
-every bad input (one line, no output).
+llama.cpp peers (one line without the package; a real run with it), the documented defaults,
+resuming an interrupted sweep (a Ctrl-C, a line cut short by a kill, another configuration in
+the folder), and every bad input (one line, no output).
 
 Timing is never asserted; the tests gate on deterministic counters (tokens, iterations, order)."""
 
@@ -514,7 +515,7 @@ def test_bad_input_is_one_line_and_writes_nothing(run_script, tmp_path, name, ex
 def test_output_dir_that_is_a_file_or_holds_a_run_is_refused(run_script, tmp_path):
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps(BENCH_PROMPTS[:1]))
-    for target, message in [(tmp_path / "a_file", "is a file"), (tmp_path / "full", "is not empty")]:
+    for target, message in [(tmp_path / "a_file", "is not a folder"), (tmp_path / "full", "is not empty")]:
         if target.name == "a_file":
             target.write_text("keep me")
         else:
@@ -525,6 +526,207 @@ def test_output_dir_that_is_a_file_or_holds_a_run_is_refused(run_script, tmp_pat
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "a_file").read_text() == "keep me"
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["runs.jsonl"]
+
+
+# --- resuming an interrupted sweep ---------------------------------------------------------------
+
+RESUME_ARGV = ["--methods", "prompt_lookup", "--n_draft_tokens", "2,3", "--hf_peers", "0"]  # 3 configurations
+
+
+class TimedCalls:
+    """The suite runners' timed calls (prompt indices, in order); the call numbered `stop_at`
+    raises KeyboardInterrupt instead, as a Ctrl-C mid-sweep would."""
+
+    def __init__(self):
+        self.prompts: list[int] = []
+        self.stop_at: int | None = None
+
+    def wrap(self, suite_runner):
+        def runner(engine, baseline):
+            run = suite_runner(engine, baseline)
+
+            def counted(prompt_ids, max_new_tokens, prompt_index=None):
+                if prompt_index is None:  # the untimed warm-up
+                    return run(prompt_ids, max_new_tokens)
+                self.prompts.append(prompt_index)
+                if len(self.prompts) == self.stop_at:
+                    raise KeyboardInterrupt
+                return run(prompt_ids, max_new_tokens, prompt_index)
+
+            counted.after_warm_up = run.after_warm_up
+            return counted
+
+        return runner
+
+
+@pytest.fixture
+def timed_calls(monkeypatch):
+    from models.benchmark import configurations
+
+    calls = TimedCalls()
+    monkeypatch.setattr(configurations, "suite_runner", calls.wrap(configurations.suite_runner))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    folder, _, code = sweep(tmp_path_factory.mktemp("uninterrupted"), RESUME_ARGV)
+    assert code == 0
+    return folder
+
+
+def measured(folder) -> dict:
+    """(configuration, prompt) -> what the run measured that does not depend on the clock."""
+    return {(r.config_id, r.prompt_index): (r.run_order, r.output_ids, r.matches_target_only,
+                                            [{k: v for k, v in it.items() if "seconds" not in k} for it in r.iterations])
+            for r in read_runs(folder)}
+
+
+def interrupted(root, calls: TimedCalls, stop_at: int):
+    calls.stop_at = stop_at
+    folder, _, code = sweep(root, RESUME_ARGV)
+    assert code == 130 and not (folder / "done.json").exists()
+    calls.prompts, calls.stop_at = [], None
+    return folder
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(uninterrupted_run, tmp_path, timed_calls, log_lines):
+    """Ctrl-C during prompt 1: the same command runs prompts 1 and 2 only, all three configurations
+    of each (target-only beside its methods, in the uninterrupted sweep's rotation), and the log
+    ends as the uninterrupted sweep's."""
+    folder = interrupted(tmp_path, timed_calls, stop_at=5)  # prompt 0's three runs recorded
+    assert {r.prompt_index for r in read_runs(folder)} == {0}
+    _, _, code = sweep(tmp_path, RESUME_ARGV)
+    assert code == 0
+    assert timed_calls.prompts == [1, 1, 1, 2, 2, 2]  # prompt 0 is not run again
+    assert measured(folder) == measured(uninterrupted_run)
+    assert [line for line in log_lines if line.startswith("resuming")] == [
+        f"resuming the sweep in {folder}: 1 of 3 prompts already recorded for every configuration are skipped (0); "
+        "2 to run"]
+    done = json.loads((folder / "done.json").read_text())
+    assert (done["runs"], done["mismatches"], done["resumed"]) == (9, 0, 1)
+    resumed = json.loads((folder / "meta.json").read_text())["resumed"]
+    assert [(r["prompts_recorded"], r["prompts_total"]) for r in resumed] == [(1, 3)]
+    assert {r["config_id"] for r in read_summary(folder)} == {"target-n16", "prompt_lookup-k2-n16",
+                                                             "prompt_lookup-k3-n16"}
+    assert all(int(r["prompts"]) == 3 for r in read_summary(folder) if r["category"] == "overall")
+    assert load_script("benchmark").spans([8, 0, 1, 2, 5, 7]) == "0-2, 5, 7-8"  # a long sweep's line stays short
+
+
+@pytest.mark.parametrize("whole", [0, 1], ids=["cut in its first line", "cut in its second line"])
+def test_a_line_cut_short_by_a_kill_is_dropped_and_its_prompt_runs_again(
+        uninterrupted_run, tmp_path, timed_calls, warnings, whole):
+    """A SIGKILL while prompt 1's records were being written leaves `whole` lines of it and a line
+    cut mid-way (and a temporary file of write_atomic's): they are dropped, each in a log line,
+    and prompt 1 runs again whole, so its target-only time pairs with its methods' times."""
+    folder = interrupted(tmp_path, timed_calls, stop_at=7)  # prompts 0 and 1 recorded
+    runs = folder / "runs.jsonl"
+    lines = runs.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 6
+    cut = lines[3 + whole]
+    runs.write_bytes(b"".join(lines[: 3 + whole]) + cut[: len(cut) // 2])  # killed mid-line
+    leftover = folder / ".summary.csv.x1y2.tmp"
+    leftover.write_text("half a summ")
+    _, _, code = sweep(tmp_path, RESUME_ARGV)
+    assert code == 0
+    assert timed_calls.prompts == [1, 1, 1, 2, 2, 2]
+    assert measured(folder) == measured(uninterrupted_run)
+    assert runs.read_bytes().endswith(b"\n") and len(read_runs(folder)) == 9 and not leftover.exists()
+    assert any("runs.jsonl: dropping its last line, cut short" in line for line in warnings), warnings
+    partial = [line for line in warnings if "recorded for only some configurations" in line]
+    assert partial == ([f"{runs}: prompt 1 recorded for only some configurations; its records are dropped and it "
+                        "runs again"] if whole else []), warnings
+
+
+def refused(run_script, argv: list[str]) -> str:
+    code, err = run_script("benchmark", argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def snapshot(folder) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_another_configuration_in_an_unfinished_sweeps_folder_is_refused(
+        tmp_path, timed_calls, monkeypatch, run_script, capsys):
+    """Other options: refused in one line naming the option, before any model loads; other
+    prompts (found once the tokenizer has read them): refused as well; the folder is untouched."""
+    from models.benchmark import configurations
+
+    folder = interrupted(tmp_path, timed_calls, stop_at=4)
+    capsys.readouterr()  # the interrupted sweep's own output
+    before = snapshot(folder)
+    prompts = tmp_path / "tiny_prompts.json"
+    argv = ["--model", BENCH_MODEL, "--input_prompts", str(prompts), "--max_generated_tokens", "16",
+            "--instruct", "0", "--max_seq_len", "256", "--output_dir", str(folder), *RESUME_ARGV]
+    real_build = configurations.build
+    monkeypatch.setattr(configurations, "build", lambda *a: pytest.fail("a model loaded"))
+    err = refused(run_script, [*argv, "--n_draft_tokens", "2,4"])
+    assert (f"error: --output_dir {str(folder)!r} holds an unfinished sweep of another configuration "
+            "(options.n_draft_tokens: '2,3' there, '2,4' now); rerun its own command (meta.json) to resume it, "
+            "or give a new folder") in err
+    monkeypatch.setattr(configurations, "build", real_build)
+    prompts.write_text(json.dumps([{"prompt": "another prompt"}] + BENCH_PROMPTS[1:]))
+    err = refused(run_script, argv)
+    assert "(prompts[0].prompt_tokens: " in err and "give a new folder" in err
+    assert snapshot(folder) == before and timed_calls.prompts == []
+
+
+@pytest.mark.parametrize("case", ["finished sweep", "device", "unwritable folder"])
+def test_a_finished_sweep_a_device_or_an_unwritable_folder_is_refused_before_any_model_loads(
+        uninterrupted_run, tmp_path, monkeypatch, run_script, case):
+    from models.benchmark import configurations
+
+    monkeypatch.setattr(configurations, "build", lambda *a: pytest.fail("a model loaded"))
+    if case == "unwritable folder" and not Path("/sys/kernel").is_dir():
+        pytest.skip("no /sys here (sysfs refuses new files even to root)")
+    folder, message = {
+        "finished sweep": (uninterrupted_run, "holds a finished sweep (done.json); give a new folder"),
+        "device": (Path("/dev/null"), "'/dev/null' is not a folder; give a folder path"),
+        "unwritable folder": (Path("/sys/kernel/run"), "--output_dir folder '/sys/kernel' is not writable"),
+    }[case]
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(BENCH_PROMPTS[:1]))
+    finished = snapshot(uninterrupted_run)
+    err = refused(run_script, ["--model", BENCH_MODEL, "--input_prompts", str(prompts), "--output_dir", str(folder)])
+    assert message in err, err
+    assert snapshot(uninterrupted_run) == finished
+    assert Path("/dev/null").is_char_device()
+
+
+def test_an_interrupted_batch_sweep_resumes_by_batch_size(tmp_path, monkeypatch):
+    """Stopped in batch size 2: the same command runs batch size 2 again (every configuration,
+    back to back) and not 1, holding its outputs to the reference recorded at batch size 1."""
+    from models.benchmark.batch_sweep import BATCH_RUNS, BatchRow
+    from models.speculative.generator import Generator
+
+    timed: list[int] = []
+    stop_at = [3]
+    generate_batch = Generator.generate_batch
+
+    def counted(self, prompts, max_new_tokens, batch_size, **kwargs):
+        if max_new_tokens == 16:  # not the 4-token warm-up
+            timed.append(batch_size)
+            if len(timed) == stop_at[0]:
+                raise KeyboardInterrupt
+        return generate_batch(self, prompts, max_new_tokens, batch_size, **kwargs)
+
+    monkeypatch.setattr(Generator, "generate_batch", counted)
+    argv = ["--methods", "prompt_lookup", "--n_draft_tokens", "2", "--batch_sizes", "1,2"]
+    folder, _, code = sweep(tmp_path, argv)
+    assert code == 130 and {r["batch_size"] for r in map(json.loads, (folder / BATCH_RUNS).open())} == {1}
+    timed.clear()
+    stop_at[0] = None
+    folder, _, code = sweep(tmp_path, argv)
+    assert code == 0 and timed == [2, 2]
+    rows = [BatchRow(**json.loads(line)) for line in (folder / BATCH_RUNS).read_text().splitlines()]
+    assert sorted((r.config_id, r.batch_size) for r in rows) == [
+        ("prompt_lookup-k2-n16", 1), ("prompt_lookup-k2-n16", 2), ("target-n16", 1), ("target-n16", 2)]
+    assert all(r.mismatches == 0 and r.prompts == 3 for r in rows)
+    assert json.loads((folder / "done.json").read_text())["runs"] == 4
+    resumed = json.loads((folder / "meta.json").read_text())["resumed"]
+    assert [(r["batch_sizes_recorded"], r["batch_sizes_total"]) for r in resumed] == [(1, 2)]
 
 
 def test_auto_budget_sweeps_beside_fixed_budgets(tmp_path, monkeypatch):
