@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loguru import logger
 
-from models.common.cli import ArgumentParser, prompt_context_arg, run_cli, write_json_atomic
+from models.common.cli import (
+    ArgumentParser, check_output_folder, prompt_context_arg, run_cli, write_atomic, write_json_atomic,
+)
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL
 from models.speculative.speculators import heads
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
                         "the accuracy scores must keep the same prompt positions as training")
     if (args.bench_file is None) == (args.input_prompts is None):
         raise UserError("give one of --bench_file (Spec-Bench) or --input_prompts")
-    out = Path(args.output_dir)
+    out = check_output_folder(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--model", args.model] + (["--data_dir", args.data_dir] if args.data_dir else []) + (
         ["--work_dir", args.work_dir] if args.work_dir else []) + (
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
                             "held_out_top1": scored_steps(json.loads(scores["held_out"].read_text())),
                             "chain": chain, "tree": tree})
     write_json_atomic(out / "curve.json", results)
-    (out / "curve.md").write_text(table(results))
+    write_atomic(out / "curve.md", table(results))
     plot(results, out / "curve.png")
     print(table(results))
     return 0

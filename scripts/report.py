@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loguru import logger
 
+from models.benchmark.compare import load_run
 from models.benchmark.html_report import render
-from models.benchmark.plots import draw_all
-from models.benchmark.runlog import read_run_log
+from models.benchmark.plots import PLOTS, draw_all
 from models.benchmark.summary import summary_rows
 from models.common.cli import ArgumentParser, check_writable, run_cli, write_atomic
 
@@ -37,10 +37,12 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    log = read_run_log(args.folder)
+    log = load_run(args.folder, "folder")  # every field of the type scripts/benchmark.py writes, or one line
     if log.folder != Path(args.folder):
         logger.info(f"newest finished sweep in {args.folder}: {log.folder}")
     output = check_writable(args.output or log.folder / "report.html")
+    for name in PLOTS:  # the plots go beside the run log, whatever --output says
+        check_writable(log.folder / name, "plot")
     rows = summary_rows(log.records)
     images = draw_all(rows)
     for name, png in images.items():

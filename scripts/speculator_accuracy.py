@@ -32,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from loguru import logger
 
-from models.common.cli import ArgumentParser, prompt_context_arg, read_json_file, run_cli, write_json_atomic
+from models.common.cli import (
+    ArgumentParser, check_writable, prompt_context_arg, read_json_file, run_cli, write_json_atomic,
+)
 from models.common.device import open_device
 from models.common.errors import UserError
 from models.benchmark.sources import from_prompt_files, from_spec_bench, select
@@ -96,6 +98,8 @@ def main(argv=None) -> int:
     for flag in ("max_examples", "steps", "topk", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.output:
+        check_writable(args.output)  # before the model loads, not after the scoring
     reference = reference_accuracy(Path(args.certainty_reference)) if args.certainty_reference else None
     name = data_name(args.model)
     bench = bool(args.bench_file or args.input_prompts)

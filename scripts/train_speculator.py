@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from loguru import logger
 
-from models.common.cli import ArgumentParser, layers_arg, prompt_context_arg, run_cli
+from models.common.cli import (
+    ArgumentParser, check_output_folder, layers_arg, output_target, prompt_context_arg, run_cli,
+)
 from models.common.device import requested_device_name
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL
@@ -324,6 +326,10 @@ def main(argv=None) -> int:
     if not 0 <= args.followup_share <= 1:
         raise UserError(f"--followup_share must be between 0 and 1, got {args.followup_share}")
     name = data_name(args.model)
+    output = None  # the weights folder, replaced at the end after hours of work: checked now (a link: its target)
+    if args.kind is not None:
+        output = output_target(check_output_folder(args.output or SHIPPED_SPECULATORS / f"{name}-{args.kind}",
+                                                   "--output"))
     work = Path(args.work_dir) if args.work_dir else REPO / ".cache" / "train" / name
     work.mkdir(parents=True, exist_ok=True)
     folder = DataFolder(Path(args.data_dir) if args.data_dir else REPO / "data" / "speculator" / name,
@@ -405,7 +411,6 @@ def main(argv=None) -> int:
         "device": decoder.engine.device.describe(),
         **({"init_from": started_from} if started_from else {}),
     }
-    output = Path(args.output) if args.output else SHIPPED_SPECULATORS / f"{name}-{args.kind}"
     tmp = output.with_name(output.name + ".tmp")
     heads.save(head, tmp)
     if output.exists():

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loguru import logger
 
-from models.common.cli import ArgumentParser, run_cli, write_json_atomic
+from models.common.cli import ArgumentParser, check_output_folder, run_cli, write_json_atomic
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL, load_model
 from models.speculative.speculators.contamination import UNSEEN_PROMPTS, Contamination
@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.per_category < 1:
         raise UserError(f"--per_category must be at least 1, got {args.per_category}")
+    out = check_output_folder(args.output_dir)  # before the tokenizer and the wheels are read
     name = data_name(args.model)
     folders = args.data_dir or sorted(str(p) for p in (REPO / "data" / "speculator").glob(f"{name}*") if p.is_dir())
     tokenizer = load_model(args.model, n_layers=1).tokenizer
@@ -80,7 +81,6 @@ def main(argv=None) -> int:
                             f"fewer than --per_category {args.per_category}")
         chosen[category] = clean[: args.per_category]
         start += len(texts)
-    out = Path(args.output_dir)  # every category chosen before any file is written
     out.mkdir(parents=True, exist_ok=True)
     for category, picked in chosen.items():
         write_json_atomic(out / f"{category}.json", [{"prompt": items[category][i]} for i in picked])

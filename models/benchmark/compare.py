@@ -67,13 +67,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import types
+import typing
 from collections import defaultdict
 from pathlib import Path
 
 from models.benchmark.configurations import AUTO, TARGET
-from models.benchmark.runlog import RUNS, RunLog, RunRecord, read_run_log
+from models.benchmark.runlog import DONE, META, RUNS, RunLog, RunRecord, read_run_log
 from models.benchmark.summary import OVERALL, REJECTION, categories_in_order, configuration_of
 from models.common.errors import UserError
+from models.common.metrics import Iteration
 
 Z_SCORE = 3.0  # one-sided: P(Z > 3) = 0.135%, the false-alarm rate per row under normal noise
 LEVEL = statistics.NormalDist().cdf(Z_SCORE)
@@ -256,7 +259,8 @@ def measure(log: RunLog) -> dict[tuple[str, int], Measured]:
 
 def load_run(folder: str | Path, which: str) -> RunLog:
     """read_run_log, plus the one-line errors it leaves to Python (binary junk, a meta.json that is
-    not an object, fields of the wrong type)."""
+    not an object, a field of the wrong type, named with its line): what compare_runs and the
+    report read is checked here once. `which` names the folder in messages (BASE, NEW, ...)."""
     try:
         log = read_run_log(folder)
     except UserError:
@@ -268,24 +272,100 @@ def load_run(folder: str | Path, which: str) -> RunLog:
         raise UserError(f"{which} {str(folder)!r}: malformed run log ({exc})") from None
     if not isinstance(log.meta, dict) or not isinstance(log.done, dict):
         raise UserError(f"{which} {log.folder}: meta.json and done.json must hold JSON objects")
-    for record in log.records:
-        _check_fields(log.folder, record)
+    _check_object(log.folder / META, log.meta, META_TYPES)
+    _check_object(log.folder / DONE, log.done, DONE_TYPES)
+    for i, p in enumerate(log.meta.get("prompts", [])):
+        _check_object(log.folder / META, p, META_PROMPT_TYPES, f"prompts[{i}].", required=("index",))
+    for i, c in enumerate(log.meta.get("configurations", [])):
+        _check_object(log.folder / META, c, META_CONFIGURATION_TYPES, f"configurations[{i}].", required=("id", "label"))
+    lines = _line_numbers(log.folder / RUNS, len(log.records))
+    for line, record in zip(lines, log.records, strict=True):
+        _check_record(f"{log.folder / RUNS} {line}", record)
     return log
 
 
-FIELD_TYPES = {  # the fields the comparison keys, groups and labels by
-    "config_id": str, "method": str, "category": str, "prompt_index": int, "k": int, "max_generated_tokens": int,
-    "question_id": int | str | None, "matches_target_only": bool, "output_ids": list,
-    "tree_topk": int | None, "tree_budget": int | str | None, "temperature": int | float, "verify": str,
-}
+RECORD_TYPES = typing.get_type_hints(RunRecord)  # every field, as scripts/benchmark.py writes it
+ITERATION_TYPES = typing.get_type_hints(Iteration)
+ITERATION_REQUIRED = tuple(f.name for f in dataclasses.fields(Iteration) if f.default is dataclasses.MISSING)
+# what the report reads from meta.json and done.json (each optional, of this type when present)
+META_TYPES = {"prompts": list[dict], "configurations": list[dict], "versions": dict, "skipped_prompts": int,
+              "load_average_at_start": list[float] | None}
+DONE_TYPES = {"elapsed_s": float, "load_average_at_end": list[float] | None}
+META_PROMPT_TYPES = {"index": int, "text": str, "question_id": int | str | None, "prompt_tokens": int}
+META_CONFIGURATION_TYPES = {"id": str, "label": str}
+JSON_NAMES = {int: "integer", float: "number", str: "string", bool: "true or false", dict: "object",
+              type(None): "null"}
+SHOWN = 60  # characters of a bad value shown in the message
 
 
-def _check_fields(folder: Path, record: RunRecord) -> None:
-    for name, kind in FIELD_TYPES.items():
-        value = getattr(record, name)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise UserError(f"{folder / RUNS}: a run's {name} is {value!r}, not what scripts/benchmark.py "
-                            f"writes ({kind.__name__ if isinstance(kind, type) else kind}); give a folder it wrote")
+def _fits(value: object, hint: object) -> bool:
+    """Whether a JSON value has an annotation's type: an int is no bool, a float may be an int,
+    list[X] checks its items."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in args)
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else int | float) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    return isinstance(value, origin or hint)
+
+
+def _type_text(hint: object) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(h) for h in args)
+    if origin is list:
+        return f"list of {_type_text(args[0])}s"
+    return JSON_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
+
+
+def _field_error(where: str, name: str, value: object, hint: object) -> UserError:
+    return UserError(f"{where}: {name} is {_shown(value)} (expected: {_type_text(hint)}); "
+                     "give a folder written by scripts/benchmark.py")
+
+
+def _check_object(where: Path | str, data: object, kinds: dict, prefix: str = "",
+                  required: tuple[str, ...] = ()) -> None:
+    """A JSON object's fields against their types; `required` must be there."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: {prefix.rstrip('.')} is {_shown(data)} (expected: object); "
+                        "give a folder written by scripts/benchmark.py")
+    for name in required:
+        if name not in data:
+            raise UserError(f"{where}: {prefix}{name} is missing; give a folder written by scripts/benchmark.py")
+    for name, hint in kinds.items():
+        if name in data and not _fits(data[name], hint):
+            raise _field_error(str(where), prefix + name, data[name], hint)
+
+
+def _check_record(where: str, record: RunRecord) -> None:
+    """Every field of a run (and of each of its iterations) of the type scripts/benchmark.py writes."""
+    for name, hint in RECORD_TYPES.items():
+        if not _fits(getattr(record, name), hint):
+            raise _field_error(where, name, getattr(record, name), hint)
+    if len(record.token_strings) != len(record.output_ids):
+        raise UserError(f"{where}: token_strings holds {len(record.token_strings)} strings for "
+                        f"{len(record.output_ids)} output_ids; give a folder written by scripts/benchmark.py")
+    for i, it in enumerate(record.iterations or []):
+        unknown = sorted(set(it) - set(ITERATION_TYPES))
+        missing = [name for name in ITERATION_REQUIRED if name not in it]
+        if unknown or missing:
+            what = f"has unknown field(s) {', '.join(unknown)}" if unknown else f"lacks {', '.join(map(repr, missing))}"
+            raise UserError(f"{where}: iterations[{i}] {what}; give a folder written by scripts/benchmark.py")
+        _check_object(where, it, ITERATION_TYPES, f"iterations[{i}].")
+
+
+def _line_numbers(path: Path, n_records: int) -> list[str]:
+    """'line N' of each record (read_run_log skips blank lines); 'run N' if the count disagrees."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    numbers = [f"line {i}" for i, line in enumerate(lines, start=1) if line.strip()]
+    return numbers if len(numbers) == n_records else [f"run {i}" for i in range(1, n_records + 1)]
 
 
 def prompt_keys(log: RunLog, with_text: bool) -> dict[int, tuple]:

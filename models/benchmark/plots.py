@@ -16,7 +16,10 @@ from models.benchmark.summary import OVERALL, Row
 
 DPI = 110
 LEGEND = dict(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)  # below the axes
-STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9}
+# text.parse_math off: categories and labels come from the user's files and are shown as written
+# ("$5 to $10" is no formula, and an unbalanced "$" would stop the report)
+STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9,
+         "text.parse_math": False}
 
 
 def _png(fig) -> bytes:

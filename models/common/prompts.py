@@ -29,6 +29,18 @@ class Prompt:
         return f"{context}\n\n{self.prompt}"
 
 
+def _check_encodable(text: str | None, where: str) -> None:
+    """JSON may escape a lone surrogate (\\ud800), which is no character: no tokenizer can encode it."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise UserError(f"{where} holds a lone surrogate {ascii(bad)} at character {exc.start}, which is not text; "
+                        "remove it or pair it") from None
+
+
 def parse_prompts(data: object, source: str) -> list[Prompt]:
     if not isinstance(data, list) or not data:
         raise UserError(f"{source}: expected a non-empty JSON list of prompt objects")
@@ -46,6 +58,8 @@ def parse_prompts(data: object, source: str) -> list[Prompt]:
         context = item.get("context")
         if context is not None and not isinstance(context, str):
             raise UserError(f"{where}: 'context' must be a string")
+        for field in ("prompt", "context"):
+            _check_encodable(item.get(field), f"{where}: '{field}'")
         max_length = item.get("max_length")
         bad_type = isinstance(max_length, bool) or not isinstance(max_length, int)
         if max_length is not None and (bad_type or max_length < 1):

@@ -48,6 +48,12 @@ class ModelArgs:
     def with_layers(self, n_layers: int) -> ModelArgs:
         return dataclasses.replace(self, n_layers=n_layers)
 
+    def check_seq_len(self, max_seq_len: int) -> None:
+        """A cache past the model's positions would run RoPE where it was never trained."""
+        if max_seq_len > self.max_position_embeddings:
+            raise UserError(f"--max_seq_len {max_seq_len} exceeds the model's {self.max_position_embeddings} "
+                            f"positions (max_position_embeddings); give at most {self.max_position_embeddings}")
+
 
 def _rope_parameters(config: PretrainedConfig) -> dict:
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
@@ -77,12 +83,25 @@ def _eos_ids(config: PretrainedConfig) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
 
 
+# the sizes the lean model's tensors are made from: a config missing one or holding 0 is no model
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "max_position_embeddings")
+
+
+def _check_sizes(config: PretrainedConfig) -> None:
+    for name in SIZE_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"config field {name} must be a positive integer, got {value!r}")
+
+
 def args_from_hf_config(config: PretrainedConfig) -> ModelArgs:
     model_type = config.model_type
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise UserError(
             f"model type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
+    _check_sizes(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     sliding_window = None
     if model_type == "mistral":

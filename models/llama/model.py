@@ -169,6 +169,7 @@ class Transformer(nn.Module):
         return logits if self.tp is None else self.tp.gather_vocab(logits, self.args.vocab_size)
 
     def new_cache(self, max_seq_len: int, batch_size: int = 1) -> KVCache:
+        self.args.check_seq_len(max_seq_len)
         return KVCache(
             self.args.n_layers,
             self.args.n_kv_heads,

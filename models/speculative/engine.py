@@ -35,6 +35,9 @@ MAX_TREE_NODES = 63  # the verify block (nodes + root) must fit the CPU kernels'
 DEFAULT_TREE_BUDGET = {"cpu": 16, "cuda": 32}  # nodes per target call for --tree_topk > 1
 AUTO = "auto"
 BATCH_DRAFTS = (AUTO, "all")
+# the methods that read --draft_model and --speculator (for --method multi: its --proposers)
+DRAFT_MODEL_METHODS = ("draft_model",)
+SPECULATOR_METHODS = ("eagle", "multi_projection")
 BATCH_COST_ROWS = 64  # one sequence's verify cost, whose slope prices a batch's draft row, up to this many rows
 
 
@@ -83,6 +86,7 @@ class RunConfig:
         self._validate_tree()
         if self.proposers is not None and self.method != "multi":
             raise UserError(f"--proposers is for --method multi, not --method {self.method}")
+        self._validate_flags_read()
         if self.draft_layers is not None and self.draft_layers < 1:
             raise UserError(f"--draft_layers must be >= 1, got {self.draft_layers}")
         if self.target_layers is not None and self.target_layers < 1:
@@ -102,6 +106,23 @@ class RunConfig:
             raise UserError(f"--verify {self.verify} is for sampling (--temperature > 0); at temperature 0 decoding is greedy")
         self._validate_batch()
         self._validate_mesh()
+
+    @property
+    def drafters(self) -> set[str]:
+        """The proposers this run builds: its method, or --method multi's --proposers."""
+        if self.method != "multi":
+            return {self.method}
+        return {n.strip() for n in (self.proposers or "").split(",") if n.strip()}
+
+    def _validate_flags_read(self) -> None:
+        """A flag the method never reads is refused, not silently ignored."""
+        used = f"--method {self.method}" + (f" --proposers {self.proposers}" if self.method == "multi" else "")
+        if self.draft_model is not None and not self.drafters & set(DRAFT_MODEL_METHODS):
+            raise UserError(f"--draft_model is for --method draft_model (or multi with draft_model in --proposers); "
+                            f"{used} loads no draft model")
+        if self.speculator is not None and not self.drafters & set(SPECULATOR_METHODS):
+            raise UserError(f"--speculator is for --method eagle or multi_projection (or multi with one in "
+                            f"--proposers); {used} reads no speculator")
 
     def _validate_mesh(self) -> None:
         mesh = self.mesh
@@ -208,6 +229,7 @@ class Engine:
         self.model = TracedModel(self.target.model, traced=self.device.traced, max_block=self.spec.budget + 1)
         self.proposer = self._build_proposer()
         self._check_caches_fit(uses_baseline)
+        self.target.model.args.check_seq_len(config.max_seq_len)  # before any calibration or decoding
         eos = self.target.tokenizer.eos_token_ids
         self.generator = Generator(
             self.model, self.proposer, tree=self.spec if self.proposer is not None else None,

@@ -1,8 +1,13 @@
 """scripts/generate.py: the output contract, equality across methods, and every bad input."""
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
+
+from models.speculative.engine import RunConfig
 
 TINY = "random:tiny-llama:31"
 PROMPTS = [
@@ -114,6 +119,7 @@ def test_sampling_reproduces_from_its_seed_and_coupled_equals_target_only(run_sc
 BAD = [
     # (description, argv tweak, expected fragment of the one-line error)
     ("missing prompts", ["--input_prompts", "nope.json"], "not found"),
+    ("prompts a folder", ["--input_prompts", "/"], "prompts file '/' is a folder; give a JSON file"),
     ("n_draft_tokens < 1", ["--method", "prompt_lookup", "--n_draft_tokens", "0"], "--n_draft_tokens must be >= 1"),
     ("draft_layers too high", ["--method", "self_draft", "--draft_layers", "4"], "--draft_layers 4 is outside [1, 3]"),
     ("draft_layers zero", ["--method", "self_draft", "--draft_layers", "0"], "--draft_layers must be >= 1"),
@@ -161,6 +167,16 @@ BAD = [
      "--method prompt_lookup has no draft model"),
     ("mesh with auto trees", ["--mesh_shape", "1x2", "--method", "prompt_lookup", "--tree_topk", "2",
                               "--tree_budget", "auto"], "--tree_budget auto times one device"),
+    ("draft model unread", ["--method", "prompt_lookup", "--draft_model", TINY],
+     "--draft_model is for --method draft_model (or multi with draft_model in --proposers); --method prompt_lookup "
+     "loads no draft model"),
+    ("draft model unread by multi", ["--method", "multi", "--proposers", "suffix,prompt_lookup", "--draft_model", TINY],
+     "--method multi --proposers suffix,prompt_lookup loads no draft model"),
+    ("speculator with target", ["--method", "target", "--speculator", "some/folder"],
+     "--speculator is for --method eagle or multi_projection (or multi with one in --proposers); --method target "
+     "reads no speculator"),
+    ("speculator with a draft model", ["--method", "draft_model", "--speculator", "some/folder"],
+     "--method draft_model reads no speculator"),
 ]
 
 
@@ -182,6 +198,15 @@ def test_bad_input_is_one_line_and_writes_nothing(run_script, prompts_file, tmp_
     assert not list(tmp_path.glob(".out.json.*"))
 
 
+@pytest.mark.parametrize("method, proposers, flag", [
+    ("draft_model", None, "draft_model"), ("eagle", None, "speculator"), ("multi_projection", None, "speculator"),
+    ("multi", "prompt_lookup,draft_model", "draft_model"), ("multi", "eagle,suffix", "speculator"),
+])
+def test_a_flag_its_method_reads_is_accepted(method, proposers, flag):
+    """The other side of the unread-flag errors above: --method multi reads what its proposers read."""
+    RunConfig(method=method, proposers=proposers, **{flag: "some/path"}).validate()
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -193,6 +218,9 @@ def test_bad_input_is_one_line_and_writes_nothing(run_script, prompts_file, tmp_
         ('[{"prompt": ""}]', "'prompt' must be a non-empty string"),
         ('[{"prompt": "x", "max_length": -3}]', "'max_length' must be a positive integer"),
         ('[{"prompt": "x", "context": 5}]', "'context' must be a string"),
+        ('[{"prompt": "x"}, {"prompt": "a \\ud800 b"}]',
+         "item 1: 'prompt' holds a lone surrogate '\\ud800' at character 2"),
+        ('[{"prompt": "x", "context": "\\udfff"}]', "item 0: 'context' holds a lone surrogate '\\udfff'"),
     ],
 )
 def test_malformed_prompts_files(run_script, tmp_path, content, message):
@@ -207,6 +235,54 @@ def test_malformed_prompts_files(run_script, tmp_path, content, message):
 def test_missing_output_folder(run_script, prompts_file, tmp_path):
     code, err = generate(run_script, prompts_file, tmp_path / "nope" / "out.json")
     assert code == 2 and "does not exist" in err
+
+
+def test_a_byte_order_mark_is_read_and_a_symlink_output_written_where_it_points(run_script, tmp_path):
+    prompts = tmp_path / "bom.json"
+    prompts.write_bytes(b"\xef\xbb\xbf" + json.dumps(PROMPTS[:1]).encode())  # as some editors save UTF-8
+    (tmp_path / "results").mkdir()
+    target = tmp_path / "results" / "out.json"
+    link = tmp_path / "out.json"
+    link.symlink_to(target)
+    code, err = generate(run_script, prompts, link, "--method", "target", "--max_generated_tokens", "4")
+    assert code == 0, err
+    assert link.is_symlink() and json.loads(target.read_text())["prompts"][0]["output_ids"]
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["out.json"]
+
+
+NOT_REGULAR = "is not a regular file (a device, fifo or socket); give a file path"
+
+
+def _bad_output(tmp_path, kind) -> tuple[Path, str]:
+    """An --output that cannot take the result (made in tmp_path where it can) and its one-line error."""
+    if kind in ("fifo", "link to a fifo"):
+        os.mkfifo(tmp_path / "pipe")
+        if kind == "fifo":
+            return tmp_path / "pipe", f"--output {str(tmp_path / 'pipe')!r} {NOT_REGULAR}"
+        (tmp_path / "link").symlink_to(tmp_path / "pipe")
+        return tmp_path / "link", f"--output {str(tmp_path / 'link')!r} {NOT_REGULAR}"
+    if kind == "file as folder":
+        (tmp_path / "file").write_text("x")
+        return tmp_path / "file" / "out.json", f"--output folder {str(tmp_path / 'file')!r} is not a folder"
+    if kind == "folder":
+        return tmp_path, f"--output {str(tmp_path)!r} is a folder; give a file path"
+    if kind == "device":
+        return Path("/dev/null"), f"--output '/dev/null' {NOT_REGULAR}"
+    return Path("/sys/kernel/out.json"), "--output folder '/sys/kernel' is not writable ("  # root too
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to a fifo", "device", "folder", "file as folder", "unwritable folder"])
+def test_a_bad_output_is_refused_before_the_model_loads(run_script, prompts_file, tmp_path, kind):
+    """The model named does not exist: the output's error, not the model's, proves the order;
+    nothing is replaced or left behind."""
+    if kind == "unwritable folder" and not Path("/sys/kernel").is_dir():
+        pytest.skip("no /sys here")
+    out, message = _bad_output(tmp_path, kind)
+    code, err = generate(run_script, prompts_file, out, "--model", "no/such/model")
+    assert code == 2 and err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1, err
+    if kind in ("fifo", "link to a fifo", "device"):
+        assert not stat.S_ISREG(os.stat(out).st_mode)  # still the fifo or device, not a file put in its place
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.default_model

@@ -2,6 +2,8 @@
 shape columns, tree size on hover), the token colouring rebuilt from per-iteration counts, bad
 inputs, and the page rendered by headless Chromium when it is installed."""
 
+import html
+import json
 import os
 import re
 import shutil
@@ -194,3 +196,74 @@ def test_sampled_report_labels_modes_and_does_not_mark_rejection_as_differing(sa
     assert "runs equal to their reference (rejection-sampled runs aside" in page
     judged = [r for r in records if r.verify != "rejection"]
     assert f"<b>{len(judged)}/{len(judged)}</b>" in page
+
+
+def _spoiled_copy(src, dst, line: int = 0, meta: dict | None = None, **fields):
+    """A copy of a run folder whose runs.jsonl line `line` (0-based) gets `fields`, and meta.json `meta`."""
+    shutil.copytree(src, dst)
+    for name in ("report.html", *PNGS):
+        (dst / name).unlink(missing_ok=True)
+    lines = (dst / "runs.jsonl").read_text().splitlines()
+    lines[line] = json.dumps(json.loads(lines[line]) | fields)
+    (dst / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    if meta:
+        (dst / "meta.json").write_text(json.dumps(json.loads((dst / "meta.json").read_text()) | meta))
+    return dst
+
+
+WRONG_TYPES = [
+    # (id, line, fields, meta, the one-line error after the folder)
+    ("seconds a word", 2, {"total_s": "fast"}, None, "runs.jsonl line 3: total_s is 'fast' (expected: number)"),
+    ("category a list", 0, {"category": [1]}, None, "runs.jsonl line 1: category is [1] (expected: string)"),
+    ("index a string", 1, {"prompt_index": "0"}, None, "runs.jsonl line 2: prompt_index is '0' (expected: integer)"),
+    ("ids not numbers", 4, {"output_ids": ["a"]}, None,
+     "runs.jsonl line 5: output_ids is ['a'] (expected: list of integers)"),
+    ("strings short", 3, {"token_strings": ["x"]}, None, "runs.jsonl line 4: token_strings holds 1 strings for"),
+    ("iteration count a word", 3, {"iterations": [{"proposed": 2, "accepted": "2", "emitted": 1, "seconds": 0.1}]},
+     None, "runs.jsonl line 4: iterations[0].accepted is '2' (expected: integer)"),
+    ("iteration field unknown", 3, {"iterations": [{"proposed": 2, "accepted": 2, "emitted": 1, "seconds": 0.1,
+                                                    "x": 1}]}, None, "iterations[0] has unknown field(s) x"),
+    ("meta prompt index", 0, {}, {"prompts": [{"index": "0"}]},
+     "meta.json: prompts[0].index is '0' (expected: integer)"),
+    ("meta versions", 0, {}, {"versions": "new"}, "meta.json: versions is 'new' (expected: object)"),
+]
+
+
+@pytest.mark.parametrize("name, line, fields, meta, message", WRONG_TYPES, ids=[w[0] for w in WRONG_TYPES])
+def test_a_wrong_typed_field_is_one_line_naming_line_and_field(run_script, benchmark_run, tmp_path, name, line,
+                                                               fields, meta, message):
+    folder = _spoiled_copy(benchmark_run[0], tmp_path / "run", line, meta, **fields)
+    code, err = run_script("report", [str(folder)])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {folder}/") and message in lines[0], err
+    assert not (folder / "report.html").exists() and not any((folder / png).exists() for png in PNGS)
+
+
+def test_a_category_holding_dollars_is_shown_as_written(run_script, benchmark_run, tmp_path):
+    """'$' would start matplotlib's mathtext: an unbalanced one stopped the report with a traceback."""
+    category = r"costs $\frac{1$ each"
+    folder = tmp_path / "run"
+    shutil.copytree(benchmark_run[0], folder)
+    lines = [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines()]
+    (folder / "runs.jsonl").write_text("".join(json.dumps(r | {"category": category}) + "\n" for r in lines))
+    code, err = run_script("report", [str(folder)])
+    assert code == 0, err
+    assert f"<summary>#0 {html.escape(category)}" in (folder / "report.html").read_text(encoding="utf-8")
+    assert png_size((folder / "mean_accepted_by_category.png").read_bytes())[0] > 300
+
+
+@pytest.mark.parametrize("where", ["--output", "plot"])
+def test_an_output_that_cannot_be_written_is_found_before_any_drawing(run_script, benchmark_run, tmp_path, where):
+    folder = tmp_path / "run"
+    shutil.copytree(benchmark_run[0], folder)
+    for name in ("report.html", *PNGS):
+        (folder / name).unlink(missing_ok=True)
+    if where == "plot":  # the plots go beside the run log whatever --output says
+        (folder / PNGS[-1]).mkdir()
+        argv = [str(folder), "--output", str(tmp_path / "r.html")]
+        message = f"plot {str(folder / PNGS[-1])!r} is a folder"
+    else:
+        argv, message = [str(folder), "--output", str(folder)], f"--output {str(folder)!r} is a folder"
+    code, err = run_script("report", argv)
+    assert code == 2 and err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r.html").exists() and not any((folder / png).is_file() for png in PNGS)

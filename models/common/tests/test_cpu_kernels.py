@@ -1,20 +1,32 @@
-"""The CPU kernels: right answers, and the same bits whatever the number of rows."""
+"""The CPU kernels: right answers, and the same bits whatever the number of rows; and their
+build lock: a killed build's lock is taken over, a live build is waited for (not forever)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from loguru import logger
+from torch.utils.cpp_extension import is_ninja_available
 
-from models.common.cpu_kernels import skinny_kernels
+from models.common.cpu_kernels import BATON, BUILD_LOCK, build_lock, skinny_kernels
 from models.speculative.tree import ancestor_mask
 
 kernels = skinny_kernels()
-pytestmark = pytest.mark.skipif(kernels is None, reason="CPU kernels unavailable (no AVX2/FMA or no compiler)")
+needs_kernels = pytest.mark.skipif(kernels is None, reason="CPU kernels unavailable (no AVX2/FMA or no compiler)")
+REPO = Path(__file__).resolve().parents[3]
 
 MAX_ROWS = 64  # models.llama.model.SKINNY_MAX_ROWS: a tree of 63 drafts + root in one verify pass
 
 
 # Ragged shapes on purpose: N not a multiple of any tile width (3, 4, 6, 8) or of the weight
 # block, K with a K % 8 tail or shorter than one vector, K large enough for several blocks.
+@needs_kernels
 @pytest.mark.parametrize("n, k", [(960, 576), (49, 1536), (130, 100), (7, 24), (1, 8), (25, 3), (1000, 13)])
 def test_skinny_linear_matches_torch_and_is_batch_invariant(n, k):
     gen = torch.Generator().manual_seed(0)
@@ -33,6 +45,7 @@ def test_skinny_linear_matches_torch_and_is_batch_invariant(n, k):
     assert torch.equal(kernels.skinny_linear(wide[:9, :k], w), full[:9])
 
 
+@needs_kernels
 def test_skinny_linear_empty_and_single():
     w = torch.randn(5, 16)
     assert kernels.skinny_linear(torch.randn(0, 16), w).shape == (0, 5)
@@ -46,6 +59,7 @@ def _sdpa(q, k, v, mask, kv_len):
     )[0].transpose(0, 1)
 
 
+@needs_kernels
 def test_attend_matches_sdpa_with_gqa_and_mask_and_is_batch_invariant():
     gen = torch.Generator().manual_seed(1)
     T, H, Hkv, D, S, start = 5, 6, 2, 16, 40, 20
@@ -63,6 +77,7 @@ def test_attend_matches_sdpa_with_gqa_and_mask_and_is_batch_invariant():
         assert torch.equal(alone[0], got[t])
 
 
+@needs_kernels
 @pytest.mark.parametrize(
     "T, H, Hkv, D, start",
     [(64, 9, 3, 64, 300), (33, 8, 2, 128, 100), (7, 4, 4, 8, 3), (12, 8, 1, 24, 37), (2, 9, 3, 64, 11)],
@@ -92,6 +107,7 @@ def test_attend_under_a_tree_mask_is_batch_invariant(T, H, Hkv, D, start):
         assert torch.equal(kernels.attend(q[a:b], k, v, mask[a:b].contiguous(), kv_len, D**-0.5), got[a:b])
 
 
+@needs_kernels
 @pytest.mark.parametrize("H, Hkv, D, start, T", [(9, 3, 64, 40, 14), (8, 2, 16, 13, 30), (4, 1, 8, 5, 9)])
 def test_attend_tree_node_equals_its_chain(H, Hkv, D, start, T):
     """A tree node's ancestors sit at scattered slots; decoded as a chain the same keys and
@@ -115,6 +131,7 @@ def test_attend_tree_node_equals_its_chain(H, Hkv, D, start, T):
         assert torch.equal(chain[0], tree[node]), f"node {node}: tree != chain"
 
 
+@needs_kernels
 @pytest.mark.parametrize("H, Hkv, D", [(9, 3, 64), (4, 4, 8), (8, 1, 24)])
 def test_attend_rows_gives_each_sequence_the_bits_it_gets_alone(H, Hkv, D):
     """A batch in one call: sequences of different lengths, one with a causal block, one with a
@@ -146,3 +163,103 @@ def test_attend_rows_gives_each_sequence_the_bits_it_gets_alone(H, Hkv, D):
     for i in range(3):
         ref = kernels.attend(q[i : i + 1], k[one[i]], v[one[i]], torch.empty(0, dtype=torch.bool), [7, 20, 64][i], 0.5)
         assert torch.equal(got[i : i + 1], ref)
+
+
+# ----------------------------------------------------------------------------- the build lock
+
+HOLDER = """
+import select, sys
+from pathlib import Path
+from models.common.cpu_kernels import BATON, build_lock
+folder = Path(sys.argv[1])
+with build_lock(folder):
+    (folder / BATON).touch()  # torch's baton, as during a compile
+    print("holding", flush=True)
+    select.select([sys.stdin], [], [], float(sys.argv[2]))  # until stdin closes, or at most argv[2] s
+    print("baton intact" if (folder / BATON).exists() else "baton removed", flush=True)
+    (folder / BATON).unlink(missing_ok=True)  # torch's release
+"""
+
+
+def _holder(folder: Path, hold_s: float) -> subprocess.Popen:
+    """Another process in the middle of a kernel build (holding both locks)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(hold_s)], cwd=REPO, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def _finish(holder: subprocess.Popen) -> str:
+    """Let the holder go; what it said about its baton."""
+    if not holder.stdin.closed:
+        holder.stdin.close()
+    holder.wait(timeout=30)
+    return holder.stdout.read().strip()
+
+
+def test_a_killed_builds_lock_is_taken_over(tmp_path):
+    """SIGKILL mid-build leaves torch's baton, which its load would wait on forever."""
+    holder = _holder(tmp_path, 60)
+    holder.kill()
+    holder.wait()
+    assert (tmp_path / BATON).exists()
+    with build_lock(tmp_path, timeout_s=10):
+        assert not (tmp_path / BATON).exists()
+        assert (tmp_path / BUILD_LOCK).read_text().strip() == str(os.getpid())
+
+
+def test_a_live_build_is_waited_for_not_broken(tmp_path):
+    holder = _holder(tmp_path, 60)
+    lines = []
+    handler = logger.add(lambda message: lines.append(str(message).strip()), level="INFO", format="{message}")
+    finish = threading.Timer(2.0, holder.stdin.close)
+    finish.start()
+    try:
+        with build_lock(tmp_path, timeout_s=30):
+            assert finish.finished.is_set(), "entered while the other build held the lock"
+            assert not (tmp_path / BATON).exists()  # released by its owner
+    finally:
+        logger.remove(handler)
+        finish.cancel()
+        said = _finish(holder)
+    assert said == "baton intact"
+    assert any(f"waiting for process {holder.pid}, which is building the CPU kernel in {tmp_path}" in line
+               for line in lines), lines
+
+
+def test_a_hung_build_is_waited_for_at_most_the_timeout(tmp_path):
+    holder = _holder(tmp_path, 20)  # lets go by itself, so an unbounded wait fails rather than hangs
+    try:
+        with pytest.raises(TimeoutError, match=f"process {holder.pid} has held the kernel build lock .*{BUILD_LOCK}"):
+            with build_lock(tmp_path, timeout_s=1.5):
+                pass
+        assert (tmp_path / BATON).exists()
+    finally:
+        said = _finish(holder)
+    assert said == "baton intact"
+
+
+PROBE_SOURCE = """
+#include <Python.h>
+static struct PyModuleDef probe = {PyModuleDef_HEAD_INIT, "specdec_lock_probe", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit_specdec_lock_probe(void) { return PyModule_Create(&probe); }
+"""
+
+
+@pytest.mark.skipif(not (shutil.which("c++") and is_ninja_available()), reason="no compiler or ninja")
+def test_torch_load_after_a_killed_build_finishes(tmp_path):
+    """End to end through torch's own load (a tiny extension, seconds to build): the baton a killed
+    build left in $TORCH_EXTENSIONS_DIR/<name>/ no longer makes the next load sleep forever."""
+    source = tmp_path / "probe.cpp"
+    source.write_text(PROBE_SOURCE)
+    (tmp_path / "ext" / "specdec_lock_probe").mkdir(parents=True)
+    (tmp_path / "ext" / "specdec_lock_probe" / BATON).touch()
+    code = ("import sys; from models.common.cpu_kernels import load_extension; "
+            f"print(load_extension('specdec_lock_probe', [{str(source)!r}]).__name__)")
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "specdec_lock_probe"
+    assert "left by a kernel build that was killed" in done.stderr
+    assert not (tmp_path / "ext" / "specdec_lock_probe" / BATON).exists()

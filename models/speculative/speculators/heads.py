@@ -31,7 +31,7 @@ from models.common.cli import read_json_file, write_json_atomic
 from models.common.errors import UserError
 from models.llama.config import ModelArgs
 from models.llama.model import Transformer, hidden_layers_fit, linear
-from models.llama.weights import DEFAULT_MODEL
+from models.llama.weights import DEFAULT_MODEL, read_safetensors_file
 
 KINDS = ("multi_projection", "eagle")
 SHIPPED = Path(__file__).resolve().parent / "weights"  # shipped speculators: <model>-<kind>/
@@ -70,7 +70,32 @@ class SpeculatorConfig:
         kind = data.get("kind") if isinstance(data, dict) else None
         if kind not in KINDS:
             raise UserError(f"{path}: unknown speculator kind {kind!r}; expected one of {KINDS}")
+        _check_fields(path, data)
         return cls(**data)
+
+
+_FIELD_TYPES = {"str": str, "int": int, "list[int]": list, "dict": dict}  # SpeculatorConfig's annotations
+
+
+def _check_fields(path: Path, data: dict) -> None:
+    """Every key a field, every field without a default present, each of its type: one line
+    naming the file and the key, not a TypeError from the constructor."""
+    fields = {f.name: f for f in dataclasses.fields(SpeculatorConfig)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"{path}: unknown keys {unknown}; expected keys among {sorted(fields)}")
+    required = {n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(data))
+    if missing:
+        raise UserError(f"{path}: missing keys {missing}")
+    for name, value in data.items():
+        annotation = fields[name].type
+        ok = isinstance(value, _FIELD_TYPES[annotation]) and not isinstance(value, bool)
+        if ok and annotation == "list[int]":
+            ok = all(type(v) is int for v in value)
+        if not ok:
+            raise UserError(f"{path}: {name} must be {annotation}, got {value!r}")
 
 
 def draft_lm_head(target: Transformer, draft_vocab: torch.Tensor) -> nn.Parameter:
@@ -229,17 +254,23 @@ def save(head: nn.Module, folder: Path, dtype: torch.dtype = torch.bfloat16) -> 
 
 
 def load(folder: str | Path, target: Transformer) -> nn.Module:
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     config = SpeculatorConfig.load(folder)
     if not (folder / WEIGHTS_FILE).is_file():
         raise UserError(f"{folder} has no {WEIGHTS_FILE}")
-    state = load_file(str(folder / WEIGHTS_FILE))
-    head = build(config, target, state["draft_vocab"].long())
+    state = read_safetensors_file(folder / WEIGHTS_FILE)
+    vocab = state.get("draft_vocab")
+    if vocab is None or vocab.dim() != 1 or vocab.is_floating_point() or \
+            (vocab.numel() and not 0 <= int(vocab.min()) <= int(vocab.max()) < config.vocab_size):
+        raise UserError(f"{folder / WEIGHTS_FILE}: no draft_vocab tensor of token ids below {config.vocab_size}")
+    head = build(config, target, vocab.long())
     expected = set(_trained_state(head))
     if set(state) != expected:
         raise UserError(f"{folder}/{WEIGHTS_FILE} does not match its config (tensors {sorted(set(state) ^ expected)})")
+    for name, tensor in head.state_dict().items():
+        if name in state and state[name].shape != tensor.shape:
+            raise UserError(f"{folder / WEIGHTS_FILE}: tensor {name} has shape {tuple(state[name].shape)}, "
+                            f"its config needs {tuple(tensor.shape)}")
     state = {k: v.to(target.dtype) if v.is_floating_point() else v for k, v in state.items()}
     head.load_state_dict(state, strict=False)
     return head.eval()
