@@ -15,7 +15,7 @@ here, per category: set beside the held-out split, it says how far the training 
 carries. A second table splits step 1 by how sure the target itself was of each token (its top-1
 probability): it tells a domain the head lacks (lower top-1 at the same certainty) from answers the
 target hesitates over (more positions in the low bins). See
-models/speculative/speculators/evaluate.py for what each step scores. A third table splits step 1
+models/training/evaluate.py for what each step scores. A third table splits step 1
 into tokens that already appeared earlier in the sequence (the target may be copying them from the
 prompt) and new ones, and gives the share of labels outside the head's draft vocabulary;
 --full_vocab scores the same head drafting from the target's whole vocabulary.
@@ -40,9 +40,10 @@ from models.common.errors import UserError
 from models.benchmark.sources import from_prompt_files, from_spec_bench, select
 from models.llama.weights import DEFAULT_MODEL, load_model
 from models.speculative.generator import Generator
-from models.speculative.speculators import data, heads
-from models.speculative.speculators.dataset import HELD_OUT_CHUNKS, DataFolder, answers_chunk, data_name, load_chunk
-from models.speculative.speculators.evaluate import accuracy, certainty_bins
+from models.speculative.speculators import heads
+from models.training import data
+from models.training.dataset import HELD_OUT_CHUNKS, DataFolder, answers_chunk, data_name, load_chunk
+from models.training.evaluate import accuracy, certainty_bins
 
 REPO = Path(__file__).resolve().parents[1]
 

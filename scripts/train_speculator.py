@@ -45,12 +45,13 @@ from models.common.device import requested_device_name
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL
 from models.speculative.engine import METHODS, TARGET, Engine, RunConfig
-from models.speculative.speculators import data, evals_registry, followups, heads, mix, sources
-from models.speculative.speculators.contamination import Contamination, evaluation_texts
-from models.speculative.speculators.dataset import (HELD_OUT_CHUNKS, DataFolder, answer_text, answers_chunk,
-                                                    data_name, features_file, followups_chunk, load_chunk)
+from models.speculative.speculators import heads
 from models.speculative.speculators.heads import SHIPPED as SHIPPED_SPECULATORS
-from models.speculative.speculators.train import TRAINING_VERSION, TrainConfig, train
+from models.training import data, evals_registry, followups, mix, sources
+from models.training.contamination import Contamination, evaluation_texts
+from models.training.dataset import (HELD_OUT_CHUNKS, DataFolder, answer_text, answers_chunk, data_name,
+                                     features_file, followups_chunk, load_chunk)
+from models.training.train import TRAINING_VERSION, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EPOCHS = {"eagle": 4.0, "multi_projection": 6.0}

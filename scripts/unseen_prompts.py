@@ -27,9 +27,9 @@ from loguru import logger
 from models.common.cli import ArgumentParser, check_output_folder, run_cli, write_json_atomic
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL, load_model
-from models.speculative.speculators.contamination import UNSEEN_PROMPTS, Contamination
-from models.speculative.speculators.dataset import DataFolder, data_name, learned_texts
-from models.speculative.speculators.evals_registry import UNSEEN, WHEELS, chat_prompt, read_rows, wheel
+from models.training.contamination import UNSEEN_PROMPTS, Contamination
+from models.training.dataset import DataFolder, data_name, learned_texts
+from models.training.evals_registry import UNSEEN, WHEELS, chat_prompt, read_rows, wheel
 
 REPO = Path(__file__).resolve().parents[1]
 PER_CATEGORY = 8

@@ -38,13 +38,6 @@ class ModelArgs:
     rope_attention_scaling: float
     eos_token_ids: tuple[int, ...]
 
-    @property
-    def n_params(self) -> int:
-        attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
-        mlp = 3 * self.dim * self.hidden_dim
-        head = 0 if self.tie_embeddings else self.vocab_size * self.dim
-        return self.n_layers * (attn + mlp + 2 * self.dim) + self.vocab_size * self.dim + head + self.dim
-
     def with_layers(self, n_layers: int) -> ModelArgs:
         return dataclasses.replace(self, n_layers=n_layers)
 

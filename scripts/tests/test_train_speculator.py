@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from models.speculative.speculators.contamination import Contamination, evaluation_texts
+from models.training.contamination import Contamination, evaluation_texts
 
 TINY = "random:tiny-llama:41"
 
@@ -256,7 +256,7 @@ def test_init_from_trains_further_from_a_saved_head(run_script, tmp_path):
 
 
 def test_the_evals_mix_makes_its_own_data_and_joins_training_as_extra_data(run_script, tmp_path):
-    from models.speculative.tests.test_evals_registry import fake_wheel
+    from models.training.tests.test_evals_registry import fake_wheel
     fake_wheel(tmp_path / "wheels")
     evals = tmp_path / "evals"
     code, err = run_script("train_speculator", [

@@ -8,9 +8,9 @@ import zipfile
 
 from models.common.prompts import load_prompts
 from models.llama.weights import load_model
-from models.speculative.speculators import data
-from models.speculative.speculators.contamination import EVALUATION_SOURCES, UNSEEN_PROMPTS
-from models.speculative.speculators.evals_registry import UNSEEN
+from models.training import data
+from models.training.contamination import EVALUATION_SOURCES, UNSEEN_PROMPTS
+from models.training.evals_registry import UNSEEN
 
 from .conftest import load_script
 

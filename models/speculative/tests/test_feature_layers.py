@@ -12,11 +12,12 @@ from models.speculative.generator import Generator
 from models.speculative.proposers.eagle import EagleProposer
 from models.speculative.proposers.multi import MultiProposer
 from models.speculative.proposers.multi_projection import MultiProjectionProposer
-from models.speculative.speculators import data, heads
-from models.speculative.speculators.train import TrainConfig, train
+from models.speculative.speculators import heads
 # the tiny target, its prompts and their greedy answers: the same module fixtures as test_speculators
 from models.speculative.tests.test_speculators import TARGET, answers, decoded, make_head, prompts, target  # noqa: F401
 from models.speculative.tree import TreeSpec
+from models.training import data
+from models.training.train import TrainConfig, train
 
 LAYERS = (0, 2)  # of the tiny target's 4
 
@@ -118,7 +119,7 @@ def test_readers_of_the_final_state_take_its_slice_of_wider_hidden_states(target
     """Scoring, training losses and multi-projection drafting see the same numbers in wide hidden
     states as in the final state alone (a slice of the wrong layer would change them all)."""
     from models.speculative.proposers.base import ProposerContext
-    from models.speculative.speculators import evaluate, train as train_module
+    from models.training import evaluate, train as train_module
 
     model = target.model
     narrow = data.record_features(model, prompts[:6], answers[:6])
@@ -130,7 +131,7 @@ def test_readers_of_the_final_state_take_its_slice_of_wider_hidden_states(target
     assert evaluate.accuracy(twin, wide, target_lm_head=model.output) == expected
     assert evaluate.accuracy(head, wide, target_lm_head=model.output) == expected
     assert evaluate.accuracy(multi, wide) == evaluate.accuracy(multi, narrow)
-    t2d = train_module._target_to_draft(head.draft_vocab, model.args.vocab_size)
+    t2d = train_module.target_to_draft(head.draft_vocab, model.args.vocab_size)
     config = TrainConfig(feature_noise=0.0, unroll_steps=3)
     loss = train_module.eagle_loss(head, narrow, t2d, config, torch.Generator())
     torch.testing.assert_close(train_module.eagle_loss(twin, wide, t2d, config, torch.Generator()), loss)

@@ -8,7 +8,6 @@ load, a wrong draft-to-target map or a stale feature would.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -16,10 +15,10 @@ from models.common.device import open_device
 from models.common.metrics import summarize
 from models.common.prompts import Prompt
 from models.speculative.engine import Engine, RunConfig
-from models.speculative.speculators import corpus, data, followups
-from models.speculative.speculators.contamination import NGRAM, REPO, Contamination, evaluation_texts
+from models.training import corpus, data, followups
+from models.training.contamination import HELD_OUT_PROMPTS, NGRAM, REPO, Contamination, evaluation_texts
 
-HELD_OUT = json.loads((Path(corpus.__file__).parent / "held_out_prompts.json").read_text())
+HELD_OUT = json.loads(HELD_OUT_PROMPTS.read_text())
 MAX_NEW_TOKENS = 48
 FLOORS = {"multi_projection": (4, 1.08), "eagle": (3, 1.15)}  # method: (k, minimum mean accepted tokens)
 

@@ -16,7 +16,7 @@ import re
 import sysconfig
 from pathlib import Path
 
-from models.speculative.speculators.corpus import LANGUAGES, SELF_WRITTEN, TOPICS
+from models.training.corpus import LANGUAGES, SELF_WRITTEN, TOPICS
 
 SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "turtledemo", "__pycache__"}
 
@@ -125,7 +125,7 @@ def wrapped_passage_requests(n: int, seed: int, topics: list[str]) -> list[tuple
     """(request, wrapper): the target writes a passage on a topic, and a summarise / extract /
     answer instruction wraps it (the shape of Spec-Bench's summarisation and RAG questions)."""
     return [(request.format(topic=topic), wrapper)
-            for (request, wrapper), topic in _distinct(n, random.Random(seed + 16), SELF_WRITTEN[1:], topics)]
+            for (request, wrapper), topic in _distinct(n, random.Random(seed + 16), SELF_WRITTEN, topics)]
 
 
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jonas", "Kira", "Liam",

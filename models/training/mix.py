@@ -8,7 +8,7 @@ of the whole: the learning curve trains on such prefixes.
 
 from __future__ import annotations
 
-from models.speculative.speculators import corpus, sources
+from models.training import corpus, sources
 
 DIRECT = {"authored": 0.16, "passage": 0.42, "word_problem": 0.16, "translation": 0.08}
 WRITTEN = {"self_instruct": 0.10, "wrapped_passage": 0.04, "foreign_text": 0.04}

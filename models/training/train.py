@@ -29,8 +29,8 @@ from loguru import logger
 from tqdm import tqdm
 
 from models.llama.model import linear, rms_norm
-from models.speculative.speculators.data import Example
 from models.speculative.speculators.heads import EagleHead, MultiProjectionHeads
+from models.training.data import Example
 
 IGNORE = -100
 # bumped whenever a loss learns something else, so that a checkpoint of another version is never
@@ -66,7 +66,7 @@ def _batches(examples: list[Example], batch_size: int, epochs: float, seed: int)
     return batches[: max(1, round(len(batches) * epochs / math.ceil(epochs)))]
 
 
-def _pad_batch(examples: list[Example], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(examples: list[Example], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded tokens [B, W], features [B, W, D] (fp32; (n + 1) D with n feature layers), pad [B],
     answer start [B] (absolute)."""
     width = max(len(e.tokens) for e in examples)
@@ -81,7 +81,8 @@ def _pad_batch(examples: list[Example], device) -> tuple[torch.Tensor, torch.Ten
     return tokens.to(device), feats.to(device), pad.to(device), start.to(device)
 
 
-def _target_to_draft(draft_vocab: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def target_to_draft(draft_vocab: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Each target token's index in the draft vocabulary (IGNORE outside it): labels in the heads' terms."""
     t2d = torch.full((vocab_size,), IGNORE, dtype=torch.int64, device=draft_vocab.device)
     t2d[draft_vocab] = torch.arange(draft_vocab.numel(), device=draft_vocab.device)
     return t2d
@@ -89,7 +90,7 @@ def _target_to_draft(draft_vocab: torch.Tensor, vocab_size: int) -> torch.Tensor
 
 def multi_projection_loss(heads: MultiProjectionHeads, batch: list[Example], t2d: torch.Tensor) -> torch.Tensor:
     device = heads.weight.device
-    tokens, feats, pad, start = _pad_batch(batch, device)
+    tokens, feats, pad, start = pad_batch(batch, device)
     width = tokens.shape[1]
     pos = torch.arange(width, device=device)
     features = heads.features(feats[:, : max(0, width - 2), -heads.config.dim :])  # [B, W-2, n_heads, D]: the inference path
@@ -177,7 +178,7 @@ def eagle_passes(head: EagleHead, tokens: torch.Tensor, in_feats: torch.Tensor, 
 def eagle_loss(head: EagleHead, batch: list[Example], t2d: torch.Tensor, config: TrainConfig,
                generator: torch.Generator) -> torch.Tensor:
     device = head.fc_weight.device
-    tokens, feats, pad, start = _pad_batch(batch, device)
+    tokens, feats, pad, start = pad_batch(batch, device)
     width = tokens.shape[1]
     n_pairs = width - 1
     pos = torch.arange(n_pairs, device=device)
@@ -240,7 +241,7 @@ def train(
         seconds_before = state.get("seconds", 0.0)
         logger.info(f"resuming from {checkpoint} at step {step}/{total}")
     generator = torch.Generator(device=params[0].device).manual_seed(config.seed + step)
-    t2d = _target_to_draft(head.draft_vocab, head.config.vocab_size)
+    t2d = target_to_draft(head.draft_vocab, head.config.vocab_size)
     head.train()
     started = time.perf_counter()
     with tqdm(total=total, initial=step, desc=f"training {head.config.kind}", unit="step") as bar:

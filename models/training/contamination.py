@@ -14,10 +14,11 @@ from pathlib import Path
 from models.common.errors import UserError
 from models.common.prompts import load_prompts
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 NGRAM = 8
 PROMPT_FILES = "*prompts*.json"  # in a source folder, the files read as prompt files
 UNSEEN_PROMPTS = REPO / "docs" / "benchmarks" / "unseen_prompts"
+HELD_OUT_PROMPTS = Path(__file__).resolve().parent / "held_out_prompts.json"  # test_shipped_speculators' prompts
 # what the suite evaluates on: the demo's prompts, the benchmark's prompt files, the prompts
 # nobody here wrote (scripts/unseen_prompts.py), the held-out speculator prompts, and Spec-Bench
 # where this machine has it (it is not part of the repo)
@@ -25,7 +26,7 @@ EVALUATION_SOURCES = (
     REPO / "sample_prompts",
     REPO / "docs" / "benchmarks",
     *sorted(UNSEEN_PROMPTS.glob("*.json")),
-    REPO / "models" / "speculative" / "speculators" / "held_out_prompts.json",
+    HELD_OUT_PROMPTS,
     REPO.parent / "shared" / "data" / "spec_bench" / "question.jsonl",
 )
 

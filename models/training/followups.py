@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 
-from models.speculative.speculators.corpus import LANGUAGES
+from models.training.corpus import LANGUAGES
 
 Conversation = list[dict[str, str]]
 

@@ -14,7 +14,7 @@ from models.common.cli import write_json_atomic
 from models.common.errors import UserError
 from models.common.tokenizer import Tokenizer
 from models.llama.model import Transformer
-from models.speculative.speculators import data, followups
+from models.training import data, followups
 
 HELD_OUT_CHUNKS = 1  # the first chunks of answers are never trained on: the held-out split of our own data
 

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from models.llama.model import linear
-from models.speculative.speculators.data import Example
 from models.speculative.speculators.heads import EagleHead, MultiProjectionHeads
-from models.speculative.speculators.train import IGNORE, _pad_batch, _target_to_draft, eagle_passes
+from models.training.data import Example
+from models.training.train import IGNORE, eagle_passes, pad_batch, target_to_draft
 
 # upper edges of the target-certainty bins (top-1 probability); the last bin is >= the last edge
 CERTAINTY_EDGES = (0.3, 0.6, 0.9)
@@ -88,7 +88,7 @@ def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: 
     cannot draft; with target_lm_head also "step1_by_certainty": per certainty bin, its positions
     and step-1 top-1."""
     device = next(iter(head.buffers())).device
-    t2d = _target_to_draft(head.draft_vocab, head.config.vocab_size)
+    t2d = target_to_draft(head.draft_vocab, head.config.vocab_size)
     hits1: list[int] = [0] * steps
     hitsk: list[int] = [0] * steps
     counted: list[int] = [0] * steps
@@ -97,7 +97,7 @@ def accuracy(head: nn.Module, examples: list[Example], *, steps: int = 5, topk: 
     edges = torch.tensor(CERTAINTY_EDGES, device=device)
     copy_hits, copy_counted, outside = [0, 0], [0, 0], 0
     for lo in range(0, len(examples), batch_size):
-        tokens, feats, pad, start = _pad_batch(examples[lo : lo + batch_size], device)
+        tokens, feats, pad, start = pad_batch(examples[lo : lo + batch_size], device)
         width = tokens.shape[1]
         pos = torch.arange(width, device=device)
         for s, logits in enumerate(_step_logits(head, tokens, feats, pad, steps)):

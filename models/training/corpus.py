@@ -4,8 +4,8 @@ Two sources, both deterministic for a seed:
 - authored instruction templates filled with authored topics, numbers and languages, spread
   over the kinds of requests a chat model meets (writing, role play, reasoning, math, coding,
   extraction, science, humanities, translation, summarisation, questions, answers from a text);
-- prompts the target writes itself: it is asked to write a question on a topic, or a short
-  passage that a summarise/extract/answer instruction then wraps.
+- prompts the target writes itself: it is asked to write a short passage on a topic, which a
+  summarise/extract/answer instruction then wraps.
 Spec-Bench (the evaluation set) and sample_prompts/ are never read here.
 """
 
@@ -96,8 +96,7 @@ CODE_SNIPPETS = [
     "words = text.split()\ncounts = {w: words.count(w) for w in set(words)}",
 ]
 
-SELF_WRITTEN = [
-    ("Write one question that a curious student might ask about {topic}. Write only the question.", None),
+SELF_WRITTEN = [  # (request to the target, the instruction that wraps its passage): sources.wrapped_passage_requests
     ("Write a short paragraph of facts about {topic}.", "Summarize the following text in two sentences.\n\n{text}"),
     ("Write a short paragraph about {topic}.", "{text}\n\nWhat is the main idea of the text above?"),
     ("Write a short news report about {topic}.", "List the key facts from this report:\n\n{text}"),
@@ -123,13 +122,3 @@ def authored_prompts(n: int, seed: int) -> list[str]:
             seen.add(text)
             prompts.append(text)
     return prompts
-
-
-def self_writing_requests(n: int, seed: int) -> list[tuple[str, str | None]]:
-    """(request to the target, wrapper for its answer or None to use the answer as the prompt)."""
-    rng = random.Random(seed + 1)
-    return [
-        (request.format(topic=topic), wrapper)
-        for request, wrapper in (rng.choice(SELF_WRITTEN) for _ in range(n))
-        for topic in [rng.choice(TOPICS)]
-    ]

@@ -7,9 +7,9 @@ import pytest
 
 from models.common.errors import UserError
 from models.common.tokenizer import ByteTokenizer
-from models.speculative.speculators import data, followups, mix, sources
-from models.speculative.speculators.dataset import DataFolder, learned_texts
-from models.speculative.speculators.contamination import Contamination, evaluation_texts, ngrams
+from models.training import data, followups, mix, sources
+from models.training.dataset import DataFolder, learned_texts
+from models.training.contamination import Contamination, evaluation_texts, ngrams
 
 BENCH = "Who played anna in once upon a time?"
 SHORT = "Who wrote the Odyssey poem?"

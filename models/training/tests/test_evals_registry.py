@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from models.speculative.speculators import evals_registry as registry
+from models.training import evals_registry as registry
 
 FORBIDDEN = "forbidden words that must never reach a training prompt"
 
