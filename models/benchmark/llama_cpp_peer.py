@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from loguru import logger
 
-from models.benchmark.configurations import LLAMA_GREEDY, LLAMA_PROMPT_LOOKUP, Configuration, Outcome, Runner
 from models.common.errors import UserError
 from models.llama.weights import DEFAULT_MODEL, default_gguf_path
 
@@ -103,32 +102,24 @@ class LlamaCppPeer:
                 break
         return out
 
-    def runner(self, k: int | None, max_ngram_size: int) -> Runner:
-        """Greedy when k is None, else prompt lookup drafting up to k tokens per target call."""
+    def decoder(self, k: int | None, max_ngram_size: int) -> Callable[[list[int], int], list[int]]:
+        """decode(prompt_ids, max_new_tokens) -> tokens: greedy when k is None, else prompt lookup
+        drafting up to k tokens per target call (configurations times it as a peer's runner)."""
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
         llm = self.greedy_llm if k is None else self.lookup_llm
         draft = None if k is None else LlamaPromptLookupDecoding(max_ngram_size=max_ngram_size, num_pred_tokens=k)
 
-        def run(prompt_ids: list[int], max_new_tokens: int, prompt_index: int = 0) -> Outcome:  # greedy: no stream
-            t0 = time.perf_counter()
+        def decode(prompt_ids: list[int], max_new_tokens: int) -> list[int]:
             llm.draft_model = draft
-            tokens = self.generate(llm, prompt_ids, max_new_tokens)
-            return Outcome(tokens, time.perf_counter() - t0, None)
+            return self.generate(llm, prompt_ids, max_new_tokens)
 
-        return run
+        return decode
 
 
-def build_runners(n_ctx: int, ks: list[int], lengths: list[int], max_ngram_size: int,
-                  eos_token_ids: tuple[int, ...], vocab_size: int) -> tuple[dict[Configuration, Runner], dict]:
-    """llama.cpp greedy and prompt lookup at each k and length, on the default model's GGUF:
-    (runners, what meta.json records about them)."""
+def open_peer(n_ctx: int, eos_token_ids: tuple[int, ...], vocab_size: int) -> LlamaCppPeer:
+    """llama.cpp on the default model's GGUF, on as many threads as torch uses."""
     peer = LlamaCppPeer(default_gguf_path(), n_ctx, torch.get_num_threads(), eos_token_ids, vocab_size)
-    runners: dict[Configuration, Runner] = {}
-    for n in lengths:
-        runners[Configuration(LLAMA_GREEDY, 0, n)] = peer.runner(None, max_ngram_size)
-        for k in ks:
-            runners[Configuration(LLAMA_PROMPT_LOOKUP, k, n)] = peer.runner(k, max_ngram_size)
     logger.info(f"llama.cpp peers: {peer.gguf.name} ({quantization(peer.gguf)} weights) through llama-cpp-python "
                 f"{peer.version}, {peer.n_threads} threads")
-    return runners, peer.meta()
+    return peer

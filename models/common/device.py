@@ -14,6 +14,7 @@ import torch
 
 from models.common.errors import UserError
 
+SHAPE = re.compile(r"^(\d+)x(\d+)$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # tt-metal's MESH_DEVICE names and Qualcomm's: real backends, not available here.
 UNAVAILABLE_BACKENDS = {
@@ -68,11 +69,44 @@ def split_mesh(name: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else (name, "1x1")
 
 
+@dataclasses.dataclass(frozen=True)
+class MeshShape:
+    """A DPxTP mesh of one device kind: part of a device's name (cpu:1x2), so it lives here;
+    models.common.mesh runs the workers of one."""
+
+    dp: int  # data-parallel submeshes (each decodes its share of the prompts)
+    tp: int  # devices per submesh (the model's tensor-parallel shards)
+
+    @classmethod
+    def parse(cls, text: str) -> MeshShape:
+        m = SHAPE.match(text.strip().lower())
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+            raise UserError(f"mesh shape {text!r} is not DPxTP with positive sizes (e.g. 1x2, 2x1, 2x2)")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    @classmethod
+    def of(cls, device: str, mesh_shape: str | None) -> MeshShape:
+        """The mesh a device name (cpu:1x2) and a --mesh_shape ask for together; both naming
+        different meshes is a usage error."""
+        of_device = cls.parse(split_mesh(device)[1])
+        if mesh_shape is None:
+            return of_device
+        shape = cls.parse(mesh_shape)
+        if of_device.size > 1 and of_device != shape:
+            raise UserError(f"--mesh_shape {mesh_shape} and device {device!r} name two meshes; give one")
+        return shape
+
+    @property
+    def size(self) -> int:
+        return self.dp * self.tp
+
+    def __str__(self) -> str:
+        return f"{self.dp}x{self.tp}"
+
+
 def open_device(name: str, dtype: str | None = None, traced: bool | None = None) -> Device:
     """name: cpu, cuda[:N], or cpu:DPxTP / cuda:DPxTP for a mesh of them."""
     name, mesh = split_mesh(name)
-    from models.common.mesh import MeshShape
-
     mesh = str(MeshShape.parse(mesh))
     key = name.lower()
     if key in UNAVAILABLE_BACKENDS:

@@ -24,7 +24,6 @@ import dataclasses
 import datetime
 import os
 import queue
-import re
 import signal
 import socket
 import sys
@@ -37,9 +36,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from models.common.device import DeviceUnavailable, MeshShape
 from models.common.errors import UserError
 
-SHAPE = re.compile(r"^(\d+)x(\d+)$")
 COLLECTIVE_TIMEOUT_S = 120.0  # a collective waiting longer than this fails on its rank ($SPECDEC_MESH_TIMEOUT_S)
 TIMEOUT_ENV = "SPECDEC_MESH_TIMEOUT_S"
 # collectives that may wait for a whole share of work (gathering the outputs, a draft group
@@ -54,40 +53,6 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 class MeshError(UserError):
     """A mesh run that could not finish: names the rank and the cause."""
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshShape:
-    dp: int  # data-parallel submeshes (each decodes its share of the prompts)
-    tp: int  # devices per submesh (the model's tensor-parallel shards)
-
-    @classmethod
-    def parse(cls, text: str) -> MeshShape:
-        m = SHAPE.match(text.strip().lower())
-        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-            raise UserError(f"mesh shape {text!r} is not DPxTP with positive sizes (e.g. 1x2, 2x1, 2x2)")
-        return cls(int(m.group(1)), int(m.group(2)))
-
-    @classmethod
-    def of(cls, device: str, mesh_shape: str | None) -> MeshShape:
-        """The mesh a device name (cpu:1x2) and a --mesh_shape ask for together; both naming
-        different meshes is a usage error."""
-        from models.common.device import split_mesh
-
-        of_device = cls.parse(split_mesh(device)[1])
-        if mesh_shape is None:
-            return of_device
-        shape = cls.parse(mesh_shape)
-        if of_device.size > 1 and of_device != shape:
-            raise UserError(f"--mesh_shape {mesh_shape} and device {device!r} name two meshes; give one")
-        return shape
-
-    @property
-    def size(self) -> int:
-        return self.dp * self.tp
-
-    def __str__(self) -> str:
-        return f"{self.dp}x{self.tp}"
 
 
 @dataclasses.dataclass
@@ -121,8 +86,6 @@ class Mesh:
 
 def check_fits(shape: MeshShape, device_type: str) -> None:
     """A mesh larger than this machine: DeviceUnavailable (tests skip, scripts refuse)."""
-    from models.common.device import DeviceUnavailable
-
     if device_type == "cuda":
         have = torch.cuda.device_count()
         if shape.size > have:
@@ -154,13 +117,14 @@ def _free_port() -> int:
 
 
 def _join(shape: MeshShape, rank: int, device_type: str, init_method: str | None,
-          draft_shape: MeshShape | None = None) -> Mesh:
+          draft_shape: MeshShape | None = None, local_rank: int | None = None) -> Mesh:
+    """local_rank: this process's place on its node (torchrun's LOCAL_RANK; one node: the rank)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     backend = "nccl" if device_type == "cuda" else "gloo"
     world = shape.size + (draft_shape.size if draft_shape else 0)
     if device_type == "cuda":
-        torch.cuda.set_device(rank % torch.cuda.device_count())
+        torch.cuda.set_device((rank if local_rank is None else local_rank) % torch.cuda.device_count())
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=collective_timeout_s()))
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
@@ -337,9 +301,18 @@ def _cause(procs, beats, done: dict, results, rank: int, error: str) -> str:
     return f"rank {first} failed: {errors[first]}"
 
 
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def mesh_from_env(shape: MeshShape, device_type: str = "cpu") -> Mesh:
-    """Join the mesh torchrun started (RANK, WORLD_SIZE, MASTER_ADDR/PORT set by it)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """Join the mesh torchrun started: it sets RANK, LOCAL_RANK (the GPU on its node),
+    WORLD_SIZE and MASTER_ADDR/PORT, and nothing here spawns. The caller ends with
+    torch.distributed.destroy_process_group()."""
+    missing = [name for name in TORCHRUN_ENV if name not in os.environ]
+    if missing:
+        raise UserError(f"mesh_from_env joins a mesh torchrun started, and ${missing[0]} is not set; "
+                        f"run the entry under torchrun (or use run_on_mesh on one machine)")
+    world = int(os.environ["WORLD_SIZE"])
     if world != shape.size:
         raise UserError(f"mesh {shape} needs {shape.size} processes; torchrun started {world}")
-    return _join(shape, int(os.environ["RANK"]), device_type, None)
+    return _join(shape, int(os.environ["RANK"]), device_type, None, local_rank=int(os.environ["LOCAL_RANK"]))

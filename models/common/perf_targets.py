@@ -34,18 +34,14 @@ from pathlib import Path
 import yaml
 
 from models.common.errors import UserError
+from models.speculative import options
 
-# Configuration keys an entry must match exactly for its targets to apply.
-MATCH_KEYS = (
-    "model", "method", "n_draft_tokens", "draft_layers", "target_layers", "draft_model", "max_ngram_size",
-    "max_generated_tokens", "input_prompts", "instruct", "speculator", "tree_topk", "tree_depth", "tree_budget",
-    "proposers", "temperature", "top_k", "top_p", "seed", "verify", "batch_size", "full_batch_size",
-    "batch_drafts",
-)
-# Keys an entry may leave out: their default (a greedy chain, as before trees and sampling existed).
-DEFAULTS = {"tree_topk": 1, "tree_depth": None, "tree_budget": None, "proposers": None, "speculator": None,
-            "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "verify": None,
-            "batch_size": 1, "full_batch_size": None, "batch_drafts": "auto"}
+# Configuration keys an entry must match exactly for its targets to apply: the run options marked
+# match=True (models/speculative/options.py), so a new option that changes the metrics is one.
+MATCH_KEYS = options.match_keys()
+# What an entry that leaves a key out stands for: the option's default (entries written before
+# trees, sampling and batching hold none of those keys).
+DEFAULTS = options.match_defaults()
 
 GOLDEN, SPEED = "golden", "speed"
 # metric -> (kind, default tolerance for a new entry on cpu, on a GPU)

@@ -6,7 +6,9 @@ whose positions and ancestor mask are graph inputs too) is captured once against
 cache and replayed with new inputs copied into fixed buffers: the static forward (a
 tensor `start`, attention over the whole cache under a mask) reads no host value, so the
 graph stays valid for every position. On the CPU (or with tracing off) the same call runs the
-model eagerly: one interface, two executions.
+model eagerly: one interface, two executions. A call that asks for hidden states (return_hidden)
+runs eagerly too, since a graph returns logits only; a generator whose proposer drafts from
+hidden states says so in one warning (models.speculative.generator.eager_note).
 
 The capture logic is tested on the CPU with `ReplayGraph`, a stand-in that records the
 captured call and reruns it on the same buffers, which is what a graph replay does.

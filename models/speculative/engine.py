@@ -19,22 +19,19 @@ from models.common.prompts import Prompt
 from models.llama.kv_cache import cache_bytes_per_token
 from models.llama.tensor_parallel import TensorParallel, shard
 from models.llama.trace import TracedModel
-from models.llama.weights import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
+from models.llama.weights import LoadedModel, cache_dir, load_model
 from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
 from models.speculative.batch_budget import BatchCost
 from models.speculative.budget import AutoBudget, cached_verify_cost
 from models.speculative.device_groups import RemoteDraft
 from models.speculative.generator import BatchResult, GenerationResult, Generator
+from models.speculative.options import AUTO, BATCH_DRAFTS, DEFAULT_TREE_BUDGET, TARGET, RunOptions
 from models.speculative.proposers.base import REGISTRY, BuildContext, Proposer
 from models.speculative.sampling import VERIFY_MODES, SamplingParams
 from models.speculative.tree import TreeSpec
 
-TARGET = "target"
 METHODS = (TARGET, *REGISTRY)
 MAX_TREE_NODES = 63  # the verify block (nodes + root) must fit the CPU kernels' row limit
-DEFAULT_TREE_BUDGET = {"cpu": 16, "cuda": 32}  # nodes per target call for --tree_topk > 1
-AUTO = "auto"
-BATCH_DRAFTS = (AUTO, "all")
 # the methods that read --draft_model and --speculator (for --method multi: its --proposers)
 DRAFT_MODEL_METHODS = ("draft_model",)
 SPECULATOR_METHODS = ("eagle", "multi_projection")
@@ -42,41 +39,38 @@ BATCH_COST_ROWS = 64  # one sequence's verify cost, whose slope prices a batch's
 
 
 @dataclasses.dataclass
-class RunConfig:
-    model: str = DEFAULT_MODEL
-    method: str = "prompt_lookup"
-    n_draft_tokens: int = 4
-    draft_layers: int | None = None  # self_draft: layers of the target; draft_model: draft's layers
-    target_layers: int | None = None
-    draft_model: str | None = None  # default: the target's own spec (every draft accepted)
-    speculator: str | None = None  # multi_projection / eagle weights (default: the shipped ones)
-    max_ngram_size: int = 3
-    tree_topk: int = 1  # children per node; 1: a chain (the default)
-    tree_depth: int | None = None  # levels; default n_draft_tokens
-    tree_budget: int | str | None = None  # nodes per target call (root excluded), "auto", or the device default
-    proposers: str | None = None  # --method multi: comma-separated proposer names
-    max_seq_len: int = 1024
-    prefill_seq_len: int | None = None  # prefill in chunks of this many tokens
-    max_generated_tokens: int = 128
-    batch_size: int = 1  # static batches of this many prompts
-    full_batch_size: int | None = None  # continuous batching with this many rows
-    batch_drafts: str = "auto"  # batches: verify the drafts that pay for their rows (auto) or all of them
-    instruct: bool = True
-    device: str = "cpu"
-    dtype: str | None = None
-    temperature: float = 0.0  # 0: greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    seed: int = 0  # prompt i samples from the stream (seed, i)
-    verify: str | None = None  # sampling: rejection (default) or coupled
-    mesh_shape: str | None = None  # DPxTP mesh devices (models/common/mesh.py); default: the device's (cpu:1x2), else 1x1
-    draft_mesh_shape: str | None = None  # draft_model on a device group of its own, after the target's
+class RunConfig(RunOptions):
+    """The run options (declared once, in models/speculative/options.py) and their rules."""
 
     @property
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)
 
     def validate(self) -> None:
+        """Every rule, once per set of values: the entry point checks before any work, and the
+        Engine it then builds finds them checked (a changed value is checked again)."""
+        values = dataclasses.astuple(self)
+        if self.__dict__.get("_validated") == values:
+            return
+        self._check()
+        self._validated = values
+
+    def prepare(self) -> Device:
+        """Validate, then open the device: a bad value or a missing device is one line before any
+        model loads or mesh worker starts, and an Engine built on this config in this process
+        reuses both (mesh workers open their own)."""
+        self.validate()
+        key = (self.device, self.dtype)
+        opened = self.__dict__.get("_opened")
+        if opened is None or opened[0] != key:
+            self._opened = (key, open_device(self.device, self.dtype))
+        return self._opened[1]
+
+    def __getstate__(self) -> dict:
+        """Pickled to a mesh worker without this process's opened device."""
+        return {k: v for k, v in self.__dict__.items() if k != "_opened"}
+
+    def _check(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.method != TARGET and self.n_draft_tokens < 1:
@@ -220,7 +214,7 @@ class Engine:
         over its tp group, and every rank runs the same loop."""
         config.validate()
         self.config = config
-        self.device = dataclasses.replace(device or open_device(config.device, config.dtype), mesh=str(config.mesh))
+        self.device = dataclasses.replace(device or config.prepare(), mesh=str(config.mesh))
         self.mesh = mesh
         self.tensor_parallel = (TensorParallel(mesh.tp_rank, mesh.shape.tp, mesh.tp_group)
                                 if mesh is not None and mesh.shape.tp > 1 else None)

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 
 import torch
+from loguru import logger
 
 from models.common.errors import UserError
 from models.common.metrics import Iteration, SequenceStats
@@ -129,6 +130,25 @@ class _Sequence:
         return GenerationResult(self.out, self.stats, torch.cat(self.hidden)[:positions])
 
 
+def eager_note(target, proposer: Proposer | None, record_hidden: bool) -> str | None:
+    """Why a traced target runs this generator's calls eagerly, or None. The CUDA graphs
+    (models.llama.trace) capture calls that return logits only; a call asking for hidden states
+    runs eagerly, and a proposer that drafts from them asks on every call, so its whole run is
+    eager: a silent slowdown (and an understated speedup) unless said."""
+    if not getattr(target, "traced", False):
+        return None
+    if proposer is not None and proposer.uses_target_hidden:
+        readers = [p.name for p in getattr(proposer, "proposers", ()) if p.uses_target_hidden]
+        who = f"proposer {proposer.name}" + (f" (through {', '.join(readers)})" if readers else "")
+        tail = "; target-only decoding stays traced, so the speedup over it is understated"
+        return (f"{who} drafts from the target's hidden states, which the CUDA graphs do not return: "
+                f"every target call of its decoding runs eagerly{tail}")
+    if record_hidden:
+        return ("recording hidden states (record_hidden) reads the target's hidden states, which the CUDA "
+                "graphs do not return: every target call of this decoding runs eagerly")
+    return None
+
+
 class Generator:
     def __init__(
         self,
@@ -169,6 +189,8 @@ class Generator:
         self.verify = GREEDY if self.sampling.is_greedy else (verify or REJECTION)
         self.record_hidden = record_hidden
         self.record_layers: tuple[int, ...] = ()  # with record_hidden: layers recorded beside the final state
+        if note := eager_note(target, proposer, record_hidden):
+            logger.warning(note)
 
     @property
     def cache(self) -> KVCache:

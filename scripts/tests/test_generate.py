@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from models.common.errors import UserError
 from models.speculative.engine import RunConfig
 
 TINY = "random:tiny-llama:31"
@@ -305,3 +306,22 @@ def test_decode_step_bench_runs_on_cpu_and_reports_ratios(run_script, tmp_path):
     assert 0 < result["decode_fraction_of_copy_bandwidth"]
     code, err = run_script("decode_step_bench", ["--shape", "llama-9000", "--output", str(tmp_path / "x.json")])
     assert code == 2 and "unknown --shape 'llama-9000'" in err
+
+
+def test_the_options_are_checked_and_the_device_opened_once(run_script, prompts_file, tmp_path, monkeypatch):
+    """generate.py checks its options and opens the device before any work; the Engine it then
+    builds in this process reuses both, and a changed value is checked again."""
+    from models.speculative import engine
+
+    checks, opens = [], []
+    check, open_device = RunConfig._check, engine.open_device
+    monkeypatch.setattr(RunConfig, "_check", lambda self: checks.append(1) or check(self))
+    monkeypatch.setattr(engine, "open_device", lambda *a: opens.append(a) or open_device(*a))
+    code, err = generate(run_script, prompts_file, tmp_path / "out.json", "--method", "prompt_lookup")
+    assert code == 0, err
+    assert (len(checks), opens) == (1, [("cpu", None)])
+    config = RunConfig(method="target")
+    config.prepare()
+    config.max_generated_tokens = 0
+    with pytest.raises(UserError, match="--max_generated_tokens must be >= 1"):
+        config.validate()

@@ -31,6 +31,7 @@ from models.common.errors import UserError
 from models.common.metrics import summarize
 from models.demos.speculative_decoding.gate import Gate
 from models.common.prompts import load_prompts
+from models.speculative import options
 from models.speculative.engine import DRAFT_MODEL_METHODS, SPECULATOR_METHODS, Engine, RunConfig
 from models.common.mesh import MeshShape, run_on_mesh
 from models.demos.speculative_decoding.demo_runs import (
@@ -50,36 +51,37 @@ def resolve_prompts_path(value: str) -> Path:
     return path
 
 
-def demo_config(request, mesh_device, params: dict) -> RunConfig:
-    """The parametrized values, each overridden by its command-line option when given."""
-    opt = request.config.getoption
-    values = {key: (opt(f"--{key}") if opt(f"--{key}") is not None else value) for key, value in params.items()}
+def demo_config(request, mesh_device, params: dict) -> tuple[RunConfig, str]:
+    """(the run configuration, the prompts file): each option its command-line value when given,
+    else the parametrized one, else its default (models/speculative/options.py); the device, dtype
+    and mesh are mesh_device's."""
+    values = options.demo_values(request.config.getoption, params)
+    prompts = values.pop("input_prompts")
     # --draft_model and --speculator serve the ids whose method reads them (RunConfig refuses them elsewhere)
     drafters = RunConfig(method=values["method"], proposers=values["proposers"]).drafters
-    return RunConfig(
-        model=opt("--target_model") or RunConfig.model,
-        method=values["method"],
-        n_draft_tokens=values["n_draft_tokens"],
-        draft_layers=values["draft_layers"],
-        target_layers=values["target_layers"],
-        draft_model=opt("--draft_model") if drafters & set(DRAFT_MODEL_METHODS) else None,
-        speculator=opt("--speculator") if drafters & set(SPECULATOR_METHODS) else None,
-        max_ngram_size=values["max_ngram_size"],
-        tree_topk=values["tree_topk"],
-        tree_depth=values["tree_depth"],
-        tree_budget=values["tree_budget"],
-        proposers=values["proposers"],
-        max_seq_len=values["max_seq_len"],
-        max_generated_tokens=values["max_generated_tokens"],
-        batch_size=values["batch_size"],
-        full_batch_size=values.get("full_batch_size"),
-        batch_drafts=values.get("batch_drafts") or RunConfig.batch_drafts,
-        instruct=bool(values["instruct"]),
-        device=str(mesh_device.torch_device),
-        dtype=str(mesh_device.dtype).removeprefix("torch."),
-        temperature=values["temperature"], top_k=values["top_k"], top_p=values["top_p"], seed=values["seed"],
-        verify=values["verify"], mesh_shape=mesh_device.mesh,
-    ), values["input_prompts"]
+    for name, readers in (("draft_model", DRAFT_MODEL_METHODS), ("speculator", SPECULATOR_METHODS)):
+        if not drafters & set(readers):
+            values[name] = None
+    device = dict(device=str(mesh_device.torch_device), dtype=str(mesh_device.dtype).removeprefix("torch."),
+                  mesh_shape=mesh_device.mesh)
+    return RunConfig(**{**values, **device}), prompts
+
+
+def demo_params(method: str, n_draft_tokens: int, draft_layers: int | None, max_generated_tokens: int,
+                input_prompts: str, tree: tuple | None, sampling: tuple | None) -> dict:
+    """A CASES parametrization as option values (the rest take their defaults)."""
+    tree_topk, tree_budget, proposers = tree or (1, None, None)
+    temperature, verify, seed = sampling or (0.0, None, 0)
+    return dict(method=method, n_draft_tokens=n_draft_tokens, draft_layers=draft_layers,
+                max_generated_tokens=max_generated_tokens, input_prompts=input_prompts, tree_topk=tree_topk,
+                tree_budget=tree_budget, proposers=proposers, temperature=temperature, verify=verify, seed=seed)
+
+
+def batch_params(method: str, n_draft_tokens: int, max_generated_tokens: int, input_prompts: str, batch_size: int,
+                 full_batch_size: int | None, tree: tuple | None, batch_drafts: str) -> dict:
+    """A BATCH_CASES parametrization as option values (the rest take their defaults)."""
+    return {**demo_params(method, max(n_draft_tokens, 1), None, max_generated_tokens, input_prompts, tree, None),
+            "batch_size": batch_size, "full_batch_size": full_batch_size, "batch_drafts": batch_drafts}
 
 
 def fail(exc: UserError) -> NoReturn:
@@ -175,15 +177,7 @@ def test_speculative_demo(
     request, mesh_device, device_params, method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts,
     tree, sampling,
 ):
-    tree_topk, tree_budget, proposers = tree or (1, None, None)
-    temperature, verify, seed = sampling or (0.0, None, 0)
-    params = dict(
-        method=method, n_draft_tokens=n_draft_tokens, draft_layers=draft_layers,
-        tree_topk=tree_topk, tree_depth=None, tree_budget=tree_budget, proposers=proposers,
-        max_generated_tokens=max_generated_tokens, target_layers=None, max_ngram_size=3,
-        max_seq_len=1024, batch_size=1, instruct=1, input_prompts=input_prompts,
-        temperature=temperature, verify=verify, seed=seed, top_k=0, top_p=1.0,
-    )
+    params = demo_params(method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree, sampling)
     gate = Gate.from_request(request)
     config, prompts_file, engine, prompts, encoded = set_up(request, mesh_device, params, gate)
 
@@ -319,15 +313,8 @@ def test_batched_demo(
     request, mesh_device, device_params, method, n_draft_tokens, max_generated_tokens, input_prompts, batch_size,
     full_batch_size, tree, batch_drafts,
 ):
-    tree_topk, tree_budget, proposers = tree or (1, None, None)
-    params = dict(
-        method=method, n_draft_tokens=max(n_draft_tokens, 1), draft_layers=None,
-        tree_topk=tree_topk, tree_depth=None, tree_budget=tree_budget, proposers=proposers,
-        max_generated_tokens=max_generated_tokens, target_layers=None, max_ngram_size=3,
-        max_seq_len=1024, batch_size=batch_size, full_batch_size=full_batch_size, batch_drafts=batch_drafts,
-        instruct=1,
-        input_prompts=input_prompts, temperature=0.0, verify=None, seed=0, top_k=0, top_p=1.0,
-    )
+    params = batch_params(method, n_draft_tokens, max_generated_tokens, input_prompts, batch_size, full_batch_size,
+                          tree, batch_drafts)
     gate = Gate.from_request(request)
     if MeshShape.parse(mesh_device.mesh).dp > 1:
         pytest.skip("a batch is one submesh's work: batched ids run on DPxTP meshes with DP 1")

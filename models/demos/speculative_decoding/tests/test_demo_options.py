@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from models.common.device import open_device
-from models.demos.speculative_decoding.speculative_demo import demo_config
+from models.demos.speculative_decoding.speculative_demo import demo_config, demo_params
 
 REPO = Path(__file__).resolve().parents[4]
 DEMO = "models/demos/speculative_decoding/speculative_demo.py"
@@ -27,10 +27,7 @@ class FakeRequest:
         return self.options.get(name)
 
 
-PARAMS = dict(method="self_draft", n_draft_tokens=2, draft_layers=24, max_generated_tokens=48, target_layers=None,
-              max_ngram_size=3, max_seq_len=1024, batch_size=1, instruct=1, input_prompts="p.json",
-              tree_topk=1, tree_depth=None, tree_budget=None, proposers=None,
-              temperature=0.0, top_k=0, top_p=1.0, seed=0, verify=None)
+PARAMS = demo_params("self_draft", 2, 24, 48, "p.json", tree=None, sampling=None)  # the other options: defaults
 
 
 def test_command_line_overrides_parametrized_values_including_zero():
