@@ -171,10 +171,7 @@ def main(argv=None) -> int:
                 write_json_atomic(config, {"method_options": {kind: {"speculator": str(head)}}})
                 prompts = (["--bench_file", args.bench_file, "--per_category", str(args.per_category)]
                            if args.bench_file else ["--input_prompts", *args.input_prompts])
-                if bench.exists():  # an interrupted benchmark starts again (its folder must be new)
-                    import shutil
-
-                    shutil.rmtree(bench)
+                # an interrupted benchmark resumes from the prompts it recorded (the same arguments)
                 run_script("benchmark", [
                     "--config", str(config), "--methods", kind, "--model", args.model, *prompts,
                     "--n_draft_tokens", str(args.n_draft_tokens), "--tree_topk", f"1,{args.tree_topk}",
