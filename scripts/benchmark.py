@@ -86,7 +86,9 @@ from models.common.device import requested_device_name  # noqa: E402
 from models.common.errors import UserError  # noqa: E402
 from models.llama.weights import DEFAULT_MODEL  # noqa: E402
 from models.speculative.options import sweep_wide, swept  # noqa: E402
-from models.speculative.engine import AUTO, DEFAULT_TREE_BUDGET, METHODS, RunConfig  # noqa: E402
+from models.speculative.engine import (  # noqa: E402
+    AUTO, DEFAULT_TREE_BUDGET, DRAFT_MODEL_METHODS, METHODS, RunConfig,
+)
 from models.speculative.sampling import VERIFY_MODES  # noqa: E402
 
 DEFAULT_K = "4"  # one k keeps a Spec-Bench sweep short on a 2-core CPU
@@ -419,7 +421,8 @@ def with_draft_model(method_options: dict, draft_model: str | None, proposers: s
     any other); a method_options entry of their own wins."""
     if draft_model is None:
         return method_options
-    readers = ["draft_model"] + ([MULTI] if "draft_model" in (proposers or "").split(",") else [])
+    multi_reads = bool(RunConfig(method=MULTI, proposers=proposers).drafters & set(DRAFT_MODEL_METHODS))
+    readers = [*DRAFT_MODEL_METHODS] + ([MULTI] if multi_reads else [])
     return {**method_options, **{m: {"draft_model": draft_model, **method_options.get(m, {})} for m in readers}}
 
 

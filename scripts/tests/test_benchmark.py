@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from loguru import logger
 
 from models.benchmark import llama_cpp_peer, sources
 from models.benchmark.configurations import Configuration, Shape, SweepPlan, build, sampling_modes, sweep_shapes
@@ -110,6 +109,17 @@ def test_default_methods_are_every_registered_proposer_but_multi():
     assert choose(None, with_multi=True) == ["draft_model", "self_draft", "eagle", "multi", "multi_projection",
                                              "prompt_lookup", "suffix"]
     assert choose("target,suffix,prompt_lookup,suffix") == ["suffix", "prompt_lookup"]
+
+
+def test_draft_model_goes_only_to_the_configurations_that_load_a_draft():
+    """RunConfig refuses --draft_model on a method that reads none, so the sweep hands it to
+    draft_model, and to multi when its --proposers hold draft_model; a method's own entry wins."""
+    given = load_script("benchmark").with_draft_model
+    assert given({"eagle": {"speculator": "s"}}, None, "draft_model") == {"eagle": {"speculator": "s"}}
+    assert given({}, "d", None) == {"draft_model": {"draft_model": "d"}}
+    assert given({}, "d", "eagle, draft_model") == {"draft_model": {"draft_model": "d"}, "multi": {"draft_model": "d"}}
+    assert given({}, "d", "eagle,prompt_lookup") == {"draft_model": {"draft_model": "d"}}
+    assert given({"draft_model": {"draft_model": "own"}}, "d", None) == {"draft_model": {"draft_model": "own"}}
 
 
 def test_documented_defaults_are_the_parsers():
@@ -309,24 +319,6 @@ def test_spec_bench_groups_mt_bench_and_takes_its_subcategories_in_turn(tmp_path
     assert [p.question_id for p in sources.select(prompts, None, 3)] == [1, 3, 4, 5, 6]
     assert [p.question_id for p in sources.select(prompts, ["writing"], None)] == [1, 2]
     assert prompts[2].describe() == "q.jsonl question_id=3 (mt_bench/roleplay)"
-
-
-@pytest.fixture
-def warnings():
-    """loguru's warnings as lines (loguru writes to the stderr it saw at import, not capsys's)."""
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(str(message).strip()), level="WARNING", format="{message}")
-    yield lines
-    logger.remove(handler)
-
-
-@pytest.fixture
-def log_lines():
-    """loguru's lines from INFO up."""
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(str(message).strip()), level="INFO", format="{message}")
-    yield lines
-    logger.remove(handler)
 
 
 def test_without_llama_cpp_one_line_says_how_to_add_it_and_no_llama_rows(tmp_path, monkeypatch, log_lines):
@@ -577,8 +569,10 @@ def uninterrupted_run(tmp_path_factory):
 
 def measured(folder) -> dict:
     """(configuration, prompt) -> what the run measured that does not depend on the clock."""
-    return {(r.config_id, r.prompt_index): (r.run_order, r.output_ids, r.matches_target_only,
-                                            [{k: v for k, v in it.items() if "seconds" not in k} for it in r.iterations])
+    def counts(r) -> list[dict]:
+        return [{k: v for k, v in it.items() if "seconds" not in k} for it in r.iterations]
+
+    return {(r.config_id, r.prompt_index): (r.run_order, r.output_ids, r.matches_target_only, counts(r))
             for r in read_runs(folder)}
 
 

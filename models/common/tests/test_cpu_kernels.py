@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from loguru import logger
 from torch.utils.cpp_extension import is_ninja_available
 
 from models.common.cpu_kernels import BATON, BUILD_LOCK, build_lock, skinny_kernels
@@ -208,10 +207,8 @@ def test_a_killed_builds_lock_is_taken_over(tmp_path):
         assert (tmp_path / BUILD_LOCK).read_text().strip() == str(os.getpid())
 
 
-def test_a_live_build_is_waited_for_not_broken(tmp_path):
+def test_a_live_build_is_waited_for_not_broken(tmp_path, log_lines):
     holder = _holder(tmp_path, 60)
-    lines = []
-    handler = logger.add(lambda message: lines.append(str(message).strip()), level="INFO", format="{message}")
     finish = threading.Timer(2.0, holder.stdin.close)
     finish.start()
     try:
@@ -219,12 +216,11 @@ def test_a_live_build_is_waited_for_not_broken(tmp_path):
             assert finish.finished.is_set(), "entered while the other build held the lock"
             assert not (tmp_path / BATON).exists()  # released by its owner
     finally:
-        logger.remove(handler)
         finish.cancel()
         said = _finish(holder)
     assert said == "baton intact"
     assert any(f"waiting for process {holder.pid}, which is building the CPU kernel in {tmp_path}" in line
-               for line in lines), lines
+               for line in log_lines), log_lines
 
 
 def test_a_hung_build_is_waited_for_at_most_the_timeout(tmp_path):

@@ -4,7 +4,6 @@ and only when it is true (the graphs captured are counted)."""
 from __future__ import annotations
 
 import pytest
-from loguru import logger
 
 from models.llama.trace import TracedModel
 from models.llama.weights import load_model
@@ -26,14 +25,6 @@ class Repeat(Proposer):
             assert ctx.target_hidden is not None
             ctx.target_hidden = None
         return DraftTree.chain(ctx.tokens[-1:] * spec.depth)
-
-
-@pytest.fixture
-def warnings():
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(str(message).strip()), level="WARNING", format="{message}")
-    yield lines
-    logger.remove(handler)
 
 
 @pytest.mark.parametrize("reads_hidden", [True, False])
