@@ -85,7 +85,7 @@ from models.common.cli import (  # noqa: E402
 from models.common.device import requested_device_name  # noqa: E402
 from models.common.errors import UserError  # noqa: E402
 from models.llama.weights import DEFAULT_MODEL  # noqa: E402
-from models.speculative.options import sweep_wide, swept  # noqa: E402
+from models.speculative.options import add_arguments, sweep_wide, swept  # noqa: E402
 from models.speculative.engine import (  # noqa: E402
     AUTO, DEFAULT_TREE_BUDGET, DRAFT_MODEL_METHODS, METHODS, RunConfig,
 )
@@ -128,6 +128,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--verify", default=None,
                    help="comma list of sampled verification modes, rejection and/or coupled (default: rejection; "
                         "only with a --temperature above 0)")
+    add_arguments(p, ("backend",))
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"{DEFAULT_MODEL}, a checkpoint folder, a .gguf, random:PRESET (default: {DEFAULT_MODEL})")
     p.add_argument("--input_prompts", nargs="+", default=None, help="prompt files; category = file stem")
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {k: v for k, v in vars(args).items() if k != "given"}
 
     base = RunConfig(
-        model=args.model, method=TARGET, max_seq_len=args.max_seq_len, max_generated_tokens=max(lengths),
+        model=args.model, backend=args.backend, method=TARGET, max_seq_len=args.max_seq_len, max_generated_tokens=max(lengths),
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
         max_ngram_size=args.max_ngram_size,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,

@@ -28,8 +28,8 @@ from transformers import LlamaConfig
 from models.common.cli import ArgumentParser, check_writable, run_cli, write_json_atomic
 from models.common.device import open_device, requested_device_name
 from models.common.errors import UserError
-from models.llama.config import args_from_hf_config
-from models.llama.model import Transformer
+from models.backends.interface import TargetModel
+from models.backends.torch_backend import random_model_of
 from models.llama.trace import TracedModel
 from models.llama.weights import DEFAULT_MODEL, RANDOM_PRESETS, random_hf_config
 
@@ -59,13 +59,8 @@ def shape_config(name: str):
     raise UserError(f"unknown --shape {name!r}; choose from {', '.join(SHAPES)} or random:PRESET")
 
 
-def random_model(name: str, dtype: torch.dtype, device: torch.device) -> Transformer:
-    model = Transformer(args_from_hf_config(shape_config(name)), dtype=dtype, device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02, generator=gen)
-    return model
+def random_model(name: str, dtype: torch.dtype, device: torch.device) -> TargetModel:
+    return random_model_of(shape_config(name), dtype, device)
 
 
 class Timer:

@@ -18,7 +18,7 @@ prompt). One target call per iteration serves every row; each output equals its 
 
 Several devices: `--mesh_shape DPxTP` starts one worker process per mesh device (torch.distributed,
 gloo on the CPU, NCCL on CUDA): the target and a draft model sharded over TP, the prompts split
-over DP, outputs gathered in input order. See README "Mesh devices".
+over DP, outputs gathered in input order. See docs/meshes.md.
 """
 
 from __future__ import annotations

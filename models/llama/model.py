@@ -9,74 +9,21 @@ seen. Weights live in fused tensors (q|k|v, gate|up) so a step is few, large mat
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common.cpu_kernels import skinny_kernels
+from models.backends.interface import Capabilities, RowBlock, hidden_layers_fit
+from models.common.ops import cpu_kernels_for, linear, rms_norm
 from models.llama.config import ModelArgs
-from models.llama.kv_cache import KVCache
-
-SKINNY_MAX_ROWS = 64  # a token tree of up to 63 drafts + its root is verified in one pass
-
-
-def cpu_kernels_for(x: torch.Tensor, rows: int | None):
-    """The batch-invariant CPU kernels when they apply (fp32 on the CPU, few rows), else None.
-    rows None: any number of rows (a batch of sequences, whose rows must each compute as alone).
-
-    Decode, verify and draft steps all run through them, so a token's logits are bit-identical
-    whether it was decoded alone or verified among k drafts: fp32 speculative output equals
-    target-only output by construction, not by luck. Prefill (many rows) uses torch's kernels;
-    both generators share it.
-    """
-    if x.device.type == "cpu" and x.dtype == torch.float32 and (rows is None or rows <= SKINNY_MAX_ROWS):
-        if not (x.requires_grad and torch.is_grad_enabled()):  # no autograd through the kernels
-            return skinny_kernels()
-    return None
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, any_rows: bool = False) -> torch.Tensor:
-    """x [..., K] @ weight[N, K]^T. any_rows: the batch-invariant kernel whatever the row count."""
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    kernels = cpu_kernels_for(x2, None if any_rows else x2.shape[0])
-    if kernels is not None:
-        return kernels.skinny_linear(x2, weight).reshape(*shape[:-1], weight.shape[0])
-    return F.linear(x, weight)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if x.dtype == torch.float32:  # one fused op; the reference's upcast is a no-op in fp32
-        return F.rms_norm(x, weight.shape, weight, eps)
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+from models.llama.kv_cache import KVCache, cache_bytes_per_token
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin, with the sign of rotate_half folded into the table."""
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
-
-
-def hidden_layers_fit(layers: tuple[int, ...] | list[int], n_layers: int) -> bool:
-    """Whether `layers` are increasing indices below the last layer (whose output is the final
-    state itself), as Transformer.forward's hidden_layers must be."""
-    return list(layers) == sorted(set(layers)) and all(0 <= i < n_layers - 1 for i in layers)
-
-
-@dataclasses.dataclass
-class RowBlock:
-    """One sequence's new tokens in a multi-sequence call: `cache` is its row of the batch cache
-    (KVCache.row), the tokens go right after its live entries; positions and tree_mask as in
-    Transformer.forward (None: a causal chain)."""
-
-    cache: KVCache
-    n_tokens: int
-    positions: torch.Tensor | None = None
-    tree_mask: torch.Tensor | None = None
 
 
 # attention(layer index, q [B, T, H, hd], k, v [B, T, Hkv, hd]) -> [B, T, H, hd]: stores k and v
@@ -102,7 +49,14 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Owns the weights; `truncated(n)` gives a view on the first n layers sharing them."""
+    """Owns the weights; `truncated(n)` gives a view on the first n layers sharing them. The
+    torch backend's TargetModel (models/backends/interface.py): every capability, traced only
+    through models.llama.trace.TracedModel."""
+
+    backend = "torch"
+    capabilities = Capabilities(tree_masks=True, hidden_states=True, batch_rows=True, layer_skip=True, traced=False,
+                                batch_invariant=True, torch_weights=True, dtypes=("float32", "bfloat16"))
+    traced = False
 
     def __init__(
         self,
@@ -142,6 +96,30 @@ class Transformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.tok_embeddings.device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.args.vocab_size
+
+    @property
+    def n_layers(self) -> int:
+        return self.args.n_layers
+
+    def check_seq_len(self, max_seq_len: int) -> None:
+        self.args.check_seq_len(max_seq_len)
+
+    def cache_bytes_per_token(self) -> int:
+        a = self.args
+        return cache_bytes_per_token(a.n_layers, a.n_kv_heads, a.head_dim, self.dtype)
+
+    def cache_view(self, cache: KVCache, n_layers: int) -> KVCache:
+        return KVCache.view(cache, n_layers)
+
+    def draft_layer(self, output: nn.Parameter) -> Transformer:
+        """A one-layer model of this architecture (its own, uninitialised layer) that shares this
+        model's embeddings and reads `output` as its LM head: an EAGLE head's draft layer."""
+        return Transformer(self.args.with_layers(1), dtype=self.dtype, device=self.device,
+                           tok_embeddings=self.tok_embeddings, output=output)
 
     def truncated(self, n_layers: int) -> Transformer:
         """The first n_layers plus the final norm and LM head, sharing (not copying) weights."""

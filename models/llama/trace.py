@@ -16,11 +16,13 @@ captured call and reruns it on the same buffers, which is what a graph replay do
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Callable
 
 import torch
 
+from models.backends.interface import Capabilities
 from models.llama.kv_cache import KVCache
 from models.llama.model import Transformer
 
@@ -75,6 +77,10 @@ class TracedModel:
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return dataclasses.replace(self.model.capabilities, traced=self.traced)
 
     def __call__(
         self, tokens: torch.Tensor, cache: KVCache, start: int, *, logits_for: str = "all", **kwargs

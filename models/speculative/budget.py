@@ -30,7 +30,7 @@ import torch
 from loguru import logger
 
 from models.common.cli import write_json_atomic
-from models.llama.model import RowBlock, Transformer
+from models.backends.interface import RowBlock, TargetModel
 
 CALIBRATION_CONTEXT = 256  # cached tokens while timing (a typical prompt)
 CALIBRATION_REPEATS = 5
@@ -85,14 +85,14 @@ class VerifyCost:
 
 
 @torch.inference_mode()
-def measure_verify_cost(model: Transformer, max_rows: int, sequences: bool = False) -> VerifyCost:
+def measure_verify_cost(model: TargetModel, max_rows: int, sequences: bool = False) -> VerifyCost:
     """Median time of a target pass over q rows after CALIBRATION_CONTEXT cached tokens: one
     sequence's block of q rows, or (sequences) q sequences of one token each, a batch's decode step."""
     device = model.device
     cache = model.new_cache(CALIBRATION_CONTEXT + max_rows, batch_size=max_rows if sequences else 1)
-    model(torch.ones(1, CALIBRATION_CONTEXT, dtype=torch.int64, device=device), cache.row(0), 0, logits_for="none")
-    cache.k[:, 1:], cache.v[:, 1:] = cache.k[:, :1], cache.v[:, :1]  # every sequence holds the same context
     rows = [cache.row(b) for b in range(cache.batch_size)]
+    # one row's real context; the others' (zeros) cost the same to attend over
+    model(torch.ones(1, CALIBRATION_CONTEXT, dtype=torch.int64, device=device), rows[0], 0, logits_for="none")
     seconds = {}
     for q in calibration_sizes(max_rows):
         times = []
@@ -121,7 +121,7 @@ def _kernel_fingerprint() -> str:
     return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12] if SOURCE.is_file() else "none"
 
 
-def cached_verify_cost(model: Transformer, model_name: str, device_name: str, max_rows: int,
+def cached_verify_cost(model: TargetModel, model_name: str, device_name: str, max_rows: int,
                        folder: Path, sequences: bool = False) -> VerifyCost:
     """The verify-cost curve (of one sequence's q rows, or of q sequences' decode step) for this
     device, model, dtype and kernel build, measured once."""

@@ -16,9 +16,8 @@ import torch.distributed as dist
 from models.common.device import Device
 from models.common.errors import UserError
 from models.common.mesh import Mesh
-from models.llama.kv_cache import KVCache
-from models.llama.tensor_parallel import TensorParallel, shard
-from models.llama.trace import TracedModel
+from models.backends.interface import Cache
+from models.llama.tensor_parallel import TensorParallel
 from models.speculative.proposers.base import Proposer, ProposerContext
 from models.speculative.proposers.draft_model import DraftModelProposer
 from models.speculative.tree import DraftTree, TreeSpec
@@ -48,7 +47,7 @@ class RemoteDraft(Proposer):
                             f"({target_vocab_size}); a draft must share the target's tokenizer")
         self.draft_mesh = str(mesh.draft_shape)
 
-    def start(self, prompt: list[int], target_cache: KVCache) -> None:
+    def start(self, prompt: list[int], target_cache: Cache) -> None:
         _broadcast(("start", target_cache.max_seq_len), TARGET_LEADER, self.mesh)
 
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
@@ -69,16 +68,14 @@ class RemoteDraft(Proposer):
         return {**self.info["describe"], "draft_mesh": self.draft_mesh}
 
 
-def serve_drafts(mesh: Mesh, config, device: Device, load) -> None:
-    """The draft side: answer the target's requests until it says stop. load(spec, n_layers) ->
-    LoadedModel (shared within the process)."""
-    loaded = load(config.draft_model or config.model, config.draft_layers)
-    model = loaded.model
-    if mesh.shape.tp > 1:
-        model = shard(model, TensorParallel(mesh.tp_rank, mesh.shape.tp, mesh.tp_group))
-    proposer = DraftModelProposer(TracedModel(model, traced=device.traced, max_block=2), config.max_seq_len,
-                                  target_vocab_size=model.args.vocab_size, label=config.draft_model or config.model)
-    info = {"vocab_size": model.args.vocab_size, "describe": proposer.describe()}
+def serve_drafts(mesh: Mesh, config, device: Device, backend) -> None:
+    """The draft side: answer the target's requests until it says stop. backend: the
+    implementation module of --backend (models/backends/registry.py)."""
+    tp = TensorParallel(mesh.tp_rank, mesh.shape.tp, mesh.tp_group) if mesh.shape.tp > 1 else None
+    model = backend.load(config.draft_model or config.model, config.draft_layers, device, tp).model
+    proposer = DraftModelProposer(backend.runner(model, device, 2), config.max_seq_len,
+                                  target_vocab_size=model.vocab_size, label=config.draft_model or config.model)
+    info = {"vocab_size": model.vocab_size, "describe": proposer.describe()}
     _broadcast(info if mesh.rank == 0 else None, mesh.draft_leader, mesh)
     while True:
         message = _broadcast(None, TARGET_LEADER, mesh)

@@ -10,16 +10,16 @@ import dataclasses
 
 import torch
 
+from models.backends.interface import TargetModel, require
+from models.backends.registry import backend
 from models.common.correctness import top2_margin
 from models.common.device import Device, open_device, split_mesh
 from models.common.errors import UserError
 from models.common.memory import check_kv_caches_fit
 from models.common.mesh import Mesh, MeshShape
 from models.common.prompts import Prompt
-from models.llama.kv_cache import cache_bytes_per_token
-from models.llama.tensor_parallel import TensorParallel, shard
-from models.llama.trace import TracedModel
-from models.llama.weights import LoadedModel, cache_dir, load_model
+from models.llama.tensor_parallel import TensorParallel
+from models.llama.weights import LoadedModel, cache_dir
 from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
 from models.speculative.batch_budget import BatchCost
 from models.speculative.budget import AutoBudget, cached_verify_cost
@@ -71,6 +71,7 @@ class RunConfig(RunOptions):
         return {k: v for k, v in self.__dict__.items() if k != "_opened"}
 
     def _check(self) -> None:
+        backend(self.backend).check()
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.method != TARGET and self.n_draft_tokens < 1:
@@ -189,17 +190,6 @@ class RunConfig(RunOptions):
         return TreeSpec(k, depth, min(budget, depth if k == 1 else MAX_TREE_NODES))
 
 
-_MODELS: dict[tuple, LoadedModel] = {}
-
-
-def cached_model(spec: str, n_layers: int | None, device: Device) -> LoadedModel:
-    """Load once per process: the demo's parametrizations share one target."""
-    key = (spec, n_layers, device.dtype, str(device.torch_device))
-    if key not in _MODELS:
-        _MODELS[key] = load_model(spec, n_layers=n_layers, dtype=device.dtype, device=device.torch_device)
-    return _MODELS[key]
-
-
 WARMUP_TOKENS = 4
 
 
@@ -218,12 +208,16 @@ class Engine:
         self.mesh = mesh
         self.tensor_parallel = (TensorParallel(mesh.tp_rank, mesh.shape.tp, mesh.tp_group)
                                 if mesh is not None and mesh.shape.tp > 1 else None)
+        self.backend = backend(config.backend).implementation()
         self.target = self._load(config.model, config.target_layers)
         self.spec = config.tree_spec(self.device.torch_device.type)
-        self.model = TracedModel(self.target.model, traced=self.device.traced, max_block=self.spec.budget + 1)
+        self.model: TargetModel = self.backend.runner(self.target.model, self.device, self.spec.budget + 1)
+        self._check_capabilities()
         self.proposer = self._build_proposer()
+        if self.proposer is not None and self.proposer.uses_target_hidden:
+            require(self.model, "hidden_states", f"--method {config.method}")
         self._check_caches_fit(uses_baseline)
-        self.target.model.args.check_seq_len(config.max_seq_len)  # before any calibration or decoding
+        self.model.check_seq_len(config.max_seq_len)  # before any calibration or decoding
         eos = self.target.tokenizer.eos_token_ids
         self.generator = Generator(
             self.model, self.proposer, tree=self.spec if self.proposer is not None else None,
@@ -244,8 +238,7 @@ class Engine:
     def _check_caches_fit(self, uses_baseline: bool) -> None:
         """Before any cache exists: the method's cache, the target-only baseline's when used, and
         a draft model's (counted at the target's size) must fit in memory."""
-        a = self.target.model.args
-        per_token = cache_bytes_per_token(a.n_layers, a.n_kv_heads, a.head_dim, self.device.dtype)
+        per_token = self.model.cache_bytes_per_token()
         names = ["the target's"]
         if self.proposer is not None and uses_baseline:
             names.append("the target-only baseline's")
@@ -277,20 +270,29 @@ class Engine:
     def tokenizer(self):
         return self.target.tokenizer
 
+    def _check_capabilities(self) -> None:
+        """What this configuration needs from the target's backend, refused in one line before
+        any proposer is built or any decoding starts."""
+        c, who = self.config, f"--backend {self.config.backend}"
+        if c.rows > 1:
+            flag = f"--full_batch_size {c.full_batch_size}" if c.full_batch_size else f"--batch_size {c.batch_size}"
+            require(self.model, "batch_rows", flag)
+        if self.spec.topk > 1 or (c.method == "multi"):
+            require(self.model, "tree_masks", "token trees (--tree_topk > 1, --method multi)")
+        if self.tensor_parallel is not None and c.backend != "torch":
+            raise UserError(f"{who} has no tensor-parallel sharding; mesh {c.mesh} needs --backend torch")
+
     def _load(self, spec: str, n_layers: int | None) -> LoadedModel:
         """A model, shared across the process; on a tensor-parallel mesh, this rank's shard of it."""
-        loaded = cached_model(spec, n_layers, self.device)
-        if self.tensor_parallel is None:
-            return loaded
-        return dataclasses.replace(loaded, model=shard(loaded.model, self.tensor_parallel))
+        return self.backend.load(spec, n_layers, self.device, self.tensor_parallel)
 
     def _build_proposer(self) -> Proposer | None:
         if self.config.method == TARGET:
             return None
         if self.config.draft_mesh is not None and self.mesh is not None:  # drafts come from the draft group
-            return RemoteDraft(self.mesh, self.target.model.args.vocab_size)
+            return RemoteDraft(self.mesh, self.model.vocab_size)
         build = REGISTRY[self.config.method].build
-        return build(BuildContext(self.config, self.target, self.device, self._load))
+        return build(BuildContext(self.config, self.target, self.model, self.device, self._load, self.backend.runner))
 
     def encode(self, prompts: list[Prompt]) -> list[list[int]]:
         """Token ids per prompt; refuses any prompt that cannot fit with its generation."""
@@ -302,8 +304,8 @@ class Engine:
         """The target's top-2 logit margin for the token after prompt + prefix (a fresh pass)."""
         ids = torch.tensor([prompt_ids + prefix], device=self.device.torch_device)
         with torch.inference_mode():
-            cache = self.target.model.new_cache(ids.shape[1])
-            logits = self.target.model(ids, cache, 0, logits_for="last")
+            cache = self.model.new_cache(ids.shape[1])
+            logits = self.model(ids, cache, 0, logits_for="last")
         return top2_margin(logits[0, -1])
 
     def warm_up(self, prompt_ids: list[int], *, baseline: bool = True, tokens: int = WARMUP_TOKENS) -> None:

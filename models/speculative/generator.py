@@ -17,7 +17,7 @@ The first token after prefill goes through the same rule on an empty tree, so ta
 decoding and speculation share one definition of "the target's token".
 
 A batch runs the same per-sequence steps (`_Sequence`) for many prompts with ONE target forward
-per iteration over every unfinished sequence's block (flattened: Transformer.forward_rows), each
+per iteration over every unfinished sequence's block (flattened: TargetModel.forward_rows), each
 sequence in its own row of a batch cache, with its own length, acceptance and stop. Static
 batches take the next prompts when the whole batch is done; continuous batching gives a freed
 row to the next prompt at once. Rows never change each other's numbers (batch-invariant
@@ -36,8 +36,7 @@ from loguru import logger
 
 from models.common.errors import UserError
 from models.common.metrics import Iteration, SequenceStats
-from models.llama.kv_cache import KVCache
-from models.llama.model import RowBlock, Transformer
+from models.backends.interface import Cache, RowBlock, TargetModel
 from models.speculative.batch_budget import BatchCost, RowHistory, nodes_to_verify
 from models.speculative.budget import AutoBudget
 from models.speculative.proposers.base import Proposer, ProposerContext
@@ -105,7 +104,7 @@ class _Sequence:
 
     index: int  # the prompt's index in the run (its random stream under sampling)
     max_new_tokens: int
-    cache: KVCache
+    cache: Cache
     proposer: Proposer | None
     rng: SequenceRng | None
     ctx: ProposerContext
@@ -135,7 +134,7 @@ def eager_note(target, proposer: Proposer | None, record_hidden: bool) -> str | 
     (models.llama.trace) capture calls that return logits only; a call asking for hidden states
     runs eagerly, and a proposer that drafts from them asks on every call, so its whole run is
     eager: a silent slowdown (and an understated speedup) unless said."""
-    if not getattr(target, "traced", False):
+    if not target.capabilities.traced:
         return None
     if proposer is not None and proposer.uses_target_hidden:
         readers = [p.name for p in getattr(proposer, "proposers", ()) if p.uses_target_hidden]
@@ -152,7 +151,7 @@ def eager_note(target, proposer: Proposer | None, record_hidden: bool) -> str | 
 class Generator:
     def __init__(
         self,
-        target: Transformer,
+        target: TargetModel,
         proposer: Proposer | None = None,
         *,
         n_draft_tokens: int = 0,
@@ -171,7 +170,7 @@ class Generator:
         default when sampling) or coupled.
         record_hidden: return the target's hidden states over each sequence (speculator training
         data, taken from the passes decoding already makes); set record_layers to record the
-        outputs of those target layers beside the final state (Transformer hidden_layers)."""
+        outputs of those target layers beside the final state (TargetModel hidden_layers)."""
         if proposer is not None and tree is None and n_draft_tokens < 1:
             raise UserError(f"--n_draft_tokens must be >= 1 for speculative methods, got {n_draft_tokens}")
         self.target = target
@@ -180,8 +179,8 @@ class Generator:
         self.max_seq_len = max_seq_len
         self.prefill_seq_len = prefill_seq_len
         self.eos = frozenset(eos_token_ids)
-        self._cache: KVCache | None = None  # one sequence's, allocated at first use
-        self._batch_cache: KVCache | None = None  # a batch's, sized by it
+        self._cache: Cache | None = None  # one sequence's, allocated at first use
+        self._batch_cache: Cache | None = None  # a batch's, sized by it
         self._row_proposers: list[Proposer] = []  # a batch row's proposer beyond row 0's
         self.auto_budget: AutoBudget | None = None  # set for --tree_budget auto
         self.batch_cost: BatchCost | None = None  # set for --batch_drafts auto: batches verify what pays
@@ -193,7 +192,7 @@ class Generator:
             logger.warning(note)
 
     @property
-    def cache(self) -> KVCache:
+    def cache(self) -> Cache:
         if self._cache is None:
             self._cache = self.target.new_cache(self.max_seq_len)
         return self._cache
@@ -237,7 +236,7 @@ class Generator:
                             f"{self.record_layers}; record what the proposer reads")
         return self.record_layers
 
-    def _forward(self, cache: KVCache, tokens: torch.Tensor, start: int, logits_for: str, **tree):
+    def _forward(self, cache: Cache, tokens: torch.Tensor, start: int, logits_for: str, **tree):
         """Target forward of one sequence; hidden states [T, D] too when the proposer drafts from them
         ([T, (n + 1) D] for a proposer reading n more layers)."""
         if not self._wants_hidden:
@@ -256,7 +255,7 @@ class Generator:
             return coupled_accept(tree, target_logprobs(logits, self.sampling), noise)
         return rejection_accept(tree, target_probs(logits, self.sampling), tree.draft_probs, rng)
 
-    def _prefill(self, cache: KVCache, prompt: torch.Tensor):
+    def _prefill(self, cache: Cache, prompt: torch.Tensor):
         chunk = self.prefill_seq_len or prompt.shape[1]
         hiddens = []
         for lo in range(0, prompt.shape[1], chunk):
@@ -264,7 +263,7 @@ class Generator:
             hiddens.append(hidden)
         return logits, torch.cat(hiddens) if self._wants_hidden else None
 
-    def _begin(self, prompt: list[int], max_new_tokens: int, index: int, cache: KVCache,
+    def _begin(self, prompt: list[int], max_new_tokens: int, index: int, cache: Cache,
                proposer: Proposer | None, stream: int | None = None) -> _Sequence:
         """Prefill into `cache` and take the first token: the sequence is ready to decode.
         stream: its random stream under sampling (default: its index)."""
@@ -395,7 +394,7 @@ class Generator:
         if self.auto_budget is not None:  # the warm-up's iterations, acceptance and slow first calls
             self.auto_budget = AutoBudget(self.auto_budget.cost, self.auto_budget.max_budget)
 
-    def _batch_rows(self, batch_size: int) -> tuple[list[KVCache], list[Proposer | None]]:
+    def _batch_rows(self, batch_size: int) -> tuple[list[Cache], list[Proposer | None]]:
         """The batch cache's rows (allocated when a larger batch first needs them) and a
         proposer per row (the generator's own for row 0, forks beyond)."""
         if self._batch_cache is None or self._batch_cache.batch_size < batch_size:

@@ -20,7 +20,8 @@ from models.common.mesh import Mesh
 from models.common.prompts import Prompt
 from models.common.device import open_device
 from models.speculative.device_groups import RemoteDraft, serve_drafts
-from models.speculative.engine import Engine, RunConfig, cached_model
+from models.backends.registry import backend
+from models.speculative.engine import Engine, RunConfig
 from models.speculative.generator import BatchIteration, BatchResult
 
 
@@ -98,7 +99,7 @@ def run_prompts(mesh: Mesh, config: RunConfig, prompts: list[Prompt], warm_up: b
     rank), gather. Rank 0 returns the whole run; the others None."""
     if mesh.role == "draft":  # a draft device group serves the target's ranks until they finish
         device = open_device(config.device, config.dtype)
-        serve_drafts(mesh, config, device, lambda spec, n: cached_model(spec, n, device))
+        serve_drafts(mesh, config, device, backend(config.backend).implementation())
         return None
     engine = Engine(config, uses_baseline=False, mesh=mesh)
     encoded = engine.encode(prompts)

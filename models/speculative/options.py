@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from models.backends.registry import BACKENDS, DEFAULT_BACKEND
 from models.common.cli import bool01, tree_budget_arg
 from models.llama.weights import DEFAULT_MODEL
 from models.speculative.proposers.base import REGISTRY  # importing proposers.base fills it (the package's __init__)
@@ -57,6 +58,8 @@ def _method_help() -> str:
 class RunOptions:
     model: str = option(DEFAULT_MODEL, "the target: smollm2-135m, a checkpoint folder, a .gguf, or random:PRESET",
                         match=True, demo_flag="--target_model")
+    backend: str = option(DEFAULT_BACKEND, "the runtime that runs the target: " + ", ".join(
+        f"{b.name} ({b.summary})" for b in BACKENDS.values()), choices=tuple(BACKENDS), match=True)
     method: str = option("prompt_lookup", _method_help, match=True)
     n_draft_tokens: int = option(4, "draft tokens verified per target call (k)", parse=int, match=True, swept=True)
     draft_layers: int | None = option(None, "self_draft: target layers used to draft; draft_model: the draft's layers",
@@ -135,12 +138,14 @@ def _all() -> Iterator[tuple[str, Option, Any]]:
         yield name, opt, None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """A script's flag per RunOptions field: --NAME, its type, choices, default and help."""
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """A script's flag per RunOptions field (or per field in names): --NAME, its type, choices,
+    default and help."""
     values = defaults()
     for name, opt in run_options().items():
-        default = None if opt.resolved else values[name]
-        parser.add_argument(f"--{name}", type=opt.parse, default=default, choices=opt.choices, help=opt.text())
+        if names is None or name in names:
+            default = None if opt.resolved else values[name]
+            parser.add_argument(f"--{name}", type=opt.parse, default=default, choices=opt.choices, help=opt.text())
 
 
 def from_args(args: argparse.Namespace) -> dict[str, Any]:

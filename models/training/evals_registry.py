@@ -6,7 +6,7 @@ Spec-Bench's task shapes.
 Why the mix exists: on Spec-Bench summarisation the shipped eagle head guesses 20% of the target's
 next tokens that already appear earlier in the sequence (91% of them: the target copies names and
 phrases out of a news article); on its own held-out split a head so trained guesses 64% of such
-tokens. Drafting from the full vocabulary does not change that (speculator_accuracy.py, README).
+tokens. Drafting from the full vocabulary does not change that (speculator_accuracy.py, docs/trained_speculators.md).
 Its passages were the standard library's docstrings: it never learnt to copy prose of this kind,
 nor to translate real German.
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from models.llama.model import linear
+from models.common.ops import linear
 from models.speculative.speculators.heads import EagleHead, MultiProjectionHeads
 from models.training.data import Example
 from models.training.train import IGNORE, eagle_passes, pad_batch, target_to_draft

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from loguru import logger
 from tqdm import tqdm
 
-from models.llama.model import linear, rms_norm
+from models.common.ops import linear, rms_norm
 from models.speculative.speculators.heads import EagleHead, MultiProjectionHeads
 from models.training.data import Example
 

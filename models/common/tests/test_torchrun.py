@@ -1,4 +1,4 @@
-"""The multi-node entry the README describes, run under torchrun with two local CPU processes:
+"""The multi-node entry docs/meshes.md describes, run under torchrun with two local CPU processes:
 mesh_from_env joins the mesh torchrun started, a collective goes over its tp group, and
 run_prompts decodes with the target sharded tp=2, equal to one device token for token.
 

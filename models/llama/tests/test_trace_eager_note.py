@@ -3,6 +3,8 @@ and only when it is true (the graphs captured are counted)."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from models.llama.trace import TracedModel
@@ -43,7 +45,7 @@ def test_a_hidden_state_proposer_makes_the_run_eager_and_says_so(reads_hidden, w
 
 def test_the_note_names_what_reads_hidden_states_and_only_on_a_traced_target():
     class Traced:
-        traced = True
+        capabilities = types.SimpleNamespace(traced=True)
 
     class Multi(Repeat):
         name = "multi"
@@ -56,4 +58,5 @@ def test_the_note_names_what_reads_hidden_states_and_only_on_a_traced_target():
     assert "proposer multi (through eagle) drafts" in eager_note(Traced(), Multi(), False)
     assert "recording hidden states" in eager_note(Traced(), None, True)
     assert eager_note(Traced(), Repeat(False), False) is None
-    assert eager_note(object(), Repeat(True), True) is None  # an eager target: nothing changes
+    eager = types.SimpleNamespace(capabilities=types.SimpleNamespace(traced=False))
+    assert eager_note(eager, Repeat(True), True) is None  # an eager target: nothing changes

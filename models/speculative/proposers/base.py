@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from models.llama.kv_cache import KVCache
+from models.backends.interface import Cache
 from models.speculative.sampling import ChainSampler
 from models.speculative.tree import DraftTree, TreeSpec
 
@@ -30,7 +30,7 @@ class ProposerContext:
     model proposer picks a chain's tokens (None: greedy, or a proposer without a distribution)."""
 
     tokens: list[int]
-    target_cache: KVCache
+    target_cache: Cache
     target_hidden: torch.Tensor | None = None
     sampler: ChainSampler | None = None
 
@@ -40,7 +40,7 @@ class Proposer(abc.ABC):
     uses_target_hidden: bool = False  # the generator then passes target_hidden
     hidden_layers: tuple[int, ...] = ()  # target layers whose outputs precede the final state in it
 
-    def start(self, prompt: list[int], target_cache: KVCache) -> None:
+    def start(self, prompt: list[int], target_cache: Cache) -> None:
         """A new sequence begins (after the target's prefill)."""
 
     def forget(self) -> None:
@@ -62,13 +62,17 @@ class Proposer(abc.ABC):
 
 @dataclasses.dataclass(frozen=True)
 class BuildContext:
-    """What a builder gets: the run configuration, the loaded target, the device, and a loader
-    that shares models across the process (spec, n_layers) -> LoadedModel."""
+    """What a builder gets: the run configuration, the loaded target (its model a TargetModel),
+    the target as decoding calls it (its capabilities are the ones checked), the device, a loader
+    that shares models across the process (spec, n_layers) -> LoadedModel, and the backend's
+    runner (model, device, max_block) -> the TargetModel that decodes."""
 
     config: Any  # models.speculative.engine.RunConfig
     target: Any  # models.llama.weights.LoadedModel
+    model: Any  # models.backends.interface.TargetModel
     device: Any  # models.common.device.Device
     load_model: Callable[[str, int | None], Any]
+    runner: Callable[[Any, Any, int], Any]
 
 
 @dataclasses.dataclass(frozen=True)

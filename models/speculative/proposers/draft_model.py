@@ -11,16 +11,14 @@ from __future__ import annotations
 import torch
 
 from models.common.errors import UserError
-from models.llama.kv_cache import KVCache
-from models.llama.model import Transformer
-from models.llama.trace import TracedModel
+from models.backends.interface import Cache, TargetModel, require
 from models.speculative.proposers.base import BuildContext, Proposer, ProposerContext, register
 from models.speculative.tree import DraftTree, TreeSpec
 from models.speculative.sampling import ChainSampler
 from models.speculative.tree_search import Frontier, grow_tree, sample_chain
 
 
-def draft_tree(model: Transformer, cache: KVCache, pending: torch.Tensor, spec: TreeSpec,
+def draft_tree(model: TargetModel, cache: Cache, pending: torch.Tensor, spec: TreeSpec,
                sampler: ChainSampler | None = None) -> DraftTree:
     """Feed the pending tokens [P] (the last is the tree's root), then grow the tree (a chain
     picked by `sampler` under sampled decoding). On return the cache still holds the expanded
@@ -43,19 +41,19 @@ class DraftModelProposer(Proposer):
 
     name = "draft_model"
 
-    def __init__(self, draft: Transformer, max_seq_len: int, *, target_vocab_size: int, label: str = ""):
-        if draft.args.vocab_size != target_vocab_size:
+    def __init__(self, draft: TargetModel, max_seq_len: int, *, target_vocab_size: int, label: str = ""):
+        if draft.vocab_size != target_vocab_size:
             raise UserError(
-                f"draft model vocabulary ({draft.args.vocab_size}) differs from the target's "
+                f"draft model vocabulary ({draft.vocab_size}) differs from the target's "
                 f"({target_vocab_size}); a draft must share the target's tokenizer"
             )
         self.model = draft
         self.max_seq_len = max_seq_len
         self.label = label
-        self.cache: KVCache | None = None
+        self.cache: Cache | None = None
         self._context = 0  # tokens of the sequence in the draft cache
 
-    def start(self, prompt: list[int], target_cache: KVCache) -> None:
+    def start(self, prompt: list[int], target_cache: Cache) -> None:
         if self.cache is None or self.cache.max_seq_len < target_cache.max_seq_len:
             self.cache = self.model.new_cache(target_cache.max_seq_len)
         self.cache.reset()
@@ -73,7 +71,7 @@ class DraftModelProposer(Proposer):
         return draft_tree(self.model, self.cache, pending, spec, ctx.sampler)
 
     def describe(self) -> dict:
-        return {"method": self.name, "draft_model": self.label, "draft_layers": self.model.args.n_layers}
+        return {"method": self.name, "draft_model": self.label, "draft_layers": self.model.n_layers}
 
 
 class SelfDraftProposer(Proposer):
@@ -85,17 +83,19 @@ class SelfDraftProposer(Proposer):
 
     name = "self_draft"
 
-    def __init__(self, target: Transformer, n_layers: int):
-        if not 1 <= n_layers < target.args.n_layers:
+    def __init__(self, target: TargetModel, n_layers: int):
+        require(target, "layer_skip", "--method self_draft")
+        if not 1 <= n_layers < target.n_layers:
             raise UserError(
-                f"--draft_layers {n_layers} is outside [1, {target.args.n_layers - 1}] "
-                f"for a target of {target.args.n_layers} layers"
+                f"--draft_layers {n_layers} is outside [1, {target.n_layers - 1}] "
+                f"for a target of {target.n_layers} layers"
             )
+        self.target = target
         self.model = target.truncated(n_layers)
-        self.cache: KVCache | None = None
+        self.cache: Cache | None = None
 
-    def start(self, prompt: list[int], target_cache: KVCache) -> None:
-        self.cache = KVCache.view(target_cache, self.model.args.n_layers)
+    def start(self, prompt: list[int], target_cache: Cache) -> None:
+        self.cache = self.target.cache_view(target_cache, self.model.n_layers)
 
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
         self.cache.length = ctx.target_cache.length
@@ -103,11 +103,11 @@ class SelfDraftProposer(Proposer):
         return draft_tree(self.model, self.cache, pending, spec, ctx.sampler)
 
     def describe(self) -> dict:
-        return {"method": self.name, "draft_layers": self.model.args.n_layers}
+        return {"method": self.name, "draft_layers": self.model.n_layers}
 
 
 def _check_vocabulary(draft, target, config) -> None:
-    if draft.model.args.vocab_size != target.model.args.vocab_size:
+    if draft.model.vocab_size != target.model.vocab_size:
         same = False
     else:
         hf_a, hf_b = getattr(draft.tokenizer, "hf", None), getattr(target.tokenizer, "hf", None)
@@ -125,8 +125,8 @@ def build_draft_model(b: BuildContext) -> Proposer:
     c = b.config
     draft = b.load_model(c.draft_model or c.model, c.draft_layers)
     _check_vocabulary(draft, b.target, c)
-    traced = TracedModel(draft.model, traced=b.device.traced, max_block=2)
-    return DraftModelProposer(traced, c.max_seq_len, target_vocab_size=b.target.model.args.vocab_size,
+    traced = b.runner(draft.model, b.device, 2)
+    return DraftModelProposer(traced, c.max_seq_len, target_vocab_size=b.target.model.vocab_size,
                               label=c.draft_model or c.model)
 
 
@@ -134,4 +134,4 @@ def build_draft_model(b: BuildContext) -> Proposer:
 def build_self_draft(b: BuildContext) -> Proposer:
     if b.config.draft_layers is None:
         raise UserError("--method self_draft needs --draft_layers")
-    return SelfDraftProposer(b.target.model, b.config.draft_layers)
+    return SelfDraftProposer(b.model, b.config.draft_layers)

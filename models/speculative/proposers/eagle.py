@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from models.llama.kv_cache import KVCache
+from models.backends.interface import Cache, require
 from models.speculative.proposers.base import BuildContext, Proposer, ProposerContext, register
 from models.speculative.speculators import heads
 from models.speculative.speculators.heads import EagleHead
@@ -28,10 +28,10 @@ class EagleProposer(Proposer):
         self.hidden_layers = head.config.hidden_layers
         self.vocab_size = head.config.vocab_size  # the target's (draft ids map into it)
         self.label = label
-        self.cache: KVCache | None = None
+        self.cache: Cache | None = None
         self.real = 0  # draft-cache entries built on real target features
 
-    def start(self, prompt: list[int], target_cache: KVCache) -> None:
+    def start(self, prompt: list[int], target_cache: Cache) -> None:
         if self.cache is None or self.cache.max_seq_len < target_cache.max_seq_len:
             self.cache = self.head.layer.new_cache(target_cache.max_seq_len)
         self.cache.reset()
@@ -82,5 +82,6 @@ class EagleProposer(Proposer):
 
 @register("eagle", "a trained one-layer feature-level draft head (--speculator; default: shipped)")
 def build(b: BuildContext) -> Proposer:
+    require(b.model, "torch_weights", "--method eagle")
     head, folder = heads.load_configured(b.config.speculator, b.config.model, b.target.model, "eagle")
     return EagleProposer(head, label=str(folder))

@@ -15,6 +15,7 @@ import heapq
 import torch
 from loguru import logger
 
+from models.backends.interface import require
 from models.speculative.sampling import to_target_vocab
 from models.speculative.proposers.base import BuildContext, Proposer, ProposerContext, register
 from models.speculative.speculators import heads
@@ -80,6 +81,7 @@ class MultiProjectionProposer(Proposer):
 
 @register("multi_projection", "trained multi-projection heads on the target's hidden state (--speculator)")
 def build(b: BuildContext) -> Proposer:
+    require(b.model, "torch_weights", "--method multi_projection")
     head, folder = heads.load_configured(b.config.speculator, b.config.model, b.target.model, "multi_projection")
     depth = b.config.tree_depth or b.config.n_draft_tokens
     if depth > head.config.n_heads:

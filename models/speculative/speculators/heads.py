@@ -29,8 +29,8 @@ from torch import nn
 
 from models.common.cli import read_json_file, write_json_atomic
 from models.common.errors import UserError
-from models.llama.config import ModelArgs
-from models.llama.model import Transformer, hidden_layers_fit, linear
+from models.backends.interface import TorchWeights, hidden_layers_fit
+from models.common.ops import linear
 from models.llama.weights import DEFAULT_MODEL, read_safetensors_file
 
 KINDS = ("multi_projection", "eagle")
@@ -55,7 +55,7 @@ class SpeculatorConfig:
 
     @property
     def hidden_layers(self) -> tuple[int, ...]:
-        """What the target's forward must return for this speculator (Transformer hidden_layers)."""
+        """What the target's forward must return for this speculator (TargetModel hidden_layers)."""
         return tuple(self.feature_layers)
 
     def save(self, folder: Path) -> None:
@@ -98,13 +98,13 @@ def _check_fields(path: Path, data: dict) -> None:
             raise UserError(f"{path}: {name} must be {annotation}, got {value!r}")
 
 
-def draft_lm_head(target: Transformer, draft_vocab: torch.Tensor) -> nn.Parameter:
+def draft_lm_head(target: TorchWeights, draft_vocab: torch.Tensor) -> nn.Parameter:
     """The target's LM-head rows for the draft vocabulary (a frozen gathered copy)."""
     return nn.Parameter(target.output.detach()[draft_vocab.to(target.device)].clone(), requires_grad=False)
 
 
 class MultiProjectionHeads(nn.Module):
-    def __init__(self, config: SpeculatorConfig, target: Transformer, draft_vocab: torch.Tensor):
+    def __init__(self, config: SpeculatorConfig, target: TorchWeights, draft_vocab: torch.Tensor):
         super().__init__()
         d, h, b = config.dim, config.n_heads, config.n_blocks
         self.config = config
@@ -127,10 +127,10 @@ class MultiProjectionHeads(nn.Module):
 
 
 class EagleHead(nn.Module):
-    def __init__(self, config: SpeculatorConfig, target: Transformer, draft_vocab: torch.Tensor):
+    def __init__(self, config: SpeculatorConfig, target: TorchWeights, draft_vocab: torch.Tensor):
         super().__init__()
         self.config = config
-        args: ModelArgs = target.args.with_layers(1)
+        args = target.args
         dtype, device = target.dtype, target.device
         self.fc_weight = nn.Parameter(torch.zeros(args.dim, 2 * args.dim, dtype=dtype, device=device))
         self.fc_bias = nn.Parameter(torch.zeros(args.dim, dtype=dtype, device=device))
@@ -139,11 +139,8 @@ class EagleHead(nn.Module):
         self.fuse_weight = nn.Parameter(torch.zeros(args.dim, n_features * args.dim, dtype=dtype, device=device)) \
             if n_features > 1 else None
         self.register_buffer("draft_vocab", draft_vocab.to(device))
-        # A one-layer model sharing the target's embeddings; its "LM head" is the draft head.
-        self.layer = Transformer(
-            args, dtype=dtype, device=device,
-            tok_embeddings=target.tok_embeddings, output=draft_lm_head(target, draft_vocab),
-        )
+        # A one-layer model of the target's family sharing its embeddings; its "LM head" is the draft head.
+        self.layer = target.draft_layer(draft_lm_head(target, draft_vocab))
 
     def inputs(self, next_tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """[embedding of the token after position t ; feature at t] -> the layer's input."""
@@ -161,7 +158,7 @@ class EagleHead(nn.Module):
         return [self.fc_weight, self.fc_bias, *fuse, self.layer.norm, *self.layer.layers.parameters()]
 
 
-def initialise(head: nn.Module, target: Transformer, seed: int = 0) -> None:
+def initialise(head: nn.Module, target: TorchWeights, seed: int = 0) -> None:
     """Starting weights for training. Multi-projection: zero blocks, so every head starts as
     the LM head itself. EAGLE: a freshly initialised layer (normal 0.02, unit norms; measured
     to learn faster than a copy of the target's last layer), the target's final norm, and an
@@ -198,7 +195,7 @@ def pass_final_feature(head: EagleHead) -> None:
         head.fuse_weight[:, -dim:] = torch.eye(dim, dtype=head.fuse_weight.dtype)
 
 
-def with_feature_layers(head: EagleHead, layers: tuple[int, ...], target: Transformer) -> EagleHead:
+def with_feature_layers(head: EagleHead, layers: tuple[int, ...], target: TorchWeights) -> EagleHead:
     """A trained single-layer eagle head reading more target layers, drafting exactly as before
     until it is trained further (its fusion passes the final state alone)."""
     if head.config.feature_layers:
@@ -209,7 +206,7 @@ def with_feature_layers(head: EagleHead, layers: tuple[int, ...], target: Transf
     return twin
 
 
-def with_draft_vocab(head: nn.Module, draft_vocab: torch.Tensor, target: Transformer) -> nn.Module:
+def with_draft_vocab(head: nn.Module, draft_vocab: torch.Tensor, target: TorchWeights) -> nn.Module:
     """The same trained head drafting from another vocabulary: its weights never depend on the
     draft vocabulary (the projection is the target's own LM-head rows, gathered at build time)."""
     config = dataclasses.replace(head.config, draft_vocab_size=draft_vocab.numel())
@@ -224,7 +221,7 @@ def check_feature_layers(layers: list[int] | tuple[int, ...], n_layers: int) -> 
                         f"expected (the last layer's output, the final state, is always read)")
 
 
-def build(config: SpeculatorConfig, target: Transformer, draft_vocab: torch.Tensor) -> nn.Module:
+def build(config: SpeculatorConfig, target: TorchWeights, draft_vocab: torch.Tensor) -> nn.Module:
     if config.dim != target.args.dim or config.vocab_size != target.args.vocab_size:
         raise UserError(
             f"speculator for dim {config.dim} / vocab {config.vocab_size} does not fit this target "
@@ -253,7 +250,7 @@ def save(head: nn.Module, folder: Path, dtype: torch.dtype = torch.bfloat16) -> 
     head.config.save(folder)
 
 
-def load(folder: str | Path, target: Transformer) -> nn.Module:
+def load(folder: str | Path, target: TorchWeights) -> nn.Module:
     folder = Path(folder)
     config = SpeculatorConfig.load(folder)
     if not (folder / WEIGHTS_FILE).is_file():
@@ -287,7 +284,7 @@ def shipped_folder(model: str, kind: str) -> Path:
     return folder
 
 
-def load_configured(speculator: str | None, model: str, target: Transformer, kind: str) -> tuple[nn.Module, Path]:
+def load_configured(speculator: str | None, model: str, target: TorchWeights, kind: str) -> tuple[nn.Module, Path]:
     """--speculator PATH (default: the shipped one for --model), checked to be of this kind."""
     folder = Path(speculator) if speculator else shipped_folder(model, kind)
     # a tensor-parallel shard drafts with a head built from the whole model (its shapes and LM-head

@@ -8,7 +8,8 @@ import torch
 from models.common.cpu_kernels import skinny_kernels
 from models.common.errors import UserError
 from models.common.metrics import summarize
-from models.llama.model import RowBlock, Transformer
+from models.backends.interface import RowBlock
+from models.llama.model import Transformer
 from models.llama.weights import load_model
 from models.speculative.batch_budget import EXPLORE_EVERY, BatchCost, RowHistory, nodes_to_verify
 from models.speculative.budget import VerifyCost

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.common.errors import UserError
-from models.llama.model import RowBlock
+from models.backends.interface import RowBlock
 from models.speculative.generator import Generator
 from models.speculative.proposers.eagle import EagleProposer
 from models.speculative.proposers.multi import MultiProposer

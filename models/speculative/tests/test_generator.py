@@ -8,6 +8,7 @@ import torch
 
 from models.common.errors import UserError
 from models.common.metrics import summarize
+from models.backends.interface import Capabilities
 from models.llama.kv_cache import KVCache
 from models.speculative.generator import Generator
 from models.speculative.proposers.base import Proposer, ProposerContext
@@ -24,6 +25,9 @@ class ScriptedTarget:
     token."""
 
     device = torch.device("cpu")
+    backend = "scripted"
+    capabilities = Capabilities(tree_masks=True, hidden_states=False, batch_rows=False, layer_skip=False,
+                                traced=False, batch_invariant=True, torch_weights=False)
 
     def __init__(self, rule: Callable[[list[int]], int]):
         self.rule = rule

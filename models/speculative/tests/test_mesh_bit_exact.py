@@ -1,4 +1,4 @@
-"""Bit-exactness on a 1x3 CPU mesh (gloo), where the README promises it: a verify block's logits
+"""Bit-exactness on a 1x3 CPU mesh (gloo), where docs/meshes.md promises it: a verify block's logits
 equal the same tokens decoded one at a time, and a batch's flat forward_rows equals each
 sequence's own forward, with torch.equal. Comparing tokens is not enough: a tiny random model has
 no near-ties, so a cross-rank sum whose order depends on the row count (torch's all_reduce picks

@@ -27,7 +27,8 @@ import torch
 from models.common.device import open_device
 from models.common.metrics import summarize
 from models.speculative import sampling
-from models.speculative.engine import Engine, RunConfig, cached_model
+from models.backends import torch_backend
+from models.speculative.engine import Engine, RunConfig
 from models.speculative.sampling import SamplingParams, SequenceRng, target_probs
 from models.speculative.speculators import heads
 from models.speculative.tests.test_sampling import BROKEN as UNIT_BROKEN
@@ -59,7 +60,7 @@ def config(**kw) -> RunConfig:
 
 
 def _target(n_layers: int | None):
-    return cached_model(MODEL, n_layers, open_device("cpu")).model
+    return torch_backend.load(MODEL, n_layers, open_device("cpu")).model
 
 
 def _save_head(kind: str, target, vocab: torch.Tensor, folder):

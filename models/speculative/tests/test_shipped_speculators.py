@@ -3,7 +3,7 @@ not in the training corpus, written for this test. Their output must equal targe
 and their mean accepted tokens must stay above a floor that an untrained head (about 1.0) misses.
 
 Floors sit below what the shipped weights measure here (multi_projection 1.2x, eagle 1.4x on
-Spec-Bench; see README), so a rounding difference on another CPU does not trip them, while a broken
+Spec-Bench; see docs/trained_speculators.md), so a rounding difference on another CPU does not trip them, while a broken
 load, a wrong draft-to-target map or a stale feature would.
 """
 

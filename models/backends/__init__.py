@@ -1,0 +1,1 @@
+"""Target-model backends: the interface the engine talks to, and the runtimes behind it."""

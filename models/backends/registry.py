@@ -1,0 +1,62 @@
+"""The backends a run can pick with --backend, and why one is not available here.
+
+A backend turns a model spec into a LoadedModel whose model is a TargetModel
+(models/backends/interface.py), and wraps the model that decodes in its runner (CUDA graphs for
+torch). Backends for hardware this machine lacks are listed so that asking for one says so in one
+line instead of pretending.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
+from models.common.errors import UserError
+
+DEFAULT_BACKEND = "torch"
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    summary: str  # one line for --help and the docs
+    module: str | None  # implements load(spec, n_layers, device, tp) and runner(model, device, max_block)
+    why_unavailable: Callable[[], str | None] = lambda: None  # None: usable on this machine
+
+    def check(self) -> None:
+        """One line when this backend cannot run here."""
+        why = self.why_unavailable()
+        if why is not None:
+            raise UserError(f"--backend {self.name}: {why}")
+
+    def implementation(self) -> Any:
+        self.check()
+        return importlib.import_module(self.module)
+
+
+def _missing(package: str, what: str) -> Callable[[], str | None]:
+    """Unavailable (with what it needs) unless `package` imports; even then no implementation is
+    shipped yet, so it says that instead of pretending."""
+    def why() -> str | None:
+        if importlib.util.find_spec(package) is None:
+            return f"needs {what} and the {package} package, which this machine does not have: not available here"
+        return f"the {package} package is installed, but this suite has no {package} backend yet: not available here"
+    return why
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend(DEFAULT_BACKEND, "the lean torch model: batch-invariant CPU kernels, CUDA graphs, every capability",
+            "models.backends.torch_backend"),
+    Backend("ttnn", "Tenstorrent devices through ttnn", None, _missing("ttnn", "a Tenstorrent device")),
+    Backend("qefficient", "Qualcomm Cloud AI 100 through QEfficient", None,
+            _missing("QEfficient", "a Qualcomm Cloud AI 100 card")),
+)}
+
+
+def backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise UserError(f"unknown --backend {name!r}; choose from {', '.join(BACKENDS)}")
+    return BACKENDS[name]

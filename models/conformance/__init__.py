@@ -1,0 +1,1 @@
+"""The conformance kit any backend runs: pytest models/conformance --backend NAME --target_model M."""
