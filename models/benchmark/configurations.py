@@ -34,7 +34,8 @@ from models.common.metrics import SequenceStats
 from models.llama.reference import HFReference
 from models.llama.weights import LoadedModel
 from models.speculative.engine import AUTO, METHODS, Engine, RunConfig
-from models.speculative.generator import COUPLED, GREEDY, REJECTION, synchronize
+from models.speculative.generator import synchronize
+from models.speculative.verification import COUPLED, GREEDY, REJECTION
 from models.speculative.tree import TreeSpec
 
 TARGET = "target"

@@ -16,11 +16,12 @@ consecutive slots and the rest dropped. The rules (verification.py, sampling.py)
 The first token after prefill goes through the same rule on an empty tree, so target-only
 decoding and speculation share one definition of "the target's token".
 
-A batch runs the same per-sequence steps (`_Sequence`) for many prompts with ONE target forward
-per iteration over every unfinished sequence's block (flattened: TargetModel.forward_rows), each
-sequence in its own row of a batch cache, with its own length, acceptance and stop. Static
-batches take the next prompts when the whole batch is done; continuous batching gives a freed
-row to the next prompt at once. Rows never change each other's numbers (batch-invariant
+One loop (`Generator._run`) serves one prompt, static batches and continuous batching: each
+sequence (`_Sequence`) has its own cache row, length, acceptance and stop, and every iteration
+makes ONE target call over every unfinished sequence's block (a batch: flattened,
+TargetModel.forward_rows; one prompt: the target's one-sequence call, which CUDA graphs replay).
+Static batches take the next prompts when the whole batch is done; continuous batching gives a
+freed row to the next prompt at once. Rows never change each other's numbers (batch-invariant
 kernels), so a prompt's output is the same alone or in any batch.
 """
 
@@ -40,14 +41,9 @@ from models.backends.interface import Cache, RowBlock, TargetModel
 from models.speculative.batch_budget import BatchCost, RowHistory, nodes_to_verify
 from models.speculative.budget import AutoBudget
 from models.speculative.proposers.base import Proposer, ProposerContext
-from models.speculative.sampling import (
-    VERIFY_MODES, ChainSampler, SamplingParams, SequenceRng, coupled_accept, coupled_noise, rejection_accept,
-    target_logprobs, target_probs,
-)
+from models.speculative.sampling import ChainSampler, SamplingParams, SequenceRng
 from models.speculative.tree import DraftTree, TreeSpec
-from models.speculative.verification import Acceptance, greedy_accept
-
-GREEDY, REJECTION, COUPLED = "greedy", *VERIFY_MODES
+from models.speculative.verification import COUPLED, GREEDY, rule_for
 
 
 @dataclasses.dataclass
@@ -68,6 +64,7 @@ class BatchIteration:
     seconds: float
     # prompts that ended in it, or at their first token since the iteration before
     finished: list[int] = dataclasses.field(default_factory=list)
+    iterations: list[Iteration] = dataclasses.field(default_factory=list)  # each row's, as in rows
 
     @property
     def tokens_per_s_per_user(self) -> float:
@@ -185,7 +182,7 @@ class Generator:
         self.auto_budget: AutoBudget | None = None  # set for --tree_budget auto
         self.batch_cost: BatchCost | None = None  # set for --batch_drafts auto: batches verify what pays
         self.sampling = sampling or SamplingParams()
-        self.verify = GREEDY if self.sampling.is_greedy else (verify or REJECTION)
+        self.rule = rule_for(self.sampling, verify)  # the acceptance rule, picked once
         self.record_hidden = record_hidden
         self.record_layers: tuple[int, ...] = ()  # with record_hidden: layers recorded beside the final state
         if note := eager_note(target, proposer, record_hidden):
@@ -245,15 +242,10 @@ class Generator:
                                      hidden_layers=self._hidden_layers, **tree)
         return logits, hidden[0]
 
-    def _accept(self, tree: DraftTree, logits: torch.Tensor, rng: SequenceRng | None, position: int) -> Acceptance:
-        """The rule of this generator's decoding over logits [n + 1, V]; position: the absolute
-        position of the root's children (the root is the token before it)."""
-        if self.verify == GREEDY:
-            return greedy_accept(tree, logits)
-        if self.verify == COUPLED:
-            noise = coupled_noise(rng, tree, position, logits.shape[-1], logits.device)
-            return coupled_accept(tree, target_logprobs(logits, self.sampling), noise)
-        return rejection_accept(tree, target_probs(logits, self.sampling), tree.draft_probs, rng)
+    @property
+    def verify(self) -> str:
+        """This generator's decoding: greedy, rejection or coupled."""
+        return self.rule.name
 
     def _prefill(self, cache: Cache, prompt: torch.Tensor):
         chunk = self.prefill_seq_len or prompt.shape[1]
@@ -273,7 +265,7 @@ class Generator:
         t0 = time.perf_counter()
         rng = None if self.verify == GREEDY else SequenceRng(self.sampling.seed, index if stream is None else stream)
         logits, hidden = self._prefill(cache, torch.tensor([prompt], device=device))
-        first = self._accept(DraftTree.empty(device), logits[0, -1:], rng, len(prompt)).tokens[0]
+        first = self.rule.accept(DraftTree.empty(device), logits[0, -1:], rng, len(prompt)).tokens[0]
         stats = SequenceStats(prompt_tokens=len(prompt), ttft_s=time.perf_counter() - t0)
         if proposer is not None:
             proposer.start(prompt, cache)
@@ -285,6 +277,12 @@ class Generator:
         if self.record_hidden:
             seq.hidden.append(hidden)
         return seq
+
+    def _end(self, seq: _Sequence) -> GenerationResult:
+        """A sequence is over: its proposer learns from it (finish), and its result."""
+        if seq.proposer is not None:
+            seq.proposer.finish(list(seq.tokens))
+        return seq.result()
 
     def _done(self, seq: _Sequence) -> bool:
         return seq.out[-1] in self.eos or len(seq.out) >= seq.max_new_tokens
@@ -310,6 +308,8 @@ class Generator:
             seq.tree, seq.budget = DraftTree.empty(device), 0
         else:
             seq.tree, seq.budget = seq.proposer.propose(seq.ctx, spec), spec.budget
+            if self._drafts_from_hidden:  # read: the next proposal gets the states that come after
+                seq.ctx.target_hidden = None
             synchronize(device)
         seq.t_draft = time.perf_counter() - t0
 
@@ -329,7 +329,7 @@ class Generator:
         keep the accepted path's cache entries, extend the output and the statistics; the
         iteration's time runs from t_iter."""
         tree = seq.tree
-        acceptance = self._accept(tree, logits, seq.rng, len(seq.tokens))
+        acceptance = self.rule.accept(tree, logits, seq.rng, len(seq.tokens))
         keep = [0] + [node + 1 for node in acceptance.path]
         seq.cache.compact(start, keep)
         kept = None if hidden is None else hidden[keep]
@@ -370,20 +370,18 @@ class Generator:
         on_iteration: Callable[[int, Iteration], None] | None = None,
         prompt_index: int = 0,
     ) -> GenerationResult:
-        """prompt_index: which prompt of a run this is; under sampling it picks the random stream
+        """One prompt: a batch of one through the same loop as any batch, in this generator's own
+        one-sequence cache and through the target's one-sequence call (traced on CUDA).
+        prompt_index: which prompt of a run this is; under sampling it picks the random stream
         (seed, prompt_index), so a run reproduces from its seed and repeated prompts differ."""
         self.check_fits(len(prompt), max_new_tokens)
-        seq = self._begin(prompt, max_new_tokens, prompt_index, self.cache, self.proposer)
-        while not self._done(seq):
-            t_iter = time.perf_counter()
-            self._draft(seq, self._draft_spec(seq))
-            block, shape = self._block(seq)
-            start = seq.cache.length
-            logits, hidden = self._forward(seq.cache, block.view(1, -1), start, "all", **shape)
-            it = self._finish(seq, start, logits[0], hidden, t_iter)
-            if on_iteration is not None:
-                on_iteration(len(seq.stats.iterations), it)
-        return seq.result()
+        report = None
+        if on_iteration is not None:
+            def report(i: int, step: BatchIteration) -> None:
+                on_iteration(i, step.iterations[0])
+        run = self._run([prompt], [max_new_tokens], [self.cache], [self.proposer], continuous=False,
+                        on_iteration=report, streams=[prompt_index], batched=False)
+        return run.results[0]
 
     def forget(self) -> None:
         """Every row's proposer and the auto tree budget drop what earlier sequences taught (after
@@ -431,6 +429,16 @@ class Generator:
             raise ValueError(f"{len(caps)} max_new_tokens for {len(prompts)} prompts")
         self.check_prompts_fit(prompts, caps)
         rows, proposers = self._batch_rows(min(batch_size, max(len(prompts), 1)))
+        return self._run(prompts, caps, rows, proposers, continuous=continuous, on_iteration=on_iteration,
+                         streams=streams, batched=True)
+
+    def _run(self, prompts: list[list[int]], caps: list[int], rows: list[Cache], proposers: list[Proposer | None], *,
+             continuous: bool, on_iteration: Callable[[int, BatchIteration], None] | None,
+             streams: list[int] | None, batched: bool) -> BatchResult:
+        """The one draft/verify loop: each iteration drafts for every unfinished row, verifies all
+        their blocks in ONE target call, accepts per row and refills freed rows. batched: the rows
+        share the batch cache (one forward_rows call, drafts limited by batch_cost); else one
+        sequence in its own cache through the target's one-sequence call."""
         slots: list[_Sequence | None] = [None] * len(rows)
         queue = deque(enumerate(prompts))
         results: list[GenerationResult | None] = [None] * len(prompts)
@@ -447,7 +455,7 @@ class Generator:
                         seq = self._begin(prompt, caps[index], index, rows[b], proposers[b],
                                           None if streams is None else streams[index])
                         if self._done(seq):
-                            results[index] = seq.result()
+                            results[index] = self._end(seq)
                             done_at_first.append(index)
                         else:
                             slots[b] = seq
@@ -456,7 +464,7 @@ class Generator:
                 continue
             t_iter = time.perf_counter()
             specs = [self._draft_spec(seq) for seq in active]
-            if self.batch_cost is not None:  # only the drafts whose expected tokens pay for their rows
+            if batched and self.batch_cost is not None:  # only the drafts whose expected tokens pay for their rows
                 sizes = [0 if spec is None else spec.budget for spec in specs]
                 cost = self.batch_cost
                 allowed = nodes_to_verify(sizes, [s.history for s in active], cost.steps(len(active)), cost.per_row)
@@ -465,12 +473,7 @@ class Generator:
                 self._draft(seq, spec)
             blocks = [self._block(seq) for seq in active]
             starts = [seq.cache.length for seq in active]
-            tokens = torch.cat([block for block, _ in blocks])
-            row_blocks = [RowBlock(seq.cache, len(block), shape.get("positions"), shape.get("tree_mask"))
-                          for seq, (block, shape) in zip(active, blocks)]
-            out = self.target.forward_rows(tokens, row_blocks, self._batch_cache, return_hidden=self._wants_hidden,
-                                           hidden_layers=self._hidden_layers)
-            logits, hidden = out if self._wants_hidden else (out, None)
+            logits, hidden = self._verify(active, blocks, starts, batched)
             its, lo = [], 0
             for seq, start, (block, _) in zip(active, starts, blocks):
                 hi = lo + len(block)
@@ -479,11 +482,11 @@ class Generator:
             seconds = time.perf_counter() - t_iter
             for it in its:  # every row waited for the whole call
                 it.seconds = seconds
-            iteration = BatchIteration([s.index for s in active], [it.emitted for it in its], seconds, done_at_first)
+            iteration = BatchIteration([s.index for s in active], [it.emitted for it in its], seconds, done_at_first, its)
             done_at_first = []
             for b, seq in enumerate(slots):
                 if seq is not None and self._done(seq):
-                    results[seq.index] = seq.result()
+                    results[seq.index] = self._end(seq)
                     iteration.finished.append(seq.index)
                     slots[b] = None
             iterations.append(iteration)
@@ -491,3 +494,18 @@ class Generator:
                 on_iteration(len(iterations), iteration)
         synchronize(device)
         return BatchResult(results, time.perf_counter() - t_run, iterations)
+
+    def _verify(self, active: list[_Sequence], blocks: list[tuple[torch.Tensor, dict]], starts: list[int],
+                batched: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ONE target call over every active row's block: logits [N, V] (and hidden states [N, ...]),
+        the rows' blocks in turn."""
+        if not batched:
+            (block, shape), seq = blocks[0], active[0]
+            logits, hidden = self._forward(seq.cache, block.view(1, -1), starts[0], "all", **shape)
+            return logits[0], hidden
+        tokens = torch.cat([block for block, _ in blocks])
+        row_blocks = [RowBlock(seq.cache, len(block), shape.get("positions"), shape.get("tree_mask"))
+                      for seq, (block, shape) in zip(active, blocks)]
+        out = self.target.forward_rows(tokens, row_blocks, self._batch_cache, return_hidden=self._wants_hidden,
+                                       hidden_layers=self._hidden_layers)
+        return out if self._wants_hidden else (out, None)

@@ -21,13 +21,14 @@ from models.speculative.tree import DraftTree, TreeSpec
 
 @dataclasses.dataclass
 class ProposerContext:
-    """What a proposer may look at: all tokens so far (the last one is not yet in the target
-    cache), the target cache itself, which holds every token before the last, and, for
+    """What a proposer may look at, read-only: all tokens so far (the last one is not yet in the
+    target cache), the target cache itself, which holds every token before the last, and, for
     proposers that draft from features, the target's final hidden states [m, D] of the m
     tokens that entered the cache since the last proposal (the prompt, then each accepted path;
-    [m, (n + 1) D] when a proposer reads n more layers, the final state last);
-    a proposer that reads them sets it to None. Under sampled decoding, `sampler` says how a
-    model proposer picks a chain's tokens (None: greedy, or a proposer without a distribution)."""
+    [m, (n + 1) D] when a proposer reads n more layers, the final state last); the generator
+    starts the next batch of them after each proposal. Under sampled decoding, `sampler` says how
+    a model proposer picks a chain's tokens (None: greedy, or a proposer without a distribution).
+    A proposer keeps what it needs (a copy), never a reference into this context."""
 
     tokens: list[int]
     target_cache: Cache
@@ -45,6 +46,9 @@ class Proposer(abc.ABC):
 
     def forget(self) -> None:
         """Drop what earlier sequences taught (after a warm-up, so that it cannot help timed runs)."""
+
+    def finish(self, tokens: list[int]) -> None:
+        """A sequence ended: its prompt and output, for a proposer that learns across sequences."""
 
     def fork(self) -> Proposer:
         """A proposer for another sequence decoded at the same time (a row of a batch): it

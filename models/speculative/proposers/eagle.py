@@ -43,7 +43,7 @@ class EagleProposer(Proposer):
         return twin
 
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
-        features, ctx.target_hidden = ctx.target_hidden, None
+        features = ctx.target_hidden
         layer = self.head.layer
         device = features.device
         # The m positions that just entered the target cache end at its length; each pairs

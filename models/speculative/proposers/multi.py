@@ -35,11 +35,15 @@ class MultiProposer(Proposer):
         for p in self.proposers:
             p.forget()
 
+    def finish(self, tokens: list[int]) -> None:
+        for p in self.proposers:
+            p.finish(tokens)
+
     def fork(self) -> Proposer:
         return MultiProposer([p.fork() for p in self.proposers])
 
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
-        hidden, ctx.target_hidden = ctx.target_hidden, None
+        hidden = ctx.target_hidden
         share = -(-spec.budget // len(self.proposers))
         sub_spec = dataclasses.replace(spec, budget=share)
         trie = TrieBuilder(spec.budget)

@@ -55,7 +55,7 @@ class MultiProjectionProposer(Proposer):
         self.label = label
 
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
-        hidden, ctx.target_hidden = ctx.target_hidden, None
+        hidden = ctx.target_hidden
         depth = min(spec.depth, self.heads.config.n_heads)
         # the final state: the last D of what the target returns (an eagle beside may read more layers)
         logits = self.heads.logits(hidden[-1:, -self.heads.config.dim :])[0, :depth]  # [depth, V']

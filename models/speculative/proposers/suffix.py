@@ -92,29 +92,20 @@ class SuffixProposer(Proposer):
         self.device = device
         # earlier sequences, each followed by SEPARATOR; one list shared by the forks of a batch
         self._history = [np.empty(0, dtype=np.int64)]
-        self._current: list[int] | None = None
 
     @property
     def history(self) -> np.ndarray:
         return self._history[0]
 
-    def start(self, prompt: list[int], target_cache) -> None:
-        if self._current is not None:  # the sequence that just ended joins the corpus
-            done = np.asarray(self._current + [SEPARATOR], dtype=np.int64)
-            self._history[0] = np.concatenate([self.history, done])[-MAX_CORPUS_TOKENS:]
-        self._current = None
+    def finish(self, tokens: list[int]) -> None:
+        """The sequence that just ended joins the corpus (shared with this proposer's forks)."""
+        done = np.asarray(list(tokens) + [SEPARATOR], dtype=np.int64)
+        self._history[0] = np.concatenate([self.history, done])[-MAX_CORPUS_TOKENS:]
 
     def forget(self) -> None:
         self._history[0] = np.empty(0, dtype=np.int64)
-        self._current = None
-
-    def fork(self) -> Proposer:
-        twin = super().fork()  # shares _history
-        twin._current = None
-        return twin
 
     def propose(self, ctx: ProposerContext, spec: TreeSpec) -> DraftTree:
-        self._current = ctx.tokens  # the generator extends this list in place
         corpus = np.concatenate([self.history, np.asarray(ctx.tokens, dtype=np.int64)])
         tokens, parents = suffix_tree_draft(corpus, spec)
         return DraftTree(torch.tensor(tokens, dtype=torch.int64, device=self.device), tuple(parents))

@@ -14,6 +14,7 @@ from models.llama.weights import load_model
 from models.speculative.batch_budget import EXPLORE_EVERY, BatchCost, RowHistory, nodes_to_verify
 from models.speculative.budget import VerifyCost
 from models.speculative.engine import Engine, RunConfig
+from models.speculative.proposers.prompt_lookup import PromptLookupProposer
 from models.speculative.tests.test_sampling_e2e import speculators  # noqa: F401  (tiny eagle / multi_projection heads)
 
 MODEL = "random:tiny-llama"
@@ -245,3 +246,20 @@ def test_trimmed_batches_still_equal_solo_and_verify_fewer_drafts():
     assert [r.tokens for r in got["auto"].results] == [r.tokens for r in got["all"].results]
     proposed = {name: summarize([r.stats for r in g.results])["proposed_tokens"] for name, g in got.items()}
     assert 0 < proposed["auto"] < proposed["all"]
+
+
+@pytest.mark.parametrize("batching", ["alone", "static", "continuous"])
+def test_each_sequence_ends_once_with_its_prompt_and_output(monkeypatch, batching):
+    """Proposer.finish hears every sequence end, once, with its whole token list (prompt and
+    output, a prompt done at its first token included): what a proposer learning across
+    sequences (suffix) reads, instead of holding a reference into the generator's context."""
+    ended = []
+    monkeypatch.setattr(PromptLookupProposer, "finish", lambda self, tokens: ended.append(list(tokens)))
+    engine = Engine(config(method="prompt_lookup", full_batch_size=2))
+    caps, prompts = [1, 9, 5], PROMPTS[:3]
+    if batching == "alone":
+        outputs = [engine.generator.generate(p, cap, prompt_index=i).tokens for i, (p, cap) in enumerate(zip(prompts, caps))]
+    else:
+        run = engine.generator.generate_batch(prompts, caps, 2, continuous=batching == "continuous")
+        outputs = [r.tokens for r in run.results]
+    assert sorted(ended) == sorted(p + out for p, out in zip(prompts, outputs))

@@ -28,22 +28,19 @@ import pytest
 import torch
 
 from models.common.errors import UserError
-from models.speculative import sampling
+from models.speculative import verification
 from models.speculative.sampling import (
     SamplingParams,
     SequenceRng,
-    coupled_accept,
-    coupled_noise,
     coupled_token,
     derive_seed,
     inverse_cdf,
-    rejection_accept,
     sample_token,
     target_logprobs,
     target_probs,
 )
 from models.speculative.tree import DraftTree
-from models.speculative.verification import greedy_accept
+from models.speculative.verification import coupled_accept, coupled_noise, greedy_accept, rejection_accept
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,8 +67,8 @@ def _reused_uniform(self: SequenceRng) -> float:
 
 
 BROKEN = {
-    "resample_from_p": (sampling, "_residual", lambda p, q, x: p),
-    "no_renormalise": (sampling, "_normalise", lambda r, mass=None: r),
+    "resample_from_p": (verification, "_residual", lambda p, q, x: p),
+    "no_renormalise": (verification, "_normalise", lambda r, mass=None: r),
     "reused_uniform": (SequenceRng, "uniform", _reused_uniform),
 }
 

@@ -74,18 +74,22 @@ def test_suffix_tree_scores_by_frequency_and_adapts_its_depth():
 def test_suffix_learns_from_earlier_sequences_of_the_run():
     proposer = SuffixProposer()
     proposer.start([1], None)
-    first = ctx([7, 8, 9, 10, 11, 12])
-    proposer.propose(first, TreeSpec(1, 4, 4))
-    proposer.start([1], None)  # the first sequence joins the corpus
+    proposer.propose(ctx([7, 8, 9, 10, 11, 12]), TreeSpec(1, 4, 4))
+    proposer.start([1], None)
+    assert proposer.propose(ctx([3, 8, 9]), TreeSpec(1, 4, 4)).n_nodes == 0  # a proposal teaches nothing
+    proposer.finish([7, 8, 9, 10, 11, 12])  # the first sequence ended: it joins the corpus
+    proposer.start([1], None)
     tree = proposer.propose(ctx([3, 8, 9]), TreeSpec(1, 4, 4))
     assert tree.tokens.tolist() == [10, 11, 12]
     assert proposer.propose(ctx([3, 4]), TreeSpec(1, 4, 4)).n_nodes == 0  # nothing matches
+    assert proposer.fork().propose(ctx([3, 8, 9]), TreeSpec(1, 4, 4)).n_nodes == 3  # a batch row's fork shares it
 
 
 def test_a_forgotten_warm_up_sequence_cannot_draft_later():
     proposer = SuffixProposer()
     proposer.start([1], None)
     proposer.propose(ctx([7, 8, 9, 10, 11, 12]), TreeSpec(1, 4, 4))  # a warm-up
+    proposer.finish([7, 8, 9, 10, 11, 12])
     proposer.forget()
     proposer.start([1], None)
     assert proposer.propose(ctx([3, 8, 9]), TreeSpec(1, 4, 4)).n_nodes == 0

@@ -1,10 +1,13 @@
-"""Greedy acceptance on hand-built logits, over chains and trees."""
+"""Acceptance on hand-built logits, over chains and trees; the rule object a run picks once."""
 
 import pytest
 import torch
 
+from models.speculative.sampling import SamplingParams, SequenceRng, target_logprobs, target_probs
 from models.speculative.tree import DraftTree
-from models.speculative.verification import greedy_accept
+from models.speculative.verification import (
+    Coupled, Greedy, Rejection, coupled_accept, coupled_noise, greedy_accept, rejection_accept, rule_for,
+)
 
 V = 8
 
@@ -95,3 +98,30 @@ def test_duplicate_siblings_take_the_first():
     tree = DraftTree(torch.tensor([2, 2, 3]), (-1, -1, 1))
     acc = greedy_accept(tree, logits_for([2, 3, 3, 1]))
     assert acc.path == [0] and acc.tokens == [2, 3]
+
+
+def test_the_run_rule_is_picked_once_from_the_sampling_options():
+    assert isinstance(rule_for(SamplingParams()), Greedy)
+    assert isinstance(rule_for(SamplingParams(temperature=0.7)), Rejection)  # sampling's default
+    assert isinstance(rule_for(SamplingParams(temperature=0.7), "coupled"), Coupled)
+    assert [rule_for(SamplingParams(temperature=t), v).name for t, v in ((0, None), (1, "rejection"), (1, "coupled"))] \
+        == ["greedy", "rejection", "coupled"]
+    with pytest.raises(ValueError, match="unknown verify mode 'bogus'"):
+        rule_for(SamplingParams(temperature=0.7), "bogus")
+
+
+def test_each_rule_object_applies_its_own_rule():
+    """On hand-built logits where the rules disagree: greedy takes the argmax path; the sampled
+    rules give what their functions give on the same stream and noise."""
+    tree = DraftTree.chain([1, 2])
+    logits = torch.tensor([[0.0, 3.0, 2.9, 0.0], [0.0, 0.0, 3.0, 2.95], [1.0, 1.0, 1.0, 1.0]])
+    assert Greedy().accept(tree, logits, None, 5) == greedy_accept(tree, logits)
+    params = SamplingParams(temperature=1.0, seed=3)
+    for seed in range(20):
+        want = rejection_accept(tree, target_probs(logits, params), None, SequenceRng(seed, 0))
+        assert Rejection(params).accept(tree, logits, SequenceRng(seed, 0), 5) == want
+        noise = coupled_noise(SequenceRng(seed, 0), tree, 5, 4)
+        want = coupled_accept(tree, target_logprobs(logits, params), noise)
+        assert Coupled(params).accept(tree, logits, SequenceRng(seed, 0), 5) == want
+    outcomes = {tuple(Coupled(params).accept(tree, logits, SequenceRng(s, 0), 5).tokens) for s in range(20)}
+    assert len(outcomes) > 1  # sampled: not the greedy path every time
