@@ -28,9 +28,7 @@ from transformers import LlamaConfig
 from models.common.cli import ArgumentParser, check_writable, run_cli, write_json_atomic
 from models.common.device import open_device, requested_device_name
 from models.common.errors import UserError
-from models.backends.interface import TargetModel
-from models.backends.torch_backend import random_model_of
-from models.llama.trace import TracedModel
+from models.backends import torch_backend
 from models.llama.weights import DEFAULT_MODEL, RANDOM_PRESETS, random_hf_config
 
 SHAPES = {
@@ -59,8 +57,9 @@ def shape_config(name: str):
     raise UserError(f"unknown --shape {name!r}; choose from {', '.join(SHAPES)} or random:PRESET")
 
 
-def random_model(name: str, dtype: torch.dtype, device: torch.device) -> TargetModel:
-    return random_model_of(shape_config(name), dtype, device)
+def random_model(name: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The torch backend's model of this shape, random weights (this script times that backend)."""
+    return torch_backend.random_model_of(shape_config(name), dtype, device)
 
 
 class Timer:
@@ -116,7 +115,7 @@ def main(argv=None) -> int:
     device = open_device(requested_device_name(args.device), args.dtype)
     dev = device.torch_device
     model = random_model(args.shape, device.dtype, dev)
-    traced = TracedModel(model, traced=device.traced, max_block=max(qs))
+    traced = torch_backend.runner(model, device, max(qs))
     cache = model.new_cache(args.context + max(qs) + 1)
     with torch.inference_mode():
         model(torch.zeros(1, args.context, dtype=torch.int64, device=dev), cache, 0, logits_for="none")
@@ -135,8 +134,7 @@ def main(argv=None) -> int:
         times = {q: timer(step(q), args.repeats) for q in [1, *qs]}
     bandwidth = copy_bandwidth(dev, args.copy_mb * 2**20, timer, max(5, args.repeats // 5))
     weight_bytes = sum(t.numel() * t.element_size() for t in {id(p): p for p in model.parameters()}.values())
-    a = model.args
-    kv_bytes = 2 * a.n_layers * a.n_kv_heads * args.context * a.head_dim * device.dtype.itemsize
+    kv_bytes = model.cache_bytes_per_token() * args.context
     achieved = (weight_bytes + kv_bytes) / times[1]
     result = {
         "date": datetime.date.today().isoformat(),

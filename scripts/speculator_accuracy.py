@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     path = Path(args.speculator) if args.speculator else heads.SHIPPED / f"{name}-{args.kind}"
     head = heads.load(path, loaded.model)
     if args.full_vocab:
-        head = heads.with_draft_vocab(head, torch.arange(loaded.model.args.vocab_size), loaded.model)
+        head = heads.with_draft_vocab(head, torch.arange(loaded.model.vocab_size), loaded.model)
     if folder is None:
         split = "bench"
         examples, categories = evaluation_examples(args, loaded, head.config.hidden_layers)

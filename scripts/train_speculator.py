@@ -345,7 +345,7 @@ def main(argv=None) -> int:
         raise UserError(f"--init_from {args.init_from} reads layers {list(start_layers)}, not --feature_layers "
                         f"{','.join(map(str, layers)) or 'none'}; start a new head for other layers")
     decoder = Decoder(args, device_name, layers)
-    heads.check_feature_layers(layers, decoder.model.args.n_layers)
+    heads.check_feature_layers(layers, decoder.model.n_layers)
     started = time.perf_counter()
 
     features = args.kind is not None  # the data alone needs no hidden states of what is already answered

@@ -34,8 +34,9 @@ class Capabilities:
     torch_weights: bool  # embedding and LM-head tensors a torch draft head can share (trained heads)
     dtypes: tuple[str, ...] = ("float32",)
 
-    def describe(self) -> dict[str, bool | tuple[str, ...]]:
-        return dataclasses.asdict(self)
+    def declared(self) -> list[str]:
+        """The capabilities this backend has, by name."""
+        return [f.name for f in dataclasses.fields(self) if f.type == "bool" and getattr(self, f.name)]
 
 
 @runtime_checkable

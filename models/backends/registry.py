@@ -25,6 +25,7 @@ class Backend:
     summary: str  # one line for --help and the docs
     module: str | None  # implements load(spec, n_layers, device, tp) and runner(model, device, max_block)
     why_unavailable: Callable[[], str | None] = lambda: None  # None: usable on this machine
+    tensor_parallel: bool = False  # load() shards the model over a mesh's tp group
 
     def check(self) -> None:
         """One line when this backend cannot run here."""
@@ -49,7 +50,7 @@ def _missing(package: str, what: str) -> Callable[[], str | None]:
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend(DEFAULT_BACKEND, "the lean torch model: batch-invariant CPU kernels, CUDA graphs, every capability",
-            "models.backends.torch_backend"),
+            "models.backends.torch_backend", tensor_parallel=True),
     Backend("ttnn", "Tenstorrent devices through ttnn", None, _missing("ttnn", "a Tenstorrent device")),
     Backend("qefficient", "Qualcomm Cloud AI 100 through QEfficient", None,
             _missing("QEfficient", "a Qualcomm Cloud AI 100 card")),

@@ -70,7 +70,7 @@ def build_engines(plan: SweepPlan, device: Device, max_batch: int) -> dict[Confi
     base = dataclasses.replace(plan.base, method=TARGET, max_generated_tokens=n, batch_size=max_batch)
     target = Engine(base, device, uses_baseline=False)
     engines = {Configuration(TARGET, 0, n): target}
-    n_layers = target.target.model.args.n_layers
+    n_layers = target.model.n_layers
     for method in plan.methods:
         for shape in plan.draft_shapes():
             config = dataclasses.replace(_method_config(plan, method, shape, n_layers), batch_size=max_batch)

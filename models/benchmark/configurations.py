@@ -324,7 +324,7 @@ def build(plan: SweepPlan, device: Device) -> Built:
         for n in lengths:
             runners[Configuration(TARGET, 0, n, temperature=mode[0], verify=mode[1])] = suite_runner(engine, True)
     target = targets[0]
-    n_layers = target.target.model.args.n_layers
+    n_layers = target.model.n_layers
     for method in plan.methods:
         _build_method(plan, method, n_layers, device, runners)
     if plan.hf_peers and GREEDY_MODE in plan.modes:
@@ -340,7 +340,7 @@ def build(plan: SweepPlan, device: Device) -> Built:
     peer_meta = {}
     if plan.llama_cpp_peers and GREEDY_MODE in plan.modes:
         peer = llama_cpp_peer.open_peer(plan.base.max_seq_len + max(plan.ks), target.tokenizer.eos_token_ids,
-                                        target.target.model.args.vocab_size)
+                                        target.model.vocab_size)
         runners.update(llama_cpp_runners(peer, plan.ks, plan.lengths, plan.base.max_ngram_size))
         peer_meta["llama_cpp"] = peer.meta()
     return Built(target, runners, peer_meta)

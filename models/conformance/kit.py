@@ -2,12 +2,14 @@
 lossless on it, checked through the interface alone (models/backends/interface.py).
 
 Each check compares logits (or a method's tokens) that must agree: a prefill plus decode steps
-against one longer prefill, a rolled-back cache against a fresh one, a token tree verified in
-one pass (then compacted) against each path decoded as a chain, a row of a batch against the
-same row alone, and every method's output against the backend's own target-only output. A
-backend that declares batch_invariant must agree bit for bit; any other is held to the near-tie
-rule (models/common/correctness.py): a different token is allowed only where the reference's
-top-2 margin is below the tolerance, and every divergence is listed with its position and margin.
+against one longer prefill, a chain verified in one call against the same tokens decoded one at
+a time, a rolled-back cache against a fresh one, a token tree verified in one pass (then
+compacted) against each path decoded as a chain, a row of a batch against the same row alone,
+and every method's output against the backend's own target-only output. A backend that declares
+batch_invariant must agree bit for bit; any other is held to the near-tie rule
+(models/common/correctness.py): logits within the tolerance of each other, or a different token
+only where the reference's top-2 margin is below it; every divergence is listed with its
+position, its largest difference and the margin. Non-finite logits are always a mismatch.
 
 Sequences stay within 64 tokens, so a block never leaves the CPU kernels' batch-invariant range.
 """
@@ -21,9 +23,11 @@ import torch
 
 from models.backends.interface import Cache, RowBlock, TargetModel
 from models.common.correctness import HALF_PRECISION_TIE_TOLERANCE, compare, top2_margin
+from models.common.errors import UserError
+from models.common.ops import SKINNY_MAX_ROWS
 
-EXACT, NEAR_TIE, MISMATCH = "exact", "near-tie", "mismatch"
-SEQUENCE_ROWS = 64  # the longest block a check runs (the runner's largest traced block)
+EXACT, NEAR_TIE, MISMATCH, NOT_RUN = "exact", "near-tie", "mismatch", "not run"
+SEQUENCE_ROWS = SKINNY_MAX_ROWS  # the longest block a check runs (the runner's largest traced block)
 PROMPTS = (
     "The quick brown fox jumps over the lazy dog. The quick brown fox",
     "def add(a, b):\n    return a + b\n\ndef add(",
@@ -37,7 +41,8 @@ class CheckResult:
     mismatches, with a note per divergence; `skipped` says why a check did not run."""
 
     check: str
-    counts: dict[str, int] = dataclasses.field(default_factory=lambda: {EXACT: 0, NEAR_TIE: 0, MISMATCH: 0})
+    counts: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {EXACT: 0, NEAR_TIE: 0, MISMATCH: 0, NOT_RUN: 0})
     notes: list[str] = dataclasses.field(default_factory=list)
     skipped: str | None = None
 
@@ -65,22 +70,35 @@ class Rule:
     def judge(self, reference: torch.Tensor, candidate: torch.Tensor) -> tuple[str, float]:
         """The verdict on two logit rows [V], and the reference's top-2 margin."""
         margin = top2_margin(reference)
+        if not (torch.isfinite(reference).all() and torch.isfinite(candidate).all()):
+            return MISMATCH, margin
         if torch.equal(reference, candidate):
             return EXACT, margin
         if self.exact:
             return MISMATCH, margin
-        same = int(reference.argmax()) == int(candidate.argmax())
-        return (NEAR_TIE if same or margin < self.tolerance else MISMATCH), margin
+        if int(reference.argmax()) == int(candidate.argmax()):
+            close = float((reference - candidate).abs().max()) <= self.tolerance
+            return (NEAR_TIE if close else MISMATCH), margin
+        return (NEAR_TIE if margin < self.tolerance else MISMATCH), margin
 
 
 def _judge_rows(result: CheckResult, rule: Rule, reference: torch.Tensor, candidate: torch.Tensor,
                 where: Callable[[int], str]) -> None:
+    """Judge each row; a note for every mismatch and every changed token, one line for rows that
+    are merely close (the same token, logits within the tolerance)."""
+    close, largest = 0, 0.0
     for i in range(reference.shape[0]):
         verdict, margin = rule.judge(reference[i], candidate[i])
+        diff = float((reference[i] - candidate[i]).abs().max())
+        if verdict == NEAR_TIE and int(reference[i].argmax()) == int(candidate[i].argmax()):
+            close, largest = close + 1, max(largest, diff)
+            result.add(verdict)
+            continue
         note = None if verdict == EXACT else (
-            f"{where(i)}: {verdict}, max |diff| {float((reference[i] - candidate[i]).abs().max()):.3g}, "
-            f"top-2 margin {margin:.4f}")
+            f"{where(i)}: {verdict}, max |diff| {diff:.3g}, top-2 margin {margin:.4f}")
         result.add(verdict, note)
+    if close:
+        result.notes.append(f"{close} rows with the same token and logits within {largest:.3g} of the reference's")
 
 
 def _ids(target: TargetModel, tokens: list[int]) -> torch.Tensor:
@@ -104,6 +122,19 @@ def greedy_continuation(target: TargetModel, prompt: list[int], n: int) -> list[
     return out
 
 
+def check_reference(target: TargetModel, reference: Callable[[list[int]], torch.Tensor],
+                    prompts: list[list[int]]) -> CheckResult:
+    """An anchor outside the backend: its logits over each prompt against another implementation's
+    (transformers' on the same weights: reference(tokens) -> [T, V]), always under the near-tie
+    rule. Every other check compares the backend with itself, which a degenerate model passes."""
+    result, rule = CheckResult("prefill = reference model"), Rule(exact=False)
+    for p, prompt in enumerate(prompts):
+        logits = target(_ids(target, prompt), target.new_cache(len(prompt)), 0)[0].float()
+        expected = reference(prompt).float().to(logits.device)
+        _judge_rows(result, rule, expected, logits, lambda i, p=p: f"prompt {p}, position {i}")
+    return result
+
+
 def check_prefill_decode(target: TargetModel, prompts: list[list[int]], n_decode: int = 12) -> CheckResult:
     """Logits after each of a prefill's last token and n decode steps equal one longer prefill's."""
     result, rule = CheckResult("prefill + decode = one prefill"), Rule.of(target)
@@ -114,6 +145,20 @@ def check_prefill_decode(target: TargetModel, prompts: list[list[int]], n_decode
         decoded = torch.cat([first, _feed(target, stepwise, tokens[len(prompt):], one_at_a_time=True)])[:-1]
         whole = target(_ids(target, tokens), target.new_cache(len(tokens)), 0)[0].float()[len(prompt) - 1 : -1]
         _judge_rows(result, rule, whole, decoded, lambda i, p=p: f"prompt {p}, position {len(prompt) + i}")
+    return result
+
+
+def check_chain_verify(target: TargetModel, prompts: list[list[int]], k: int = 5) -> CheckResult:
+    """k tokens verified in one call after the prompt equal the same tokens decoded one at a time."""
+    result, rule = CheckResult("chain verify = decode steps"), Rule.of(target)
+    for p, prompt in enumerate(prompts):
+        chain = greedy_continuation(target, prompt, k)
+        logits = {}
+        for one_at_a_time in (True, False):
+            cache = target.new_cache(len(prompt) + k)
+            target(_ids(target, prompt), cache, 0, logits_for="last")
+            logits[one_at_a_time] = _feed(target, cache, chain, one_at_a_time)
+        _judge_rows(result, rule, logits[True], logits[False], lambda i, p=p: f"prompt {p}, chain token {i}")
     return result
 
 
@@ -242,8 +287,11 @@ def check_methods(engines: dict[str, Callable[[], object]], prompts: list[list[i
     for label, build in engines.items():
         try:
             engine = build()
-        except Exception as exc:  # noqa: BLE001 (a method this backend or model cannot run: reported)
-            result.notes.append(f"{label}: not run ({' '.join(str(exc).split())[:160]})")
+        except UserError as exc:  # a method this backend or model cannot run (a capability, no speculator)
+            result.add(NOT_RUN, f"{label}: not run ({' '.join(str(exc).split())[:160]})")
+            continue
+        except Exception as exc:  # noqa: BLE001 (a backend that breaks a method: a mismatch, with its cause)
+            result.add(MISMATCH, f"{label}: failed to build ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})")
             continue
         exact = engine.model.capabilities.batch_invariant
         references = [engine.run(ids, baseline=True).tokens for ids in prompts]
@@ -263,13 +311,17 @@ def check_methods(engines: dict[str, Callable[[], object]], prompts: list[list[i
 
 def table(backend: str, model: str, target: TargetModel, results: list[CheckResult]) -> str:
     """One table per backend: check, exact, near-tie, mismatch, then every divergence's note."""
-    rule = "bit-exact required" if target.capabilities.batch_invariant else "near-tie rule"
+    caps = target.capabilities
+    rule = "bit-exact required" if caps.batch_invariant else "near-tie rule"
     lines = [f"conformance: backend {backend}, model {model}, {str(target.dtype).removeprefix('torch.')} ({rule})",
-             f"{'check':34} {EXACT:>6} {NEAR_TIE:>9} {MISMATCH:>9}"]
+             f"capabilities: {', '.join(caps.declared()) or 'none'}",
+             "(logit checks count positions, the method check prompts)",
+             f"{'check':34} {EXACT:>6} {NEAR_TIE:>9} {MISMATCH:>9} {NOT_RUN:>8}"]
     for r in results:
         if r.skipped:
             lines.append(f"{r.check:34} skipped: {r.skipped}")
         else:
-            lines.append(f"{r.check:34} {r.counts[EXACT]:>6} {r.counts[NEAR_TIE]:>9} {r.counts[MISMATCH]:>9}")
+            c = r.counts
+            lines.append(f"{r.check:34} {c[EXACT]:>6} {c[NEAR_TIE]:>9} {c[MISMATCH]:>9} {c[NOT_RUN]:>8}")
     lines += [f"  {r.check}: {note}" for r in results for note in r.notes]
     return "\n".join(lines)

@@ -54,9 +54,14 @@ class Transformer(nn.Module):
     through models.llama.trace.TracedModel."""
 
     backend = "torch"
-    capabilities = Capabilities(tree_masks=True, hidden_states=True, batch_rows=True, layer_skip=True, traced=False,
-                                batch_invariant=True, torch_weights=True, dtypes=("float32", "bfloat16"))
-    traced = False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Every capability; bit-exact batch invariance where the batch-invariant kernels run (fp32
+        on the CPU), and traced only through models.llama.trace.TracedModel."""
+        return Capabilities(tree_masks=True, hidden_states=True, batch_rows=True, layer_skip=True, traced=False,
+                            batch_invariant=self.device.type == "cpu" and self.dtype == torch.float32,
+                            torch_weights=True, dtypes=("float32", "bfloat16"))
 
     def __init__(
         self,

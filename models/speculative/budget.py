@@ -125,8 +125,8 @@ def cached_verify_cost(model: TargetModel, model_name: str, device_name: str, ma
                        folder: Path, sequences: bool = False) -> VerifyCost:
     """The verify-cost curve (of one sequence's q rows, or of q sequences' decode step) for this
     device, model, dtype and kernel build, measured once."""
-    key = json.dumps([model_name, device_name, str(model.dtype), torch.__version__, _kernel_fingerprint(),
-                      max_rows, CALIBRATION_CONTEXT] + (["sequences"] if sequences else []))
+    key = json.dumps([model.backend, model_name, device_name, str(model.dtype), torch.__version__,
+                      _kernel_fingerprint(), max_rows, CALIBRATION_CONTEXT] + (["sequences"] if sequences else []))
     path = folder / f"verify_cost-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.is_file():
         try:

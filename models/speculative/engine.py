@@ -72,6 +72,10 @@ class RunConfig(RunOptions):
 
     def _check(self) -> None:
         backend(self.backend).check()
+        tp = max(self.mesh.tp, self.draft_mesh.tp if self.draft_mesh is not None else 1)
+        if tp > 1 and not backend(self.backend).tensor_parallel:
+            raise UserError(f"--backend {self.backend} has no tensor-parallel sharding; a tp {tp} mesh needs "
+                            f"--backend torch")
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.method != TARGET and self.n_draft_tokens < 1:
@@ -214,8 +218,6 @@ class Engine:
         self.model: TargetModel = self.backend.runner(self.target.model, self.device, self.spec.budget + 1)
         self._check_capabilities()
         self.proposer = self._build_proposer()
-        if self.proposer is not None and self.proposer.uses_target_hidden:
-            require(self.model, "hidden_states", f"--method {config.method}")
         self._check_caches_fit(uses_baseline)
         self.model.check_seq_len(config.max_seq_len)  # before any calibration or decoding
         eos = self.target.tokenizer.eos_token_ids
@@ -273,14 +275,21 @@ class Engine:
     def _check_capabilities(self) -> None:
         """What this configuration needs from the target's backend, refused in one line before
         any proposer is built or any decoding starts."""
-        c, who = self.config, f"--backend {self.config.backend}"
+        c, caps = self.config, self.model.capabilities
+        dtype = str(self.device.dtype).removeprefix("torch.")
+        if dtype not in caps.dtypes:
+            raise UserError(f"--dtype {dtype}: backend {self.model.backend!r} runs {', '.join(caps.dtypes)}")
         if c.rows > 1:
             flag = f"--full_batch_size {c.full_batch_size}" if c.full_batch_size else f"--batch_size {c.batch_size}"
             require(self.model, "batch_rows", flag)
-        if self.spec.topk > 1 or (c.method == "multi"):
-            require(self.model, "tree_masks", "token trees (--tree_topk > 1, --method multi)")
-        if self.tensor_parallel is not None and c.backend != "torch":
-            raise UserError(f"{who} has no tensor-parallel sharding; mesh {c.mesh} needs --backend torch")
+        if self.spec.topk > 1:
+            require(self.model, "tree_masks", f"--tree_topk {c.tree_topk}")
+        if c.method == "multi":
+            require(self.model, "tree_masks", "--method multi (its proposers' drafts merge into a tree)")
+        for name in sorted(c.drafters & set(REGISTRY)):
+            who = f"--method {name}" if c.method != "multi" else f"--proposers {c.proposers} (its {name})"
+            for capability in REGISTRY[name].needs:
+                require(self.model, capability, who)
 
     def _load(self, spec: str, n_layers: int | None) -> LoadedModel:
         """A model, shared across the process; on a tensor-parallel mesh, this rank's shard of it."""

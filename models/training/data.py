@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from models.common.errors import UserError
 from models.common.tokenizer import Tokenizer
-from models.backends.interface import TargetModel
+from models.backends.interface import TorchWeights
 from models.speculative.generator import GenerationResult, Generator
 
 
@@ -100,12 +100,12 @@ def examples_from(prompts: list[list[int]], results: list[GenerationResult]) -> 
 
 
 @torch.inference_mode()
-def record_features(model: TargetModel, prompts: list[list[int]], answers: list[list[int]], *,
+def record_features(model: TorchWeights, prompts: list[list[int]], answers: list[list[int]], *,
                     layers: tuple[int, ...] = (), batch_tokens: int = 16384, desc: str = "features") -> list[Example]:
     """The same examples as examples_from, rebuilt from saved answers by one teacher-forced pass
     per sequence (prefill-shaped; about half the cost of decoding them again on the CPU); with
     layers, those layers' outputs precede the final state in each feature (TargetModel hidden_layers).
-    The batch is left-padded, which the torch backend's forward takes (its pad argument)."""
+    model: the torch backend's model (a left-padded batch, its forward's pad argument)."""
     sequences = [p + a[:-1] for p, a in zip(prompts, answers)]
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a pass
     examples: list[Example] = [None] * len(sequences)  # type: ignore[list-item]

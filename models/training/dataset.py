@@ -13,7 +13,7 @@ from pathlib import Path
 from models.common.cli import write_json_atomic
 from models.common.errors import UserError
 from models.common.tokenizer import Tokenizer
-from models.backends.interface import TargetModel
+from models.backends.interface import TorchWeights
 from models.training import data, followups
 
 HELD_OUT_CHUNKS = 1  # the first chunks of answers are never trained on: the held-out split of our own data
@@ -70,7 +70,7 @@ class DataFolder:
         return data.load_json(path)["prompts"]
 
 
-def load_chunk(folder: DataFolder, work: Path, model: TargetModel, tokenizer: Tokenizer, name: str,
+def load_chunk(folder: DataFolder, work: Path, model: TorchWeights, tokenizer: Tokenizer, name: str,
                prompts: list[data.Prompt], features: bool = True, context: int | None = None,
                layers: tuple[int, ...] = ()) -> tuple[list[list[int]], list[data.Example]] | None:
     """A saved chunk's answers and examples with the last `context` positions of each prompt (None:

@@ -63,15 +63,36 @@ def limited_backend(monkeypatch):
 
 
 @pytest.mark.parametrize("missing, options, needs", [
-    ({"batch_rows": False}, {"batch_size": 2}, "several sequences in one call (batch_rows)"),
-    ({"tree_masks": False}, {"tree_topk": 2, "tree_depth": 2, "tree_budget": 3}, "token trees verified in one pass"),
-    ({"layer_skip": False}, {"method": "self_draft", "draft_layers": 2}, "a view on its first layers (layer_skip)"),
+    ({"batch_rows": False}, {"batch_size": 2}, "--batch_size 2 needs several sequences in one call (batch_rows)"),
+    ({"batch_rows": False}, {"full_batch_size": 3}, "--full_batch_size 3 needs several sequences"),
+    ({"tree_masks": False}, {"tree_topk": 2, "tree_depth": 2, "tree_budget": 3}, "--tree_topk 2 needs token trees"),
+    ({"tree_masks": False}, {"method": "multi", "proposers": "prompt_lookup,suffix"},
+     "--method multi (its proposers' drafts merge into a tree) needs token trees verified in one pass"),
+    ({"layer_skip": False}, {"method": "self_draft", "draft_layers": 2}, "--method self_draft needs a view on its "
+                                                                         "first layers (layer_skip)"),
+    # refused before the head loads: no eagle head is shipped for this model, which would say so instead
+    ({"hidden_states": False}, {"method": "eagle"}, "--method eagle needs the target's hidden states"),
+    ({"torch_weights": False}, {"method": "multi_projection"}, "--method multi_projection needs torch embedding"),
+    ({"hidden_states": False}, {"method": "multi", "proposers": "eagle,prompt_lookup"},
+     "--proposers eagle,prompt_lookup (its eagle) needs the target's hidden states"),
+    ({"dtypes": ("bfloat16",)}, {}, "--dtype float32: backend 'limited' runs bfloat16"),
 ])
 def test_a_missing_capability_is_refused_before_decoding(limited_backend, missing, options, needs):
     limited_backend(**missing)
     with pytest.raises(UserError) as info:
         Engine(RunConfig(model=MODEL, backend="limited", **{"method": "prompt_lookup", **options}))
-    assert needs in str(info.value) and "backend 'limited'" in str(info.value) and "--backend torch" in str(info.value)
+    text = str(info.value)
+    assert needs in text and "\n" not in text
+    if "dtypes" not in missing:
+        assert "which backend 'limited' does not provide; use --backend torch" in text
+
+
+def test_a_backend_without_sharding_is_refused_on_a_tp_mesh(limited_backend):
+    limited_backend()
+    with pytest.raises(UserError, match="--backend limited has no tensor-parallel sharding; a tp 2 mesh needs "
+                                        "--backend torch"):
+        RunConfig(model=MODEL, backend="limited", device="cpu", mesh_shape="1x2").validate()
+    RunConfig(model=MODEL, backend="torch", device="cpu", mesh_shape="1x2").validate()
 
 
 def test_a_backend_with_every_capability_builds(limited_backend):

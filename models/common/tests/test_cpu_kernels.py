@@ -20,7 +20,7 @@ kernels = skinny_kernels()
 needs_kernels = pytest.mark.skipif(kernels is None, reason="CPU kernels unavailable (no AVX2/FMA or no compiler)")
 REPO = Path(__file__).resolve().parents[3]
 
-MAX_ROWS = 64  # models.llama.model.SKINNY_MAX_ROWS: a tree of 63 drafts + root in one verify pass
+MAX_ROWS = 64  # models.common.ops.SKINNY_MAX_ROWS: a tree of 63 drafts + root in one verify pass
 
 
 # Ragged shapes on purpose: N not a multiple of any tile width (3, 4, 6, 8) or of the weight

@@ -3,13 +3,6 @@ import torch
 
 from models.common import memory
 from models.common.errors import UserError
-from models.llama.kv_cache import KVCache, cache_bytes_per_token
-
-
-def test_bytes_per_token_is_what_a_cache_allocates():
-    cache = KVCache(3, 2, 16, 10, batch_size=2, dtype=torch.float32)
-    per_token = cache_bytes_per_token(3, 2, 16, torch.float32)
-    assert (cache.k.numel() + cache.v.numel()) * 4 == per_token * 10 * 2
 
 
 def test_a_cache_past_available_memory_is_one_line_with_what_fits(monkeypatch):

@@ -11,8 +11,9 @@ import torch
 
 from models.backends import torch_backend
 from models.common.device import open_device
+from models.common.errors import UserError
 from models.conformance import kit
-from models.llama.kv_cache import KVCache
+from models.llama.reference import HFReference
 
 MODEL = "random:tiny-llama"
 
@@ -41,15 +42,16 @@ class Wrapped:
         return self.model(*args, **kwargs)
 
 
-class ShortRollbackCache(KVCache):
-    def rollback(self, length: int) -> None:
-        super().rollback(min(length + 1, self.length))  # one stale entry left in view
-
-
 class ShortRollback(Wrapped):
+    """Its caches roll back one slot short: one stale entry stays in view."""
+
     def new_cache(self, max_seq_len: int, batch_size: int = 1):
         cache = self.model.new_cache(max_seq_len, batch_size)
-        cache.__class__ = ShortRollbackCache
+        real = type(cache)
+
+        def rollback(self, length: int) -> None:
+            real.rollback(self, min(length + 1, self.length))
+        cache.__class__ = type("ShortRollbackCache", (real,), {"rollback": rollback})
         return cache
 
 
@@ -67,8 +69,12 @@ class BatchedRowsDiffer(Wrapped):
         return logits
 
 
+LOGIT_CHECKS = (kit.check_prefill_decode, kit.check_chain_verify, kit.check_rollback, kit.check_tree,
+                kit.check_batched_rows)
+
+
 def test_torch_backend_is_exact(loaded, prompts):
-    for check in (kit.check_prefill_decode, kit.check_rollback, kit.check_tree, kit.check_batched_rows):
+    for check in LOGIT_CHECKS:
         result = check(loaded.model, prompts)
         assert result.ok and result.counts[kit.NEAR_TIE] == result.counts[kit.MISMATCH] == 0, result.notes
         assert result.counts[kit.EXACT] > 0
@@ -91,23 +97,76 @@ def test_batched_rows_that_differ_fail(loaded, prompts):
 
 def test_near_tie_rule_without_bit_exactness(loaded, prompts):
     """A backend that does not claim bit-exactness: a tiny difference is a near tie (passes), a
-    difference that changes a confident token is a mismatch (fails), with its margin."""
+    difference that changes a confident token is a mismatch (fails), with its margin, and so is
+    a broken rollback whose logits drift far while the argmax happens to hold."""
     tiny = kit.check_batched_rows(BatchedRowsDiffer(loaded.model, 1e-4, batch_invariant=False), prompts)
     assert tiny.ok and tiny.counts[kit.NEAR_TIE] > 0 and tiny.counts[kit.MISMATCH] == 0
     large = kit.check_batched_rows(BatchedRowsDiffer(loaded.model, 1e3, batch_invariant=False), prompts)
     assert not large.ok and large.counts[kit.MISMATCH] > 0
+    for prompt in prompts:  # each prompt alone: no prompt's luck hides the broken rollback
+        assert not kit.check_rollback(ShortRollback(loaded.model, batch_invariant=False), [prompt]).ok
+
+
+class Degenerate(Wrapped):
+    """Logits that agree with themselves everywhere: constant, or NaN."""
+
+    def __init__(self, model, value: float):
+        super().__init__(model, batch_invariant=False)
+        self.value = value
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        return None if out is None else torch.full_like(out, self.value)
+
+    def forward_rows(self, *args, **kwargs):
+        return torch.full_like(self.model.forward_rows(*args, **kwargs), self.value)
+
+
+def test_non_finite_logits_never_pass(loaded, prompts):
+    for check in LOGIT_CHECKS:
+        assert not check(Degenerate(loaded.model, float("nan")), prompts).ok, check.__name__
+
+
+def test_a_degenerate_model_fails_the_reference_anchor(loaded, prompts):
+    """Constant logits agree with themselves in every other check; transformers' model on the same
+    weights tells them apart, while the real model passes it (near ties only)."""
+    ref = HFReference.for_random_loaded(loaded)
+
+    def reference(tokens):
+        return ref.logits(torch.tensor([tokens]))[0]
+
+    assert all(check(Degenerate(loaded.model, 0.0), prompts).ok for check in LOGIT_CHECKS)
+    assert not kit.check_reference(Degenerate(loaded.model, 0.0), reference, prompts).ok
+    real = kit.check_reference(loaded.model, reference, prompts)
+    assert real.ok and real.counts[kit.EXACT] + real.counts[kit.NEAR_TIE] == sum(len(p) for p in prompts)
+
+
+def test_a_method_that_breaks_is_a_mismatch_and_one_that_cannot_run_is_reported():
+    def broken():
+        raise AttributeError("'Limited' object has no attribute 'forward_rows'")
+
+    def refused():
+        raise UserError("--method eagle needs the target's hidden states (hidden_states)")
+
+    result = kit.check_methods({"suffix batch": broken, "eagle": refused}, [[1, 2, 3]])
+    assert not result.ok and result.counts[kit.MISMATCH] == 1 and result.counts[kit.NOT_RUN] == 1
+    assert "suffix batch: failed to build (AttributeError" in result.notes[0] and "eagle: not run" in result.notes[1]
 
 
 def test_table_lists_counts_and_divergences(loaded, prompts):
     results = [kit.check_rollback(ShortRollback(loaded.model), prompts), kit.CheckResult("x", skipped="why")]
     text = kit.table("broken", MODEL, loaded.model, results)
-    assert "bit-exact required" in text and "skipped: why" in text
+    assert "bit-exact required" in text and "skipped: why" in text and "capabilities: tree_masks" in text
     assert "rollback then redecode" in text and "after rollback" in text
 
 
 def test_rule_judges_hand_built_logits():
     ref = torch.tensor([3.0, 2.9, 0.0])
     assert kit.Rule(exact=True).judge(ref, ref.clone())[0] == kit.EXACT
+    assert kit.Rule(exact=False).judge(ref, ref + 0.1)[0] == kit.NEAR_TIE  # close, same token
+    assert kit.Rule(exact=False).judge(ref, ref + torch.tensor([0.0, 0.0, 2.0]))[0] == kit.MISMATCH  # same token, far
+    nan = torch.tensor([float("nan")] * 3)
+    assert kit.Rule(exact=False).judge(nan, nan)[0] == kit.MISMATCH
     assert kit.Rule(exact=True).judge(ref, ref + 1e-6)[0] == kit.MISMATCH
     assert kit.Rule(exact=False).judge(ref, torch.tensor([2.9, 3.0, 0.0]))[0] == kit.NEAR_TIE  # margin 0.1
     confident = torch.tensor([3.0, 1.0, 0.0])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.common.errors import UserError
-from models.llama.kv_cache import KVCache
+from models.llama.kv_cache import KVCache, cache_bytes_per_token
 from models.llama.weights import load_model
 
 
@@ -146,3 +146,9 @@ def test_left_padded_batch_equals_separate_runs(model):
         torch.testing.assert_close(got[b, pad[b]:], alone, atol=1e-4, rtol=1e-4)
         alone_step = model(torch.tensor([[7 + b]]), c, len(r))[0]
         torch.testing.assert_close(step[b], alone_step, atol=1e-4, rtol=1e-4)
+
+
+def test_bytes_per_token_is_what_a_cache_allocates():
+    cache = KVCache(3, 2, 16, 10, batch_size=2, dtype=torch.float32)
+    per_token = cache_bytes_per_token(3, 2, 16, torch.float32)
+    assert (cache.k.numel() + cache.v.numel()) * 4 == per_token * 10 * 2

@@ -84,18 +84,20 @@ class ProposerEntry:
     name: str
     build: Callable[[BuildContext], Proposer]
     summary: str  # one line for --help
+    needs: tuple[str, ...] = ()  # target capabilities (models/backends/interface.py), checked before it is built
 
 
 REGISTRY: dict[str, ProposerEntry] = {}
 
 
-def register(name: str, summary: str):
-    """Decorator for a builder: `@register("suffix", "...")\ndef build(ctx): ...`."""
+def register(name: str, summary: str, needs: tuple[str, ...] = ()):
+    """Decorator for a builder: `@register("suffix", "...")\ndef build(ctx): ...`; needs: the
+    target capabilities the method cannot run without."""
 
     def wrap(build: Callable[[BuildContext], Proposer]) -> Callable[[BuildContext], Proposer]:
         if name in REGISTRY:
             raise ValueError(f"proposer {name!r} registered twice")
-        REGISTRY[name] = ProposerEntry(name, build, summary)
+        REGISTRY[name] = ProposerEntry(name, build, summary, needs)
         return build
 
     return wrap

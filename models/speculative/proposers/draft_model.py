@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from models.common.errors import UserError
-from models.backends.interface import Cache, TargetModel, require
+from models.backends.interface import Cache, TargetModel
 from models.speculative.proposers.base import BuildContext, Proposer, ProposerContext, register
 from models.speculative.tree import DraftTree, TreeSpec
 from models.speculative.sampling import ChainSampler
@@ -84,7 +84,6 @@ class SelfDraftProposer(Proposer):
     name = "self_draft"
 
     def __init__(self, target: TargetModel, n_layers: int):
-        require(target, "layer_skip", "--method self_draft")
         if not 1 <= n_layers < target.n_layers:
             raise UserError(
                 f"--draft_layers {n_layers} is outside [1, {target.n_layers - 1}] "
@@ -130,7 +129,8 @@ def build_draft_model(b: BuildContext) -> Proposer:
                               label=c.draft_model or c.model)
 
 
-@register("self_draft", "the target's own first --draft_layers layers, sharing its weights and cache")
+@register("self_draft", "the target's own first --draft_layers layers, sharing its weights and cache",
+          needs=("layer_skip",))
 def build_self_draft(b: BuildContext) -> Proposer:
     if b.config.draft_layers is None:
         raise UserError("--method self_draft needs --draft_layers")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from models.backends.interface import Cache, require
+from models.backends.interface import Cache
 from models.speculative.proposers.base import BuildContext, Proposer, ProposerContext, register
 from models.speculative.speculators import heads
 from models.speculative.speculators.heads import EagleHead
@@ -80,8 +80,8 @@ class EagleProposer(Proposer):
         return {"method": self.name, "speculator": self.label, "draft_vocab_size": self.head.config.draft_vocab_size}
 
 
-@register("eagle", "a trained one-layer feature-level draft head (--speculator; default: shipped)")
+@register("eagle", "a trained one-layer feature-level draft head (--speculator; default: shipped)",
+          needs=("hidden_states", "torch_weights"))
 def build(b: BuildContext) -> Proposer:
-    require(b.model, "torch_weights", "--method eagle")
     head, folder = heads.load_configured(b.config.speculator, b.config.model, b.target.model, "eagle")
     return EagleProposer(head, label=str(folder))

@@ -15,7 +15,6 @@ import heapq
 import torch
 from loguru import logger
 
-from models.backends.interface import require
 from models.speculative.sampling import to_target_vocab
 from models.speculative.proposers.base import BuildContext, Proposer, ProposerContext, register
 from models.speculative.speculators import heads
@@ -79,9 +78,9 @@ class MultiProjectionProposer(Proposer):
                 "draft_vocab_size": c.draft_vocab_size}
 
 
-@register("multi_projection", "trained multi-projection heads on the target's hidden state (--speculator)")
+@register("multi_projection", "trained multi-projection heads on the target's hidden state (--speculator)",
+          needs=("hidden_states", "torch_weights"))
 def build(b: BuildContext) -> Proposer:
-    require(b.model, "torch_weights", "--method multi_projection")
     head, folder = heads.load_configured(b.config.speculator, b.config.model, b.target.model, "multi_projection")
     depth = b.config.tree_depth or b.config.n_draft_tokens
     if depth > head.config.n_heads:

@@ -8,8 +8,7 @@ import torch
 from models.common.cpu_kernels import skinny_kernels
 from models.common.errors import UserError
 from models.common.metrics import summarize
-from models.backends.interface import RowBlock
-from models.llama.model import Transformer
+from models.backends.interface import RowBlock, TargetModel
 from models.llama.weights import load_model
 from models.speculative.batch_budget import EXPLORE_EVERY, BatchCost, RowHistory, nodes_to_verify
 from models.speculative.budget import VerifyCost
@@ -124,7 +123,7 @@ TREE_MASK = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [1,
                          dtype=torch.bool)
 
 
-def rows_and_alone(model: Transformer) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def rows_and_alone(model: TargetModel) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Three sequences' blocks (a chain, a tree, a decode step) in one flat forward_rows call,
     and each block's logits from forward for its sequence alone: (batched, alone in the same
     order, the rows' lengths after). Shared with the mesh's bit-exact test."""

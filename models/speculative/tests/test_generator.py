@@ -1,6 +1,8 @@
 """The loop on a scripted target: exact counters, EOS inside a block, the length cap, rollback,
 tree verification and cache compaction."""
 
+from __future__ import annotations
+
 from collections.abc import Callable
 
 import pytest
@@ -9,13 +11,38 @@ import torch
 from models.common.errors import UserError
 from models.common.metrics import summarize
 from models.backends.interface import Capabilities
-from models.llama.kv_cache import KVCache
 from models.speculative.generator import Generator
 from models.speculative.proposers.base import Proposer, ProposerContext
 from models.speculative.tree import DraftTree, TreeSpec
 
 V = 16
 EOS = 0
+
+
+class ScriptedCache:
+    """A Cache (models/backends/interface.py) holding each slot's token and RoPE position."""
+
+    batch_row = 0
+    batch_size = 1
+
+    def __init__(self, max_seq_len: int):
+        self.entries = torch.zeros(max_seq_len, 2)  # [slot, (token, position)]
+        self.max_seq_len = max_seq_len
+        self.length = 0
+
+    def row(self, b: int) -> ScriptedCache:
+        return self
+
+    def compact(self, start: int, keep: list[int]) -> None:
+        self.entries[start : start + len(keep)] = self.entries[[start + k for k in keep]]
+        self.rollback(start + len(keep))
+
+    def rollback(self, length: int) -> None:
+        assert 0 <= length <= self.length
+        self.length = length
+
+    def reset(self) -> None:
+        self.length = 0
 
 
 class ScriptedTarget:
@@ -32,28 +59,28 @@ class ScriptedTarget:
     def __init__(self, rule: Callable[[list[int]], int]):
         self.rule = rule
         self.calls = 0
-        self.cache: KVCache | None = None  # the last cache it wrote to (what a rollback left)
+        self.cache: ScriptedCache | None = None  # the last cache it wrote to (what a rollback left)
 
-    def new_cache(self, max_seq_len: int) -> KVCache:
-        return KVCache(1, 1, 2, max_seq_len)
+    def new_cache(self, max_seq_len: int) -> ScriptedCache:
+        return ScriptedCache(max_seq_len)
 
     def __call__(self, tokens, cache, start, logits_for="all", positions=None, tree_mask=None):
         self.calls += 1
         self.cache = cache
         n = tokens.shape[1]
-        cache.check_append(start, n)
+        assert start == cache.length and start + n <= cache.max_seq_len  # a block goes right after the live entries
         if positions is None:
             positions = start + torch.arange(n)
         if tree_mask is None:
             tree_mask = torch.ones(n, n, dtype=torch.bool).tril()
-        cache.k[0, 0, 0, start : start + n, 0] = tokens[0].float()
-        cache.k[0, 0, 0, start : start + n, 1] = positions.float()
+        cache.entries[start : start + n, 0] = tokens[0].float()
+        cache.entries[start : start + n, 1] = positions.float()
         cache.length = start + n
         rows = range(n - 1, n) if logits_for == "last" else range(n)
         logits = torch.zeros(1, len(rows), V)
         for r, i in enumerate(rows):
             slots = list(range(start)) + [start + j for j in range(n) if tree_mask[i, j]]
-            entries = cache.k[0, 0, 0, slots]
+            entries = cache.entries[slots]
             # every entry must sit at the position its order says, else the "model" is off by it
             shift = int((entries[:, 1] - torch.arange(len(slots))).abs().sum())
             logits[0, r, (self.rule(entries[:, 0].long().tolist()) + shift) % V] = 1.0
@@ -200,14 +227,14 @@ def test_a_rule_over_the_whole_context_catches_rollback_and_positions(k):
 
 def test_the_scripted_target_notices_a_short_rollback(monkeypatch):
     """The check above can fail: roll back one slot short and the output changes."""
-    real = KVCache.compact
+    real = ScriptedCache.compact
 
     def short(self, start, keep):
         real(self, start, keep)
         self.length -= 1 if len(keep) > 1 else 0
 
     base, _, _ = run(mixing_rule, None, 0, 30)
-    monkeypatch.setattr(KVCache, "compact", short)
+    monkeypatch.setattr(ScriptedCache, "compact", short)
     spec, _, _ = run(mixing_rule, oracle_for(mixing_rule), 3, 30)
     assert spec.tokens != base.tokens
 

@@ -11,7 +11,7 @@ import torch
 
 from models.common.cpu_kernels import skinny_kernels
 from models.common.mesh import Mesh, MeshShape, run_on_mesh
-from models.llama.model import Transformer
+from models.backends.interface import TargetModel
 from models.llama.tensor_parallel import TensorParallel, shard
 from models.llama.weights import load_model
 from models.speculative.tests.test_batching import rows_and_alone
@@ -24,13 +24,13 @@ pytestmark = pytest.mark.skipif(skinny_kernels() is None,
                                 reason="the batch-invariant CPU kernels are not available here")
 
 
-def sharded(mesh: Mesh) -> Transformer:
+def sharded(mesh: Mesh) -> TargetModel:
     """This rank's shard of the model."""
     return shard(load_model(MODEL).model, TensorParallel(mesh.tp_rank, mesh.shape.tp, mesh.tp_group))
 
 
 @torch.inference_mode()
-def blocks_and_steps(model: Transformer) -> tuple[list[torch.Tensor], torch.Tensor]:
+def blocks_and_steps(model: TargetModel) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Logits of verify blocks of each of BLOCK_SIZES tokens after one prompt, and of the same
     tokens decoded one at a time ([n, V] each; the steps' first n rows match a block of n)."""
     gen = torch.Generator().manual_seed(0)

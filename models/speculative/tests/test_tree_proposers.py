@@ -4,7 +4,6 @@ cartesian tree, the EAGLE-2 rerank, and multi-draft merging."""
 import numpy as np
 import torch
 
-from models.llama.kv_cache import KVCache
 from models.speculative.proposers.base import Proposer, ProposerContext
 from models.speculative.proposers.multi import MultiProposer
 from models.speculative.proposers.multi_projection import cartesian_tree
@@ -15,7 +14,7 @@ from models.speculative.tree_search import grow_tree
 
 
 def ctx(tokens):
-    return ProposerContext(tokens=list(tokens), target_cache=KVCache(1, 1, 8, 64))
+    return ProposerContext(tokens=list(tokens), target_cache=None)  # model-free proposers never read it
 
 
 def paths(tree: DraftTree) -> set[tuple[int, ...]]:
