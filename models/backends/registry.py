@@ -51,6 +51,8 @@ def _missing(package: str, what: str) -> Callable[[], str | None]:
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend(DEFAULT_BACKEND, "the lean torch model: batch-invariant CPU kernels, CUDA graphs, every capability",
             "models.backends.torch_backend", tensor_parallel=True),
+    Backend("transformers", "any Hugging Face causal LM through AutoModelForCausalLM: one sequence per call, "
+            "eager, held to the near-tie rule", "models.backends.transformers_backend"),
     Backend("ttnn", "Tenstorrent devices through ttnn", None, _missing("ttnn", "a Tenstorrent device")),
     Backend("qefficient", "Qualcomm Cloud AI 100 through QEfficient", None,
             _missing("QEfficient", "a Qualcomm Cloud AI 100 card")),

@@ -1,0 +1,237 @@
+"""The transformers backend: any Hugging Face causal LM that AutoModelForCausalLM loads, decoded
+through the same engine, proposers and acceptance rules as the lean model.
+
+It is the reference runtime for every family transformers knows, so a checkpoint whose
+architecture this suite's own code never names still runs every model-free method (prompt
+lookup, suffix, a draft model, trees). Its cache is transformers' own DynamicCache with a length
+of ours on top: rollback is an assignment (the cache is cropped at the next call), and keeping a
+verified tree's path gathers the kept entries in every layer. A token tree is verified in one
+pass through a 4-D attention mask. One sequence per call, eager execution; it is not
+batch-invariant (a block's logits may differ from a step's in the last bits), so the conformance
+kit holds it to the near-tie rule.
+
+Spec: a checkpoint folder (config.json, safetensors, tokenizer), a .gguf or the default model
+(converted once into a folder, as the torch backend does), or random:PRESET (tests).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PretrainedConfig
+
+from models.backends.interface import Capabilities, RowBlock
+from models.common.device import Device
+from models.common.errors import UserError
+from models.common.tokenizer import ByteTokenizer, HFTokenizer
+from models.llama.weights import (
+    DEFAULT_MODEL, LoadedModel, convert_gguf, default_gguf_path, one_line, parse_random_spec, random_hf_config,
+    random_state_dict,
+)
+
+NAME = "transformers"
+_LOADED: dict[tuple, LoadedModel] = {}
+
+
+class HFCache:
+    """One sequence's cache: transformers' DynamicCache and the number of live entries. Entries
+    past `length` (rejected drafts) are cropped before the next call reads the cache."""
+
+    batch_row = 0
+    batch_size = 1
+
+    def __init__(self, max_seq_len: int):
+        self.hf = DynamicCache()
+        self.max_seq_len = max_seq_len
+        self.length = 0
+
+    def row(self, b: int) -> HFCache:
+        if b != 0:
+            raise ValueError(f"row {b} of a one-sequence cache")
+        return self
+
+    def stored(self) -> int:
+        return self.hf.get_seq_length()
+
+    def sync(self) -> None:
+        """Drop the entries past `length` (what a rollback left)."""
+        extra = self.stored() - self.length
+        if extra > 0:
+            self.hf.crop(-extra)
+
+    def compact(self, start: int, keep: list[int]) -> None:
+        if keep != list(range(len(keep))):
+            index = torch.tensor(list(range(start)) + [start + k for k in keep])
+            for layer in self.hf.layers:
+                if getattr(layer, "is_initialized", False) and layer.keys.numel():
+                    at = index.to(layer.keys.device)
+                    layer.keys = layer.keys.index_select(-2, at)
+                    layer.values = layer.values.index_select(-2, at)
+        self.rollback(start + len(keep))
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"rollback to {length} outside [0, {self.length}]")
+        self.length = length
+
+    def reset(self) -> None:
+        self.hf = DynamicCache()
+        self.length = 0
+
+
+class HFTarget:
+    """A transformers causal LM behind the TargetModel interface (models/backends/interface.py)."""
+
+    backend = NAME
+
+    def __init__(self, model, config: PretrainedConfig):
+        self.model = model.eval()
+        self.config = config.get_text_config(decoder=True)
+        # the cache argument's name: `cache` in newer transformers, `past_key_values` before
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.capabilities = Capabilities(
+            tree_masks=True, hidden_states=False, batch_rows=False, layer_skip=False, traced=False,
+            batch_invariant=False, torch_weights=False, dtypes=("float32", "bfloat16"))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.vocab_size)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    def new_cache(self, max_seq_len: int, batch_size: int = 1) -> HFCache:
+        if batch_size != 1:
+            raise UserError(f"backend {NAME} decodes one sequence per call; a batch of {batch_size} needs --backend torch")
+        self.check_seq_len(max_seq_len)
+        return HFCache(max_seq_len)
+
+    def check_seq_len(self, max_seq_len: int) -> None:
+        limit = getattr(self.config, "max_position_embeddings", None)
+        if limit is not None and max_seq_len > limit:
+            raise UserError(f"--max_seq_len {max_seq_len} exceeds the model's {limit} positions; lower it")
+
+    def cache_bytes_per_token(self) -> int:
+        c = self.config
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return 2 * self.n_layers * heads * head_dim * self.dtype.itemsize
+
+    def _mask(self, start: int, n: int, tree_mask: torch.Tensor) -> torch.Tensor:
+        """The 4-D mask [1, 1, n, start + n] transformers takes as given: the cached prefix visible
+        to every node, the block through its ancestor mask. Additive (0 or the dtype's minimum),
+        which every attention implementation adds as it is (a boolean one, eager would add as 1)."""
+        visible = torch.ones(n, start + n, dtype=torch.bool, device=self.device)
+        visible[:, start:] = tree_mask.to(self.device, torch.bool)
+        mask = torch.zeros(n, start + n, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[None, None]
+
+    @torch.inference_mode()
+    def __call__(self, tokens: torch.Tensor, cache: HFCache, start: int, *, positions: torch.Tensor | None = None,
+                 tree_mask: torch.Tensor | None = None, logits_for: str = "all", return_hidden: bool = False,
+                 hidden_layers: tuple[int, ...] = ()):
+        if return_hidden or hidden_layers:
+            raise UserError(f"backend {NAME} does not return hidden states; use --backend torch")
+        if isinstance(start, torch.Tensor) or start != cache.length:
+            raise ValueError(f"block starts at slot {start} but the cache holds {cache.length} entries; roll back first")
+        n = tokens.shape[1]
+        if start + n > cache.max_seq_len:
+            raise UserError(f"sequence of {start + n} tokens exceeds max_seq_len={cache.max_seq_len}; "
+                            f"raise --max_seq_len")
+        cache.sync()
+        if positions is None:
+            positions = torch.arange(start, start + n, device=self.device)
+        kwargs = {"attention_mask": self._mask(start, n, tree_mask)} if tree_mask is not None else {}
+        out = self.model(input_ids=tokens.to(self.device), position_ids=positions.to(self.device)[None],
+                         **{self._cache_arg: cache.hf}, use_cache=True, logits_to_keep=1 if logits_for == "last" else 0,
+                         cache_position=torch.arange(start, start + n, device=self.device), **kwargs)
+        cache.length = start + n
+        return None if logits_for == "none" else out.logits
+
+    def forward_rows(self, tokens: torch.Tensor, blocks: list[RowBlock], cache, return_hidden: bool = False,
+                     hidden_layers: tuple[int, ...] = ()):
+        raise UserError(f"backend {NAME} decodes one sequence per call (no batch_rows); use --backend torch")
+
+    def truncated(self, n_layers: int):
+        raise UserError(f"backend {NAME} has no view on its first layers (no layer_skip); use --backend torch")
+
+    def cache_view(self, cache, n_layers: int):
+        raise UserError(f"backend {NAME} has no view on its first layers (no layer_skip); use --backend torch")
+
+
+def _folder(spec: str) -> Path:
+    """The checkpoint folder transformers loads for a spec (a GGUF is converted once, as the torch
+    backend does, so both read the same weights)."""
+    if spec == DEFAULT_MODEL:
+        return convert_gguf(default_gguf_path())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} has no config.json; expected a Hugging Face checkpoint folder")
+        return path
+    if path.is_file() and path.suffix == ".gguf":
+        return convert_gguf(path)
+    raise UserError(f"model {spec!r} not found: give {DEFAULT_MODEL}, a checkpoint folder, a .gguf file or "
+                    f"random:PRESET")
+
+
+def _eos(config: PretrainedConfig) -> tuple[int, ...]:
+    eos = getattr(config.get_text_config(decoder=True), "eos_token_id", None)
+    return () if eos is None else tuple(eos) if isinstance(eos, list) else (int(eos),)
+
+
+def _load(spec: str, n_layers: int | None, device: Device) -> LoadedModel:
+    if spec.startswith("random:"):
+        preset, seed = parse_random_spec(spec)
+        config = random_hf_config(preset)
+        if n_layers is not None:
+            config.num_hidden_layers = n_layers
+        model = AutoModelForCausalLM.from_config(config, dtype=device.dtype)
+        model.load_state_dict(random_state_dict(config, seed), strict=False)
+        if config.tie_word_embeddings:
+            model.tie_weights()
+        model.to(device.torch_device)
+        # the model keeps its own config: a reader of the LoadedModel's (transformers' reference
+        # model, which sets its attention implementation on it) must not change this one's
+        return LoadedModel(HFTarget(model, config), ByteTokenizer(config.vocab_size), copy.deepcopy(config), spec, None)
+    folder = _folder(spec)
+    extra = {} if n_layers is None else {"num_hidden_layers": n_layers}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=device.dtype, local_files_only=True, **extra)
+    except ValueError as exc:  # an architecture transformers does not know, or a config it refuses
+        raise UserError(f"{folder}: transformers cannot load it as a causal LM ({one_line(exc)})") from None
+    model.to(device.torch_device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder} has no usable tokenizer ({type(exc).__name__}); add tokenizer files") from None
+    return LoadedModel(HFTarget(model, model.config), HFTokenizer(tokenizer, _eos(model.config)),
+                       copy.deepcopy(model.config), spec, folder)
+
+
+def load(spec: str, n_layers: int | None, device: Device, tp=None) -> LoadedModel:
+    """A spec loaded once per process through AutoModelForCausalLM."""
+    if tp is not None and tp.size > 1:
+        raise UserError(f"backend {NAME} has no tensor-parallel sharding; use --backend torch")
+    key = (spec, n_layers, device.dtype, str(device.torch_device))
+    if key not in _LOADED:
+        _LOADED[key] = _load(spec, n_layers, device)
+    return dataclasses.replace(_LOADED[key])
+
+
+def runner(model: HFTarget, device: Device, max_block: int) -> HFTarget:
+    """Eager: transformers' own forward, no graphs."""
+    return model
