@@ -23,7 +23,8 @@ DEFAULT_BACKEND = "torch"
 class Backend:
     name: str
     summary: str  # one line for --help and the docs
-    module: str | None  # implements load(spec, n_layers, device, tp) and runner(model, device, max_block)
+    # implements load(spec, n_layers, device, tp), runner(model, device, max_block) and load_tokenizer(spec)
+    module: str | None
     why_unavailable: Callable[[], str | None] = lambda: None  # None: usable on this machine
     tensor_parallel: bool = False  # load() shards the model over a mesh's tp group
 

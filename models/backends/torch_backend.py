@@ -18,7 +18,7 @@ from models.llama.config import args_from_hf_config
 from models.llama.model import Transformer
 from models.llama.tensor_parallel import TensorParallel, shard
 from models.llama.trace import TracedModel
-from models.llama.weights import LoadedModel, load_model
+from models.llama.weights import LoadedModel, load_model, load_tokenizer  # noqa: F401 (load_tokenizer: this backend's)
 
 NAME = "torch"
 _LOADED: dict[tuple, LoadedModel] = {}

@@ -19,18 +19,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PretrainedConfig
 
 from models.backends.interface import Capabilities, RowBlock
 from models.common.device import Device
 from models.common.errors import UserError
-from models.common.tokenizer import ByteTokenizer, HFTokenizer
+from models.common.tokenizer import ByteTokenizer, Tokenizer
 from models.llama.weights import (
-    DEFAULT_MODEL, LoadedModel, convert_gguf, default_gguf_path, one_line, parse_random_spec, random_hf_config,
-    random_state_dict,
+    LoadedModel, checkpoint_folder, folder_tokenizer, one_line, parse_random_spec, random_hf_config, random_state_dict,
 )
 
 NAME = "transformers"
@@ -172,22 +170,6 @@ class HFTarget:
         raise UserError(f"backend {NAME} has no view on its first layers (no layer_skip); use --backend torch")
 
 
-def _folder(spec: str) -> Path:
-    """The checkpoint folder transformers loads for a spec (a GGUF is converted once, as the torch
-    backend does, so both read the same weights)."""
-    if spec == DEFAULT_MODEL:
-        return convert_gguf(default_gguf_path())
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} has no config.json; expected a Hugging Face checkpoint folder")
-        return path
-    if path.is_file() and path.suffix == ".gguf":
-        return convert_gguf(path)
-    raise UserError(f"model {spec!r} not found: give {DEFAULT_MODEL}, a checkpoint folder, a .gguf file or "
-                    f"random:PRESET")
-
-
 def _eos(config: PretrainedConfig) -> tuple[int, ...]:
     eos = getattr(config.get_text_config(decoder=True), "eos_token_id", None)
     return () if eos is None else tuple(eos) if isinstance(eos, list) else (int(eos),)
@@ -207,19 +189,29 @@ def _load(spec: str, n_layers: int | None, device: Device) -> LoadedModel:
         # the model keeps its own config: a reader of the LoadedModel's (transformers' reference
         # model, which sets its attention implementation on it) must not change this one's
         return LoadedModel(HFTarget(model, config), ByteTokenizer(config.vocab_size), copy.deepcopy(config), spec, None)
-    folder = _folder(spec)
+    folder = checkpoint_folder(spec)  # a GGUF converted once, as the torch backend reads it
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} has no config.json; expected a Hugging Face checkpoint folder")
     extra = {} if n_layers is None else {"num_hidden_layers": n_layers}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=device.dtype, local_files_only=True, **extra)
     except ValueError as exc:  # an architecture transformers does not know, or a config it refuses
         raise UserError(f"{folder}: transformers cannot load it as a causal LM ({one_line(exc)})") from None
     model.to(device.torch_device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder} has no usable tokenizer ({type(exc).__name__}); add tokenizer files") from None
-    return LoadedModel(HFTarget(model, model.config), HFTokenizer(tokenizer, _eos(model.config)),
+    return LoadedModel(HFTarget(model, model.config), folder_tokenizer(folder, _eos(model.config)),
                        copy.deepcopy(model.config), spec, folder)
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """A spec's tokenizer alone, no weights."""
+    folder = checkpoint_folder(spec)
+    if folder is None:
+        return ByteTokenizer(random_hf_config(parse_random_spec(spec)[0]).vocab_size)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder}: no usable config.json ({one_line(exc)})") from None
+    return folder_tokenizer(folder, _eos(config))
 
 
 def load(spec: str, n_layers: int | None, device: Device, tp=None) -> LoadedModel:

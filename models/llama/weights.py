@@ -200,9 +200,18 @@ def read_hf_config(folder: Path) -> PretrainedConfig:
 # ----------------------------------------------------------------------------- sources
 
 
-def _load_folder(folder: Path, *, n_layers, dtype, device, name: str) -> LoadedModel:
+def folder_tokenizer(folder: Path, eos_token_ids: tuple[int, ...]) -> HFTokenizer:
+    """The checkpoint folder's own tokenizer, or one line saying it has none."""
     from transformers import AutoTokenizer
 
+    try:
+        hf_tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder} has no usable tokenizer ({type(exc).__name__}); add tokenizer files") from None
+    return HFTokenizer(hf_tok, eos_token_ids)
+
+
+def _load_folder(folder: Path, *, n_layers, dtype, device, name: str) -> LoadedModel:
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} has no config.json; expected a Hugging Face checkpoint folder")
     hf_config = read_hf_config(folder)
@@ -211,12 +220,7 @@ def _load_folder(folder: Path, *, n_layers, dtype, device, name: str) -> LoadedM
         model = build_model(hf_config, state, n_layers=n_layers, dtype=dtype, device=device)
     except UserError as exc:
         raise UserError(f"{folder}: {exc}") from None
-    try:
-        hf_tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder} has no usable tokenizer ({type(exc).__name__}); add tokenizer files") from None
-    tokenizer = HFTokenizer(hf_tok, model.args.eos_token_ids)
-    return LoadedModel(model, tokenizer, hf_config, name, folder)
+    return LoadedModel(model, folder_tokenizer(folder, model.args.eos_token_ids), hf_config, name, folder)
 
 
 def _gguf_cache_folder(gguf: Path) -> Path:
@@ -381,15 +385,34 @@ def load_model(
 ) -> LoadedModel:
     """Load a model spec (see module docstring); `n_layers` keeps only the first layers."""
     kw = dict(n_layers=n_layers, dtype=dtype, device=device)
+    folder = checkpoint_folder(spec)
+    return _load_random(spec, **kw) if folder is None else _load_folder(folder, name=spec, **kw)
+
+
+def checkpoint_folder(spec: str) -> Path | None:
+    """The checkpoint folder a spec reads (a GGUF converted once, then cached); None for
+    random:PRESET, which has none."""
     if spec.startswith("random:"):
-        return _load_random(spec, **kw)
+        parse_random_spec(spec)
+        return None
     if spec == DEFAULT_MODEL:
-        return _load_folder(convert_gguf(default_gguf_path()), name=spec, **kw)
+        return convert_gguf(default_gguf_path())
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _load_folder(path, name=spec, **kw)
+        return path
     if path.is_file() and path.suffix == ".gguf":
-        return _load_folder(convert_gguf(path), name=spec, **kw)
+        return convert_gguf(path)
     raise UserError(
         f"model {spec!r} not found: give {DEFAULT_MODEL}, a checkpoint folder, a .gguf file or random:PRESET"
     )
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """A spec's tokenizer alone, no weights: what a process that only encodes and decodes (the
+    demo's parent while mesh workers decode) needs."""
+    folder = checkpoint_folder(spec)
+    if folder is None:
+        return ByteTokenizer(random_hf_config(parse_random_spec(spec)[0]).vocab_size)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} has no config.json; expected a Hugging Face checkpoint folder")
+    return folder_tokenizer(folder, args_from_hf_config(read_hf_config(folder)).eos_token_ids)

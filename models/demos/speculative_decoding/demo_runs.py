@@ -12,6 +12,7 @@ import dataclasses
 
 from loguru import logger
 
+from models.backends.registry import backend
 from models.common.mesh import Mesh
 from models.common.metrics import Iteration
 from models.common.prompts import Prompt
@@ -23,11 +24,13 @@ from models.speculative.mesh_runs import gather_by_index
 @dataclasses.dataclass
 class Runs:
     """One prompt at a time: the method and target-only, interleaved, and (rejection sampling)
-    the first prompt again with the same seed."""
+    the first prompt again with the same seed. exact: the target that ran them is bit-exact
+    (batch-invariant), so outputs must match token for token, else up to a near tie."""
 
     spec: list[GenerationResult]
     base: list[GenerationResult]
     again: GenerationResult | None = None
+    exact: bool = True
 
 
 @dataclasses.dataclass
@@ -37,6 +40,40 @@ class BatchRuns:
     solo: list[GenerationResult]
     base: BatchResult
     spec: BatchResult
+    exact: bool = True
+
+
+class MeshParent:
+    """What the demo reads from an engine, in the parent of a mesh run, where the workers load the
+    models and decode: the tokenizer (no weights), the configured tree, and a full engine only if
+    a divergence needs the target's top-2 margin. An Engine here would hold a whole model and
+    proposer beside the workers' for the log alone."""
+
+    def __init__(self, config: RunConfig, device):
+        config.validate()
+        self.config = config
+        self.device = device
+        self.tokenizer = backend(config.backend).implementation().load_tokenizer(config.model)
+        self.spec = config.tree_spec(device.type)
+        self._engine: Engine | None = None
+
+    def encode(self, prompts: list[Prompt]) -> list[list[int]]:
+        """Token ids per prompt (the workers' engines check that each fits)."""
+        return [self.tokenizer.encode(p.text, chat=self.config.instruct) for p in prompts]
+
+    def describe_proposer(self) -> str:
+        return f"{self.config.method} (built on each mesh worker)"
+
+    def top2_margin_after(self, prompt_ids: list[int], prefix: list[int]) -> float:
+        if self._engine is None:
+            self._engine = Engine(self.config, self.device, uses_baseline=False)
+        return self._engine.top2_margin_after(prompt_ids, prefix)
+
+
+def describe_proposer(engine: Engine | MeshParent) -> str | dict:
+    if isinstance(engine, MeshParent):
+        return engine.describe_proposer()
+    return engine.proposer.describe() if engine.proposer else "none (target only)"
 
 
 def log_iteration(n: int, it: Iteration) -> None:
@@ -67,6 +104,7 @@ def measure(engine: Engine, encoded: list[list[int]], indices: list[int] | None 
                 runs.spec.append(engine.run(ids, on_iteration=log_iteration if log else None, prompt_index=i))
     if engine.generator.verify == "rejection" and indices and indices[0] == 0:
         runs.again = engine.run(encoded[0], prompt_index=0)
+    runs.exact = engine.model.capabilities.batch_invariant
     return runs
 
 
@@ -88,6 +126,7 @@ def measure_batched(engine: Engine, encoded: list[list[int]], *, log: bool = Tru
         solo=first.solo if solo_seconds[0] <= solo_seconds[1] else second.solo,
         base=min(first.base, second.base, key=lambda r: r.seconds),
         spec=min(first.spec, second.spec, key=lambda r: r.seconds),
+        exact=engine.model.capabilities.batch_invariant,
     )
 
 
@@ -128,7 +167,7 @@ def measure_on_mesh(mesh: Mesh, config: RunConfig, prompts: list[Prompt]) -> Run
     if pairs is None:
         return None
     # rank 0 is in dp submesh 0, which decoded prompt 0: its own rerun is the one
-    return Runs([spec for spec, _ in pairs], [base for _, base in pairs], runs.again)
+    return Runs([spec for spec, _ in pairs], [base for _, base in pairs], runs.again, runs.exact)
 
 
 def measure_batched_on_mesh(mesh: Mesh, config: RunConfig, encoded: list[list[int]]) -> BatchRuns | None:

@@ -35,8 +35,9 @@ from models.speculative import options
 from models.speculative.engine import DRAFT_MODEL_METHODS, SPECULATOR_METHODS, Engine, RunConfig
 from models.common.mesh import MeshShape, run_on_mesh
 from models.demos.speculative_decoding.demo_runs import (
-    measure, measure_batched, measure_batched_on_mesh, measure_on_mesh,
+    MeshParent, describe_proposer, measure, measure_batched, measure_batched_on_mesh, measure_on_mesh,
 )
+from models.speculative.verification import rule_for
 
 DEMO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DEMO_DIR.parents[2]
@@ -93,14 +94,14 @@ def fail(exc: UserError) -> NoReturn:
 def set_up(request, mesh_device, params: dict, gate: Gate):
     """(config, prompts file, engine, prompts, encoded prompts), the gate's files read; a user
     mistake fails the test in one line before any model loads (or, a bad model, as it loads). On
-    a mesh the engine here serves the tokenizer, the log and top-2 margins; the timed runs happen
-    on the mesh's workers."""
+    a mesh the workers load the models and decode; here a MeshParent serves the tokenizer, the log
+    and (only if outputs diverge) top-2 margins."""
     try:
         config, prompts_file = demo_config(request, mesh_device, params)
         config.validate()
         gate.load()
         prompts = load_prompts(resolve_prompts_path(prompts_file))
-        engine = Engine(config, mesh_device)
+        engine = Engine(config, mesh_device) if config.mesh.size == 1 else MeshParent(config, mesh_device)
         return config, prompts_file, engine, prompts, engine.encode(prompts)
     except UserError as exc:
         fail(exc)
@@ -184,7 +185,7 @@ def test_speculative_demo(
     log_block("configuration", {
         **{k: v for k, v in config.describe().items() if k not in ("device", "dtype")},
         "input_prompts": prompts_file, "prompts": len(encoded), "device": mesh_device.describe(),
-        "proposer": engine.proposer.describe() if engine.proposer else "none (target only)",
+        "proposer": describe_proposer(engine),
         "draft tree": (
             "chain" if engine.spec.is_chain else f"top-{engine.spec.topk}, depth {engine.spec.depth}, "
             f"{engine.spec.budget} nodes per target call"
@@ -198,9 +199,9 @@ def test_speculative_demo(
     runs = on_mesh(config, lambda: measure(engine, encoded), measure_on_mesh, prompts)
     spec_results, base_results = runs.spec, runs.base
 
-    exact = engine.model.capabilities.batch_invariant  # bit for bit, or the near-tie rule
+    exact = runs.exact  # bit for bit, or the near-tie rule
     one_device = config.mesh.size == 1  # a mesh's sums round otherwise: its goldens may differ at a near-tie
-    decoding = engine.generator.verify  # greedy, rejection or coupled
+    decoding = rule_for(config.sampling, config.verify).name  # greedy, rejection or coupled
     bad = []
     if decoding == "rejection":
         # Rejection sampling is distributed as target-only sampling, not equal to it token for
@@ -329,14 +330,14 @@ def test_batched_demo(
         "device": mesh_device.describe(),
         "batching": (f"continuous, {config.full_batch_size} rows" if continuous
                      else f"static batches of {config.batch_size}"),
-        "proposer": engine.proposer.describe() if engine.proposer else "none (target only)",
+        "proposer": describe_proposer(engine),
     })
 
     runs = on_mesh(config, lambda: measure_batched(engine, encoded), measure_batched_on_mesh, encoded)
     solo, base, spec = runs.solo, runs.base, runs.spec
     solo_seconds = sum(r.stats.ttft_s + r.stats.decode_seconds for r in solo)
 
-    exact = engine.model.capabilities.batch_invariant  # bit for bit, or the near-tie rule
+    exact = runs.exact  # bit for bit, or the near-tie rule
     one_device = config.mesh.size == 1
     bad = []
     for which, result in (("batched target-only", base), (f"batched {config.method}", spec)):
@@ -370,7 +371,7 @@ def test_batched_demo(
 
     measured = {"speedup": speedup, "batch_speedup": batch_speedup,
                 "throughput_tokens_per_s": spec.throughput_tokens_per_s}
-    if config.batch_drafts == "all" or engine.proposer is None:  # auto: counters follow this machine's cost curves
+    if config.batch_drafts == "all" or config.method == options.TARGET:  # auto: counters follow this machine's cost curves
         measured.update(acceptance_rate=summary["acceptance_rate"], target_calls=summary["target_calls"],
                         mean_accepted_tokens=summary["mean_accepted_tokens"])
     key = {"device": mesh_device.sku, "mesh": mesh_device.mesh, "dtype": str(mesh_device.dtype).removeprefix("torch."),

@@ -333,3 +333,15 @@ def test_the_script_exits_2_on_one_line(tmp_path, capsys, flags, expected):
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.default_model
+def test_the_tokenizer_alone_is_the_models_own(default_model):
+    """load_tokenizer reads no weights, and encodes, decodes and stops as the loaded model's does."""
+    from models.llama.weights import DEFAULT_MODEL, load_model, load_tokenizer
+
+    alone = load_tokenizer(DEFAULT_MODEL)
+    text = "Speculative decoding, verified."
+    assert alone.encode(text, chat=True) == default_model.tokenizer.encode(text, chat=True)
+    assert alone.eos_token_ids == default_model.tokenizer.eos_token_ids
+    assert load_tokenizer("random:tiny-llama").vocab_size == load_model("random:tiny-llama").tokenizer.vocab_size

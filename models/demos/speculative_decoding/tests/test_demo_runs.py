@@ -1,11 +1,16 @@
 """measure_batched: two rounds of its three phases, the second in reverse order, each phase keeping
-its faster round, so that load landing on one phase does not move the ratios between phases."""
+its faster round, so that load landing on one phase does not move the ratios between phases; and
+the demo's parent on a mesh, which loads no model unless a divergence needs a margin."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from models.demos.speculative_decoding.demo_runs import measure_batched
+from models.backends import torch_backend
+from models.common.device import open_device
+from models.common.prompts import Prompt
+from models.demos.speculative_decoding.demo_runs import MeshParent, describe_proposer, measure_batched
+from models.speculative.engine import RunConfig
 
 
 class FakeEngine:
@@ -19,6 +24,7 @@ class FakeEngine:
         self.proposer = object()
         self.config = SimpleNamespace(method="fake")
         self.generator = SimpleNamespace(forget=lambda: self.calls.append("forget"))
+        self.model = SimpleNamespace(capabilities=SimpleNamespace(batch_invariant=True))
 
     def warm_up(self, ids):
         self.calls.append("warm_up")
@@ -52,3 +58,20 @@ def test_rounds_that_decode_different_tokens_fail():
                         tokens={"spec": [[1, 2], [1, 3]]})
     with pytest.raises(AssertionError, match="batched method: the two timed rounds decoded different tokens"):
         measure_batched(engine, [[7, 8]], log=False)
+
+
+def test_the_parent_of_a_mesh_run_loads_no_model_until_a_margin_is_needed(monkeypatch):
+    loads = []
+    real = torch_backend.load
+    monkeypatch.setattr(torch_backend, "load", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    config = RunConfig(model="random:tiny-llama", method="prompt_lookup", device="cpu", mesh_shape="1x2",
+                       instruct=False)
+    parent = MeshParent(config, open_device("cpu"))
+    ids = parent.encode([Prompt("hello hello")])
+    assert ids == [parent.tokenizer.encode("hello hello")] and len(ids[0]) > 2
+    assert parent.spec.is_chain and "built on each mesh worker" in describe_proposer(parent)
+    assert loads == []  # the tokenizer alone
+    assert parent.top2_margin_after(ids[0], []) > 0
+    assert loads == ["random:tiny-llama"]  # now, once
+    parent.top2_margin_after(ids[0], [5])
+    assert loads == ["random:tiny-llama"]
