@@ -6,9 +6,12 @@ architecture this suite's own code never names still runs every model-free metho
 lookup, suffix, a draft model, trees). Its cache is transformers' own DynamicCache with a length
 of ours on top: rollback is an assignment (the cache is cropped at the next call), and keeping a
 verified tree's path gathers the kept entries in every layer. A token tree is verified in one
-pass through a 4-D attention mask. One sequence per call, eager execution; it is not
-batch-invariant (a block's logits may differ from a step's in the last bits), so the conformance
-kit holds it to the near-tie rule.
+pass through a 4-D attention mask, where the model takes one: a model with sliding-window layers
+(the mask would have to carry the window) or one whose own tree check at load disagrees with
+decoding each path (ALiBi families, say) declares chains only, and a model with recurrent or
+linear-attention layers, whose state cannot be rolled back, is refused. One sequence per call,
+eager execution; it is not batch-invariant (a block's logits may differ from a step's in the
+last bits), so the conformance kit holds it to the near-tie rule.
 
 Spec: a checkpoint folder (config.json, safetensors, tokenizer), a .gguf or the default model
 (converted once into a folder, as the torch backend does), or random:PRESET (tests).
@@ -21,14 +24,17 @@ import dataclasses
 import inspect
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PretrainedConfig
+from loguru import logger
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PretrainedConfig, cache_utils
 
 from models.backends.interface import Capabilities, RowBlock
 from models.common.device import Device
 from models.common.errors import UserError
 from models.common.tokenizer import ByteTokenizer, Tokenizer
+from models.llama.config import eos_ids
+from models.llama.reference import random_checkpoint
 from models.llama.weights import (
-    LoadedModel, checkpoint_folder, folder_tokenizer, one_line, parse_random_spec, random_hf_config, random_state_dict,
+    LoadedModel, checkpoint_folder, folder_tokenizer, one_line, parse_random_spec, random_hf_config,
 )
 
 NAME = "transformers"
@@ -58,6 +64,8 @@ class HFCache:
     def sync(self) -> None:
         """Drop the entries past `length` (what a rollback left)."""
         extra = self.stored() - self.length
+        if extra < 0:
+            raise ValueError(f"the cache holds {self.stored()} entries, fewer than its length {self.length}")
         if extra > 0:
             self.hf.crop(-extra)
 
@@ -86,14 +94,50 @@ class HFTarget:
 
     backend = NAME
 
-    def __init__(self, model, config: PretrainedConfig):
+    def __init__(self, model, config: PretrainedConfig, where: str):
+        """where: the spec or folder, for messages."""
         self.model = model.eval()
         self.config = config.get_text_config(decoder=True)
         # the cache argument's name: `cache` in newer transformers, `past_key_values` before
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        sliding = _attention_layers(model, where)
         self.capabilities = Capabilities(
-            tree_masks=True, hidden_states=False, batch_rows=False, layer_skip=False, traced=False,
+            tree_masks=False, hidden_states=False, batch_rows=False, layer_skip=False, traced=False,
             batch_invariant=False, torch_weights=False, dtypes=("float32", "bfloat16"))
+        why = "it has sliding-window layers" if sliding else self._tree_check()
+        if why is None:
+            self.capabilities = dataclasses.replace(self.capabilities, tree_masks=True)
+        else:
+            logger.info(f"{where}: token trees off on backend {NAME} ({why}); drafts are verified as chains")
+
+    def _tree_check(self) -> str | None:
+        """Why a token tree verified in one pass disagrees with each of its paths decoded as a
+        chain on this model, or None: a model may ignore a 4-D mask, or place its positions by slot."""
+        parents, prefix = (-1, 0, 0, 1, 2), [(7 * i + 3) % self.vocab_size for i in range(6)]
+        block = [(5 * i + 11) % self.vocab_size for i in range(len(parents))]
+        depth = [0] * len(parents)
+        mask = torch.eye(len(parents), dtype=torch.bool)
+        for i, parent in enumerate(parents):
+            if parent >= 0:
+                depth[i], mask[i] = depth[parent] + 1, mask[i] | mask[parent]
+        try:
+            cache = self.new_cache(len(prefix) + len(block))
+            self(torch.tensor([prefix]), cache, 0, logits_for="none")
+            tree = self(torch.tensor([block]), cache, len(prefix), tree_mask=mask,
+                        positions=len(prefix) + torch.tensor(depth))[0].float()
+            for node in range(len(parents)):
+                path, at = [], node
+                while at >= 0:
+                    path, at = [at] + path, parents[at]
+                chain_cache = self.new_cache(len(prefix) + len(path))
+                self(torch.tensor([prefix]), chain_cache, 0, logits_for="none")
+                chain = self(torch.tensor([[block[r] for r in path]]), chain_cache, len(prefix))[0, -1].float()
+                scale = 1e-3 if self.dtype == torch.float32 else 5e-2
+                if float((chain - tree[node]).abs().max()) > scale * (1 + float(chain.abs().max())):
+                    return f"its tree check at load differs from decoding node {node}'s path"
+        except Exception as exc:  # noqa: BLE001 (a model that cannot take the mask at all)
+            return f"it does not take a 4-D attention mask: {type(exc).__name__}"
+        return None
 
     @property
     def device(self) -> torch.device:
@@ -154,7 +198,7 @@ class HFTarget:
             positions = torch.arange(start, start + n, device=self.device)
         kwargs = {"attention_mask": self._mask(start, n, tree_mask)} if tree_mask is not None else {}
         out = self.model(input_ids=tokens.to(self.device), position_ids=positions.to(self.device)[None],
-                         **{self._cache_arg: cache.hf}, use_cache=True, logits_to_keep=1 if logits_for == "last" else 0,
+                         **{self._cache_arg: cache.hf}, use_cache=True, logits_to_keep=0 if logits_for == "all" else 1,
                          cache_position=torch.arange(start, start + n, device=self.device), **kwargs)
         cache.length = start + n
         return None if logits_for == "none" else out.logits
@@ -170,36 +214,55 @@ class HFTarget:
         raise UserError(f"backend {NAME} has no view on its first layers (no layer_skip); use --backend torch")
 
 
+def _attention_layers(model, where: str) -> bool:
+    """Whether any layer attends through a sliding window; a model with recurrent or
+    linear-attention layers (their state cannot be rolled back to a slot) is refused."""
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001 (a config the cache cannot type: plain attention layers)
+        return False
+    recurrent = getattr(cache_utils, "LinearAttentionCacheLayerMixin", ())  # a Mamba/SSM/conv state
+    if recurrent and any(isinstance(layer, recurrent) for layer in layers):
+        kind = model.config.get_text_config(decoder=True).model_type
+        raise UserError(f"{where}: {kind} has recurrent or linear-attention layers, whose state backend {NAME} "
+                        f"cannot roll back; use a model of attention layers only")
+    return any(getattr(layer, "is_sliding", False) for layer in layers)
+
+
 def _eos(config: PretrainedConfig) -> tuple[int, ...]:
-    eos = getattr(config.get_text_config(decoder=True), "eos_token_id", None)
-    return () if eos is None else tuple(eos) if isinstance(eos, list) else (int(eos),)
+    return eos_ids(config.get_text_config(decoder=True))
+
+
+def _random(spec: str, n_layers: int | None, device: Device) -> LoadedModel:
+    """random:PRESET[:SEED]: the same weights the torch backend builds (its first n_layers)."""
+    preset, seed = parse_random_spec(spec)
+    config, state = random_checkpoint(preset, seed, n_layers)
+    model = AutoModelForCausalLM.from_config(config, dtype=device.dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if m != "lm_head.weight"]:
+        raise ValueError(f"{spec}: state dict mismatch: missing {missing}, unexpected {unexpected}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.to(device.torch_device)
+    # the model keeps its own config: a reader of the LoadedModel's (transformers' reference
+    # model, which sets its attention implementation on it) must not change this one's
+    return LoadedModel(HFTarget(model, config, spec), ByteTokenizer(config.vocab_size), copy.deepcopy(config),
+                       spec, None)
 
 
 def _load(spec: str, n_layers: int | None, device: Device) -> LoadedModel:
     if spec.startswith("random:"):
-        preset, seed = parse_random_spec(spec)
-        config = random_hf_config(preset)
-        if n_layers is not None:
-            config.num_hidden_layers = n_layers
-        model = AutoModelForCausalLM.from_config(config, dtype=device.dtype)
-        model.load_state_dict(random_state_dict(config, seed), strict=False)
-        if config.tie_word_embeddings:
-            model.tie_weights()
-        model.to(device.torch_device)
-        # the model keeps its own config: a reader of the LoadedModel's (transformers' reference
-        # model, which sets its attention implementation on it) must not change this one's
-        return LoadedModel(HFTarget(model, config), ByteTokenizer(config.vocab_size), copy.deepcopy(config), spec, None)
+        return _random(spec, n_layers, device)
     folder = checkpoint_folder(spec)  # a GGUF converted once, as the torch backend reads it
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{folder} has no config.json; expected a Hugging Face checkpoint folder")
+    tokenizer = load_tokenizer(spec)  # before any weight: a folder without one is refused at once
     extra = {} if n_layers is None else {"num_hidden_layers": n_layers}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=device.dtype, local_files_only=True, **extra)
-    except ValueError as exc:  # an architecture transformers does not know, or a config it refuses
+    except (OSError, ValueError) as exc:  # no weights, an architecture it does not know, a config it refuses
         raise UserError(f"{folder}: transformers cannot load it as a causal LM ({one_line(exc)})") from None
     model.to(device.torch_device)
-    return LoadedModel(HFTarget(model, model.config), folder_tokenizer(folder, _eos(model.config)),
-                       copy.deepcopy(model.config), spec, folder)
+    return LoadedModel(HFTarget(model, model.config, str(folder)), tokenizer, copy.deepcopy(model.config), spec,
+                       folder)
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
@@ -207,6 +270,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
     folder = checkpoint_folder(spec)
     if folder is None:
         return ByteTokenizer(random_hf_config(parse_random_spec(spec)[0]).vocab_size)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} has no config.json; expected a Hugging Face checkpoint folder")
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:

@@ -69,7 +69,7 @@ def _inv_freq(config: PretrainedConfig, head_dim: int) -> tuple[torch.Tensor, fl
     return ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
 
 
-def _eos_ids(config: PretrainedConfig) -> tuple[int, ...]:
+def eos_ids(config: PretrainedConfig) -> tuple[int, ...]:
     eos = getattr(config, "eos_token_id", None)
     if eos is None:
         return ()
@@ -92,7 +92,8 @@ def args_from_hf_config(config: PretrainedConfig) -> ModelArgs:
     model_type = config.model_type
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise UserError(
-            f"model type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            f"model type {model_type!r} is not supported by backend torch (supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}); --backend transformers runs any causal LM transformers knows"
         )
     _check_sizes(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -118,5 +119,5 @@ def args_from_hf_config(config: PretrainedConfig) -> ModelArgs:
         sliding_window=sliding_window,
         inv_freq=tuple(inv_freq.tolist()),
         rope_attention_scaling=float(attention_scaling),
-        eos_token_ids=_eos_ids(config),
+        eos_token_ids=eos_ids(config),
     )

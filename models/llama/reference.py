@@ -9,6 +9,19 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 from models.llama.weights import LoadedModel, parse_random_spec, random_hf_config, random_state_dict
 
 
+def random_checkpoint(preset: str, seed: int = 0, n_layers: int | None = None) -> tuple[PretrainedConfig, dict]:
+    """A random preset's config and weights as transformers names them; with n_layers, the first
+    layers of the same model (the lean model's random:PRESET cut the same way)."""
+    config = random_hf_config(preset)
+    state = random_state_dict(config, seed)
+    if n_layers is not None:
+        config.num_hidden_layers = n_layers
+        if hasattr(config, "layer_types") and config.layer_types:
+            config.layer_types = config.layer_types[:n_layers]
+        state = {k: v for k, v in state.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < n_layers}
+    return config, state
+
+
 class HFReference:
     def __init__(self, hf_model):
         self.model = hf_model.eval()
@@ -25,17 +38,7 @@ class HFReference:
 
     @classmethod
     def random(cls, preset: str, seed: int = 0, n_layers: int | None = None) -> HFReference:
-        config = random_hf_config(preset)
-        state = random_state_dict(config, seed)
-        if n_layers is not None:
-            config.num_hidden_layers = n_layers
-            if hasattr(config, "layer_types") and config.layer_types:
-                config.layer_types = config.layer_types[:n_layers]
-            state = {
-                k: v for k, v in state.items()
-                if not k.startswith("model.layers.") or int(k.split(".")[2]) < n_layers
-            }
-        return cls.from_config(config, state)
+        return cls.from_config(*random_checkpoint(preset, seed, n_layers))
 
     @classmethod
     def for_loaded(cls, loaded: LoadedModel, dtype: torch.dtype = torch.float32) -> HFReference:

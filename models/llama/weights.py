@@ -184,8 +184,9 @@ def read_hf_config(folder: Path) -> PretrainedConfig:
     data = read_json_file(path, "model config")
     model_type = data.get("model_type") if isinstance(data, dict) else None
     if model_type not in SUPPORTED_ARCHITECTURES:
-        raise UserError(f"{path}: model_type {model_type!r} is not supported; "
-                        f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        raise UserError(f"{path}: model_type {model_type!r} is not supported by backend torch (supported: "
+                        f"{', '.join(SUPPORTED_ARCHITECTURES)}); --backend transformers runs any causal LM "
+                        f"transformers knows")
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # transformers' own checks of the values: many exception types

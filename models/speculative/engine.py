@@ -197,6 +197,15 @@ class RunConfig(RunOptions):
 WARMUP_TOKENS = 4
 
 
+def top2_margin_after(model: TargetModel, prompt_ids: list[int], prefix: list[int]) -> float:
+    """The target's top-2 logit margin for the token after prompt + prefix (a fresh pass): how
+    near a tie a divergence from target-only output sits."""
+    ids = torch.tensor([prompt_ids + prefix], device=model.device)
+    with torch.inference_mode():
+        logits = model(ids, model.new_cache(ids.shape[1]), 0, logits_for="last")
+    return top2_margin(logits[0, -1])
+
+
 class Engine:
     """A loaded target, the configured proposer, and a target-only baseline on the same model."""
 
@@ -310,12 +319,7 @@ class Engine:
         return encoded
 
     def top2_margin_after(self, prompt_ids: list[int], prefix: list[int]) -> float:
-        """The target's top-2 logit margin for the token after prompt + prefix (a fresh pass)."""
-        ids = torch.tensor([prompt_ids + prefix], device=self.device.torch_device)
-        with torch.inference_mode():
-            cache = self.model.new_cache(ids.shape[1])
-            logits = self.model(ids, cache, 0, logits_for="last")
-        return top2_margin(logits[0, -1])
+        return top2_margin_after(self.model, prompt_ids, prefix)
 
     def warm_up(self, prompt_ids: list[int], *, baseline: bool = True, tokens: int = WARMUP_TOKENS) -> None:
         """A few untimed tokens through every path a timed run takes (kernel loading, allocations,

@@ -126,6 +126,27 @@ class _Sequence:
         return GenerationResult(self.out, self.stats, torch.cat(self.hidden)[:positions])
 
 
+def check_fits(prompt_len: int, max_new_tokens: int, max_seq_len: int) -> None:
+    if prompt_len < 1:
+        raise UserError("empty prompt: nothing to condition on")
+    if max_new_tokens < 1:
+        raise UserError(f"max_generated_tokens must be >= 1, got {max_new_tokens}")
+    if prompt_len + max_new_tokens > max_seq_len:
+        raise UserError(
+            f"prompt ({prompt_len} tokens) + max_generated_tokens ({max_new_tokens}) exceeds "
+            f"max_seq_len={max_seq_len}; raise --max_seq_len or shorten the prompt"
+        )
+
+
+def check_prompts_fit(prompts: list[list[int]], caps: list[int], max_seq_len: int) -> None:
+    """check_fits for each prompt with its cap; the message names the first that does not fit."""
+    for i, (prompt, cap) in enumerate(zip(prompts, caps, strict=True)):
+        try:
+            check_fits(len(prompt), cap, max_seq_len)
+        except UserError as exc:
+            raise UserError(f"prompt {i}: {exc}") from None
+
+
 def eager_note(target, proposer: Proposer | None, record_hidden: bool) -> str | None:
     """Why a traced target runs this generator's calls eagerly, or None. The CUDA graphs
     (models.llama.trace) capture calls that return logits only; a call asking for hidden states
@@ -195,23 +216,10 @@ class Generator:
         return self._cache
 
     def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
-        if prompt_len < 1:
-            raise UserError("empty prompt: nothing to condition on")
-        if max_new_tokens < 1:
-            raise UserError(f"max_generated_tokens must be >= 1, got {max_new_tokens}")
-        if prompt_len + max_new_tokens > self.max_seq_len:
-            raise UserError(
-                f"prompt ({prompt_len} tokens) + max_generated_tokens ({max_new_tokens}) exceeds "
-                f"max_seq_len={self.max_seq_len}; raise --max_seq_len or shorten the prompt"
-            )
+        check_fits(prompt_len, max_new_tokens, self.max_seq_len)
 
     def check_prompts_fit(self, prompts: list[list[int]], caps: list[int]) -> None:
-        """check_fits for each prompt with its cap; the message names the first that does not fit."""
-        for i, (prompt, cap) in enumerate(zip(prompts, caps, strict=True)):
-            try:
-                self.check_fits(len(prompt), cap)
-            except UserError as exc:
-                raise UserError(f"prompt {i}: {exc}") from None
+        check_prompts_fit(prompts, caps, self.max_seq_len)
 
     @property
     def _wants_hidden(self) -> bool:

@@ -35,10 +35,17 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
-def test_the_family_is_not_one_this_suite_names():
+def test_the_family_is_not_one_this_suite_names(run_script, checkpoint, tmp_path):
+    """The torch backend refuses it in one line, pointing at the backend that runs it."""
     from models.llama.config import SUPPORTED_ARCHITECTURES
 
     assert FAMILY not in SUPPORTED_ARCHITECTURES
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"prompt": "abc"}]))
+    code, err = run_script("generate", ["--model", str(checkpoint), "--input_prompts", str(prompts),
+                                        "--output", str(tmp_path / "out.json")])
+    assert code == 2 and "not supported by backend torch" in err and "--backend transformers" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_generate_with_lookup_and_suffix_equals_target_only(run_script, checkpoint, tmp_path):
@@ -54,7 +61,10 @@ def test_generate_with_lookup_and_suffix_equals_target_only(run_script, checkpoi
                                             "--input_prompts", str(prompts), "--output", str(out), "--instruct", "0",
                                             "--max_generated_tokens", "24", "--max_seq_len", "128", *extra])
         assert code == 0, err
-        outputs[method, len(extra)] = [p["output_ids"] for p in json.loads(out.read_text())["prompts"]]
+        result = json.loads(out.read_text())
+        outputs[method, len(extra)] = [p["output_ids"] for p in result["prompts"]]
+        if "--tree_topk" in extra:  # really trees (the kit's tree check is what would catch a broken mask)
+            assert result["stats"]["mean_branching"] > 1
     reference = outputs["target", 0]
     assert all(len(ids) == 24 for ids in reference)
     for key, ids in outputs.items():
@@ -67,6 +77,7 @@ def test_the_kit_holds_under_the_near_tie_rule(checkpoint):
     from models.conformance import kit
 
     loaded = transformers_backend.load(str(checkpoint), None, open_device("cpu"))
+    assert transformers_backend.load_tokenizer(str(checkpoint)).encode("abc abd") == loaded.tokenizer.encode("abc abd")
     target = loaded.model
     assert not target.capabilities.batch_invariant and not target.capabilities.batch_rows
     prompts = [loaded.tokenizer.encode(text)[:20] for text in kit.PROMPTS]

@@ -16,8 +16,9 @@ from models.backends.registry import backend
 from models.common.mesh import Mesh
 from models.common.metrics import Iteration
 from models.common.prompts import Prompt
-from models.speculative.engine import Engine, RunConfig
-from models.speculative.generator import BatchIteration, BatchResult, GenerationResult
+from models.speculative.engine import Engine, RunConfig, top2_margin_after
+from models.speculative.generator import BatchIteration, BatchResult, GenerationResult, check_prompts_fit
+from models.speculative.options import TARGET
 from models.speculative.mesh_runs import gather_by_index
 
 
@@ -45,29 +46,35 @@ class BatchRuns:
 
 class MeshParent:
     """What the demo reads from an engine, in the parent of a mesh run, where the workers load the
-    models and decode: the tokenizer (no weights), the configured tree, and a full engine only if
-    a divergence needs the target's top-2 margin. An Engine here would hold a whole model and
-    proposer beside the workers' for the log alone."""
+    models and decode: the tokenizer (no weights), the configured tree, and the whole target only
+    if a divergence needs its top-2 margin. An Engine here would hold a whole model and proposer
+    beside the workers' for the log alone."""
 
     def __init__(self, config: RunConfig, device):
         config.validate()
         self.config = config
         self.device = device
-        self.tokenizer = backend(config.backend).implementation().load_tokenizer(config.model)
+        self._backend = backend(config.backend).implementation()
+        self.tokenizer = self._backend.load_tokenizer(config.model)
         self.spec = config.tree_spec(device.type)
-        self._engine: Engine | None = None
+        self._target = None
 
     def encode(self, prompts: list[Prompt]) -> list[list[int]]:
-        """Token ids per prompt (the workers' engines check that each fits)."""
-        return [self.tokenizer.encode(p.text, chat=self.config.instruct) for p in prompts]
+        """Token ids per prompt; a prompt that cannot fit is refused here, before any worker starts."""
+        encoded = [self.tokenizer.encode(p.text, chat=self.config.instruct) for p in prompts]
+        check_prompts_fit(encoded, [self.config.max_generated_tokens] * len(encoded), self.config.max_seq_len)
+        return encoded
 
     def describe_proposer(self) -> str:
+        if self.config.method == TARGET:
+            return "none (target only)"
         return f"{self.config.method} (built on each mesh worker)"
 
     def top2_margin_after(self, prompt_ids: list[int], prefix: list[int]) -> float:
-        if self._engine is None:
-            self._engine = Engine(self.config, self.device, uses_baseline=False)
-        return self._engine.top2_margin_after(prompt_ids, prefix)
+        if self._target is None:  # the target alone, whole: no proposer, no draft, no calibration
+            loaded = self._backend.load(self.config.model, self.config.target_layers, self.device)
+            self._target = self._backend.runner(loaded.model, self.device, 1)
+        return top2_margin_after(self._target, prompt_ids, prefix)
 
 
 def describe_proposer(engine: Engine | MeshParent) -> str | dict:

@@ -204,9 +204,9 @@ def cut_file(name: str, keep: int):
 
 FOLDER_CASES = [
     ("config not JSON", written("config.json", b'{"model_type": "llama",'), "not valid JSON"),
-    ("config a list", written("config.json", b"[1, 2]"), "model_type None is not supported"),
-    ("unknown architecture", edited_config(model_type="foo"), "model_type 'foo' is not supported"),
-    ("architecture not ours", edited_config(model_type="gpt2"), "model_type 'gpt2' is not supported"),
+    ("config a list", written("config.json", b"[1, 2]"), "model_type None is not supported by backend torch"),
+    ("unknown architecture", edited_config(model_type="foo"), "model_type 'foo' is not supported by backend torch"),
+    ("architecture not ours", edited_config(model_type="gpt2"), "model_type 'gpt2' is not supported by backend torch"),
     ("size of the wrong type", edited_config(hidden_size="abc"), "not a usable llama config"),
     ("size zero", edited_config(num_hidden_layers=0), "config field num_hidden_layers must be a positive integer"),
     ("config not the weights'", lambda f: edited_config(intermediate_size=96)(f).parent,
