@@ -229,20 +229,27 @@ class Transformer(nn.Module):
 
         h = self.tok_embeddings[tokens] if embeds is None else embeds
         attention = self._cache_attention(cache, slots, kv_len, mask, bsz)
+        logits, hidden = self._through_layers(h, cos, sin, attention, hidden_layers, logits_for)
+        if not static:
+            cache.length = kv_len
+        return (logits, hidden) if return_hidden else logits
+
+    def _through_layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: Attention,
+                        hidden_layers: tuple[int, ...], logits_for: str,
+                        any_rows: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The one layer loop both entry points run (forward's blocks and forward_rows' flattened
+        rows differ only in how they place tokens and attend): h [B, T, D] through every layer and
+        the final norm; logits for all, the last or no position; the hidden states (hidden_layers'
+        outputs, normed, then the final state)."""
         depths = self._check_hidden_layers(hidden_layers)
         kept = []
         for i, layer in enumerate(self.layers):
-            h = self.block(layer, i, h, cos, sin, attention)
+            h = self.block(layer, i, h, cos, sin, attention, any_rows)
             if i in depths:
                 kept.append(rms_norm(h, self.norm, self.args.norm_eps))
         h = rms_norm(h, self.norm, self.args.norm_eps)
-        if not static:
-            cache.length = kv_len
-        if logits_for == "none":
-            logits = None
-        else:
-            logits = self._logits(h[:, -1:] if logits_for == "last" else h)
-        return (logits, torch.cat([*kept, h], dim=-1) if kept else h) if return_hidden else logits
+        logits = None if logits_for == "none" else self._logits(h[:, -1:] if logits_for == "last" else h, any_rows)
+        return logits, (torch.cat([*kept, h], dim=-1) if kept else h)
 
     def _check_hidden_layers(self, hidden_layers: tuple[int, ...]) -> frozenset[int]:
         if not hidden_layers:
@@ -308,18 +315,11 @@ class Transformer(nn.Module):
         cos_t, sin_t = self.rope_tables(cache.max_seq_len)
         cos, sin = cos_t[pos_t][None, :, None], sin_t[pos_t][None, :, None]  # [1, N, 1, hd]
         attention = self._rows_attention(cache, blocks, slots_t, rows_t, kv_t, mask)
-        h = self.tok_embeddings[tokens][None]
-        depths = self._check_hidden_layers(hidden_layers)
-        kept = []
-        for i, layer in enumerate(self.layers):
-            h = self.block(layer, i, h, cos, sin, attention, any_rows=True)
-            if i in depths:
-                kept.append(rms_norm(h[0], self.norm, self.args.norm_eps))
-        h = rms_norm(h, self.norm, self.args.norm_eps)[0]
+        logits, hidden = self._through_layers(self.tok_embeddings[tokens][None], cos, sin, attention, hidden_layers,
+                                              "all", any_rows=True)
         for block in blocks:
             block.cache.length += block.n_tokens
-        logits = self._logits(h, any_rows=True)
-        return (logits, torch.cat([*kept, h], dim=-1) if kept else h) if return_hidden else logits
+        return (logits[0], hidden[0]) if return_hidden else logits[0]
 
     def _rows_attention(self, cache: KVCache, blocks: list[RowBlock], slots: torch.Tensor, rows: torch.Tensor,
                         kv_lens: torch.Tensor, mask: torch.Tensor | None) -> Attention:
