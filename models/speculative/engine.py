@@ -19,7 +19,8 @@ from models.common.memory import check_kv_caches_fit
 from models.common.mesh import Mesh, MeshShape
 from models.common.prompts import Prompt
 from models.llama.tensor_parallel import TensorParallel
-from models.llama.weights import LoadedModel, cache_dir
+from models.common.paths import cache_dir
+from models.llama.weights import LoadedModel
 from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
 from models.speculative.batch_budget import BatchCost
 from models.speculative.budget import AutoBudget, cached_verify_cost

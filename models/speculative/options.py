@@ -56,7 +56,7 @@ def _method_help() -> str:
 
 @dataclasses.dataclass
 class RunOptions:
-    model: str = option(DEFAULT_MODEL, "the target: smollm2-135m, a checkpoint folder, a .gguf, or random:PRESET",
+    model: str = option(DEFAULT_MODEL, "the target: smollm2-135m, gemma3-270m, a checkpoint folder, a .gguf, or random:PRESET",
                         match=True, demo_flag="--target_model")
     backend: str = option(DEFAULT_BACKEND, "the runtime that runs the target: " + ", ".join(
         f"{b.name} ({b.summary})" for b in BACKENDS.values()), choices=tuple(BACKENDS), match=True)

@@ -127,11 +127,11 @@ def eagle_passes(head: EagleHead, tokens: torch.Tensor, in_feats: torch.Tensor, 
     layer = head.layer
     args = layer.args
     bsz, width = tokens.shape[0], tokens.shape[1] - 1
-    hd, nh, nkv = args.head_dim, args.n_heads, args.n_kv_heads
+    nh, nkv = args.n_heads, args.n_kv_heads
     device = in_feats.device
     pos = torch.arange(width, device=device)
     positions = (pos[None, :] - pad[:, None]).clamp(min=0)  # RoPE counts from each row's first real token
-    cos_t, sin_t = layer.rope_tables(width)
+    cos_t, sin_t = layer.rope_tables(width, args.layer_kinds[0])
     cos, sin = cos_t[positions].unsqueeze(-2), sin_t[positions].unsqueeze(-2)
     real = pos[None, :] >= pad[:, None]  # [B, W]
     keys: list[torch.Tensor] = []  # per pass: [B, H, W, hd] (GQA heads expanded)
@@ -143,7 +143,7 @@ def eagle_passes(head: EagleHead, tokens: torch.Tensor, in_feats: torch.Tensor, 
         def attention(_: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: int = s) -> torch.Tensor:
             keys.append(k.transpose(1, 2).repeat_interleave(nh // nkv, dim=1))
             values.append(v.transpose(1, 2).repeat_interleave(nh // nkv, dim=1))
-            qh = q.transpose(1, 2) * hd**-0.5  # [B, H, W, hd]
+            qh = q.transpose(1, 2) * layer.attn_scale  # [B, H, W, hd]
             # the real-feature pairs up to the chain's start q - s
             base = qh @ keys[0].transpose(-1, -2)  # [B, H, W, W]
             seen = (pos[None, :] <= pos[:, None] - s)[None] & real[:, None, :]

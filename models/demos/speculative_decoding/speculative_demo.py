@@ -4,6 +4,7 @@
     pytest models/demos/speculative_decoding/speculative_demo.py -k prompt-lookup --max_generated_tokens 128
     pytest models/demos/speculative_decoding/speculative_demo.py -k batch-8      # many users at once
     CI=true pytest models/demos/speculative_decoding/speculative_demo.py     # the ci-* ids only
+    pytest models/demos/speculative_decoding/speculative_demo.py -k gemma3    # Gemma-3-270M (--with-gemma3)
 
 Each configuration loads the target (and its draft), runs target-only greedy decoding and the
 speculative method interleaved prompt by prompt, prints every iteration, the texts and a
@@ -34,6 +35,7 @@ from models.common.prompts import load_prompts
 from models.speculative import options
 from models.speculative.engine import DRAFT_MODEL_METHODS, SPECULATOR_METHODS, Engine, RunConfig
 from models.common.mesh import MeshShape, run_on_mesh
+from models.llama.packaged import PACKAGED_MODELS, installed as packaged_installed
 from models.demos.speculative_decoding.demo_runs import (
     MeshParent, describe_proposer, measure, measure_batched, measure_batched_on_mesh, measure_on_mesh,
 )
@@ -69,13 +71,14 @@ def demo_config(request, mesh_device, params: dict) -> tuple[RunConfig, str]:
 
 
 def demo_params(method: str, n_draft_tokens: int, draft_layers: int | None, max_generated_tokens: int,
-                input_prompts: str, tree: tuple | None, sampling: tuple | None) -> dict:
+                input_prompts: str, tree: tuple | None, sampling: tuple | None, target: dict | None = None) -> dict:
     """A CASES parametrization as option values (the rest take their defaults)."""
     tree_topk, tree_budget, proposers = tree or (1, None, None)
     temperature, verify, seed = sampling or (0.0, None, 0)
     return dict(method=method, n_draft_tokens=n_draft_tokens, draft_layers=draft_layers,
                 max_generated_tokens=max_generated_tokens, input_prompts=input_prompts, tree_topk=tree_topk,
-                tree_budget=tree_budget, proposers=proposers, temperature=temperature, verify=verify, seed=seed)
+                tree_budget=tree_budget, proposers=proposers, temperature=temperature, verify=verify, seed=seed,
+                **(target or {}))
 
 
 def batch_params(method: str, n_draft_tokens: int, max_generated_tokens: int, input_prompts: str, batch_size: int,
@@ -98,6 +101,8 @@ def set_up(request, mesh_device, params: dict, gate: Gate):
     and (only if outputs diverge) top-2 margins."""
     try:
         config, prompts_file = demo_config(request, mesh_device, params)
+        if config.model in PACKAGED_MODELS and not packaged_installed(config.model):
+            pytest.skip(f"{config.model} is not installed: {PACKAGED_MODELS[config.model].install}")
         config.validate()
         gate.load()
         prompts = load_prompts(resolve_prompts_path(prompts_file))
@@ -132,11 +137,15 @@ def case_id(request) -> str:
 
 
 def case(id: str, method: str, k: int, tokens: int, prompts: str, *, draft_layers: int | None = None,
-         tree: tuple | None = None, sampling: tuple | None = None, ci: bool = False):
+         tree: tuple | None = None, sampling: tuple | None = None, target: dict | None = None, ci: bool = False):
     """One demo parametrization. tree: (topk, budget, proposers); sampling: (temperature, verify,
-    seed). ci: sized for a CI runner; with CI=true only these run (conftest.py)."""
-    return pytest.param(method, k, draft_layers, tokens, prompts, tree, sampling, id=id,
+    seed); target: option values naming another target than the default (GEMMA3). ci: sized for a
+    CI runner; with CI=true only these run (conftest.py)."""
+    return pytest.param(method, k, draft_layers, tokens, prompts, tree, sampling, target, id=id,
                         marks=[pytest.mark.ci] if ci else [])
+
+
+GEMMA3 = {"model": "gemma3-270m", "instruct": False}  # a base model: no chat template
 
 
 CASES = [
@@ -165,6 +174,13 @@ CASES = [
     case("ci-tree-eagle", "eagle", 4, 32, DEFAULT_PROMPTS, tree=(4, 16, None), ci=True),
     case("ci-sampling-coupled-draft-model", "draft_model", 4, 32, DEFAULT_PROMPTS, sampling=(0.7, "coupled", 1),
          ci=True),
+    # Gemma-3-270M (bash scripts/setup.sh --with-gemma3; skipped where it is not installed): the
+    # model-free methods and its own first layers, on the lean path like SmolLM2.
+    case("gemma3-prompt-lookup-copying", "prompt_lookup", 4, 64, LOOKUP_PROMPTS, target=GEMMA3),
+    case("gemma3-suffix", "suffix", 6, 64, LOOKUP_PROMPTS, tree=(4, 24, None), target=GEMMA3),
+    case("gemma3-self-draft", "self_draft", 2, 48, DEFAULT_PROMPTS, draft_layers=6, target=GEMMA3),
+    case("gemma3-tree-prompt-lookup", "prompt_lookup", 6, 64, DEFAULT_PROMPTS, tree=(4, 24, None), target=GEMMA3),
+    case("ci-gemma3-suffix", "suffix", 6, 32, LOOKUP_PROMPTS, tree=(4, 24, None), target=GEMMA3, ci=True),
 ]
 
 
@@ -172,13 +188,14 @@ CASES = [
 @pytest.mark.parametrize("device_params", [{"trace": True}], indirect=True)
 @pytest.mark.parametrize("mesh_device", [None], indirect=True)
 @pytest.mark.parametrize(
-    "method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree, sampling", CASES
+    "method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree, sampling, target", CASES
 )
 def test_speculative_demo(
     request, mesh_device, device_params, method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts,
-    tree, sampling,
+    tree, sampling, target,
 ):
-    params = demo_params(method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree, sampling)
+    params = demo_params(method, n_draft_tokens, draft_layers, max_generated_tokens, input_prompts, tree, sampling,
+                         target)
     gate = Gate.from_request(request)
     config, prompts_file, engine, prompts, encoded = set_up(request, mesh_device, params, gate)
 

@@ -44,7 +44,7 @@ def test_cached_decode_and_blocks_match_transformers(preset):
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-4)
 
 
-@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen2"])
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen2", "tiny-gemma3"])
 def test_layer_override_matches_a_truncated_transformers_model(preset):
     lean = load_model(f"random:{preset}:5", n_layers=2).model
     assert lean.args.n_layers == 2 and len(lean.layers) == 2

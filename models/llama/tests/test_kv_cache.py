@@ -120,7 +120,8 @@ def test_sliding_window_is_applied():
     mistral = load_model("random:tiny-mistral:1").model
     assert mistral.args.sliding_window == 48
     no_window = load_model("random:tiny-mistral:1").model
-    no_window.args = dataclasses.replace(no_window.args, sliding_window=None)
+    kinds = tuple(dataclasses.replace(k, window=None) for k in no_window.args.attention_kinds)
+    no_window.args = dataclasses.replace(no_window.args, attention_kinds=kinds)
     seq = tokens(60, seed=4)
     with_w = mistral(seq, mistral.new_cache(64), 0)
     without = no_window(seq, no_window.new_cache(64), 0)

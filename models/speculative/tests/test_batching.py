@@ -83,6 +83,14 @@ def test_batched_rows_equal_solo_target_only(name, batching, speculators, refere
     assert result.generated_tokens == sum(len(t) for t in expected)
 
 
+@pytest.mark.parametrize("name", ["self_draft", "prompt_lookup_tree", "suffix"])
+def test_gemma3_rows_equal_solo_target_only(name):
+    """Gemma-3's local layers (window 24, which these rows pass) in continuous batches."""
+    gemma = dict(model="random:tiny-gemma3:2")
+    engine = Engine(config(**METHODS[name], **gemma, full_batch_size=3))
+    assert [r.tokens for r in engine.run_batch(PROMPTS).results] == solo_target_only(**gemma)
+
+
 def test_coupled_sampling_rows_equal_solo_coupled_target_only(speculators):
     sampling = dict(temperature=0.8, top_k=8, seed=3, verify="coupled")
     expected = solo_target_only(**sampling)

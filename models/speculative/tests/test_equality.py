@@ -26,6 +26,10 @@ CASES = [
     ("random:tiny-qwen2:8", "self_draft", None, 2, 0.0),
     ("random:tiny-llama:9", "prompt_lookup", None, None, 0.0),
     ("random:tiny-mistral:10", "prompt_lookup", None, None, 0.0),
+    # Gemma-3's layout: local layers (window 24, passed within the 40 tokens) and global ones
+    ("random:tiny-gemma3:11", "self_draft", None, 2, 0.0),
+    ("random:tiny-gemma3:12", "draft_model", "random:tiny-gemma3:12", None, 0.99),
+    ("random:tiny-gemma3:13", "prompt_lookup", None, None, 0.0),
 ]
 KS = [1, 2, 3, 5, 8]
 

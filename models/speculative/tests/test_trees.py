@@ -104,6 +104,8 @@ TREE_CASES = [
     ("random:tiny-llama:7", "self_draft", {"draft_layers": 3}),
     ("random:tiny-llama:9", "prompt_lookup", {}),
     ("random:tiny-mistral:10", "suffix", {}),
+    ("random:tiny-gemma3:11", "self_draft", {"draft_layers": 2}),  # trees across the local layers' window
+    ("random:tiny-gemma3:13", "suffix", {}),
     ("random:tiny-llama:7", "multi", {"proposers": "self_draft,prompt_lookup,suffix", "draft_layers": 3}),
 ]
 SHAPES = [(2, 3, 6), (3, 4, 12), (4, 2, 5), (2, 6, 24)]  # (topk, depth, budget)
