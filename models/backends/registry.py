@@ -49,11 +49,20 @@ def _missing(package: str, what: str) -> Callable[[], str | None]:
     return why
 
 
+def _needs_llama_cpp() -> str | None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return ("needs llama-cpp-python, which is not installed: bash scripts/setup.sh --with-llama-cpp "
+                "(the llama-cpp extra; it builds llama.cpp, about 9 minutes on 2 cores)")
+    return None
+
+
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend(DEFAULT_BACKEND, "the lean torch model: batch-invariant CPU kernels, CUDA graphs, every capability",
             "models.backends.torch_backend", tensor_parallel=True),
-    Backend("transformers", "any Hugging Face causal LM through AutoModelForCausalLM: one sequence per call, "
-            "eager, held to the near-tie rule", "models.backends.transformers_backend"),
+    Backend("transformers", "any Hugging Face causal LM through AutoModelForCausalLM: one model call per "
+            "sequence, eager, held to the near-tie rule", "models.backends.transformers_backend"),
+    Backend("llama_cpp", "a GGUF decoded by llama.cpp's own kernels (llama-cpp-python): chains, one sequence, "
+            "CPU, held to the near-tie rule", "models.backends.llama_cpp_backend", _needs_llama_cpp),
     Backend("ttnn", "Tenstorrent devices through ttnn", None, _missing("ttnn", "a Tenstorrent device")),
     Backend("qefficient", "Qualcomm Cloud AI 100 through QEfficient", None,
             _missing("QEfficient", "a Qualcomm Cloud AI 100 card")),

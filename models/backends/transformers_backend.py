@@ -9,9 +9,11 @@ verified tree's path gathers the kept entries in every layer. A token tree is ve
 pass through a 4-D attention mask, where the model takes one: a model with sliding-window layers
 (the mask would have to carry the window) or one whose own tree check at load disagrees with
 decoding each path (ALiBi families, say) declares chains only, and a model with recurrent or
-linear-attention layers, whose state cannot be rolled back, is refused. One sequence per call,
-eager execution; it is not batch-invariant (a block's logits may differ from a step's in the
-last bits), so the conformance kit holds it to the near-tie rule.
+linear-attention layers, whose state cannot be rolled back, is refused. Eager execution, one
+model call per sequence: a batch (static or continuous) runs with each row its own cache and
+call, so batched output is checked on any family, without the throughput of one shared call.
+It is not batch-invariant (a block's logits may differ from a step's in the last bits), so the
+conformance kit holds it to the near-tie rule.
 
 Spec: a checkpoint folder (config.json, safetensors, tokenizer), a .gguf or the default model
 (converted once into a folder, as the torch backend does), or random:PRESET (tests).
@@ -45,13 +47,13 @@ class HFCache:
     """One sequence's cache: transformers' DynamicCache and the number of live entries. Entries
     past `length` (rejected drafts) are cropped before the next call reads the cache."""
 
-    batch_row = 0
     batch_size = 1
 
-    def __init__(self, max_seq_len: int):
+    def __init__(self, max_seq_len: int, batch_row: int = 0):
         self.hf = DynamicCache()
         self.max_seq_len = max_seq_len
         self.length = 0
+        self.batch_row = batch_row  # its row in an HFBatchCache
 
     def row(self, b: int) -> HFCache:
         if b != 0:
@@ -89,6 +91,40 @@ class HFCache:
         self.length = 0
 
 
+class HFBatchCache:
+    """A batch's rows, each one sequence's HFCache (transformers' caches are not sliced by row)."""
+
+    batch_row = 0
+
+    def __init__(self, max_seq_len: int, batch_size: int):
+        self.rows = [HFCache(max_seq_len, b) for b in range(batch_size)]
+        self.max_seq_len = max_seq_len
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def length(self) -> int:
+        return max(r.length for r in self.rows)
+
+    def row(self, b: int) -> HFCache:
+        if not 0 <= b < len(self.rows):
+            raise ValueError(f"row {b} outside a batch of {len(self.rows)}")
+        return self.rows[b]
+
+    def compact(self, start: int, keep: list[int]) -> None:
+        raise ValueError("a batch cache is compacted row by row (row(b).compact)")
+
+    def rollback(self, length: int) -> None:
+        for r in self.rows:
+            r.rollback(min(length, r.length))
+
+    def reset(self) -> None:
+        for r in self.rows:
+            r.reset()
+
+
 class HFTarget:
     """A transformers causal LM behind the TargetModel interface (models/backends/interface.py)."""
 
@@ -102,7 +138,7 @@ class HFTarget:
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         sliding = _attention_layers(model, where)
         self.capabilities = Capabilities(
-            tree_masks=False, hidden_states=False, batch_rows=False, layer_skip=False, traced=False,
+            tree_masks=False, hidden_states=False, batch_rows=True, layer_skip=False, traced=False,
             batch_invariant=False, torch_weights=False, dtypes=("float32", "bfloat16"))
         why = "it has sliding-window layers" if sliding else self._tree_check()
         if why is None:
@@ -155,11 +191,9 @@ class HFTarget:
     def n_layers(self) -> int:
         return int(self.config.num_hidden_layers)
 
-    def new_cache(self, max_seq_len: int, batch_size: int = 1) -> HFCache:
-        if batch_size != 1:
-            raise UserError(f"backend {NAME} decodes one sequence per call; a batch of {batch_size} needs --backend torch")
+    def new_cache(self, max_seq_len: int, batch_size: int = 1) -> HFCache | HFBatchCache:
         self.check_seq_len(max_seq_len)
-        return HFCache(max_seq_len)
+        return HFCache(max_seq_len) if batch_size == 1 else HFBatchCache(max_seq_len, batch_size)
 
     def check_seq_len(self, max_seq_len: int) -> None:
         limit = getattr(self.config, "max_position_embeddings", None)
@@ -188,7 +222,8 @@ class HFTarget:
         if return_hidden or hidden_layers:
             raise UserError(f"backend {NAME} does not return hidden states; use --backend torch")
         if isinstance(start, torch.Tensor) or start != cache.length:
-            raise ValueError(f"block starts at slot {start} but the cache holds {cache.length} entries; roll back first")
+            raise ValueError(f"block starts at slot {start} but the cache holds {cache.length} entries; "
+                             f"roll back first")
         n = tokens.shape[1]
         if start + n > cache.max_seq_len:
             raise UserError(f"sequence of {start + n} tokens exceeds max_seq_len={cache.max_seq_len}; "
@@ -204,8 +239,19 @@ class HFTarget:
         return None if logits_for == "none" else out.logits
 
     def forward_rows(self, tokens: torch.Tensor, blocks: list[RowBlock], cache, return_hidden: bool = False,
-                     hidden_layers: tuple[int, ...] = ()):
-        raise UserError(f"backend {NAME} decodes one sequence per call (no batch_rows); use --backend torch")
+                     hidden_layers: tuple[int, ...] = ()) -> torch.Tensor:
+        """Each block through its own row's cache, one model call per row (tokens [N] flattened
+        as the torch backend takes them); logits [N, V]."""
+        if return_hidden or hidden_layers:
+            raise UserError(f"backend {NAME} does not return hidden states; use --backend torch")
+        logits, at = [], 0
+        for block in blocks:
+            n = block.n_tokens
+            row = self(tokens[at : at + n][None], block.cache, block.cache.length, positions=block.positions,
+                       tree_mask=block.tree_mask)
+            logits.append(row[0])
+            at += n
+        return torch.cat(logits)
 
     def truncated(self, n_layers: int):
         raise UserError(f"backend {NAME} has no view on its first layers (no layer_skip); use --backend torch")
@@ -253,7 +299,7 @@ def _random(spec: str, n_layers: int | None, device: Device) -> LoadedModel:
 def _load(spec: str, n_layers: int | None, device: Device) -> LoadedModel:
     if spec.startswith("random:"):
         return _random(spec, n_layers, device)
-    folder = checkpoint_folder(spec)  # a GGUF converted once, as the torch backend reads it
+    folder = checkpoint_folder(spec, any_architecture=True)  # a GGUF converted once, of any architecture
     tokenizer = load_tokenizer(spec)  # before any weight: a folder without one is refused at once
     extra = {} if n_layers is None else {"num_hidden_layers": n_layers}
     try:
@@ -267,7 +313,7 @@ def _load(spec: str, n_layers: int | None, device: Device) -> LoadedModel:
 
 def load_tokenizer(spec: str) -> Tokenizer:
     """A spec's tokenizer alone, no weights."""
-    folder = checkpoint_folder(spec)
+    folder = checkpoint_folder(spec, any_architecture=True)
     if folder is None:
         return ByteTokenizer(random_hf_config(parse_random_spec(spec)[0]).vocab_size)
     if not (folder / "config.json").is_file():

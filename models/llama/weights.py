@@ -246,9 +246,10 @@ def _gguf_cache_folder(gguf: Path) -> Path:
     return cache_dir() / f"{gguf.stem}-{key}"
 
 
-def check_gguf(gguf: Path) -> None:
-    """Before the long conversion: a GGUF that is empty, not GGUF, cut short or of an architecture
-    the lean model lacks is one line naming it."""
+def check_gguf(gguf: Path, any_architecture: bool = False) -> None:
+    """Before the long conversion: a GGUF that is empty, not GGUF, cut short or (unless
+    any_architecture: the transformers backend, whose reader judges it) of an architecture the
+    lean model lacks is one line naming it."""
     with open(gguf, "rb") as f:
         magic = f.read(4)
     if not magic:
@@ -262,21 +263,22 @@ def check_gguf(gguf: Path) -> None:
     except Exception as exc:  # numpy's and struct's errors on a file cut short or corrupt
         raise UserError(f"{gguf}: unreadable GGUF, cut short or corrupt ({one_line(exc)})") from None
     arch = bytes(field.parts[field.data[0]]).decode(errors="replace") if field is not None else None
-    if arch not in GGUF_ARCHITECTURES:
+    if arch not in GGUF_ARCHITECTURES and not any_architecture:
         raise UserError(f"{gguf}: architecture {arch!r} is not supported by backend torch; "
-                        f"supported: {', '.join(GGUF_ARCHITECTURES)}")
+                        f"supported: {', '.join(GGUF_ARCHITECTURES)}; --backend transformers reads the GGUF "
+                        f"architectures transformers does")
 
 
-def convert_gguf(gguf: Path) -> Path:
+def convert_gguf(gguf: Path, any_architecture: bool = False) -> Path:
     """Dequantise a GGUF once into a checkpoint folder (atomic: a half-written folder never
     exists; a failed or interrupted conversion removes its temporary folder, a killed one's is
-    removed by the next conversion)."""
+    removed by the next conversion). any_architecture: as check_gguf."""
     target = _gguf_cache_folder(gguf)
     if (target / "config.json").is_file():
         return target
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading GGUF files needs the gguf package: pip install gguf")
-    check_gguf(gguf)
+    check_gguf(gguf, any_architecture)
     logger.info(f"converting {gguf.name} to a cached checkpoint in {target} (once)")
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_conversions(target.parent)
@@ -406,9 +408,10 @@ def load_model(
     return _load_random(spec, **kw) if folder is None else _load_folder(folder, name=spec, **kw)
 
 
-def checkpoint_folder(spec: str) -> Path | None:
+def checkpoint_folder(spec: str, any_architecture: bool = False) -> Path | None:
     """The checkpoint folder a spec reads (a GGUF converted once, then cached); None for
-    random:PRESET, which has none."""
+    random:PRESET, which has none. any_architecture: a GGUF of any architecture transformers'
+    reader knows (the transformers backend), not only the lean model's."""
     if spec.startswith("random:"):
         parse_random_spec(spec)
         return None
@@ -418,7 +421,7 @@ def checkpoint_folder(spec: str) -> Path | None:
     if path.is_dir():
         return path
     if path.is_file() and path.suffix == ".gguf":
-        return convert_gguf(path)
+        return convert_gguf(path, any_architecture)
     raise UserError(
         f"model {spec!r} not found: give {' or '.join(PACKAGED_MODELS)}, a checkpoint folder, a .gguf file or "
         f"random:PRESET"

@@ -91,14 +91,14 @@ def measure_verify_cost(model: TargetModel, max_rows: int, sequences: bool = Fal
     device = model.device
     cache = model.new_cache(CALIBRATION_CONTEXT + max_rows, batch_size=max_rows if sequences else 1)
     rows = [cache.row(b) for b in range(cache.batch_size)]
-    # one row's real context; the others' (zeros) cost the same to attend over
-    model(torch.ones(1, CALIBRATION_CONTEXT, dtype=torch.int64, device=device), rows[0], 0, logits_for="none")
+    for row in rows:  # a real context in every row (a backend's cache may hold what it was given only)
+        model(torch.ones(1, CALIBRATION_CONTEXT, dtype=torch.int64, device=device), row, 0, logits_for="none")
     seconds = {}
     for q in calibration_sizes(max_rows):
         times = []
         for i in range(CALIBRATION_REPEATS + 1):
             for row in rows:
-                row.length = CALIBRATION_CONTEXT
+                row.rollback(CALIBRATION_CONTEXT)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()

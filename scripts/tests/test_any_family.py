@@ -55,7 +55,8 @@ def test_generate_with_lookup_and_suffix_equals_target_only(run_script, checkpoi
     outputs = {}
     for method, extra in [("target", []), ("prompt_lookup", ["--n_draft_tokens", "3"]),
                           ("suffix", ["--n_draft_tokens", "4"]),
-                          ("prompt_lookup", ["--tree_topk", "2", "--tree_depth", "3", "--tree_budget", "6"])]:
+                          ("prompt_lookup", ["--tree_topk", "2", "--tree_depth", "3", "--tree_budget", "6"]),
+                          ("suffix", ["--full_batch_size", "2", "--batch_drafts", "all"])]:
         out = tmp_path / f"{method}{len(extra)}.json"
         code, err = run_script("generate", ["--model", str(checkpoint), "--backend", "transformers", "--method", method,
                                             "--input_prompts", str(prompts), "--output", str(out), "--instruct", "0",
@@ -79,25 +80,24 @@ def test_the_kit_holds_under_the_near_tie_rule(checkpoint):
     loaded = transformers_backend.load(str(checkpoint), None, open_device("cpu"))
     assert transformers_backend.load_tokenizer(str(checkpoint)).encode("abc abd") == loaded.tokenizer.encode("abc abd")
     target = loaded.model
-    assert not target.capabilities.batch_invariant and not target.capabilities.batch_rows
+    assert not target.capabilities.batch_invariant and target.capabilities.batch_rows
     prompts = [loaded.tokenizer.encode(text)[:20] for text in kit.PROMPTS]
     for check in (kit.check_prefill_decode, kit.check_chain_verify, kit.check_rollback, kit.check_tree):
         result = check(target, prompts)
         assert result.ok and result.counts[kit.MISMATCH] == 0, (check.__name__, result.notes)
         assert result.counts[kit.EXACT] + result.counts[kit.NEAR_TIE] > 0
-    assert kit.check_batched_rows(target, prompts).skipped  # one sequence per call, declared
+    batched = kit.check_batched_rows(target, prompts)  # each row its own call: as alone
+    assert not batched.skipped and batched.counts[kit.MISMATCH] == 0, batched.notes
 
 
-def test_a_batch_or_self_draft_is_refused_in_one_line(checkpoint):
+def test_self_draft_is_refused_in_one_line(checkpoint):
     from models.common.errors import UserError
     from models.speculative.engine import Engine, RunConfig
 
-    for options, needs in [({"batch_size": 2}, "--batch_size 2 needs several sequences in one call"),
-                           ({"method": "self_draft", "draft_layers": 1}, "--method self_draft needs a view")]:
-        with pytest.raises(UserError) as info:
-            Engine(RunConfig(**{"model": str(checkpoint), "backend": "transformers", "instruct": False,
-                                "method": "prompt_lookup", **options}))
-        assert needs in str(info.value) and "backend 'transformers'" in str(info.value)
+    with pytest.raises(UserError) as info:
+        Engine(RunConfig(model=str(checkpoint), backend="transformers", instruct=False, method="self_draft",
+                         draft_layers=1, max_seq_len=128))
+    assert "--method self_draft needs a view" in str(info.value) and "backend 'transformers'" in str(info.value)
 
 
 def test_trees_hold_under_eager_attention_too(checkpoint):

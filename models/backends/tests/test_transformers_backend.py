@@ -72,3 +72,26 @@ def test_every_available_backend_implements_load_runner_and_tokenizer(name):
         pytest.skip(entry.why_unavailable())
     module = entry.implementation()
     assert callable(module.load) and callable(module.runner) and callable(module.load_tokenizer)
+
+
+PROMPTS = [[1, *(b + 3 for b in text)] for text in (b"the cat sat on the mat. the cat sat on", b"zq",
+                                                      b"abc abc abc abc ab", b"0123456789 0123456789 012")]
+
+
+@pytest.mark.parametrize("batching", [dict(batch_size=2), dict(full_batch_size=3)], ids=["static-2", "continuous-3"])
+@pytest.mark.parametrize("method", [dict(method="prompt_lookup"), dict(method="suffix", tree_topk=3, tree_budget=8)],
+                         ids=["prompt_lookup", "suffix-tree"])
+def test_batched_rows_equal_each_row_alone(batching, method):
+    """Each row its own cache and call: the batch decodes every prompt as target-only alone does."""
+    common = dict(model="random:tiny-llama", backend="transformers", instruct=False, max_generated_tokens=20,
+                  max_seq_len=96)
+    solo = Engine(RunConfig(method="target", **common))
+    expected = [solo.run(p).tokens for p in PROMPTS]
+    engine = Engine(RunConfig(**method, **batching, batch_drafts="all", **common))
+    assert [r.tokens for r in engine.run_batch(PROMPTS).results] == expected
+
+
+def test_the_kits_batched_row_check_runs():
+    target = transformers_backend.load("random:tiny-llama", None, open_device("cpu")).model
+    result = kit.check_batched_rows(target, PROMPTS)
+    assert not result.skipped and result.counts[kit.MISMATCH] == 0 and sum(result.counts.values()) == 7

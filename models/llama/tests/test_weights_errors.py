@@ -345,3 +345,16 @@ def test_the_tokenizer_alone_is_the_models_own(default_model):
     assert alone.encode(text, chat=True) == default_model.tokenizer.encode(text, chat=True)
     assert alone.eos_token_ids == default_model.tokenizer.eos_token_ids
     assert load_tokenizer("random:tiny-llama").vocab_size == load_model("random:tiny-llama").tokenizer.vocab_size
+
+
+def test_the_transformers_backend_leaves_a_gguf_architecture_to_transformers(tmp_path, cache):
+    """An architecture the lean model lacks is refused by name for --backend torch, and goes on to
+    transformers' own GGUF reader for --backend transformers (which, here, finds no model in it)."""
+    from models.backends import transformers_backend
+    from models.common.device import open_device
+
+    path = write_gguf(tmp_path / "model.gguf", "gpt2")
+    assert "architecture 'gpt2' is not supported by backend torch" in one_line_error(str(path))
+    with pytest.raises(UserError, match="cannot be converted") as info:
+        transformers_backend.load(str(path), None, open_device("cpu"))
+    assert "\n" not in str(info.value) and leftovers(cache) == []
