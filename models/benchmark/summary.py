@@ -178,15 +178,21 @@ def shape_text(row: Row) -> str:
     return f"tree {row.tree_topk}x{row.tree_depth}/{row.tree_budget}"
 
 
-def matches_text(row: Row) -> str:
-    """'3/3'; llama.cpp rows say what they were compared with, and that greedy may differ."""
+def backend_of(meta: dict) -> str:
+    """The backend a sweep's target ran on (sweeps from before --backend: torch)."""
+    return (meta.get("options") or {}).get("backend") or "torch"
+
+
+def matches_text(row: Row, backend: str = "torch") -> str:
+    """'3/3'; llama.cpp rows say what they were compared with, and (unless the target is llama.cpp
+    itself) that greedy may differ."""
     text = f"{row.matches_target_only}/{row.prompts}"
     if row.verify == REJECTION and row.method != TARGET:  # target-only is its own reference
         return f"{text} ({NOT_TOKEN_EQUAL})"
     if row.method == LLAMA_PROMPT_LOOKUP:
         return f"{text} vs llama.cpp greedy"
     if row.method == LLAMA_GREEDY:
-        return f"{text} (quantized weights: may differ)"
+        return f"{text} ({'the same runtime' if backend == 'llama_cpp' else 'quantized weights: may differ'})"
     return text
 
 
@@ -214,7 +220,7 @@ def spec_bench_table(rows: list[Row]) -> str:
     return _markdown(["method"] + categories, body)
 
 
-def full_table(rows: list[Row]) -> str:
+def full_table(rows: list[Row], backend: str = "torch") -> str:
     header = ["configuration", "shape", "category", "prompts", "tokens", "seconds", "speedup", "mean accepted",
               "acceptance", "nodes/call", "mean depth", "branching", "calls", "accepted", "bonus",
               "accepted by proposer", "decode tok/s", "e2e tok/s", "TTFT ms", "matches target-only"]
@@ -225,7 +231,7 @@ def full_table(rows: list[Row]) -> str:
         _fmt(r.target_calls, "d", "-"), _fmt(r.accepted_tokens, "d", "-"), _fmt(r.bonus_tokens, "d", "-"),
         by_source(r.accepted_by_source) or "-",
         _fmt(r.decode_tokens_per_s, ".1f", "-"), f"{r.e2e_tokens_per_s:.1f}", _fmt(r.ttft_ms, ".1f", "-"),
-        matches_text(r),
+        matches_text(r, backend),
     ] for r in rows]
     return _markdown(header, body)
 
@@ -237,6 +243,13 @@ def llama_cpp_note(rows: list[Row], meta: dict) -> list[str]:
     info = meta.get("llama_cpp") or {}
     how = (f"llama-cpp-python {info.get('llama_cpp_python', '?')} on {info.get('gguf', 'the GGUF')} "
            f"({info.get('weights', 'quantized')} weights, {info.get('n_threads', '?')} threads)")
+    if backend_of(meta) == "llama_cpp":
+        return [
+            f"`llama_cpp_*` rows: {how}, greedy, fed the same prompt token ids. This suite's target is llama.cpp "
+            "too here (--backend llama_cpp), so llama.cpp greedy's matches count prompts equal to this suite's "
+            "target-only on the same runtime, and llama.cpp prompt lookup's those equal to llama.cpp greedy.",
+            "",
+        ]
     return [
         f"`llama_cpp_*` rows: {how}, greedy, fed the same prompt token ids. They run the quantized weights, "
         "so their tokens legitimately differ from this suite's fp32 target-only: llama.cpp prompt lookup's "
@@ -274,7 +287,8 @@ def summary_markdown(rows: list[Row], meta: dict) -> str:
         "# Benchmark summary",
         "",
         f"Command: `{meta.get('command', '')}`  ",
-        f"Model: {meta.get('model', '')}; device: {meta.get('device', '')} ({meta.get('cpu', '')}); "
+        f"Model: {meta.get('model', '')}; backend: {backend_of(meta)}; device: {meta.get('device', '')} "
+        f"({meta.get('cpu', '')}); "
         f"started {meta.get('started', '')}; load average at start (1/5/15 min) "
         f"{'/'.join(str(v) for v in meta.get('load_average_at_start', []))}",
         "",
@@ -291,5 +305,5 @@ def summary_markdown(rows: list[Row], meta: dict) -> str:
         spec_bench_table(rows),
         "## All configurations",
         "",
-        full_table(rows),
+        full_table(rows, backend_of(meta)),
     ])

@@ -926,3 +926,20 @@ def test_bad_batch_sweeps_are_one_line(tmp_path, capsys, extra, message):
     folder, _, code = sweep(tmp_path, ["--methods", "prompt_lookup", "--hf_peers", "0", *extra])
     assert code == 2 and message in capsys.readouterr().err
     assert not (folder / "batch_runs.jsonl").exists()
+
+
+def test_the_summary_names_the_backend_and_what_llama_cpp_greedy_was_compared_on(benchmark_run):
+    """A sweep on --backend llama_cpp compares llama.cpp greedy with a target on the same runtime,
+    not with fp32 weights: its summary says so (and every summary names its backend)."""
+    from models.benchmark.summary import LLAMA_GREEDY, full_table, llama_cpp_note, summary_markdown
+
+    log = read_run_log(benchmark_run[0])
+    rows = summary_rows(log.records)
+    peer = [dataclasses.replace(rows[0], method=LLAMA_GREEDY, label="llama_cpp_greedy")]
+    on_torch, on_llama = dict(log.meta), {**log.meta, "options": {**log.meta["options"], "backend": "llama_cpp"}}
+    assert "Model: random:tiny-llama:1; backend: torch; device:" in summary_markdown(rows, on_torch)
+    assert "; backend: llama_cpp; " in summary_markdown(rows, on_llama)
+    assert "(quantized weights: may differ) |" in full_table(peer)
+    assert "(the same runtime) |" in full_table(peer, "llama_cpp")
+    assert "fp32 target-only" in llama_cpp_note(peer, on_torch)[0]
+    assert "same runtime" in llama_cpp_note(peer, on_llama)[0]

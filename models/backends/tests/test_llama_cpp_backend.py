@@ -77,6 +77,7 @@ def test_model_free_methods_equal_llama_cpp_target_only(method):
         expected = base.run(ids).tokens
         got = engine.run(ids)
         # llama.cpp rounds a verify block and a decode step differently: equal up to a near-tie
-        comparison = compare(expected, got.tokens, exact=False, margin_at=lambda prefix: base.top2_margin_after(ids, prefix))
+        comparison = compare(expected, got.tokens, exact=False,
+                             margin_at=lambda prefix, ids=ids: base.top2_margin_after(ids, prefix))
         assert comparison.ok, comparison.describe()
         assert len(got.stats.iterations) < len(got.tokens) - 1  # drafts were accepted: fewer llama.cpp calls
