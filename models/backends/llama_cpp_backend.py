@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from loguru import logger
-from transformers import AutoConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from models.backends.interface import Capabilities, RowBlock
 from models.common.device import Device
@@ -201,11 +201,18 @@ class LlamaCppTarget:
         raise UserError(f"backend {NAME} has no view on its first layers (no layer_skip); use --backend torch")
 
 
-def load_tokenizer(spec: str) -> Tokenizer:
-    """The suite's tokenizer for the GGUF (its converted folder's), so ids match the other backends."""
+def _folder_and_config(spec: str) -> tuple[Path, PretrainedConfig]:
+    """The GGUF's converted folder (where the suite's tokenizer for it lives) and its text config."""
     gguf_of(spec)
     folder = checkpoint_folder(spec, any_architecture=True)
-    return folder_tokenizer(folder, eos_ids(AutoConfig.from_pretrained(str(folder), local_files_only=True)))
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True).get_text_config(decoder=True)
+    return folder, config
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """The suite's tokenizer for the GGUF (its converted folder's), so ids match the other backends."""
+    folder, config = _folder_and_config(spec)
+    return folder_tokenizer(folder, eos_ids(config))
 
 
 def load(spec: str, n_layers: int | None, device: Device, tp=None) -> LoadedModel:
@@ -218,9 +225,8 @@ def load(spec: str, n_layers: int | None, device: Device, tp=None) -> LoadedMode
         raise UserError(f"backend {NAME} runs on the CPU here, not {device.type}; use --device cpu")
     if spec not in _LOADED:
         gguf = gguf_of(spec)
-        tokenizer = load_tokenizer(spec)  # before the context: a GGUF without a usable tokenizer is refused first
-        folder = checkpoint_folder(spec, any_architecture=True)
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True).get_text_config(decoder=True)
+        folder, config = _folder_and_config(spec)
+        tokenizer = folder_tokenizer(folder, eos_ids(config))  # before the context: no usable tokenizer, no load
         target = LlamaCppTarget(gguf, int(config.vocab_size), int(config.num_hidden_layers),
                                 getattr(config, "max_position_embeddings", None), torch.get_num_threads())
         from llama_cpp import __version__

@@ -251,7 +251,7 @@ class Transformer(nn.Module):
             positions = slots if pad is None else (slots[None, :] - pad[:, None]).clamp(min=0)
         rope = self._rope(positions, cache.max_seq_len)  # per kind: [(B,) T, 1, hd]
         masks = self._attention_masks(slots, kv_len, tree_mask, need=static or seqlen > 1 or pad is not None,
-                                      query_at=slots if tree_mask is None else positions)
+                                      positions=positions)
         if pad is not None:  # per row: hide the padding (a padding query still sees itself)
             cols = torch.arange(kv_len, device=device)
             real = cols[None, :] >= pad[:, None]
@@ -316,13 +316,19 @@ class Transformer(nn.Module):
                      return_hidden: bool = False,
                      hidden_layers: tuple[int, ...] = ()) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Several sequences' new tokens in one call, flattened (vLLM's layout, no padding):
-        tokens [N] holds each block's tokens in turn. Returns logits [N, V] (and hidden [N, D], or as forward with hidden_layers).
+        tokens [N] holds each block's tokens in turn. Returns logits [N, V] (and hidden [N, D], or as
+        forward with hidden_layers).
 
         Every weight is read once for the whole batch; a finished sequence costs nothing and a
         sequence's rows compute exactly as in `forward` for it alone (fp32 on the CPU: the
         batch-invariant kernels at any row count), so batching never changes a token.
         cache: the batch cache whose rows the blocks' caches are."""
         device = self.device
+        width = max(b.cache.length + b.n_tokens for b in blocks)
+        decode_only = all(b.n_tokens == 1 and b.tree_mask is None for b in blocks)
+        # per attention kind: whether this call needs a mask (decode steps that see every slot do not)
+        kinds = range(len(self.args.attention_kinds))
+        needed = [not (decode_only and self._window_unseen(kind, width)) for kind in kinds]
         slots, rows, kv_lens, positions, block_masks = [], [], [], [], []
         for block in blocks:
             start, n = block.cache.length, block.n_tokens
@@ -333,16 +339,14 @@ class Transformer(nn.Module):
             rows.append(torch.full((n,), block.cache.batch_row, dtype=torch.int64, device=device))
             kv_lens.append(torch.full((n,), start + n, dtype=torch.int64, device=device))
             positions.append(block_positions)
-            query_at = block_slots if block.tree_mask is None else block_positions
-            block_masks.append(self._attention_masks(block_slots, start + n, block.tree_mask, need=True,
-                                                     query_at=query_at))
+            if any(needed):
+                block_masks.append(self._attention_masks(block_slots, start + n, block.tree_mask, need=True,
+                                                         positions=block_positions))
         slots_t, rows_t, kv_t, pos_t = (torch.cat(x) for x in (slots, rows, kv_lens, positions))
-        width = max(b.cache.length + b.n_tokens for b in blocks)
         masks: list[torch.Tensor | None] = []
-        # one [N, width] mask per attention kind; a row never reads past its kv_len
-        for kind in range(len(self.args.attention_kinds)):
-            if all(b.n_tokens == 1 and b.tree_mask is None for b in blocks) and self._window_unseen(kind, width):
-                masks.append(None)  # decode steps that see every slot
+        for kind in kinds:  # one [N, width] mask per attention kind; a row never reads past its kv_len
+            if not needed[kind]:
+                masks.append(None)
                 continue
             mask = torch.zeros(len(slots_t), width, dtype=torch.bool, device=device)
             row = 0
@@ -397,14 +401,15 @@ class Transformer(nn.Module):
         return window is None or kv_len <= window
 
     def _attention_masks(self, slots: torch.Tensor, kv_len: int, tree_mask: torch.Tensor | None, need: bool,
-                         query_at: torch.Tensor) -> list[torch.Tensor | None]:
+                         positions: torch.Tensor) -> list[torch.Tensor | None]:
         """Per attention kind, bool [T, kv_len] (None where nothing is hidden and not `need`): the
         cached prefix is visible to all, the block by causality or tree; slots past the block
         (stale or unused) never are; a kind with a window hides keys `window` or more positions
-        behind query_at (a tree node's RoPE position: where it will sit once accepted)."""
+        behind the query (its slot, or in a tree its RoPE position: where it will sit once accepted)."""
         kinds = range(len(self.args.attention_kinds))
         if tree_mask is None and not need and all(self._window_unseen(k, kv_len) for k in kinds):
             return [None for _ in kinds]
+        query_at = slots if tree_mask is None else positions
         cols = torch.arange(kv_len, device=slots.device)
         base = self._block_mask(slots, cols, tree_mask)
         masks = []

@@ -124,7 +124,6 @@ def hf_to_lean(state: dict[str, torch.Tensor], model: Transformer) -> None:
         value = take(name)
         put(param, value if not args.norm_weight_offset else value.float() + args.norm_weight_offset)
 
-    gemma = args.model_type == "gemma3_text"
     put(model.tok_embeddings, take("model.embed_tokens.weight"))
     put_norm(model.norm, "model.norm.weight")
     if not args.tie_embeddings:
@@ -138,7 +137,7 @@ def hf_to_lean(state: dict[str, torch.Tensor], model: Transformer) -> None:
         put(layer.w_gate_up, torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
         put(layer.w_down, take(p + "mlp.down_proj.weight"))
         put_norm(layer.attn_norm, p + "input_layernorm.weight")
-        if gemma:  # norms before and after attention and MLP
+        if args.sandwich_norm:  # Gemma: norms before and after attention and MLP
             put_norm(layer.post_attn_norm, p + "post_attention_layernorm.weight")
             put_norm(layer.ffn_norm, p + "pre_feedforward_layernorm.weight")
             put_norm(layer.post_ffn_norm, p + "post_feedforward_layernorm.weight")

@@ -16,6 +16,7 @@ from models.common.errors import UserError
 from models.llama.config import args_from_hf_config
 from models.llama.packaged import installed
 from models.llama.reference import HFReference
+from models.llama.tests.test_hf_parity import greedy_through_cache
 from models.llama.weights import load_model, random_hf_config
 
 PRESET = "random:tiny-gemma3:1"  # window 24, local layers 0 and 2, global 1 and 3
@@ -106,11 +107,4 @@ def test_gemma3_270m_matches_transformers():
     prompt = loaded.tokenizer.encode("The capital of France is")
     ids = torch.tensor([prompt])
     torch.testing.assert_close(lean(ids, lean.new_cache(64), 0), ref.logits(ids), atol=2e-3, rtol=1e-4)
-    cache = lean.new_cache(64)
-    with torch.inference_mode():
-        nxt = int(lean(ids, cache, 0, logits_for="last")[0, -1].argmax())
-        ours = [nxt]
-        for _ in range(15):
-            nxt = int(lean(torch.tensor([[nxt]]), cache, cache.length)[0, -1].argmax())
-            ours.append(nxt)
-    assert ours == ref.greedy(prompt, 16)
+    assert greedy_through_cache(lean, ids, 16) == ref.greedy(prompt, 16)

@@ -14,6 +14,18 @@ def random_tokens(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
+def greedy_through_cache(lean, ids: torch.Tensor, n: int) -> list[int]:
+    """n greedy tokens after ids [1, T]: a prefill, then one token per step through the KV cache."""
+    cache = lean.new_cache(ids.shape[1] + n)
+    with torch.inference_mode():
+        nxt = int(lean(ids, cache, 0, logits_for="last")[0, -1].argmax())
+        out = [nxt]
+        for _ in range(n - 1):
+            nxt = int(lean(torch.tensor([[nxt]]), cache, cache.length)[0, -1].argmax())
+            out.append(nxt)
+    return out
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_prefill_logits_match_transformers(preset):
     lean = load_model(f"random:{preset}:3").model
@@ -71,11 +83,4 @@ def test_default_model_matches_transformers(default_model):
     tokens = torch.tensor([prompt])
     torch.testing.assert_close(lean(tokens, lean.new_cache(64), 0), ref.logits(tokens), atol=5e-4, rtol=1e-4)
     # greedy through the KV cache, token for token against transformers' generate
-    cache = lean.new_cache(64)
-    with torch.inference_mode():
-        nxt = int(lean(tokens, cache, 0, logits_for="last")[0, -1].argmax())
-        ours = [nxt]
-        for _ in range(15):
-            nxt = int(lean(torch.tensor([[nxt]]), cache, cache.length)[0, -1].argmax())
-            ours.append(nxt)
-    assert ours == ref.greedy(prompt, 16)
+    assert greedy_through_cache(lean, tokens, 16) == ref.greedy(prompt, 16)
