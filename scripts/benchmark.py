@@ -35,6 +35,13 @@ token for token (a difference is a mismatch, as under greedy); rejection output 
 distributed as it (recorded, never counted as a mismatch). The transformers and llama.cpp peers
 decode greedily only: at temperatures above 0 one line says they are left out.
 
+Backends: --backend torch,transformers (a config file: "backend": ["torch", "transformers"]) loads
+each backend's target (and drafts) and runs the same methods on each, all in the same interleaved
+loop; each row is held to, and timed against, its own backend's target-only (ids of backends other
+than torch end in @NAME, e.g. prompt_lookup-k4-n128@transformers). A configuration a backend cannot
+run (a tree, a trained head) is skipped on that backend in one line and shown as "not run"; the
+peers run once, timed against the first backend's target-only.
+
 Batch sizes: --batch_sizes 1,2,4,8,16 measures throughput instead (models/benchmark/batch_sweep.py):
 target-only and each method decode all the prompts at each batch size (static batches, or
 continuous batching with --continuous 1), and the summary gives throughput per batch size and
@@ -54,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import os
 import platform
 import shlex
@@ -70,8 +78,8 @@ from loguru import logger  # noqa: E402
 
 from models.benchmark import batch_sweep, llama_cpp_peer, sources  # noqa: E402
 from models.benchmark.configurations import (  # noqa: E402
-    GREEDY_MODE, HF_PEERS, LLAMA_PEERS, MULTI, REJECTION, TARGET, Configuration, Mode, SweepPlan, build,
-    default_methods, mode_config, sampling_modes, sweep_shapes, temperature_text,
+    GREEDY_MODE, HF_PEERS, LLAMA_PEERS, MODEL_AXES, MULTI, REJECTION, TARGET, Configuration, Mode, SweepPlan,
+    Variant, build, default_methods, mode_config, sampling_modes, sweep_shapes, temperature_text,
 )
 from models.benchmark.runlog import (  # noqa: E402
     DONE, SUMMARY_CSV, SUMMARY_MD, RunRecord, RunWriter, check_output_dir, check_resumable, resume_records,
@@ -85,7 +93,7 @@ from models.common.cli import (  # noqa: E402
 from models.common.device import requested_device_name  # noqa: E402
 from models.common.errors import UserError  # noqa: E402
 from models.llama.weights import DEFAULT_MODEL  # noqa: E402
-from models.speculative.options import add_arguments, sweep_wide, swept  # noqa: E402
+from models.speculative.options import defaults, run_options, sweep_wide, swept  # noqa: E402
 from models.speculative.engine import (  # noqa: E402
     AUTO, DEFAULT_TREE_BUDGET, DRAFT_MODEL_METHODS, METHODS, RunConfig,
 )
@@ -128,7 +136,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--verify", default=None,
                    help="comma list of sampled verification modes, rejection and/or coupled (default: rejection; "
                         "only with a --temperature above 0)")
-    add_arguments(p, ("backend",))
+    for axis in MODEL_AXES:  # the targets every method runs on
+        default = defaults()[axis]
+        p.add_argument(f"--{axis}", default=default,
+                       help=f"comma list; each loads its own target and runs every method, held to and timed against "
+                            f"its own target-only; {run_options()[axis].text()} (default: {default})")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"{DEFAULT_MODEL}, a checkpoint folder, a .gguf, random:PRESET (default: {DEFAULT_MODEL})")
     p.add_argument("--input_prompts", nargs="+", default=None, help="prompt files; category = file stem")
@@ -248,6 +260,31 @@ def temperature_list(value: str) -> list[float]:
     if not values:
         raise UserError("--temperature is empty")
     return list(dict.fromkeys(values))
+
+
+def model_variants(args) -> list[Variant]:
+    """The targets every method runs on: each combination of the model axes' comma lists
+    (--backend torch,transformers); an unknown value is one line naming it and the valid ones."""
+    lists = []
+    for axis in MODEL_AXES:
+        values = list(dict.fromkeys(comma_list(getattr(args, axis))))
+        if not values:
+            raise UserError(f"--{axis} is empty")
+        choices = run_options()[axis].choices or ()
+        bad = [v for v in values if choices and v not in choices]
+        if bad:
+            raise UserError(f"unknown --{axis} {bad[0]!r}; choose from {', '.join(choices)}")
+        lists.append(values)
+    return [Variant(*values) for values in itertools.product(*lists)]
+
+
+def check_same_prompt_ids(targets: dict, selected: list[tuple[int, object, list[int]]], instruct: bool) -> None:
+    """Every configuration is fed the same prompt ids, so every target's tokenizer must give them."""
+    for variant, engine in targets.items():
+        for i, prompt, ids in selected:
+            if engine.tokenizer.encode(prompt.text, chat=instruct) != ids:
+                raise UserError(f"prompt {i} ({prompt.describe()}) tokenizes otherwise on {variant.text}; "
+                                "run that backend in a sweep of its own")
 
 
 def choose_modes(base: RunConfig, temperatures: str, verify: str | None) -> list[Mode]:
@@ -407,14 +444,23 @@ def resume_sweep(output_dir: Path, previous: dict, meta: dict, configs: list[Con
     return resumed_meta(previous, argv, len(done), len(meta["prompts"]), "prompt"), records
 
 
-def configuration_meta(config: Configuration, with_length: bool, base: RunConfig) -> dict:
-    """meta.json's entry for a configuration: its id, label, draft shape (None: nothing drafted)
-    and decoding (temperature 0 and verify greedy, or how it sampled)."""
+def configuration_meta(config: Configuration, with_length: bool, base: RunConfig, with_variant: bool = False) -> dict:
+    """meta.json's entry for a configuration: its id, label, target (backend), draft shape (None:
+    nothing drafted) and decoding (temperature 0 and verify greedy, or how it sampled)."""
     topk, depth, budget = config.shape or (None, None, None)
-    return {"id": config.id, "label": config.label(with_length), "method": config.method, "k": config.k,
+    return {"id": config.id, "label": config.label(with_length, with_variant), **dataclasses.asdict(config.variant),
+            "method": config.method, "k": config.k,
             "tree_topk": topk, "tree_depth": depth, "tree_budget": budget,
             "max_generated_tokens": config.max_generated_tokens, "temperature": config.temperature,
             "verify": config.verify, "top_k": base.top_k, "top_p": base.top_p, "seed": base.seed}
+
+
+def not_run_meta(not_run: dict[Configuration, str], with_length: bool) -> dict:
+    """meta.json's not_run: each configuration a backend of the sweep could not run, and why ({} if none)."""
+    if not not_run:
+        return {}
+    return {"not_run": [{"id": c.id, "label": c.label(with_length), **dataclasses.asdict(c.variant), "reason": why}
+                        for c, why in not_run.items()]}
 
 
 def with_draft_model(method_options: dict, draft_model: str | None, proposers: str | None) -> dict:
@@ -445,13 +491,15 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_bench_prompts(args)
     options = {k: v for k, v in vars(args).items() if k != "given"}
 
-    base = RunConfig(
-        model=args.model, backend=args.backend, method=TARGET, max_seq_len=args.max_seq_len, max_generated_tokens=max(lengths),
+    variants = model_variants(args)
+    base = variants[0].applied(RunConfig(
+        model=args.model, method=TARGET, max_seq_len=args.max_seq_len, max_generated_tokens=max(lengths),
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
         max_ngram_size=args.max_ngram_size,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-    )
-    base.validate()
+    ))
+    for variant in variants:  # an unavailable backend: one line, before any model loads
+        variant.applied(base).validate()
     modes = choose_modes(base, args.temperature, args.verify)
     check_tree_flags(base, topks, depths, budgets)
     explicit = set(methods if "methods" in args.given else []) | set(args.method_options)
@@ -469,21 +517,27 @@ def main(argv: list[str] | None = None) -> int:
     method_options = with_draft_model(args.method_options, args.draft_model, proposers)
     plan = SweepPlan(base, methods, ks, lengths, args.draft_layers, method_options, hf_peers, explicit,
                      shapes=sweep_shapes(ks, topks, depths, budgets), proposers=proposers, llama_cpp_peers=llama_cpp,
-                     modes=modes)
+                     modes=modes, variants=variants)
     if args.batch_sizes is not None:
+        if len(variants) > 1:
+            raise UserError(f"--batch_sizes measures one backend; give one --backend, not {args.backend!r}")
         return batch_main(args, argv, plan, device, prompts, output_dir, previous, options)
     if args.continuous:
         raise UserError("--continuous is for --batch_sizes")
     built = build(plan, device)
     selected = fitting_prompts(prompts, built.target, max(lengths), args.instruct)
+    check_same_prompt_ids(built.targets, selected, args.instruct)
     configs = list(built.runners)
-    logger.info(f"{len(configs)} configurations x {len(selected)} prompts on {device.describe()} -> {output_dir}")
+    several = len(variants) > 1
+    on = f" on {', '.join(v.text for v in variants)}" if several else ""
+    logger.info(f"{len(configs)} configurations{on} x {len(selected)} prompts on {device.describe()} -> {output_dir}")
 
     meta = {
         **run_header(args, argv, device),
         "versions": versions(),
         "options": options,
-        "configurations": [configuration_meta(c, len(lengths) > 1, base) for c in configs],
+        "configurations": [configuration_meta(c, len(lengths) > 1, base, several) for c in configs],
+        **not_run_meta(built.not_run, len(lengths) > 1),
         "prompts": [{"index": i, "category": p.category, "subcategory": p.subcategory, "source": p.source,
                      "question_id": p.question_id,
                      "prompt_tokens": len(ids), "text": p.text} for i, p, ids in selected],
@@ -521,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         "resumed": len(meta.get("resumed", [])),  # elapsed_s is the last session's alone
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     })
-    print(spec_bench_table(rows))
+    print(spec_bench_table(rows, meta.get("not_run")))
     against = " (llama.cpp prompt lookup: from llama.cpp greedy)" if llama_cpp else ""
     rejection = [r for r in records if r.verify == REJECTION and r.method != TARGET]
     if rejection:  # recorded, not counted: distribution-equal, not token-equal

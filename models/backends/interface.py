@@ -152,11 +152,15 @@ CAPABILITY_WORDS = {
 }
 
 
+class MissingCapability(UserError):
+    """A backend lacks what a method needs: a sweep over several backends skips the method there."""
+
+
 def require(target: TargetModel, capability: str, who: str) -> None:
     """One line, before any decoding, when `who` (e.g. "--method eagle") needs what the
     target's backend does not declare."""
     if capability not in CAPABILITY_WORDS:
         raise ValueError(f"unknown capability {capability!r}; expected one of {', '.join(CAPABILITY_WORDS)}")
     if not getattr(target.capabilities, capability):
-        raise UserError(f"{who} needs {CAPABILITY_WORDS[capability]} ({capability}), which backend "
-                        f"{target.backend!r} does not provide; use --backend torch")
+        raise MissingCapability(f"{who} needs {CAPABILITY_WORDS[capability]} ({capability}), which backend "
+                                f"{target.backend!r} does not provide; use --backend torch")

@@ -1,6 +1,8 @@
 """Run-to-run comparison of two benchmark folders (BASE, then NEW): what got slower, what drafts worse.
 
-Only (configuration, prompt) pairs present in both folders are compared; a prompt is the same
+Only (configuration, prompt) pairs present in both folders are compared (a configuration includes
+the backend it ran on: a sweep of several backends pairs each backend's rows with the same
+backend's, and an old one-backend log's rows with that backend's); a prompt is the same
 prompt when its category, question id and text agree (texts from meta.json; without them, the
 question id or the prompt's position). Everything skipped is said in the notes.
 
@@ -289,7 +291,7 @@ ITERATION_TYPES = typing.get_type_hints(Iteration)
 ITERATION_REQUIRED = tuple(f.name for f in dataclasses.fields(Iteration) if f.default is dataclasses.MISSING)
 # what the report reads from meta.json and done.json (each optional, of this type when present)
 META_TYPES = {"prompts": list[dict], "configurations": list[dict], "versions": dict, "skipped_prompts": int,
-              "load_average_at_start": list[float] | None}
+              "load_average_at_start": list[float] | None, "not_run": list[dict]}
 DONE_TYPES = {"elapsed_s": float, "load_average_at_end": list[float] | None}
 META_PROMPT_TYPES = {"index": int, "text": str, "question_id": int | str | None, "prompt_tokens": int}
 META_CONFIGURATION_TYPES = {"id": str, "label": str}
@@ -622,12 +624,13 @@ def compare(base: RunLog, new: RunLog) -> Comparison:
     records = [p.base.record for ps in pairs.values() for p in ps]
     categories = categories_in_order(records)
     several_lengths = len({r.max_generated_tokens for r in records}) > 1
+    several_backends = len({configuration_of(r).variant for r in records}) > 1
     rows = []
     for config_id, config_pairs in pairs.items():
         record = config_pairs[0].base.record
         if record.method == TARGET:
             continue
-        label = configuration_of(record).label(several_lengths)
+        label = configuration_of(record).label(several_lengths, several_backends)
         if len(categories) > 1:
             for category in categories:
                 selected = [p for p in config_pairs if p.category == category]

@@ -16,6 +16,11 @@ greedy (temperature 0, ids exactly as before), or sampled with rejection or coup
 the same random stream (seed, prompt index): coupled output must equal it token for token, as
 greedy output must; rejection output is only distributed as it, so a difference is no mismatch.
 The peers decode greedily only (they sample with their own random numbers).
+
+The loaded target is a sweep dimension too (Variant, one value per model axis: the backend now):
+every suite configuration runs on each variant's own target and is compared with, and timed
+against, that variant's own target-only. Ids and labels of the default variant read as before;
+others end in "@transformers". The peers run once, beside the first variant's target-only.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from collections.abc import Callable
 import torch
 from loguru import logger
 
+from models.backends.interface import MissingCapability
+from models.backends.registry import DEFAULT_BACKEND
 from models.benchmark import llama_cpp_peer
 from models.common.device import Device
 from models.common.errors import UserError
@@ -51,6 +58,32 @@ SELF_DRAFT_FRACTION = 0.8  # self_draft's default: 24 of the default model's 30 
 GREEDY_MODE = (0.0, GREEDY)  # (temperature, verify) of greedy decoding
 
 Mode = tuple[float, str]  # (temperature, verify): (0.0, "greedy"), (0.7, "rejection"), (0.7, "coupled")
+# RunOptions fields that pick which loaded target a configuration runs on: a field each in Variant,
+# RunRecord and the summary's Row; a sweep times each variant's methods against its own target-only
+MODEL_AXES = ("backend",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """Which loaded target a configuration runs on. The default one (the suite's default target)
+    leaves ids and labels as they were before a sweep could hold several."""
+
+    backend: str = DEFAULT_BACKEND
+
+    @property
+    def text(self) -> str:
+        """'torch', 'transformers': how tables and labels name it."""
+        return "+".join(str(getattr(self, axis)) for axis in MODEL_AXES)
+
+    @property
+    def suffix(self) -> str:
+        """'' for the default variant, else '@' and its non-default values ('@transformers')."""
+        default = Variant()
+        values = [str(getattr(self, a)) for a in MODEL_AXES if getattr(self, a) != getattr(default, a)]
+        return "@" + "+".join(values) if values else ""
+
+    def applied(self, config: RunConfig) -> RunConfig:
+        return dataclasses.replace(config, **{axis: getattr(self, axis) for axis in MODEL_AXES})
 
 
 def sampling_modes(temperatures: list[float], verifies: list[str] | None = None) -> list[Mode]:
@@ -99,15 +132,18 @@ class Configuration:
     budget: int | str = 0  # a tree's nodes verified per target call (root excluded), or "auto"; 0 for a chain
     temperature: float = 0.0  # 0: greedy
     verify: str = GREEDY  # greedy at temperature 0, else rejection or coupled
+    variant: Variant = Variant()  # the loaded target it runs on (a peer: the one it is timed against)
 
     @classmethod
     def of_spec(cls, method: str, spec: TreeSpec, max_generated_tokens: int, auto: bool = False,
-                mode: Mode = GREEDY_MODE) -> Configuration:
+                mode: Mode = GREEDY_MODE, variant: Variant = Variant()) -> Configuration:
         """The configuration an engine with this draft shape runs (a chain's length is its budget;
         auto: the budget is tuned per iteration up to spec.budget) at this decoding mode."""
         if spec.is_chain:
-            return cls(method, spec.budget, max_generated_tokens, temperature=mode[0], verify=mode[1])
-        return cls(method, spec.depth, max_generated_tokens, spec.topk, AUTO if auto else spec.budget, *mode)
+            return cls(method, spec.budget, max_generated_tokens, temperature=mode[0], verify=mode[1],
+                       variant=variant)
+        return cls(method, spec.depth, max_generated_tokens, spec.topk, AUTO if auto else spec.budget, *mode,
+                   variant)
 
     @property
     def mode(self) -> Mode:
@@ -138,21 +174,21 @@ class Configuration:
             draft = f"-t{self.topk}d{self.k}b{self.budget}"
         else:
             draft = f"-k{self.k}" if self.k else ""
-        return f"{self.method}{draft}-n{self.max_generated_tokens}{mode_suffix(*self.mode)}"
+        return f"{self.method}{draft}-n{self.max_generated_tokens}{mode_suffix(*self.mode)}{self.variant.suffix}"
 
     @property
     def baseline_id(self) -> str:
-        """Target-only at this length and decoding mode: the speedup's denominator, and the
-        reference output (target-only sampling is what sampled speculation is held to)."""
+        """Target-only at this length and decoding mode on the same target: the speedup's denominator,
+        and the reference output (target-only sampling is what sampled speculation is held to)."""
         return Configuration(TARGET, 0, self.max_generated_tokens, temperature=self.temperature,
-                             verify=self.verify).id
+                             verify=self.verify, variant=self.variant).id
 
     @property
     def reference_id(self) -> str:
         """The configuration whose output this one's is compared with: target-only, except llama.cpp's
         prompt lookup, held to llama.cpp's own greedy decoding (quantized weights, other tokens)."""
         if self.method == LLAMA_PROMPT_LOOKUP:
-            return Configuration(LLAMA_GREEDY, 0, self.max_generated_tokens).id
+            return Configuration(LLAMA_GREEDY, 0, self.max_generated_tokens, variant=self.variant).id
         return self.baseline_id
 
     @property
@@ -162,13 +198,16 @@ class Configuration:
         distributed as target-only sampling, not equal to it token for token."""
         return self.method != LLAMA_GREEDY and self.verify != REJECTION
 
-    def label(self, with_length: bool = False) -> str:
+    def label(self, with_length: bool = False, with_variant: bool = False) -> str:
+        """'eagle tree 4x5/16', plus ' n=128' (with_length), ' T=0.7 coupled' (sampled) and
+        ' on transformers' (with_variant: a sweep of several targets; not on a peer, which runs once)."""
         if self.is_tree:
             text = f"{self.method} tree {self.topk}x{self.k}/{self.budget}"
         else:
             text = self.method + (f" k={self.k}" if self.k else "")
         text = f"{text} n={self.max_generated_tokens}" if with_length else text
-        return f"{text} {mode_text(*self.mode)}" if self.is_sampled else text
+        text = f"{text} {mode_text(*self.mode)}" if self.is_sampled else text
+        return f"{text} on {self.variant.text}" if with_variant and not self.is_peer else text
 
 
 @dataclasses.dataclass
@@ -219,14 +258,15 @@ def hf_runner(
 
 
 def llama_cpp_runners(peer: llama_cpp_peer.LlamaCppPeer, ks: list[int], lengths: list[int],
-                      max_ngram_size: int) -> dict[Configuration, Runner]:
-    """llama.cpp greedy and prompt lookup at each k and length (a CPU peer)."""
+                      max_ngram_size: int, variant: Variant = Variant()) -> dict[Configuration, Runner]:
+    """llama.cpp greedy and prompt lookup at each k and length (a CPU peer), timed against variant's target-only."""
     cpu = torch.device("cpu")
     runners: dict[Configuration, Runner] = {}
     for n in lengths:
-        runners[Configuration(LLAMA_GREEDY, 0, n)] = peer_runner(peer.decoder(None, max_ngram_size), cpu)
-        for k in ks:
-            runners[Configuration(LLAMA_PROMPT_LOOKUP, k, n)] = peer_runner(peer.decoder(k, max_ngram_size), cpu)
+        for k in [0, *ks]:  # 0: greedy
+            method = LLAMA_PROMPT_LOOKUP if k else LLAMA_GREEDY
+            runners[Configuration(method, k, n, variant=variant)] = peer_runner(
+                peer.decoder(k or None, max_ngram_size), cpu)
     return runners
 
 
@@ -280,16 +320,22 @@ class SweepPlan:
     proposers: str | None = None  # multi's --proposers
     llama_cpp_peers: bool = False  # llama.cpp greedy and prompt lookup (the default model's GGUF, CPU)
     modes: list[Mode] = dataclasses.field(default_factory=lambda: [GREEDY_MODE])  # (temperature, verify)
+    variants: list[Variant] | None = None  # the targets every method runs on; None: base's own
 
     def draft_shapes(self) -> list[Shape]:
         return self.shapes if self.shapes is not None else sweep_shapes(self.ks, [1])
 
+    def targets(self) -> list[Variant]:
+        return self.variants or [Variant(**{axis: getattr(self.base, axis) for axis in MODEL_AXES})]
+
 
 @dataclasses.dataclass
 class Built:
-    target: Engine  # target-only decoding: the reference every output is compared with
+    target: Engine  # the first variant's target-only decoding: the tokenizer, and what the peers are timed against
     runners: dict[Configuration, Runner]
     peer_meta: dict = dataclasses.field(default_factory=dict)  # e.g. {"llama_cpp": {"gguf": ..., ...}}
+    targets: dict[Variant, Engine] = dataclasses.field(default_factory=dict)  # each variant's target-only
+    not_run: dict[Configuration, str] = dataclasses.field(default_factory=dict)  # skipped on a variant: why
 
 
 def mode_config(base: RunConfig, mode: Mode) -> RunConfig:
@@ -298,10 +344,13 @@ def mode_config(base: RunConfig, mode: Mode) -> RunConfig:
     return dataclasses.replace(base, temperature=temperature, verify=None if verify == GREEDY else verify)
 
 
-def _method_config(plan: SweepPlan, method: str, shape: Shape, n_layers: int, mode: Mode = GREEDY_MODE) -> RunConfig:
-    """The engine's RunConfig: the shared knobs, this shape and mode, then the method's own options (which win)."""
+def _method_config(plan: SweepPlan, method: str, shape: Shape, n_layers: int, mode: Mode = GREEDY_MODE,
+                   variant: Variant | None = None) -> RunConfig:
+    """The engine's RunConfig: the shared knobs, this target, shape and mode, then the method's own options
+    (which win)."""
+    base = variant.applied(plan.base) if variant is not None else plan.base
     config = dataclasses.replace(
-        mode_config(plan.base, mode), method=method, n_draft_tokens=shape.depth,
+        mode_config(base, mode), method=method, n_draft_tokens=shape.depth,
         max_generated_tokens=max(plan.lengths), proposers=plan.proposers if method == MULTI else None,
     )
     if shape.topk > 1:
@@ -312,28 +361,33 @@ def _method_config(plan: SweepPlan, method: str, shape: Shape, n_layers: int, mo
 
 
 def build(plan: SweepPlan, device: Device) -> Built:
-    """Load the target once and build every configuration's runner on it (engines share weights):
-    target-only once per decoding mode, then per method, shape and mode; the peers at greedy only."""
+    """Load each variant's target once and build every configuration's runner on it (engines share
+    weights): per variant, target-only once per decoding mode, then per method, shape and mode; the
+    peers once, at greedy only, beside the first variant's target-only."""
     lengths = plan.lengths
     runners: dict[Configuration, Runner] = {}
-    targets = []
-    for mode in plan.modes:
-        engine = Engine(dataclasses.replace(mode_config(plan.base, mode), method=TARGET,
-                                            max_generated_tokens=max(lengths)), device)
-        targets.append(engine)
-        for n in lengths:
-            runners[Configuration(TARGET, 0, n, temperature=mode[0], verify=mode[1])] = suite_runner(engine, True)
-    target = targets[0]
-    n_layers = target.model.n_layers
-    for method in plan.methods:
-        _build_method(plan, method, n_layers, device, runners)
+    targets: dict[Variant, Engine] = {}
+    not_run: dict[Configuration, str] = {}
+    for variant in plan.targets():
+        for mode in plan.modes:
+            engine = Engine(dataclasses.replace(mode_config(variant.applied(plan.base), mode), method=TARGET,
+                                                max_generated_tokens=max(lengths)), device)
+            targets.setdefault(variant, engine)
+            for n in lengths:
+                runners[Configuration(TARGET, 0, n, temperature=mode[0], verify=mode[1],
+                                      variant=variant)] = suite_runner(engine, True)
+        for method in plan.methods:
+            _build_method(plan, method, variant, targets[variant].model.n_layers, device, runners, not_run)
+    _check_explicit_ran(plan, runners, not_run)
+    primary = plan.targets()[0]
+    target = targets[primary]
     if plan.hf_peers and GREEDY_MODE in plan.modes:
         reference = hf_reference(target.target, device)
         eos, torch_device = target.tokenizer.eos_token_ids, device.torch_device
         for n in plan.lengths:
-            runners[Configuration(HF_GREEDY, 0, n)] = hf_runner(reference, eos, torch_device)
+            runners[Configuration(HF_GREEDY, 0, n, variant=primary)] = hf_runner(reference, eos, torch_device)
             for k in plan.ks:
-                runners[Configuration(HF_PROMPT_LOOKUP, k, n)] = hf_runner(
+                runners[Configuration(HF_PROMPT_LOOKUP, k, n, variant=primary)] = hf_runner(
                     reference, eos, torch_device, prompt_lookup_num_tokens=k,
                     max_matching_ngram_size=plan.base.max_ngram_size,
                 )
@@ -341,30 +395,48 @@ def build(plan: SweepPlan, device: Device) -> Built:
     if plan.llama_cpp_peers and GREEDY_MODE in plan.modes:
         peer = llama_cpp_peer.open_peer(plan.base.max_seq_len + max(plan.ks), target.tokenizer.eos_token_ids,
                                         target.model.vocab_size)
-        runners.update(llama_cpp_runners(peer, plan.ks, plan.lengths, plan.base.max_ngram_size))
+        runners.update(llama_cpp_runners(peer, plan.ks, plan.lengths, plan.base.max_ngram_size, primary))
         peer_meta["llama_cpp"] = peer.meta()
-    return Built(target, runners, peer_meta)
+    return Built(target, runners, peer_meta, targets, not_run)
 
 
-def _build_method(plan: SweepPlan, method: str, n_layers: int, device: Device,
-                  runners: dict[Configuration, Runner]) -> None:
-    """One method's runners at every shape and mode. A method whose options fix its shape (e.g.
-    {"eagle": {"n_draft_tokens": 5}}) runs at that shape only: shapes that resolve to one already
-    built are not built twice. A default method that cannot run here is skipped with a warning."""
+def _build_method(plan: SweepPlan, method: str, variant: Variant, n_layers: int, device: Device,
+                  runners: dict[Configuration, Runner], not_run: dict[Configuration, str]) -> None:
+    """One method's runners on one target at every shape and mode. A method whose options fix its shape
+    (e.g. {"eagle": {"n_draft_tokens": 5}}) runs at that shape only: shapes that resolve to one already
+    built are not built twice. A default method that cannot run here is skipped with a warning; in a
+    sweep of several targets, a shape one target's backend cannot run (a tree, a trained head) is
+    skipped on that target alone, in one line, and listed in not_run."""
+    several = len(plan.targets()) > 1
     for shape in plan.draft_shapes():
         for mode in plan.modes:
-            config = _method_config(plan, method, shape, n_layers, mode)
+            config = _method_config(plan, method, shape, n_layers, mode, variant)
             auto = config.tree_budget == AUTO
-            first = Configuration.of_spec(method, config.tree_spec(device.torch_device.type), plan.lengths[0],
-                                          auto, mode)
-            if first in runners:
+            spec = config.tree_spec(device.torch_device.type)
+            first = Configuration.of_spec(method, spec, plan.lengths[0], auto, mode, variant)
+            if first in runners or first in not_run:
                 continue
             try:
                 engine = Engine(config, device)
             except UserError as exc:
+                if several and isinstance(exc, MissingCapability):
+                    logger.info(f"not run on {variant.text}: {first.label()} ({exc})")
+                    not_run.update({Configuration.of_spec(method, spec, n, auto, mode, variant): str(exc)
+                                    for n in plan.lengths})
+                    continue
                 if method in plan.explicit:
                     raise UserError(f"{first.label()}: {exc}") from None
                 logger.warning(f"skipping {method} (a default method that cannot run here): {exc}")
                 return
             for n in plan.lengths:
-                runners[Configuration.of_spec(method, engine.spec, n, auto, mode)] = suite_runner(engine, False)
+                config_n = Configuration.of_spec(method, engine.spec, n, auto, mode, variant)
+                runners[config_n] = suite_runner(engine, False)
+
+
+def _check_explicit_ran(plan: SweepPlan, runners: dict[Configuration, Runner],
+                        not_run: dict[Configuration, str]) -> None:
+    """A method asked for by name that no target of the sweep can run is an error, not an empty row."""
+    for method in plan.methods:
+        skipped = [c for c in not_run if c.method == method]
+        if method in plan.explicit and skipped and not any(c.method == method for c in runners):
+            raise UserError(f"{skipped[0].label()}: no backend of this sweep can run it ({not_run[skipped[0]]})")

@@ -4,7 +4,10 @@ only sorts and filters, so the page still reads with scripting off.
 
 Sampled configurations carry their temperature and verify mode in their labels. Rejection
 sampling is distributed as target-only sampling, not equal to it token for token: its runs are
-never shown as differing from target-only, nor counted against the runs equal to their reference."""
+never shown as differing from target-only, nor counted against the runs equal to their reference.
+
+A sweep of several backends gets a backend column in its tables (each row held to and timed against
+its own backend's target-only) and its backend in each generation's label."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from collections import defaultdict
 
 from models.benchmark.configurations import LLAMA_GREEDY, LLAMA_PROMPT_LOOKUP, TARGET
 from models.benchmark.runlog import RunLog, RunRecord
-from models.benchmark.summary import OVERALL, REJECTION, Row, by_source
+from models.benchmark.summary import OVERALL, REJECTION, Row, backends_text, by_source, several_backends, shown_label
 from models.benchmark.token_view import PEER, token_sources
 from models.common.metrics import summarize
 
@@ -133,13 +136,14 @@ def header(log: RunLog, rows: list[Row]) -> str:
     meta, done = log.meta, log.done
     overall = [r for r in rows if r.category == OVERALL and r.method != TARGET and r.speedup is not None]
     best = max(overall, key=lambda r: r.speedup, default=None)
+    several = several_backends(rows)
     runs, skipped = len(log.records), meta.get("skipped_prompts", 0)
     judged = [r for r in log.records if _judged(r)]  # quantized weights, rejection: differences expected
     mismatched = sum(not r.matches_target_only for r in judged)
     runs = len(judged)
     sampled = any(r.verify == REJECTION for r in log.records)
     cards = [
-        (f"{best.speedup:.2f}x" if best else "-", f"best: {best.label}" if best else "best speedup"),
+        (f"{best.speedup:.2f}x" if best else "-", f"best: {shown_label(best, several)}" if best else "best speedup"),
         (str(len(meta.get("prompts", []))), "prompts" + (f" ({skipped} skipped)" if skipped else "")),
         (str(len(meta.get("configurations", []))), "configurations"),
         (f"{runs - mismatched}/{runs}", "runs equal to their reference"
@@ -149,7 +153,8 @@ def header(log: RunLog, rows: list[Row]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
     return (
         "<h1>Speculative decoding benchmark</h1>"
-        f"<div class=meta>model <b>{esc(meta.get('model'))}</b> on {esc(meta.get('device'))} "
+        f"<div class=meta>model <b>{esc(meta.get('model'))}</b> ({esc(backends_text(meta))}) on "
+        f"{esc(meta.get('device'))} "
         f"({esc(meta.get('cpu', ''))}); "
         f"{esc(versions)}; started {esc(meta.get('started'))}, finished {esc(done.get('finished'))}; "
         f"load average {_load(meta.get('load_average_at_start'))} at start, {_load(done.get('load_average_at_end'))} "
@@ -160,16 +165,25 @@ def header(log: RunLog, rows: list[Row]) -> str:
     )
 
 
-def spec_bench(rows: list[Row]) -> str:
+def spec_bench(rows: list[Row], not_run: list[dict] | None = None) -> str:
+    """Several backends: a backend column, each group with its own target-only row, then what it could not run."""
     categories = list(dict.fromkeys(r.category for r in rows))
-    table: dict[str, dict[str, Row]] = defaultdict(dict)
+    several = several_backends(rows)
+    table: dict[tuple[str, str], dict[str, Row]] = defaultdict(dict)
     for r in rows:
-        if r.method != TARGET:
-            table[r.label][r.category] = r
-    head = "".join(f"<th>{esc(c)}</th>" for c in categories)
+        if r.method != TARGET or several:
+            table[r.backend, r.label][r.category] = r
+    backends = list(dict.fromkeys(r.backend for r in rows))
+    skipped = [(n.get("backend"), n.get("label")) for n in not_run or [] if several and isinstance(n, dict)]
+    keys = sorted(dict.fromkeys([*table, *skipped]), key=lambda k: backends.index(k[0]) if k[0] in backends else 0)
+    head = ("<th>backend</th>" if several else "") + "".join(f"<th>{esc(c)}</th>" for c in categories)
     body = []
-    for label, cells in table.items():
-        tds = []
+    for backend, label in keys:
+        tds = [f"<td>{esc(backend)}</td>"] if several else []
+        if (backend, label) not in table:
+            body.append(f"<tr><td>{esc(label)}</td>{''.join(tds)}{'<td>not run</td>' * len(categories)}</tr>")
+            continue
+        cells = table[backend, label]
         for c in categories:
             r = cells.get(c)
             if r is None:
@@ -229,8 +243,9 @@ def _text_cell(value: str) -> str:
     return f"<td class=l>{esc(value)}</td>"
 
 
-def _result_cells(r: Row) -> str:
-    """One results row: label, shape (topk, depth, nodes per call), counters and timings."""
+def _result_cells(r: Row, several: bool = False) -> str:
+    """One results row: label (and backend, where several), shape (topk, depth, nodes per call), counters
+    and timings."""
     shape = [_int(r.tree_topk), _int(r.tree_depth), _int(r.tree_budget), _int(r.max_generated_tokens)]
     counts = [
         _int(r.prompts), _int(r.generated_tokens), _num(r.seconds, ".2f"), _num(r.speedup, ".2f"),
@@ -243,14 +258,17 @@ def _result_cells(r: Row) -> str:
         (f"{r.matches_target_only}/{r.prompts}", str(r.matches_target_only / r.prompts)),
     ]
     return "".join([
-        f"<td>{esc(r.label)}</td>", *map(_number_cell, shape), _text_cell(r.category), *map(_number_cell, counts),
+        f"<td>{esc(r.label)}</td>", *([_text_cell(r.backend)] if several else []), *map(_number_cell, shape),
+        _text_cell(r.category), *map(_number_cell, counts),
         _text_cell(by_source(r.accepted_by_source) or "-"), *map(_number_cell, speeds),
     ])
 
 
 def results(rows: list[Row]) -> str:
-    body = [f"<tr data-category='{esc(r.category)}'>{_result_cells(r)}</tr>" for r in rows]
-    head = "".join(f"<th>{esc(c)}</th>" for c in RESULT_COLUMNS)
+    several = several_backends(rows)
+    body = [f"<tr data-category='{esc(r.category)}'>{_result_cells(r, several)}</tr>" for r in rows]
+    columns = [RESULT_COLUMNS[0], *(["backend"] if several else []), *RESULT_COLUMNS[1:]]
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     return (
         "<h2>Results</h2><div class=controls>"
         "<input id=q type=search placeholder='filter rows (e.g. prompt_lookup, qa)' oninput='filterResults()'>"
@@ -328,6 +346,7 @@ def render(log: RunLog, rows: list[Row], images: dict[str, bytes]) -> str:
     return (
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
         f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body><main>"
-        + header(log, rows) + spec_bench(rows) + plots(images) + results(rows) + generations(log)
+        + header(log, rows) + spec_bench(rows, log.meta.get("not_run")) + plots(images) + results(rows)
+        + generations(log)
         + f"</main><script>{JS}</script></body></html>\n"
     )

@@ -19,7 +19,9 @@ is 1, k, k), and the per-iteration counts that tell drafts from target tokens (t
 depth and, for multi-draft, the proposer whose branch was accepted). Logs written before token
 trees (no shape, no depth/source per iteration) still load: their drafts are chains. Each line
 also says how it decoded (temperature, verify, top_k, top_p, seed); logs from before sampling
-load as greedy.
+load as greedy. Each line names the backend its target ran on; logs from before a sweep could hold
+several backends take their sweep's one backend (meta.json's options), and their ids the suffix
+today's ids of that backend carry, so old and new logs pair.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from pathlib import Path
 
 from loguru import logger
 
+from models.backends.registry import DEFAULT_BACKEND
+from models.benchmark.configurations import Variant
 from models.common.cli import check_output_folder, write_atomic, write_json_atomic
 from models.common.errors import UserError
 from models.common.metrics import Iteration, SequenceStats
@@ -70,6 +74,9 @@ class RunRecord:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     seed: int = 0
+    # the target it ran on (configurations.MODEL_AXES); a log from before sweeps of several backends
+    # has none: read_run_log fills in its sweep's one backend
+    backend: str = DEFAULT_BACKEND
 
     @property
     def generated_tokens(self) -> int:
@@ -247,6 +254,33 @@ class RunLog:
     done: dict
 
 
+def backends_of(meta: dict) -> list[str]:
+    """The backends a sweep's targets ran on, in its order (--backend torch,transformers); sweeps from
+    before --backend: torch."""
+    options = meta.get("options") if isinstance(meta.get("options"), dict) else {}
+    return [n.strip() for n in str(options.get("backend") or "").split(",") if n.strip()] or [DEFAULT_BACKEND]
+
+
+def backend_of(meta: dict) -> str:
+    """The sweep's first backend: the one its transformers and llama.cpp peers are timed against."""
+    return backends_of(meta)[0]
+
+
+def _name_old_backend(meta: dict, records: list[RunRecord], lines: list[dict]) -> None:
+    """Records from before sweeps of several backends ran on the sweep's one backend: they get it,
+    and (where it is not the default) the id suffix a record of it has today, in meta.json too."""
+    old = [r for r, line in zip(records, lines, strict=True) if "backend" not in line]
+    if not old:
+        return
+    variant = Variant(backend_of(meta))
+    for record in old:
+        record.backend = variant.backend
+        record.config_id += variant.suffix
+    for c in meta.get("configurations", []) if variant.suffix else []:
+        if isinstance(c, dict) and isinstance(c.get("id"), str):
+            c["id"] += variant.suffix
+
+
 def newest_finished_sweep(folder: Path) -> Path | None:
     """The most recently finished sweep directly under `folder` (e.g. logs/), if any."""
     finished = [d for d in folder.iterdir() if d.is_dir() and (d / DONE).is_file() and (d / RUNS).is_file()]
@@ -272,7 +306,9 @@ def read_run_log(folder: str | Path) -> RunLog:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
         done = json.loads((folder / DONE).read_text(encoding="utf-8"))
         lines = (folder / RUNS).read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may sit in a token
-        records = [RunRecord(**json.loads(line)) for line in lines if line.strip()]
+        data = [json.loads(line) for line in lines if line.strip()]
+        records = [RunRecord(**d) for d in data]
+        _name_old_backend(meta, records, data)
     except (json.JSONDecodeError, TypeError) as exc:
         raise UserError(f"{folder}: malformed run log ({exc})") from None
     if not records:

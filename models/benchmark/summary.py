@@ -19,6 +19,11 @@ a chain of k is 1, k, k) and the tree counters: nodes drafted, mean nodes / dept
 per drafting call, verification calls, accepted draft tokens, bonus tokens (the target's own
 token, one per call that emitted one: tokens = prompts + accepted + bonus) and, for multi-draft,
 the calls whose accepted path ended on each proposer's branch.
+
+A sweep of several backends (--backend torch,transformers) gives each row its backend; its speedup
+and matches are against that backend's own target-only, and the tables get a backend column, rows
+grouped by backend, each group with its own target-only row, and "not run" where a backend cannot
+run a configuration (meta.json's not_run). The peers sit in the first backend's group.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import io
 from collections import defaultdict
 
 from models.benchmark.configurations import (
-    GREEDY, LLAMA_GREEDY, LLAMA_PEERS, LLAMA_PROMPT_LOOKUP, REJECTION, TARGET, Configuration, mode_text,
+    GREEDY, LLAMA_GREEDY, LLAMA_PEERS, LLAMA_PROMPT_LOOKUP, MODEL_AXES, PEERS, REJECTION, TARGET, Configuration,
+    Variant, mode_text,
 )
-from models.benchmark.runlog import RunRecord
+from models.benchmark.runlog import RunRecord, backend_of, backends_of
 from models.common.metrics import SequenceStats, summarize
 
 OVERALL = "overall"
@@ -71,6 +77,7 @@ class Row:
     ttft_ms: float | None
     matches_target_only: int  # prompts whose output ids equal the reference's (compared_with)
     compared_with: str = TARGET  # the reference's method: target, or llama_cpp_greedy for llama.cpp prompt lookup
+    backend: str = Variant().backend  # the target it ran on; speedup and matches are against its target-only
 
 
 def configuration_of(record: RunRecord) -> Configuration:
@@ -78,7 +85,8 @@ def configuration_of(record: RunRecord) -> Configuration:
     topk = record.tree_topk or 1
     budget = (record.tree_budget or 0) if topk > 1 else 0
     return Configuration(record.method, record.k, record.max_generated_tokens, topk, budget,
-                         float(record.temperature or 0.0), record.verify or GREEDY)
+                         float(record.temperature or 0.0), record.verify or GREEDY,
+                         Variant(**{axis: getattr(record, axis) for axis in MODEL_AXES}))
 
 
 def categories_in_order(records: list[RunRecord]) -> list[str]:
@@ -121,14 +129,17 @@ def _row(config: Configuration, label: str, category: str, runs: list[RunRecord]
         ttft_ms=m["ttft_s"] * 1e3 if m else None,
         matches_target_only=sum(r.matches_target_only for r in runs),
         compared_with=LLAMA_GREEDY if config.method == LLAMA_PROMPT_LOOKUP else TARGET,
+        backend=config.variant.backend,
     )
 
 
 def summary_rows(records: list[RunRecord]) -> list[Row]:
-    """Per configuration (in sweep order): one row per category in file order, then overall."""
+    """Per configuration (in sweep order, grouped by backend): one row per category in file order, then overall."""
     by_config: dict[Configuration, list[RunRecord]] = defaultdict(list)
     for r in records:
         by_config[configuration_of(r)].append(r)
+    variants = list(dict.fromkeys(c.variant for c in by_config))
+    by_config = dict(sorted(by_config.items(), key=lambda item: variants.index(item[0].variant)))  # stable
     baseline = {(r.config_id, r.prompt_index): r for r in records if r.method == TARGET}
     several_lengths = len({c.max_generated_tokens for c in by_config}) > 1
     categories = categories_in_order(records)
@@ -178,12 +189,17 @@ def shape_text(row: Row) -> str:
     return f"tree {row.tree_topk}x{row.tree_depth}/{row.tree_budget}"
 
 
-def backend_of(meta: dict) -> str:
-    """The backend a sweep's target ran on (sweeps from before --backend: torch)."""
-    return (meta.get("options") or {}).get("backend") or "torch"
+def several_backends(rows: list[Row]) -> bool:
+    return len({r.backend for r in rows}) > 1
 
 
-def matches_text(row: Row, backend: str = "torch") -> str:
+def shown_label(row: Row, several: bool) -> str:
+    """The row's label, naming its backend where a sweep has several (plots and the report's legends);
+    a peer runs once, on no backend of ours."""
+    return f"{row.label} on {row.backend}" if several and row.method not in PEERS else row.label
+
+
+def matches_text(row: Row) -> str:
     """'3/3'; llama.cpp rows say what they were compared with, and (unless the target is llama.cpp
     itself) that greedy may differ."""
     text = f"{row.matches_target_only}/{row.prompts}"
@@ -192,7 +208,7 @@ def matches_text(row: Row, backend: str = "torch") -> str:
     if row.method == LLAMA_PROMPT_LOOKUP:
         return f"{text} vs llama.cpp greedy"
     if row.method == LLAMA_GREEDY:
-        return f"{text} ({'the same runtime' if backend == 'llama_cpp' else 'quantized weights: may differ'})"
+        return f"{text} ({'the same runtime' if row.backend == 'llama_cpp' else 'quantized weights: may differ'})"
     return text
 
 
@@ -202,25 +218,38 @@ def _markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def spec_bench_table(rows: list[Row]) -> str:
-    """Spec-Bench's layout: a row per method, a column per category and overall;
-    each cell is speedup over target-only, then mean accepted tokens (tau)."""
+def spec_bench_table(rows: list[Row], not_run: list[dict] | None = None) -> str:
+    """Spec-Bench's layout: a row per method, a column per category and overall; each cell is
+    speedup over target-only, then mean accepted tokens (tau). Several backends: a backend column,
+    each backend's rows together under its own target-only row, "not run" where it could not run one."""
     categories = list(dict.fromkeys(r.category for r in rows))
-    cells: dict[str, dict[str, Row]] = defaultdict(dict)
+    several = several_backends(rows)
+    cells: dict[tuple[str, str], dict[str, Row]] = defaultdict(dict)
     for r in rows:
-        if r.method != TARGET:
-            cells[r.label][r.category] = r
+        if r.method != TARGET or several:
+            cells[r.backend, r.label][r.category] = r
+    skipped = {(n.get("backend"), n.get("label")) for n in not_run or [] if several and isinstance(n, dict)}
+    labels = list(dict.fromkeys([label for _, label in cells] + [label for _, label in skipped]))
 
     def cell(r: Row | None) -> str:
         if r is None:
             return ""
         return f"{_fmt(r.speedup, '.2f', '-')}x / {_fmt(r.mean_accepted_tokens, '.2f', '-')}"
 
-    body = [[label] + [cell(by_cat.get(c)) for c in categories] for label, by_cat in cells.items()]
-    return _markdown(["method"] + categories, body)
+    body = []
+    for backend in dict.fromkeys(r.backend for r in rows):
+        for label in labels:
+            if (backend, label) in cells:
+                body.append([backend, label] + [cell(cells[backend, label].get(c)) for c in categories])
+            elif (backend, label) in skipped:
+                body.append([backend, label] + ["not run"] * len(categories))
+    if not several:
+        return _markdown(["method"] + categories, [line[1:] for line in body])
+    return _markdown(["backend", "method"] + categories, body)
 
 
-def full_table(rows: list[Row], backend: str = "torch") -> str:
+def full_table(rows: list[Row]) -> str:
+    several = several_backends(rows)
     header = ["configuration", "shape", "category", "prompts", "tokens", "seconds", "speedup", "mean accepted",
               "acceptance", "nodes/call", "mean depth", "branching", "calls", "accepted", "bonus",
               "accepted by proposer", "decode tok/s", "e2e tok/s", "TTFT ms", "matches target-only"]
@@ -231,9 +260,27 @@ def full_table(rows: list[Row], backend: str = "torch") -> str:
         _fmt(r.target_calls, "d", "-"), _fmt(r.accepted_tokens, "d", "-"), _fmt(r.bonus_tokens, "d", "-"),
         by_source(r.accepted_by_source) or "-",
         _fmt(r.decode_tokens_per_s, ".1f", "-"), f"{r.e2e_tokens_per_s:.1f}", _fmt(r.ttft_ms, ".1f", "-"),
-        matches_text(r, backend),
+        matches_text(r),
     ] for r in rows]
+    if several:
+        return _markdown(["backend", *header], [[r.backend, *line] for r, line in zip(rows, body, strict=True)])
     return _markdown(header, body)
+
+
+def backends_note(rows: list[Row], meta: dict) -> list[str]:
+    """A paragraph for a sweep of several backends: what each row is held to, and what did not run."""
+    if not several_backends(rows):
+        return []
+    text = (f"Backends {', '.join(backends_of(meta))}: each loads its own target and runs the same methods, "
+            "interleaved in one loop; a row's speedup and matches are against its own backend's target-only "
+            f"(its group's `target` row). Peers, if any, are timed against {backend_of(meta)}'s.")
+    skipped: dict[tuple, list[str]] = defaultdict(list)  # (backend, why) -> labels
+    for n in meta.get("not_run") or []:
+        if isinstance(n, dict):
+            skipped[n.get("backend"), n.get("reason")].append(str(n.get("label")))
+    for (backend, why), labels in skipped.items():
+        text += f" Not run on {backend}: {', '.join(dict.fromkeys(labels))} ({why})."
+    return [text, ""]
 
 
 def llama_cpp_note(rows: list[Row], meta: dict) -> list[str]:
@@ -281,13 +328,19 @@ def sampling_note(rows: list[Row], meta: dict) -> list[str]:
     return [text, ""]
 
 
+def backends_text(meta: dict) -> str:
+    """'backend: torch', or 'backends: torch, transformers'."""
+    names = backends_of(meta)
+    return f"backend{'s' if len(names) > 1 else ''}: {', '.join(names)}"
+
+
 def summary_markdown(rows: list[Row], meta: dict) -> str:
     """summary.md: how the numbers were made, the Spec-Bench table, then every row."""
     return "\n".join([
         "# Benchmark summary",
         "",
         f"Command: `{meta.get('command', '')}`  ",
-        f"Model: {meta.get('model', '')}; backend: {backend_of(meta)}; device: {meta.get('device', '')} "
+        f"Model: {meta.get('model', '')}; {backends_text(meta)}; device: {meta.get('device', '')} "
         f"({meta.get('cpu', '')}); "
         f"started {meta.get('started', '')}; load average at start (1/5/15 min) "
         f"{'/'.join(str(v) for v in meta.get('load_average_at_start', []))}",
@@ -300,10 +353,11 @@ def summary_markdown(rows: list[Row], meta: dict) -> str:
         "`tree TxD/B`: a token tree of T children per node, D levels, B nodes verified per target call; "
         "`k=K`: a chain of K draft tokens; `T=t rejection|coupled`: sampled at temperature t (no T: greedy).",
         "",
+        *backends_note(rows, meta),
         *llama_cpp_note(rows, meta),
         *sampling_note(rows, meta),
-        spec_bench_table(rows),
+        spec_bench_table(rows, meta.get("not_run")),
         "## All configurations",
         "",
-        full_table(rows, backend_of(meta)),
+        full_table(rows),
     ])

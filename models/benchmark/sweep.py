@@ -5,8 +5,9 @@ to prompt, so machine drift (thermal, a noisy neighbour) falls on every configur
 rather than on whichever ran last. Each configuration gets one untimed warm-up first.
 
 Each output is compared with its configuration's reference (Configuration.reference_id):
-target-only at the same decoding mode, except llama.cpp's prompt lookup, held to llama.cpp's
-greedy output; a difference counts as a mismatch unless it is expected (llama.cpp greedy's
+target-only at the same decoding mode on the same target (in a sweep of several backends, that
+backend's own target-only, run in the same rotation), except llama.cpp's prompt lookup, held to
+llama.cpp's greedy output; a difference counts as a mismatch unless it is expected (llama.cpp greedy's
 quantized weights vs target-only; rejection sampling, distributed as target-only sampling but not
 equal to it token for token: the comparison is recorded, not counted). Under sampling each prompt
 draws from the stream (seed, its prompt index), the same for a method and its target-only
@@ -24,7 +25,7 @@ from collections.abc import Callable, Collection
 from loguru import logger
 from tqdm import tqdm
 
-from models.benchmark.configurations import Configuration, Outcome, Runner
+from models.benchmark.configurations import MODEL_AXES, Configuration, Outcome, Runner
 from models.benchmark.runlog import RunRecord, first_mismatch, iteration_dicts
 from models.benchmark.sources import BenchPrompt
 from models.speculative.sampling import SamplingParams
@@ -62,7 +63,7 @@ def _record(
         iterations=iteration_dicts(outcome.stats), matches_target_only=mismatch is None, first_mismatch=mismatch,
         tree_topk=topk, tree_depth=depth, tree_budget=budget,
         temperature=config.temperature, verify=config.verify, top_k=sampling.top_k, top_p=sampling.top_p,
-        seed=sampling.seed,
+        seed=sampling.seed, **{axis: getattr(config.variant, axis) for axis in MODEL_AXES},
     )
 
 

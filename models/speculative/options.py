@@ -59,7 +59,8 @@ class RunOptions:
     model: str = option(DEFAULT_MODEL, "the target: smollm2-135m, gemma3-270m, a checkpoint folder, a .gguf, or random:PRESET",
                         match=True, demo_flag="--target_model")
     backend: str = option(DEFAULT_BACKEND, "the runtime that runs the target: " + ", ".join(
-        f"{b.name} ({b.summary})" for b in BACKENDS.values()), choices=tuple(BACKENDS), match=True)
+        f"{b.name} ({b.summary})" for b in BACKENDS.values()), choices=tuple(BACKENDS), match=True, swept=True,
+        per_method=False)
     method: str = option("prompt_lookup", _method_help, match=True)
     n_draft_tokens: int = option(4, "draft tokens verified per target call (k)", parse=int, match=True, swept=True)
     draft_layers: int | None = option(None, "self_draft: target layers used to draft; draft_model: the draft's layers",
