@@ -27,6 +27,15 @@ class Backend:
     module: str | None
     why_unavailable: Callable[[], str | None] = lambda: None  # None: usable on this machine
     tensor_parallel: bool = False  # load() shards the model over a mesh's tp group
+    weights: tuple[str, ...] = ("fp32",)  # the weight formats it runs (--weights), its default first
+
+    def weight_format(self, requested: str | None) -> str:
+        """--weights as this backend runs it: its default when not given; one a backend lacks is one line."""
+        if requested is None:
+            return self.weights[0]
+        if requested not in self.weights:
+            raise UserError(f"--weights {requested}: backend {self.name} runs {' or '.join(self.weights)}")
+        return requested
 
     def check(self) -> None:
         """One line when this backend cannot run here."""
@@ -58,11 +67,11 @@ def _needs_llama_cpp() -> str | None:
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend(DEFAULT_BACKEND, "the lean torch model: batch-invariant CPU kernels, CUDA graphs, every capability",
-            "models.backends.torch_backend", tensor_parallel=True),
+            "models.backends.torch_backend", tensor_parallel=True, weights=("fp32", "gguf")),
     Backend("transformers", "any Hugging Face causal LM through AutoModelForCausalLM: one model call per "
             "sequence, eager, held to the near-tie rule", "models.backends.transformers_backend"),
     Backend("llama_cpp", "a GGUF decoded by llama.cpp's own kernels (llama-cpp-python): chains, one sequence, "
-            "CPU, held to the near-tie rule", "models.backends.llama_cpp_backend", _needs_llama_cpp),
+            "CPU, held to the near-tie rule", "models.backends.llama_cpp_backend", _needs_llama_cpp, weights=("gguf",)),
     Backend("ttnn", "Tenstorrent devices through ttnn", None, _missing("ttnn", "a Tenstorrent device")),
     Backend("qefficient", "Qualcomm Cloud AI 100 through QEfficient", None,
             _missing("QEfficient", "a Qualcomm Cloud AI 100 card")),

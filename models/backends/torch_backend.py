@@ -27,9 +27,10 @@ _LOADED: dict[tuple, LoadedModel] = {}
 def load(spec: str, n_layers: int | None, device: Device, tp: TensorParallel | None = None) -> LoadedModel:
     """A model spec loaded once per process (the demo's parametrizations share one target); on a
     tensor-parallel mesh (tp), this rank's shard of it."""
-    key = (spec, n_layers, device.dtype, str(device.torch_device))
+    key = (spec, n_layers, device.dtype, str(device.torch_device), device.weights)
     if key not in _LOADED:
-        _LOADED[key] = load_model(spec, n_layers=n_layers, dtype=device.dtype, device=device.torch_device)
+        _LOADED[key] = load_model(spec, n_layers=n_layers, dtype=device.dtype, device=device.torch_device,
+                                  weights=device.weights)
     loaded = _LOADED[key]
     if tp is None or tp.size == 1:
         return loaded

@@ -6,7 +6,9 @@ verify cost up to 2x a decode step. csrc/cpu_kernels.cpp register-tiles x rows a
 rows in L2-sized blocks (AVX2 + FMA), so each weight load feeds many rows, and computes every
 output by the same sequence of operations whatever the number of rows (up to 64: a tree of 63
 nodes and its root), so the logits of a token do not depend on how many tokens share the call;
-attention does the same under any tree mask. Compiled once with torch's extension builder
+attention does the same under any tree mask. The same GEMM also reads GGUF Q8_0 / Q4_1 weight
+blocks as stored, dequantizing them in cache with the loader's float operations: the same bits
+from a quarter to a sixth of the bytes (models/common/quantized.py). Compiled once with torch's extension builder
 (cached under ~/.cache/torch_extensions); where it cannot be built the model falls back to
 torch's kernels. Set SPECDEC_CPU_KERNELS=0 to turn it off.
 
@@ -44,7 +46,7 @@ def _cpu_has_avx2_fma() -> bool:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return " avx2" in flags and " fma" in flags
+    return " avx2" in flags and " fma" in flags and " f16c" in flags
 
 
 def skinny_kernels():
@@ -56,13 +58,13 @@ def skinny_kernels():
     if os.environ.get("SPECDEC_CPU_KERNELS", "1") == "0":
         return None
     if not _cpu_has_avx2_fma():
-        logger.warning("CPU lacks AVX2/FMA: using torch.mm for small-batch linears (slower verification)")
+        logger.warning("CPU lacks AVX2/FMA/F16C: using torch.mm for small-batch linears (slower verification)")
         return None
     try:
         logger.info("loading the CPU skinny-GEMM kernel (compiled once, about a minute the first time)")
-        _ext = load_extension(
-            NAME, [SOURCE], extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"]
-        )
+        # -ffp-contract=off: a GGUF block's (d * q) + m must round twice, as the loader's does
+        flags = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp"]
+        _ext = load_extension(NAME, [SOURCE], extra_cflags=flags, extra_ldflags=["-fopenmp"])
     except Exception as exc:  # a missing compiler or ninja, a hung builder: correct but slower
         logger.warning(f"could not build the CPU kernel ({type(exc).__name__}: {str(exc)[:200]}); using torch.mm")
         _ext = None

@@ -39,6 +39,7 @@ class Device:
     dtype: torch.dtype
     traced: bool  # CUDA graphs per shape; False means the same interface runs eagerly
     mesh: str = "1x1"  # DPxTP mesh devices of this kind (cpu:1x2, cuda:1x4); runs start a worker each
+    weights: str = "fp32"  # fp32 (the dtype's) or gguf: the GGUF's own blocks where a model has them
 
     @property
     def type(self) -> str:
@@ -55,7 +56,9 @@ class Device:
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.torch_device) if self.type == "cuda" else "cpu"
         mesh = "" if self.mesh == "1x1" else f", mesh {self.mesh}"
-        return f"{name} ({str(self.dtype).removeprefix('torch.')}, {'traced' if self.traced else 'eager'}{mesh})"
+        weights = "" if self.weights == "fp32" else f", {self.weights} weights"
+        return (f"{name} ({str(self.dtype).removeprefix('torch.')}, {'traced' if self.traced else 'eager'}{mesh}"
+                f"{weights})")
 
 
 def requested_device_name(cli_value: str | None, default: str | None = None) -> str:
@@ -104,8 +107,9 @@ class MeshShape:
         return f"{self.dp}x{self.tp}"
 
 
-def open_device(name: str, dtype: str | None = None, traced: bool | None = None) -> Device:
-    """name: cpu, cuda[:N], or cpu:DPxTP / cuda:DPxTP for a mesh of them."""
+def open_device(name: str, dtype: str | None = None, traced: bool | None = None, weights: str = "fp32") -> Device:
+    """name: cpu, cuda[:N], or cpu:DPxTP / cuda:DPxTP for a mesh of them. weights: gguf reads
+    GGUF blocks with the CPU kernels, so only on the CPU in fp32."""
     name, mesh = split_mesh(name)
     mesh = str(MeshShape.parse(mesh))
     key = name.lower()
@@ -125,4 +129,7 @@ def open_device(name: str, dtype: str | None = None, traced: bool | None = None)
         raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     if traced is None:
         traced = torch_device.type == "cuda"
-    return Device(torch_device, DTYPES[dtype], traced and torch_device.type == "cuda", mesh)
+    if weights == "gguf" and (torch_device.type != "cpu" or dtype != "float32"):
+        raise UserError(f"--weights gguf runs on the CPU in float32 (the CPU kernels read the blocks), not "
+                        f"{torch_device.type} {dtype}; use --weights fp32")
+    return Device(torch_device, DTYPES[dtype], traced and torch_device.type == "cuda", mesh, weights)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.common import quantized
 from models.common.cpu_kernels import skinny_kernels
 
 SKINNY_MAX_ROWS = 64  # a token tree of up to 63 drafts + its root is verified in one pass
@@ -27,10 +28,13 @@ def cpu_kernels_for(x: torch.Tensor, rows: int | None):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, any_rows: bool = False) -> torch.Tensor:
-    """x [..., K] @ weight[N, K]^T. any_rows: the batch-invariant kernel whatever the row count."""
+    """x [..., K] @ weight[N, K]^T. any_rows: the batch-invariant kernel whatever the row count.
+    weight may be quantized (models/common/quantized.py): the same bits, fewer bytes."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     kernels = cpu_kernels_for(x2, None if any_rows else x2.shape[0])
+    if quantized.is_quantized(weight):
+        return quantized.linear(x2, weight, few_rows=kernels is not None).reshape(*shape[:-1], weight.shape[0])
     if kernels is not None:
         return kernels.skinny_linear(x2, weight).reshape(*shape[:-1], weight.shape[0])
     return F.linear(x, weight)

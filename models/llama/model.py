@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backends.interface import Capabilities, RowBlock, hidden_layers_fit
+from models.common import quantized
 from models.common.ops import cpu_kernels_for, linear, rms_norm
 from models.llama.config import ModelArgs
 from models.llama.kv_cache import KVCache, cache_bytes_per_token
@@ -106,7 +107,13 @@ class Transformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.tok_embeddings.dtype
+        """The activations' dtype (the norms are never quantized; the linear weights may be)."""
+        return self.norm.dtype
+
+    @property
+    def weights(self) -> str:
+        """fp32 (or the dtype's) weights, or gguf: some linears hold the GGUF's own blocks."""
+        return "gguf" if any(quantized.is_quantized(p) for p in self.parameters()) else "fp32"
 
     @property
     def device(self) -> torch.device:
@@ -199,7 +206,7 @@ class Transformer(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """The tokens' input vectors (Gemma scales its embeddings, in the weights' dtype)."""
-        h = self.tok_embeddings[tokens]
+        h = quantized.rows(self.tok_embeddings, tokens, self.args.dim)
         scale = self.args.embed_scale
         return h if scale is None else h * torch.tensor(scale).to(h.dtype)
 

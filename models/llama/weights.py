@@ -40,6 +40,7 @@ from models.common.errors import UserError
 from models.common.paths import cache_dir
 from models.common.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 from models.llama.config import SUPPORTED_ARCHITECTURES, args_from_hf_config
+from models.llama.gguf_blocks import use_gguf_blocks
 from models.llama.model import Transformer
 from models.llama.packaged import PACKAGED_MODELS, gguf_path
 
@@ -400,11 +401,28 @@ def load_model(
     n_layers: int | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    weights: str = "fp32",
 ) -> LoadedModel:
-    """Load a model spec (see module docstring); `n_layers` keeps only the first layers."""
+    """Load a model spec (see module docstring); `n_layers` keeps only the first layers;
+    weights gguf: the linear weights as the spec's GGUF stores them (models/llama/gguf_blocks.py)."""
     kw = dict(n_layers=n_layers, dtype=dtype, device=device)
+    gguf = gguf_of(spec) if weights == "gguf" else None
     folder = checkpoint_folder(spec)
-    return _load_random(spec, **kw) if folder is None else _load_folder(folder, name=spec, **kw)
+    loaded = _load_random(spec, **kw) if folder is None else _load_folder(folder, name=spec, **kw)
+    if gguf is not None:
+        use_gguf_blocks(loaded.model, gguf, folder)
+    return loaded
+
+
+def gguf_of(spec: str) -> Path:
+    """The GGUF file a spec is read from (--weights gguf reads its blocks)."""
+    if spec in PACKAGED_MODELS:
+        return gguf_path(spec)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    raise UserError(f"--weights gguf reads a GGUF's blocks, and model {spec!r} is not a GGUF; give "
+                    f"{' or '.join(PACKAGED_MODELS)} or a .gguf file, or --weights fp32")
 
 
 def checkpoint_folder(spec: str, any_architecture: bool = False) -> Path | None:

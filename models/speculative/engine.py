@@ -61,19 +61,26 @@ class RunConfig(RunOptions):
         model loads or mesh worker starts, and an Engine built on this config in this process
         reuses both (mesh workers open their own)."""
         self.validate()
-        key = (self.device, self.dtype)
+        key = (self.device, self.dtype, self.weights)
         opened = self.__dict__.get("_opened")
         if opened is None or opened[0] != key:
-            self._opened = (key, open_device(self.device, self.dtype))
+            self._opened = (key, open_device(self.device, self.dtype, weights=self.weight_format))
         return self._opened[1]
 
     def __getstate__(self) -> dict:
         """Pickled to a mesh worker without this process's opened device."""
         return {k: v for k, v in self.__dict__.items() if k != "_opened"}
 
+    @property
+    def weight_format(self) -> str:
+        """--weights as the backend runs it (its own default when not given)."""
+        return backend(self.backend).weight_format(self.weights)
+
     def _check(self) -> None:
         backend(self.backend).check()
         tp = max(self.mesh.tp, self.draft_mesh.tp if self.draft_mesh is not None else 1)
+        if self.weight_format == "gguf" and tp > 1:
+            raise UserError(f"--weights gguf has no tensor-parallel sharding yet; a tp {tp} mesh needs --weights fp32")
         if tp > 1 and not backend(self.backend).tensor_parallel:
             raise UserError(f"--backend {self.backend} has no tensor-parallel sharding; a tp {tp} mesh needs "
                             f"--backend torch")

@@ -98,7 +98,7 @@ def run_prompts(mesh: Mesh, config: RunConfig, prompts: list[Prompt], warm_up: b
     """Every rank: build the engine, decode this dp submesh's prompts (every dp-th, from its dp
     rank), gather. Rank 0 returns the whole run; the others None."""
     if mesh.role == "draft":  # a draft device group serves the target's ranks until they finish
-        device = open_device(config.device, config.dtype)
+        device = open_device(config.device, config.dtype, weights=config.weight_format)
         serve_drafts(mesh, config, device, backend(config.backend).implementation())
         return None
     engine = Engine(config, uses_baseline=False, mesh=mesh)

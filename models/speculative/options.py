@@ -22,6 +22,7 @@ from models.speculative.sampling import VERIFY_MODES
 OPTION = "option"  # the metadata key of a field's Option
 AUTO = "auto"
 BATCH_DRAFTS = (AUTO, "all")
+WEIGHT_FORMATS = ("fp32", "gguf")
 DEFAULT_TREE_BUDGET = {"cpu": 16, "cuda": 32}  # nodes per target call for --tree_topk > 1
 
 
@@ -61,6 +62,10 @@ class RunOptions:
     backend: str = option(DEFAULT_BACKEND, "the runtime that runs the target: " + ", ".join(
         f"{b.name} ({b.summary})" for b in BACKENDS.values()), choices=tuple(BACKENDS), match=True, swept=True,
         per_method=False)
+    weights: str | None = option(None, "the weights as decoding reads them: fp32, or gguf (the GGUF's own Q8_0 / "
+                                 "Q4_1 blocks, the same outputs from a fraction of the bytes: CPU, torch backend); "
+                                 "default: the backend's own (torch and transformers fp32, llama_cpp gguf)",
+                                 choices=WEIGHT_FORMATS, match=True)
     method: str = option("prompt_lookup", _method_help, match=True)
     n_draft_tokens: int = option(4, "draft tokens verified per target call (k)", parse=int, match=True, swept=True)
     draft_layers: int | None = option(None, "self_draft: target layers used to draft; draft_model: the draft's layers",

@@ -51,6 +51,26 @@ struct Prefetch {
   }
 };
 
+// y[i, j] = the lane sum of acc[i][j] (hsum4's fixed tree), for a tile's MB x NB outputs.
+template <int MB, int NB>
+__attribute__((always_inline)) inline void store_sums(__m256 (&acc)[MB][NB], float* y, int64_t ldy) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int i = 0; i < MB; ++i) {
+    for (int j = 0; j < NB; j += 4) {
+      const __m128 s = hsum4(acc[i][j], j + 1 < NB ? acc[i][j + 1] : zero, j + 2 < NB ? acc[i][j + 2] : zero,
+                             j + 3 < NB ? acc[i][j + 3] : zero);
+      float* out = y + i * ldy + j;
+      if (j + 4 <= NB) {
+        _mm_storeu_ps(out, s);
+      } else {
+        alignas(16) float tmp[4];
+        _mm_store_ps(tmp, s);
+        for (int t = 0; t < NB - j; ++t) out[t] = tmp[t];
+      }
+    }
+  }
+}
+
 // One register tile: y[i, j] = x[i] . w[j] for i < MB, j < NB, over all of K (x and w rows
 // are K apart, y rows ldy apart). The shorter side of the tile stays in registers and the other
 // is loaded one vector at a time: 12 accumulators + 3 or 4 operands fill the 16 ymm registers,
@@ -83,23 +103,7 @@ __attribute__((always_inline)) inline void tile(const float* x, const float* w, 
     pf.step();
     step([](const float* p) { return _mm256_loadu_ps(p); }, k);
   }
-  auto finish = [&]() {
-    const __m256 zero = _mm256_setzero_ps();
-    for (int i = 0; i < MB; ++i) {
-      for (int j = 0; j < NB; j += 4) {
-        const __m128 s = hsum4(acc[i][j], j + 1 < NB ? acc[i][j + 1] : zero, j + 2 < NB ? acc[i][j + 2] : zero,
-                               j + 3 < NB ? acc[i][j + 3] : zero);
-        float* out = y + i * ldy + j;
-        if (j + 4 <= NB) {
-          _mm_storeu_ps(out, s);
-        } else {
-          alignas(16) float tmp[4];
-          _mm_store_ps(tmp, s);
-          for (int t = 0; t < NB - j; ++t) out[t] = tmp[t];
-        }
-      }
-    }
-  };
+  auto finish = [&]() { store_sums<MB, NB>(acc, y, ldy); };
   // Two copies of the ending, so that the accumulators need not pass through memory where the
   // paths would merge (GCC spilled them there: slow on short K such as attention's head size).
   if (K8 < K) {  // masked lanes load 0, and fma(0, 0, acc) leaves acc's value as it is
@@ -182,6 +186,208 @@ torch::Tensor skinny_linear(torch::Tensor x, torch::Tensor w) {
         case 3: rows_over<3>(xp + m * K, wb, K, count, yp + m * N + n0, N, linear, pf); break;
         case 2: rows_over<2>(xp + m * K, wb, K, count, yp + m * N + n0, N, linear, pf); break;
         case 1: rows_over<1>(xp + m * K, wb, K, count, yp + m * N + n0, N, linear, pf); break;
+        default: break;
+      }
+    }
+  });
+  return y;
+}
+
+namespace {
+
+// GGUF weight blocks, read as they are stored (gguf-py's quants.py layouts): 32 weights a block,
+// a row of K weights is K / 32 blocks. Q8_0: fp16 d, 32 int8 q; w = q * d. Q4_1: fp16 d, fp16 m,
+// 16 bytes of nibbles (weight i < 16 the low nibble of byte i, weight 16 + i its high nibble);
+// w = (d * q) + m. The loader dequantizes with exactly these float operations, two roundings for
+// Q4_1 (this file is built with -ffp-contract=off, so the compiler fuses no mul and add into an
+// fma), so a weight read here has the very bits of the fp32 checkpoint's.
+enum QuantKind : int64_t { Q8_0 = 0, Q4_1 = 1 };
+constexpr int64_t QK = 32;
+
+inline int64_t quant_block_bytes(int64_t kind) { return kind == Q8_0 ? 34 : 20; }
+
+inline float half_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// Weights 8c .. 8c + 7 of one block (c < 4), given its scale d and (Q4_1) offset m: the one
+// place the loader's float operations are restated.
+template <int64_t KIND>
+__attribute__((always_inline)) inline __m256 dequant_chunk(const uint8_t* b, int c, __m256 d, __m256 m) {
+  if constexpr (KIND == Q8_0) {
+    const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + 8 * c));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), d);
+  } else {  // bytes 8 (c & 1) .. + 7: weights c = 0, 1 are their low nibbles, c = 2, 3 their high ones
+    const __m256i bytes =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 4 + 8 * (c & 1))));
+    const __m256i q = c < 2 ? _mm256_and_si256(bytes, _mm256_set1_epi32(0x0F)) : _mm256_srli_epi32(bytes, 4);
+    return _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(q)), m);
+  }
+}
+
+template <int64_t KIND>
+inline __m256 block_offset(const uint8_t* b) {
+  return KIND == Q4_1 ? _mm256_set1_ps(half_at(b + 2)) : _mm256_setzero_ps();
+}
+
+// The 32 weights of one block into out[0, 32).
+inline void dequant_block(int64_t kind, const uint8_t* b, float* out) {
+  const __m256 d = _mm256_set1_ps(half_at(b));
+  if (kind == Q8_0) {
+    for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + 8 * c, dequant_chunk<Q8_0>(b, c, d, d));
+  } else {
+    const __m256 m = block_offset<Q4_1>(b);
+    for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + 8 * c, dequant_chunk<Q4_1>(b, c, d, m));
+  }
+}
+
+// Rows [0, count) of a quantized weight (rows row_bytes apart) into w ([count, K] fp32).
+inline void dequant_rows(int64_t kind, const uint8_t* src, int64_t row_bytes, int64_t count, int64_t K, float* w) {
+  const int64_t bb = quant_block_bytes(kind), nb = K / QK;
+  for (int64_t r = 0; r < count; ++r)
+    for (int64_t j = 0; j < nb; ++j) dequant_block(kind, src + r * row_bytes + j * bb, w + r * K + j * QK);
+}
+
+void check_quantized(const torch::Tensor& w, int64_t kind, int64_t K, const char* what) {
+  TORCH_CHECK(kind == Q8_0 || kind == Q4_1, what, ": kind must be 0 (Q8_0) or 1 (Q4_1)");
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous(), what,
+              ": weight must be contiguous uint8 blocks [N, K / 32 * block bytes]");
+  TORCH_CHECK(K % QK == 0 && w.size(1) == K / QK * quant_block_bytes(kind), what, ": K must be a multiple of 32 "
+              "and each weight row K / 32 blocks");
+}
+
+// One register tile over quantized weights: y[i, j] = x[i] . dequant(w[j]) for i < MB, j < NB, the
+// weights dequantized in registers block by block (each feeding MB rows) and accumulated exactly
+// as tile() accumulates fp32 weights: the same fmas in the same k order, the same lane sums.
+template <int64_t KIND, int MB, int NB>
+__attribute__((always_inline)) inline void qtile(const float* x, const uint8_t* w, int64_t row_bytes, int64_t K,
+                                                 float* y, int64_t ldy) {
+  __m256 acc[MB][NB];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_setzero_ps();
+  const int64_t bb = quant_block_bytes(KIND);
+  // NB rows read side by side are NB short streams, which the hardware prefetcher follows badly
+  // (3x slower from DRAM): each block's line two tiles on is prefetched by hand.
+  for (int64_t blk = 0; blk < K / QK; ++blk) {
+    const uint8_t* src[NB];
+    alignas(32) float d[NB], m[NB];
+    for (int j = 0; j < NB; ++j) {
+      src[j] = w + j * row_bytes + blk * bb;
+      _mm_prefetch(reinterpret_cast<const char*>(src[j] + 2 * NB * row_bytes), _MM_HINT_T0);
+      d[j] = half_at(src[j]);
+      m[j] = KIND == Q4_1 ? half_at(src[j] + 2) : 0.f;
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {  // unrolled: c's nibble choice and offsets become constants
+      __m256 wv[NB];
+      for (int j = 0; j < NB; ++j)
+        wv[j] = dequant_chunk<KIND>(src[j], c, _mm256_broadcast_ss(d + j), _mm256_broadcast_ss(m + j));
+      const int64_t k = blk * QK + 8 * c;
+      for (int i = 0; i < MB; ++i) {
+        const __m256 xv = _mm256_loadu_ps(x + i * K + k);
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+      }
+    }
+  }
+  store_sums<MB, NB>(acc, y, ldy);
+}
+
+// MB x rows against `count` quantized weight rows, NB at a time (the ragged end by narrower tiles).
+template <int64_t KIND, int MB, int NB>
+__attribute__((noinline)) void qrows_over(const float* x, const uint8_t* w, int64_t row_bytes, int64_t K,
+                                          int64_t count, float* y, int64_t ldy) {
+  int64_t n = 0;
+  for (; n + NB <= count; n += NB) qtile<KIND, MB, NB>(x, w + n * row_bytes, row_bytes, K, y + n, ldy);
+  if constexpr (NB > 1) {
+    if (n < count) qrows_over<KIND, MB, NB - 1>(x, w + n * row_bytes, row_bytes, K, count - n, y + n, ldy);
+  }
+}
+
+// Few x rows (at most 4: decode, short verify) against quantized weight rows, dequantized in
+// registers: no pass through memory, which is what an M = 1 call spends most on.
+template <int64_t KIND>
+void few_rows_q(const float* x, int64_t M, const uint8_t* w, int64_t row_bytes, int64_t K, int64_t count, float* y,
+                int64_t ldy) {
+  switch (M) {
+    case 1: qrows_over<KIND, 1, 4>(x, w, row_bytes, K, count, y, ldy); break;
+    case 2: qrows_over<KIND, 2, 3>(x, w, row_bytes, K, count, y, ldy); break;
+    case 3: qrows_over<KIND, 3, 2>(x, w, row_bytes, K, count, y, ldy); break;
+    default: qrows_over<KIND, 4, 2>(x, w, row_bytes, K, count, y, ldy); break;
+  }
+}
+
+// MB x rows against `count` weight rows already in cache (the wide tiles). Not inlined: inlined
+// into skinny_linear_q's loops, GCC spilled the tile's accumulators (half the speed).
+template <int MB>
+__attribute__((noinline)) void rows_over_cached(const float* x, const float* w, int64_t K, int64_t count, float* y,
+                                                int64_t ldy) {
+  Prefetch none;
+  row_tile_over<MB, tile_width<MB>()>(x, w, K, count, y, ldy, none);
+}
+
+}  // namespace
+
+// The fp32 weights a quantized one stands for: [N, K].
+torch::Tensor dequantize(torch::Tensor w, int64_t kind, int64_t K) {
+  check_quantized(w, kind, K, "dequantize");
+  const int64_t N = w.size(0), row_bytes = w.size(1);
+  auto out = torch::empty({N, K}, torch::TensorOptions().dtype(torch::kFloat));
+  const uint8_t* src = w.data_ptr<uint8_t>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
+    dequant_rows(kind, src + r0 * row_bytes, row_bytes, r1 - r0, K, dst + r0 * K);
+  });
+  return out;
+}
+
+// skinny_linear over quantized weights: y[m, n] = sum_k x[m, k] * dequant(w)[n, k], with the
+// bits skinny_linear gives on the dequantized weights, for any number of rows. Up to 8 rows
+// (decode, short verify): the weights are dequantized in registers (qtile). More rows: each
+// L2-sized block of weight rows is dequantized once into a buffer and skinny_linear's own tiles
+// run over it. Either way the weights come from DRAM once per call, at about a quarter (Q8_0)
+// or a sixth (Q4_1) of fp32's bytes.
+constexpr int64_t REGISTER_ROWS = 8;  // more x rows: dequantizing once into a buffer is cheaper
+
+torch::Tensor skinny_linear_q(torch::Tensor x, torch::Tensor w, int64_t kind) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "skinny_linear_q: x must be fp32 [M, K]");
+  x = x.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  check_quantized(w, kind, K, "skinny_linear_q");
+  auto y = torch::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const float* xp = x.data_ptr<float>();
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  float* yp = y.data_ptr<float>();
+  const int64_t row_bytes = w.size(1);
+  const int64_t nblk = std::max<int64_t>(24, (128 * 1024) / (K * (int64_t)sizeof(float)) / 24 * 24);
+  const int64_t blocks = (N + nblk - 1) / nblk;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t first = b0 * nblk, end = std::min(N, b1 * nblk);
+    if (M <= REGISTER_ROWS) {  // passes of up to 4 x rows over each block (from L2 after the first)
+      for (int64_t n0 = first; n0 < end; n0 += nblk) {
+        const int64_t count = std::min(nblk, end - n0);
+        for (int64_t m = 0; m < M; m += 4) {
+          const int64_t rows = std::min<int64_t>(4, M - m);
+          if (kind == Q8_0) few_rows_q<Q8_0>(xp + m * K, rows, wp + n0 * row_bytes, row_bytes, K, count, yp + m * N + n0, N);
+          else few_rows_q<Q4_1>(xp + m * K, rows, wp + n0 * row_bytes, row_bytes, K, count, yp + m * N + n0, N);
+        }
+      }
+      return;
+    }
+    // 64-byte aligned (a std::vector's 16 would split every other 32-byte load across two lines)
+    std::vector<float> storage(nblk * K + 16);
+    float* const buf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+    for (int64_t n0 = first; n0 < end; n0 += nblk) {
+      const int64_t count = std::min(nblk, end - n0);
+      dequant_rows(kind, wp + n0 * row_bytes, row_bytes, count, K, buf);
+      int64_t m = 0;
+      for (; m + 4 <= M; m += 4) rows_over_cached<4>(xp + m * K, buf, K, count, yp + m * N + n0, N);
+      switch (M - m) {
+        case 3: rows_over_cached<3>(xp + m * K, buf, K, count, yp + m * N + n0, N); break;
+        case 2: rows_over_cached<2>(xp + m * K, buf, K, count, yp + m * N + n0, N); break;
+        case 1: rows_over_cached<1>(xp + m * K, buf, K, count, yp + m * N + n0, N); break;
         default: break;
       }
     }
@@ -455,6 +661,8 @@ torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::T
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("skinny_linear", &skinny_linear, "x @ w.T for few rows, fp32, batch-invariant");
+  m.def("skinny_linear_q", &skinny_linear_q, "skinny_linear over GGUF Q8_0 / Q4_1 weight blocks, the same bits");
+  m.def("dequantize", &dequantize, "GGUF Q8_0 / Q4_1 weight blocks as fp32, the loader's bits");
   m.def("attend", &attend, "few-row attention over a KV cache, fp32, batch-invariant");
   m.def("attend_rows", &attend_rows, "attention of several sequences' rows over their caches, fp32, batch-invariant");
 }

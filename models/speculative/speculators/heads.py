@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.common import quantized
 from models.common.cli import read_json_file, write_json_atomic
 from models.common.errors import UserError
 from models.backends.interface import TorchWeights, hidden_layers_fit
@@ -144,7 +145,7 @@ class EagleHead(nn.Module):
 
     def inputs(self, next_tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """[embedding of the token after position t ; feature at t] -> the layer's input."""
-        x = torch.cat([self.layer.tok_embeddings[next_tokens], features], dim=-1)
+        x = torch.cat([quantized.rows(self.layer.tok_embeddings, next_tokens, self.layer.args.dim), features], dim=-1)
         return linear(x, self.fc_weight) + self.fc_bias
 
     def target_features(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,81 @@
+"""GGUF Q8_0 / Q4_1 blocks in the CPU kernels: the loader's bits when dequantized, and linears with
+exactly the fp32 path's bits at every row count (so --weights gguf changes no output)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.common import quantized
+from models.common.cpu_kernels import skinny_kernels
+from models.common.ops import linear
+
+kernels = skinny_kernels()
+pytestmark = pytest.mark.skipif(kernels is None, reason="CPU kernels unavailable (no AVX2/FMA/F16C or no compiler)")
+gguf_quants = pytest.importorskip("gguf.quants")
+from gguf import GGMLQuantizationType  # noqa: E402
+
+
+def random_blocks(kind: str, n: int, k: int, seed: int = 0) -> torch.Tensor:
+    """n rows of k weights as random blocks of kind, with scales like a real GGUF's (and a few
+    extremes: a subnormal, a negative and a zero scale)."""
+    gen = np.random.default_rng(seed)
+    nb, nbytes = k // 32, quantized.KINDS[kind][1]
+    raw = gen.integers(0, 256, size=(n, nb, nbytes), dtype=np.uint8)
+    scales = gen.normal(0, 0.02, size=(n, nb, 2)).astype(np.float16)
+    scales.flat[:3] = np.array([6e-8, -0.5, 0.0], dtype=np.float16)
+    heads = 4 if kind == "Q4_1" else 2
+    raw[:, :, :heads] = scales[:, :, : heads // 2].view(np.uint8).reshape(n, nb, heads)
+    return torch.from_numpy(raw.reshape(n, nb * nbytes))
+
+
+def loader_dequantize(blocks: torch.Tensor, kind: str, k: int) -> torch.Tensor:
+    """gguf-py's dequantization, the one transformers' GGUF reader (our fp32 loader) runs."""
+    out = gguf_quants.dequantize(blocks.numpy(), GGMLQuantizationType[kind])
+    return torch.from_numpy(np.ascontiguousarray(out)).reshape(blocks.shape[0], k)
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1"])
+@pytest.mark.parametrize("n, k", [(130, 576), (49, 1536), (7, 32), (1000, 64)])
+def test_dequantize_has_the_loaders_bits(kind, n, k):
+    blocks = random_blocks(kind, n, k)
+    assert quantized.kind_of(blocks, k) == quantized.KINDS[kind][0]
+    got = quantized.dequantize(blocks, k)
+    want = loader_dequantize(blocks, kind, k)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))  # bits, not values (-0.0, subnormals)
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1"])
+@pytest.mark.parametrize("n, k", [(960, 576), (49, 1536), (130, 64), (7, 32)])
+def test_quantized_linear_has_the_fp32_paths_bits_at_every_row_count(kind, n, k):
+    blocks = random_blocks(kind, n, k, seed=1)
+    dense = quantized.dequantize(blocks, k)
+    x = torch.randn(64, k, generator=torch.Generator().manual_seed(2))
+    for m in range(1, 65):
+        assert torch.equal(kernels.skinny_linear_q(x[:m], blocks, quantized.kind_of(blocks, k)),
+                           kernels.skinny_linear(x[:m], dense)), f"{m} rows"
+    # through ops.linear: few rows take the kernels, many (prefill) torch's on the dequantized weight
+    for rows in (1, 5, 64, 100):
+        xs = torch.randn(1, rows, k)
+        assert torch.equal(linear(xs, blocks), linear(xs, dense)), f"{rows} rows via ops.linear"
+    assert torch.equal(linear(torch.ones(1, 100, k), blocks), F.linear(torch.ones(1, 100, k), dense))
+
+
+def test_rows_is_an_embedding_lookup_in_either_format():
+    blocks = random_blocks("Q8_0", 50, 64)
+    dense = quantized.dequantize(blocks, 64)
+    index = torch.tensor([[3, 49, 0], [3, 3, 7]])
+    assert torch.equal(quantized.rows(blocks, index, 64), dense[index])
+    assert torch.equal(quantized.rows(dense, index, 64), dense[index])
+
+
+def test_bad_shapes_are_refused():
+    blocks = random_blocks("Q4_1", 4, 64)
+    with pytest.raises(ValueError, match="does not hold rows of 96"):
+        quantized.kind_of(blocks, 96)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        kernels.skinny_linear_q(torch.randn(1, 48), torch.zeros(4, 30, dtype=torch.uint8), 1)
+    with pytest.raises(RuntimeError, match="kind must be"):
+        kernels.dequantize(blocks, 7, 64)
+    with pytest.raises(RuntimeError, match="uint8"):
+        kernels.dequantize(blocks.float(), 1, 64)

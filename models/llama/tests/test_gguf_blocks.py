@@ -1,0 +1,88 @@
+"""--weights gguf on the real default model: its linears read as the GGUF's own blocks, and every
+output the same as fp32's, bit for bit: logits, greedy decoding, each method, trees and batches."""
+
+import pytest
+import torch
+
+from models.common import quantized
+from models.common.cpu_kernels import skinny_kernels
+from models.common.device import open_device
+from models.common.errors import UserError
+from models.llama.gguf_blocks import CACHE_FILE, use_gguf_blocks
+from models.llama.weights import DEFAULT_MODEL, checkpoint_folder, gguf_of, load_model
+from models.speculative.engine import Engine, RunConfig
+
+pytestmark = pytest.mark.skipif(skinny_kernels() is None, reason="CPU kernels unavailable")
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_model(DEFAULT_MODEL).model, load_model(DEFAULT_MODEL, weights="gguf").model
+
+
+def test_every_linear_is_read_as_blocks_and_stands_for_its_fp32_weight(models):
+    fp32, gguf = models
+    dense, blocks = dict(fp32.named_parameters()), dict(gguf.named_parameters())
+    swapped = [n for n, p in blocks.items() if quantized.is_quantized(p)]
+    # 30 layers x (qkv, o, gate_up, down) + the tied embedding / LM head
+    assert len(swapped) == 4 * fp32.n_layers + 1 and gguf.output is gguf.tok_embeddings
+    assert gguf.weights == "gguf" and fp32.weights == "fp32"
+    for name in swapped:
+        assert torch.equal(quantized.dequantize(blocks[name], dense[name].shape[1]), dense[name]), name
+    assert sum(p.numel() * p.element_size() for p in gguf.parameters()) < 0.2 * sum(
+        p.numel() * p.element_size() for p in fp32.parameters())
+
+
+def test_logits_are_bit_identical(models):
+    fp32, gguf = models
+    prompt = torch.randint(3, 40000, (1, 90), generator=torch.Generator().manual_seed(0))
+    block = torch.randint(3, 40000, (1, 7), generator=torch.Generator().manual_seed(1))
+    out = []
+    for model in models:
+        cache = model.new_cache(128)
+        prefill = model(prompt, cache, 0)  # many rows: torch's GEMM on the dequantized weights
+        out.append((prefill, model(block[:, :1], cache, 90), model(block, cache, 91)))
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+
+
+def test_match_is_cached_beside_the_checkpoint(models):
+    folder = checkpoint_folder(DEFAULT_MODEL)
+    assert (folder / CACHE_FILE).is_file()
+    again = load_model(DEFAULT_MODEL, n_layers=2).model
+    report = use_gguf_blocks(again, gguf_of(DEFAULT_MODEL), folder)
+    assert report.swapped == 4 * 2 + 1 and report.kept == 0
+
+
+METHODS = {
+    "target": dict(method="target"),
+    "prompt_lookup": dict(method="prompt_lookup", n_draft_tokens=4),
+    "suffix_tree": dict(method="suffix", n_draft_tokens=4, tree_topk=3, tree_budget=8),
+    "eagle": dict(method="eagle", n_draft_tokens=3),
+    "batch": dict(method="prompt_lookup", n_draft_tokens=3, full_batch_size=2),
+}
+PROMPTS = ["Repeat after me: the quick brown fox jumps over the lazy dog. The quick brown fox",
+           "Write a Python function that adds two numbers."]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_method_decodes_the_same_tokens_in_both_formats(name):
+    outputs = {}
+    for weights in ("fp32", "gguf"):
+        engine = Engine(RunConfig(max_generated_tokens=24, max_seq_len=256, weights=weights, **METHODS[name]))
+        ids = [engine.tokenizer.encode(p, chat=True) for p in PROMPTS]
+        outputs[weights] = [r.tokens for r in engine.run_batch(ids).results] if engine.config.rows > 1 else [
+            engine.run(p, prompt_index=i).tokens for i, p in enumerate(ids)]
+        assert engine.target.model.weights == weights
+    assert outputs["gguf"] == outputs["fp32"]
+
+
+def test_bad_requests_are_one_line():
+    with pytest.raises(UserError, match="not a GGUF"):
+        load_model("random:tiny-llama", weights="gguf")
+    with pytest.raises(UserError, match="backend transformers runs fp32"):
+        RunConfig(backend="transformers", weights="gguf").validate()
+    with pytest.raises(UserError, match="CPU in float32"):
+        open_device("cpu", "bfloat16", weights="gguf")
+    with pytest.raises(UserError, match="tensor-parallel"):
+        RunConfig(weights="gguf", device="cpu:1x2").validate()
