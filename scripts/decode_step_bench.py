@@ -29,7 +29,9 @@ from models.common.cli import ArgumentParser, check_writable, run_cli, write_jso
 from models.common.device import open_device, requested_device_name
 from models.common.errors import UserError
 from models.backends import torch_backend
-from models.llama.weights import DEFAULT_MODEL, RANDOM_PRESETS, random_hf_config
+from models.common import quantized
+from models.llama.weights import DEFAULT_MODEL, RANDOM_PRESETS, load_model, random_hf_config
+from models.speculative.options import WEIGHT_FORMATS
 
 SHAPES = {
     # Llama-3.1-8B's published config.
@@ -63,28 +65,34 @@ def random_model(name: str, dtype: torch.dtype, device: torch.device) -> torch.n
 
 
 class Timer:
-    """Median wall time of a callable: CUDA events on a GPU, perf_counter on the CPU."""
+    """Wall times of a callable: CUDA events on a GPU, perf_counter on the CPU."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
+    def once(self, fn) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
     def __call__(self, fn, repeats: int, warmup: int = 3) -> float:
+        """The median of `repeats` calls after `warmup`."""
         for _ in range(warmup):
             fn()
-        times = []
-        for _ in range(repeats):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return statistics.median(self.once(fn) for _ in range(repeats))
+
+
+def spread(times: list[float]) -> dict[str, float]:
+    """Median and the 10th / 90th percentiles, in ms: one noisy machine's run, honestly."""
+    cuts = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return {"median": statistics.median(times) * 1e3, "p10": cuts[0] * 1e3, "p90": cuts[-1] * 1e3}
 
 
 def copy_bandwidth(device: torch.device, n_bytes: int, timer: Timer, repeats: int) -> float:
@@ -94,9 +102,54 @@ def copy_bandwidth(device: torch.device, n_bytes: int, timer: Timer, repeats: in
     return 2 * n_bytes / seconds  # read + write
 
 
+def kernel_peak_flops(timer: Timer, repeats: int) -> float | None:
+    """The CPU kernel's own FLOP rate where it is compute-bound: 64 rows against an L2-sized weight
+    (the roofline's compute roof). None where the kernels do not run (CUDA, or not built)."""
+    from models.common.cpu_kernels import skinny_kernels
+
+    kernels = skinny_kernels()
+    if kernels is None:
+        return None
+    x, w = torch.randn(64, 576), torch.randn(192, 576)
+    return 2 * 64 * 576 * 192 / timer(lambda: kernels.skinny_linear(x, w), max(repeats, 20))
+
+
+def unique_params(model: torch.nn.Module) -> list[torch.Tensor]:
+    return list({id(p): p for p in model.parameters()}.values())
+
+
+def load_targets(args, device) -> dict[str, torch.nn.Module]:
+    """One model per --weights format: a real one (--model), or random weights of --shape (fp32 only)."""
+    formats = list(dict.fromkeys(w.strip() for w in args.weights.split(",")))
+    for w in formats:
+        if w not in WEIGHT_FORMATS:
+            raise UserError(f"unknown --weights {w!r}; choose from {', '.join(WEIGHT_FORMATS)}")
+    if args.model is None:
+        if formats != ["fp32"]:
+            raise UserError("--weights gguf times a GGUF's own blocks: give --model (smollm2-135m, gemma3-270m or a "
+                            ".gguf)")
+        return {"fp32": random_model(args.shape, device.dtype, device.torch_device)}
+    return {w: load_model(args.model, dtype=device.dtype, device=device.torch_device, weights=w).model
+            for w in formats}
+
+
+def roofline_ms(model: torch.nn.Module, q: int, kv_bytes: int, bandwidth: float, peak: float | None) -> float:
+    """The step's floor: its weight and KV bytes over the copy bandwidth, or its linears' FLOPs over
+    the kernel's peak, whichever is longer."""
+    params = unique_params(model)
+    weight_bytes = sum(p.numel() * p.element_size() for p in params)
+    n_weights = sum(p.shape[0] * quantized.weights_per_row(p) if quantized.is_quantized(p) else p.numel()
+                    for p in params if p.dim() == 2)
+    compute = 2 * n_weights * q / peak if peak else 0.0
+    return max((weight_bytes + kv_bytes) / bandwidth, compute) * 1e3
+
+
 def main(argv=None) -> int:
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", default="llama-3.1-8b", help=f"{', '.join(SHAPES)} or random:PRESET")
+    p.add_argument("--shape", default="llama-3.1-8b", help=f"{', '.join(SHAPES)} or random:PRESET (random weights)")
+    p.add_argument("--model", default=None, help="a real model spec instead of --shape (smollm2-135m, a .gguf, ...)")
+    p.add_argument("--weights", default="fp32", help="comma list of weight formats, timed interleaved: fp32, gguf "
+                   "(gguf needs --model)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--q", default="2,4,6,8,16", help="verify block sizes compared with q = 1")
@@ -114,48 +167,74 @@ def main(argv=None) -> int:
         raise UserError("--q values, --context and --repeats must be >= 1")
     device = open_device(requested_device_name(args.device), args.dtype)
     dev = device.torch_device
-    model = random_model(args.shape, device.dtype, dev)
-    traced = torch_backend.runner(model, device, max(qs))
-    cache = model.new_cache(args.context + max(qs) + 1)
-    with torch.inference_mode():
-        model(torch.zeros(1, args.context, dtype=torch.int64, device=dev), cache, 0, logits_for="none")
+    models = load_targets(args, device)
+    steps = {}
+    for w, model in models.items():
+        traced = torch_backend.runner(model, device, max(qs))
+        cache = model.new_cache(args.context + max(qs) + 1)
+        with torch.inference_mode():
+            model(torch.ones(1, args.context, dtype=torch.int64, device=dev), cache, 0, logits_for="none")
+        for q in [1, *qs]:
+            def run(traced=traced, cache=cache, tokens=torch.ones(1, q, dtype=torch.int64, device=dev)):
+                cache.length = args.context  # each timed call rewrites the same slots
+                return traced(tokens, cache, args.context)
+            steps[w, q] = run
     timer = Timer(dev)
-
-    def step(q: int):
-        tokens = torch.ones(1, q, dtype=torch.int64, device=dev)
-
-        def run():
-            cache.length = args.context  # each timed call rewrites the same slots
-            return traced(tokens, cache, args.context)
-
-        return run
-
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
     with torch.inference_mode():
-        times = {q: timer(step(q), args.repeats) for q in [1, *qs]}
+        for fn in steps.values():
+            for _ in range(3):
+                fn()
+        for _ in range(args.repeats):  # interleaved: formats and q share the machine's drift
+            for key, fn in steps.items():
+                times[key].append(timer.once(fn))
     bandwidth = copy_bandwidth(dev, args.copy_mb * 2**20, timer, max(5, args.repeats // 5))
-    weight_bytes = sum(t.numel() * t.element_size() for t in {id(p): p for p in model.parameters()}.values())
-    kv_bytes = model.cache_bytes_per_token() * args.context
-    achieved = (weight_bytes + kv_bytes) / times[1]
+    peak = kernel_peak_flops(timer, args.repeats) if dev.type == "cpu" else None
+    formats = {}
+    for w, model in models.items():
+        median = {q: statistics.median(times[w, q]) for q in [1, *qs]}
+        weight_bytes = sum(t.numel() * t.element_size() for t in unique_params(model))
+        kv_bytes = model.cache_bytes_per_token() * args.context
+        roof = {q: roofline_ms(model, q, kv_bytes, bandwidth, peak) for q in [1, *qs]}
+        formats[w] = {
+            "weight_bytes": weight_bytes,
+            "decode_step_ms": median[1] * 1e3,
+            "decode_spread_ms": spread(times[w, 1]),
+            "decode_achieved_gb_s": (weight_bytes + kv_bytes) / median[1] / 1e9,
+            "decode_fraction_of_copy_bandwidth": (weight_bytes + kv_bytes) / median[1] / bandwidth,
+            "verify_ms": {str(q): median[q] * 1e3 for q in qs},
+            "verify_spread_ms": {str(q): spread(times[w, q]) for q in qs},
+            "verify_over_decode": {str(q): median[q] / median[1] for q in qs},
+            "roofline_ms": {str(q): roof[q] for q in [1, *qs]},
+            "over_roofline": {str(q): median[q] * 1e3 / roof[q] for q in [1, *qs]},
+            # a chain of q - 1 free drafts (lookup) pays when its mean accepted tokens beat this
+            "break_even_tau": {str(q): median[q] / median[1] for q in qs},
+        }
+    first = formats[next(iter(models))]
+    kv_bytes = next(iter(models.values())).cache_bytes_per_token() * args.context
     result = {
         "date": datetime.date.today().isoformat(),
         "device": device.describe(),
         "command": "python scripts/decode_step_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "shape": args.shape,
-        "weight_bytes": weight_bytes,
+        "shape": args.model or args.shape,
         "kv_bytes_read": kv_bytes,
         "copy_bandwidth_gb_s": bandwidth / 1e9,
-        "decode_step_ms": times[1] * 1e3,
-        "decode_achieved_gb_s": achieved / 1e9,
-        "decode_fraction_of_copy_bandwidth": achieved / bandwidth,
-        "verify_ms": {str(q): times[q] * 1e3 for q in qs},
-        "verify_over_decode": {str(q): times[q] / times[1] for q in qs},
+        "kernel_peak_gflop_s": peak / 1e9 if peak else None,
+        # the first format's figures at the top level, as before --weights
+        **{k: first[k] for k in ("weight_bytes", "decode_step_ms", "decode_achieved_gb_s",
+                                 "decode_fraction_of_copy_bandwidth", "verify_ms", "verify_over_decode")},
+        "formats": formats,
     }
     write_json_atomic(output, result)
-    logger.info(
-        f"{args.shape} on {device.describe()}: decode {times[1] * 1e3:.2f} ms, {achieved / 1e9:.0f} GB/s "
-        f"= {achieved / bandwidth:.0%} of copy ({bandwidth / 1e9:.0f} GB/s); verify/decode "
-        + ", ".join(f"q={q}: {times[q] / times[1]:.2f}" for q in qs)
-    )
+    for w, f in formats.items():
+        logger.info(
+            f"{result['shape']} {w} on {device.describe()}: decode {f['decode_step_ms']:.2f} ms "
+            f"(p10-p90 {f['decode_spread_ms']['p10']:.2f}-{f['decode_spread_ms']['p90']:.2f}), "
+            f"{f['decode_achieved_gb_s']:.0f} GB/s = {f['decode_fraction_of_copy_bandwidth']:.0%} of copy "
+            f"({bandwidth / 1e9:.0f} GB/s), {f['over_roofline']['1']:.2f}x its roofline; verify/decode "
+            + ", ".join(f"q={q}: {f['verify_over_decode'][str(q)]:.2f} ({f['over_roofline'][str(q)]:.2f}x roof)"
+                        for q in qs)
+        )
     return 0
 
 

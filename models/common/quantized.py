@@ -32,6 +32,15 @@ def kind_of(weight: torch.Tensor, k: int) -> int:
     return _KIND_OF_BYTES[nbytes]
 
 
+def weights_per_row(weight: torch.Tensor) -> int:
+    """How many weights a quantized row holds, from its bytes alone (for counting FLOPs; a row
+    length both kinds could hold is refused)."""
+    fits = {weight.shape[-1] // n * BLOCK for _, n in KINDS.values() if weight.shape[-1] % n == 0}
+    if len(fits) != 1:
+        raise ValueError(f"{weight.shape[-1]} bytes a row do not tell the block kind")
+    return fits.pop()
+
+
 def kernels():
     """The CPU kernels, which every quantized weight needs (its load refuses a machine without them)."""
     ext = skinny_kernels()

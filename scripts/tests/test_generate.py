@@ -306,6 +306,24 @@ def test_decode_step_bench_runs_on_cpu_and_reports_ratios(run_script, tmp_path):
     assert 0 < result["decode_fraction_of_copy_bandwidth"]
     code, err = run_script("decode_step_bench", ["--shape", "llama-9000", "--output", str(tmp_path / "x.json")])
     assert code == 2 and "unknown --shape 'llama-9000'" in err
+    code, err = run_script("decode_step_bench", ["--shape", "random:tiny-llama", "--weights", "gguf",
+                                                 "--output", str(tmp_path / "x.json")])
+    assert code == 2 and "give --model" in err
+
+
+def test_decode_step_bench_times_both_weight_formats_against_their_rooflines(run_script, tmp_path, default_model):
+    out = tmp_path / "step.json"
+    code, err = run_script("decode_step_bench", ["--model", "smollm2-135m", "--weights", "fp32,gguf", "--device",
+                                                 "cpu", "--q", "4", "--context", "32", "--repeats", "3",
+                                                 "--copy_mb", "64", "--output", str(out)])
+    assert code == 0, err
+    formats = json.loads(out.read_text())["formats"]
+    assert set(formats) == {"fp32", "gguf"}
+    assert formats["gguf"]["weight_bytes"] < 0.2 * formats["fp32"]["weight_bytes"]
+    for f in formats.values():
+        assert set(f["over_roofline"]) == {"1", "4"} and all(r > 0 for r in f["over_roofline"].values())
+        assert f["decode_spread_ms"]["p10"] <= f["decode_spread_ms"]["median"] <= f["decode_spread_ms"]["p90"]
+        assert f["break_even_tau"]["4"] == f["verify_over_decode"]["4"]
 
 
 def test_the_options_are_checked_and_the_device_opened_once(run_script, prompts_file, tmp_path, monkeypatch):

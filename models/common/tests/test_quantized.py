@@ -79,3 +79,10 @@ def test_bad_shapes_are_refused():
         kernels.dequantize(blocks, 7, 64)
     with pytest.raises(RuntimeError, match="uint8"):
         kernels.dequantize(blocks.float(), 1, 64)
+
+
+def test_weights_per_row_counts_from_bytes():
+    assert quantized.weights_per_row(random_blocks("Q4_1", 3, 576)) == 576
+    assert quantized.weights_per_row(random_blocks("Q8_0", 3, 576)) == 576
+    with pytest.raises(ValueError, match="do not tell"):
+        quantized.weights_per_row(torch.zeros(2, 340, dtype=torch.uint8))
