@@ -129,7 +129,13 @@ def open_device(name: str, dtype: str | None = None, traced: bool | None = None,
         raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     if traced is None:
         traced = torch_device.type == "cuda"
-    if weights == "gguf" and (torch_device.type != "cpu" or dtype != "float32"):
+    return with_weights(Device(torch_device, DTYPES[dtype], traced and torch_device.type == "cuda", mesh), weights)
+
+
+def with_weights(device: Device, weights: str) -> Device:
+    """The device reading weights in this format: gguf only on the CPU in float32 (the CPU kernels
+    read the blocks)."""
+    if weights == "gguf" and (device.type != "cpu" or device.dtype != torch.float32):
         raise UserError(f"--weights gguf runs on the CPU in float32 (the CPU kernels read the blocks), not "
-                        f"{torch_device.type} {dtype}; use --weights fp32")
-    return Device(torch_device, DTYPES[dtype], traced and torch_device.type == "cuda", mesh, weights)
+                        f"{device.type} {str(device.dtype).removeprefix('torch.')}; use --weights fp32")
+    return dataclasses.replace(device, weights=weights)

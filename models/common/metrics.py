@@ -88,3 +88,12 @@ def summarize(sequences: list[SequenceStats]) -> dict:
         "decode_seconds": decode_s,
         "total_seconds": ttft + decode_s,
     }
+
+
+def break_even_tau(method: dict, target_only: dict) -> float:
+    """The mean accepted tokens per target call at which a method only breaks even: its mean
+    iteration (draft + verify + bookkeeping) in target-only decode steps, both measured in the same
+    run (summaries of each). Speculation pays when the measured tau is above it; the ratio of the
+    two is its decode speedup."""
+    step = _ratio(target_only["decode_seconds"], target_only["target_calls"])
+    return _ratio(_ratio(method["decode_seconds"], method["target_calls"]), step)

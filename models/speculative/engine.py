@@ -13,7 +13,7 @@ import torch
 from models.backends.interface import TargetModel, require
 from models.backends.registry import backend
 from models.common.correctness import top2_margin
-from models.common.device import Device, open_device, split_mesh
+from models.common.device import Device, open_device, split_mesh, with_weights
 from models.common.errors import UserError
 from models.common.memory import check_kv_caches_fit
 from models.common.mesh import Mesh, MeshShape
@@ -225,7 +225,8 @@ class Engine:
         over its tp group, and every rank runs the same loop."""
         config.validate()
         self.config = config
-        self.device = dataclasses.replace(device or config.prepare(), mesh=str(config.mesh))
+        self.device = dataclasses.replace(with_weights(device or config.prepare(), config.weight_format),
+                                          mesh=str(config.mesh))
         self.mesh = mesh
         self.tensor_parallel = (TensorParallel(mesh.tp_rank, mesh.shape.tp, mesh.tp_group)
                                 if mesh is not None and mesh.shape.tp > 1 else None)

@@ -54,3 +54,12 @@ def test_tree_iterations_count_depth_not_nodes_for_per_position_acceptance():
     assert s["mean_tree_nodes"] == pytest.approx(9) and s["mean_tree_depth"] == pytest.approx(3)
     assert s["mean_branching"] == pytest.approx((3 + 3) / 2)
     assert s["accepted_by_source"] == {"eagle": 1}
+
+
+def test_break_even_tau_is_the_methods_iteration_in_target_only_steps():
+    from models.common.metrics import break_even_tau
+
+    target_only = {"decode_seconds": 2.0, "target_calls": 100}  # 20 ms a step
+    method = {"decode_seconds": 1.5, "target_calls": 50}  # 30 ms an iteration: 1.5 steps
+    assert break_even_tau(method, target_only) == pytest.approx(1.5)
+    assert break_even_tau(method, {"decode_seconds": 0.0, "target_calls": 0}) == 0.0

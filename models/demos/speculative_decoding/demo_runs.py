@@ -13,13 +13,14 @@ import dataclasses
 from loguru import logger
 
 from models.backends.registry import backend
+from models.common.device import with_weights
 from models.common.mesh import Mesh
 from models.common.metrics import Iteration
 from models.common.prompts import Prompt
 from models.speculative.engine import Engine, RunConfig, top2_margin_after
 from models.speculative.generator import BatchIteration, BatchResult, GenerationResult, check_prompts_fit
-from models.speculative.options import TARGET
 from models.speculative.mesh_runs import gather_by_index
+from models.speculative.options import TARGET
 
 
 @dataclasses.dataclass
@@ -53,7 +54,7 @@ class MeshParent:
     def __init__(self, config: RunConfig, device):
         config.validate()
         self.config = config
-        self.device = device
+        self.device = with_weights(device, config.weight_format)
         self._backend = backend(config.backend).implementation()
         self.tokenizer = self._backend.load_tokenizer(config.model)
         self.spec = config.tree_spec(device.type)

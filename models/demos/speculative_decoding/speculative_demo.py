@@ -29,7 +29,7 @@ from loguru import logger
 
 from models.common.correctness import compare, first_divergence
 from models.common.errors import UserError
-from models.common.metrics import summarize
+from models.common.metrics import break_even_tau, summarize
 from models.demos.speculative_decoding.gate import Gate
 from models.common.prompts import load_prompts
 from models.speculative import options
@@ -146,6 +146,7 @@ def case(id: str, method: str, k: int, tokens: int, prompts: str, *, draft_layer
 
 
 GEMMA3 = {"model": "gemma3-270m", "instruct": False}  # a base model: no chat template
+GGUF = {"weights": "gguf"}  # the default model's linears as its GGUF's Q8_0 / Q4_1 blocks
 
 
 CASES = [
@@ -181,6 +182,10 @@ CASES = [
     case("gemma3-self-draft", "self_draft", 2, 48, DEFAULT_PROMPTS, draft_layers=6, target=GEMMA3),
     case("gemma3-tree-prompt-lookup", "prompt_lookup", 6, 64, DEFAULT_PROMPTS, tree=(4, 24, None), target=GEMMA3),
     case("ci-gemma3-suffix", "suffix", 6, 32, LOOKUP_PROMPTS, tree=(4, 24, None), target=GEMMA3, ci=True),
+    # The GGUF's own blocks (--weights gguf): held to the same golden outputs as fp32, bit for bit.
+    case("gguf-prompt-lookup-copying", "prompt_lookup", 4, 64, LOOKUP_PROMPTS, target=GGUF),
+    case("gguf-suffix", "suffix", 6, 64, LOOKUP_PROMPTS, tree=(4, 24, None), target=GGUF),
+    case("ci-gguf-suffix", "suffix", 6, 32, LOOKUP_PROMPTS, tree=(4, 24, None), target=GGUF, ci=True),
 ]
 
 
@@ -248,6 +253,8 @@ def test_speculative_demo(
             f"seed {config.seed}"),
         "acceptance rate": f"{summary['acceptance_rate']:.3f}",
         "mean accepted tokens / target call": f"{summary['mean_accepted_tokens']:.3f}",
+        "break-even": (f"pays when tau > {break_even_tau(summary, base_summary):.2f}; measured "
+                       f"{summary['mean_accepted_tokens']:.2f} (its draft + verify, in target-only decode steps)"),
         "per-position acceptance": " ".join(f"{a:.2f}" for a in summary["per_position_acceptance"]),
         "target calls": f"{summary['target_calls']} (target-only: {base_summary['target_calls']})",
         "tree nodes / depth / branching": (
