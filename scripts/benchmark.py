@@ -42,6 +42,14 @@ than torch end in @NAME, e.g. prompt_lookup-k4-n128@transformers). A configurati
 run (a tree, a trained head) is skipped on that backend in one line and shown as "not run"; the
 peers run once, timed against the first backend's target-only.
 
+Weight formats: --weights fp32,gguf ("weights": ["fp32", "gguf"]) is a model axis like --backend:
+each backend x format loads its own target (gguf: the torch backend's linears read the GGUF's own
+blocks, outputs bit-identical to fp32), every method runs on each, held to and timed against its
+own target-only (ids of a format other than the backend's own end in @gguf; tables name the
+target "torch+gguf"). Without --weights each backend runs its own format, ids as before. A
+combination a backend or the device cannot run (--backend transformers --weights gguf) is
+skipped in one line while others remain, and is the run's error when none does.
+
 Batch sizes: --batch_sizes 1,2,4,8,16 measures throughput instead (models/benchmark/batch_sweep.py):
 target-only and each method decode all the prompts at each batch size (static batches, or
 continuous batching with --continuous 1), and the summary gives throughput per batch size and
@@ -92,6 +100,7 @@ from models.common.cli import (  # noqa: E402
 )
 from models.common.device import requested_device_name  # noqa: E402
 from models.common.errors import UserError  # noqa: E402
+from models.backends.registry import backend as backend_named  # noqa: E402
 from models.llama.weights import DEFAULT_MODEL  # noqa: E402
 from models.speculative.options import defaults, run_options, sweep_wide, swept  # noqa: E402
 from models.speculative.engine import (  # noqa: E402
@@ -140,7 +149,8 @@ def build_parser() -> ArgumentParser:
         default = defaults()[axis]
         p.add_argument(f"--{axis}", default=default,
                        help=f"comma list; each loads its own target and runs every method, held to and timed against "
-                            f"its own target-only; {run_options()[axis].text()} (default: {default})")
+                            f"its own target-only; {run_options()[axis].text()}"
+                            + ("" if default is None else f" (default: {default})"))
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"{DEFAULT_MODEL}, a checkpoint folder, a .gguf, random:PRESET (default: {DEFAULT_MODEL})")
     p.add_argument("--input_prompts", nargs="+", default=None, help="prompt files; category = file stem")
@@ -206,7 +216,7 @@ def check_method_options(path: str, method: str, options: object) -> None:
     if wide:
         raise UserError(f"{path}: method_options.{method}.{wide[0]} is sweep-wide; use --{wide[0]}")
     for name, value in options.items():
-        wants_int = fields[name].startswith("int")
+        wants_int = fields[name].startswith("int") and "str" not in fields[name]  # tree_budget may be "auto"
         if value is not None and wants_int and (isinstance(value, bool) or not isinstance(value, int)):
             raise UserError(f"{path}: method_options.{method}.{name} must be an integer, got {value!r}")
 
@@ -264,9 +274,13 @@ def temperature_list(value: str) -> list[float]:
 
 def model_variants(args) -> list[Variant]:
     """The targets every method runs on: each combination of the model axes' comma lists
-    (--backend torch,transformers); an unknown value is one line naming it and the valid ones."""
-    lists = []
+    (--backend torch,transformers --weights fp32,gguf); an unknown value is one line naming it and
+    the valid ones. An axis left at None (--weights not given) takes each backend's own value."""
+    lists: list[list[str | None]] = []
     for axis in MODEL_AXES:
+        if getattr(args, axis) is None:
+            lists.append([None])
+            continue
         values = list(dict.fromkeys(comma_list(getattr(args, axis))))
         if not values:
             raise UserError(f"--{axis} is empty")
@@ -275,7 +289,30 @@ def model_variants(args) -> list[Variant]:
         if bad:
             raise UserError(f"unknown --{axis} {bad[0]!r}; choose from {', '.join(choices)}")
         lists.append(values)
-    return [Variant(*values) for values in itertools.product(*lists)]
+    return list(dict.fromkeys(Variant(*values) for values in itertools.product(*lists)))
+
+
+def runnable_variants(variants: list[Variant], config: RunConfig) -> list[Variant]:
+    """The variants this machine runs, each checked (its device opened) before any model loads. An
+    unavailable backend is the run's error; a weight format that a backend or the device cannot read
+    (--backend torch,transformers --weights gguf) is skipped in one line while other variants remain,
+    and is the run's error when none does."""
+    kept, skipped = [], []
+    for variant in variants:
+        backend_named(variant.backend).check()
+        try:
+            variant.applied(config).prepare()
+        except UserError as exc:
+            if variant.own_format:  # not the format's doing
+                raise
+            skipped.append((variant, exc))
+            continue
+        kept.append(variant)
+    if not kept:
+        raise skipped[0][1]
+    for variant, exc in skipped:
+        logger.warning(f"skipping {variant.text}: {exc}")
+    return kept
 
 
 def check_same_prompt_ids(targets: dict, selected: list[tuple[int, object, list[int]]], instruct: bool) -> None:
@@ -491,15 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_bench_prompts(args)
     options = {k: v for k, v in vars(args).items() if k != "given"}
 
-    variants = model_variants(args)
-    base = variants[0].applied(RunConfig(
+    common = RunConfig(
         model=args.model, method=TARGET, max_seq_len=args.max_seq_len, max_generated_tokens=max(lengths),
         instruct=args.instruct, device=requested_device_name(args.device), dtype=args.dtype,
         max_ngram_size=args.max_ngram_size,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-    ))
-    for variant in variants:  # an unavailable backend: one line, before any model loads
-        variant.applied(base).validate()
+    )
+    variants = runnable_variants(model_variants(args), common)  # before any model loads
+    base = variants[0].applied(common)
     modes = choose_modes(base, args.temperature, args.verify)
     check_tree_flags(base, topks, depths, budgets)
     explicit = set(methods if "methods" in args.given else []) | set(args.method_options)
@@ -520,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                      modes=modes, variants=variants)
     if args.batch_sizes is not None:
         if len(variants) > 1:
-            raise UserError(f"--batch_sizes measures one backend; give one --backend, not {args.backend!r}")
+            axis = next(a for a in MODEL_AXES if len({getattr(v, a) for v in variants}) > 1)
+            raise UserError(f"--batch_sizes measures one target; give one --{axis}, not {getattr(args, axis)!r}")
         return batch_main(args, argv, plan, device, prompts, output_dir, previous, options)
     if args.continuous:
         raise UserError("--continuous is for --batch_sizes")

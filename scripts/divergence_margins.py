@@ -53,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     instruct = bool(int(options.get("instruct", 1)))
     diverged = [r for r in records if not r.matches_target_only and r.first_mismatch is not None
                 and (r.method in METHODS or (r.method == LLAMA_LOOKUP and r.backend == "llama_cpp"))]
-    targets = {}  # backend -> its loaded target: each run's margin is its own backend's
+    targets = {}  # (backend, weights) -> its loaded target: each run's margin is its own target's
     rows = []
     for r in tqdm(diverged, desc="margins", unit="run"):
-        if r.backend not in targets:
-            targets[r.backend] = backend_named(r.backend).implementation().load(meta["model"], None, open_device("cpu"))
-        loaded = targets[r.backend]
+        key = (r.backend, r.weights)
+        if key not in targets:
+            targets[key] = backend_named(r.backend).implementation().load(meta["model"], None,
+                                                                          open_device("cpu", weights=r.weights))
+        loaded = targets[key]
         prompt = prompts[r.prompt_index]
         ids = loaded.tokenizer.encode(prompt["text"], chat=instruct)
         if len(ids) != prompt["prompt_tokens"]:

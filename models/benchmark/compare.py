@@ -1,8 +1,8 @@
 """Run-to-run comparison of two benchmark folders (BASE, then NEW): what got slower, what drafts worse.
 
 Only (configuration, prompt) pairs present in both folders are compared (a configuration includes
-the backend it ran on: a sweep of several backends pairs each backend's rows with the same
-backend's, and an old one-backend log's rows with that backend's); a prompt is the same
+the target it ran on, backend and weight format: a sweep of several pairs each target's rows with the
+same target's, and an old one-backend log's rows with that backend's); a prompt is the same
 prompt when its category, question id and text agree (texts from meta.json; without them, the
 question id or the prompt's position). Everything skipped is said in the notes.
 
@@ -624,13 +624,13 @@ def compare(base: RunLog, new: RunLog) -> Comparison:
     records = [p.base.record for ps in pairs.values() for p in ps]
     categories = categories_in_order(records)
     several_lengths = len({r.max_generated_tokens for r in records}) > 1
-    several_backends = len({configuration_of(r).variant for r in records}) > 1
+    several_variants = len({configuration_of(r).variant for r in records}) > 1
     rows = []
     for config_id, config_pairs in pairs.items():
         record = config_pairs[0].base.record
         if record.method == TARGET:
             continue
-        label = configuration_of(record).label(several_lengths, several_backends)
+        label = configuration_of(record).label(several_lengths, several_variants)
         if len(categories) > 1:
             for category in categories:
                 selected = [p for p in config_pairs if p.category == category]

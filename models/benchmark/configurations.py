@@ -17,10 +17,11 @@ the same random stream (seed, prompt index): coupled output must equal it token 
 greedy output must; rejection output is only distributed as it, so a difference is no mismatch.
 The peers decode greedily only (they sample with their own random numbers).
 
-The loaded target is a sweep dimension too (Variant, one value per model axis: the backend now):
-every suite configuration runs on each variant's own target and is compared with, and timed
-against, that variant's own target-only. Ids and labels of the default variant read as before;
-others end in "@transformers". The peers run once, beside the first variant's target-only.
+The loaded target is a sweep dimension too (Variant, one value per model axis: the backend and the
+weight format): every suite configuration runs on each variant's own target and is compared with,
+and timed against, that variant's own target-only. Ids and labels of the default variant read as
+before; others end in "@transformers", "@gguf" (a format other than the backend's own). The peers
+run once, beside the first variant's target-only.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from loguru import logger
 
 from models.backends.interface import MissingCapability
-from models.backends.registry import DEFAULT_BACKEND
+from models.backends.registry import BACKENDS, DEFAULT_BACKEND
 from models.benchmark import llama_cpp_peer
 from models.common.device import Device
 from models.common.errors import UserError
@@ -60,7 +61,13 @@ GREEDY_MODE = (0.0, GREEDY)  # (temperature, verify) of greedy decoding
 Mode = tuple[float, str]  # (temperature, verify): (0.0, "greedy"), (0.7, "rejection"), (0.7, "coupled")
 # RunOptions fields that pick which loaded target a configuration runs on: a field each in Variant,
 # RunRecord and the summary's Row; a sweep times each variant's methods against its own target-only
-MODEL_AXES = ("backend",)
+MODEL_AXES = ("backend", "weights")
+
+
+def own_weights(backend: str) -> str:
+    """The weight format a backend runs when --weights is not given (its first; fp32 for a name it lacks)."""
+    known = BACKENDS.get(backend)
+    return known.weights[0] if known is not None else "fp32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,21 +76,40 @@ class Variant:
     leaves ids and labels as they were before a sweep could hold several."""
 
     backend: str = DEFAULT_BACKEND
+    weights: str | None = None  # None: the backend's own, resolved here (Variant() == Variant("torch", "fp32"))
+
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            object.__setattr__(self, "weights", own_weights(self.backend))
+
+    @classmethod
+    def of(cls, values: dict) -> Variant:
+        """The variant a record, row or meta.json entry names (an axis it lacks, from an older log: its default)."""
+        return cls(**{axis: values[axis] for axis in MODEL_AXES if values.get(axis) is not None})
+
+    @property
+    def own_format(self) -> bool:
+        """Whether it reads its backend's own format (llama_cpp's is gguf: that variant reads 'llama_cpp')."""
+        return self.weights == own_weights(self.backend)
 
     @property
     def text(self) -> str:
-        """'torch', 'transformers': how tables and labels name it."""
-        return "+".join(str(getattr(self, axis)) for axis in MODEL_AXES)
+        """'torch', 'torch+gguf', 'transformers': how tables and labels name it."""
+        return self.backend + ("" if self.own_format else f"+{self.weights}")
 
     @property
     def suffix(self) -> str:
-        """'' for the default variant, else '@' and its non-default values ('@transformers')."""
-        default = Variant()
-        values = [str(getattr(self, a)) for a in MODEL_AXES if getattr(self, a) != getattr(default, a)]
+        """'' for the default variant, else '@' and its non-default values ('@transformers', '@gguf')."""
+        values = [self.backend] if self.backend != DEFAULT_BACKEND else []
+        values += [] if self.own_format else [str(self.weights)]
         return "@" + "+".join(values) if values else ""
 
     def applied(self, config: RunConfig) -> RunConfig:
         return dataclasses.replace(config, **{axis: getattr(self, axis) for axis in MODEL_AXES})
+
+    def on(self, device: Device) -> Device:
+        """The sweep's device reading this variant's weights (the torch backend loads, and caches, by them)."""
+        return dataclasses.replace(device, weights=self.weights)
 
 
 def sampling_modes(temperatures: list[float], verifies: list[str] | None = None) -> list[Mode]:
@@ -200,7 +226,8 @@ class Configuration:
 
     def label(self, with_length: bool = False, with_variant: bool = False) -> str:
         """'eagle tree 4x5/16', plus ' n=128' (with_length), ' T=0.7 coupled' (sampled) and
-        ' on transformers' (with_variant: a sweep of several targets; not on a peer, which runs once)."""
+        ' on transformers' or ' on torch+gguf' (with_variant: a sweep of several targets; not on a peer, which
+        runs once)."""
         if self.is_tree:
             text = f"{self.method} tree {self.topk}x{self.k}/{self.budget}"
         else:
@@ -371,13 +398,14 @@ def build(plan: SweepPlan, device: Device) -> Built:
     for variant in plan.targets():
         for mode in plan.modes:
             engine = Engine(dataclasses.replace(mode_config(variant.applied(plan.base), mode), method=TARGET,
-                                                max_generated_tokens=max(lengths)), device)
+                                                max_generated_tokens=max(lengths)), variant.on(device))
             targets.setdefault(variant, engine)
             for n in lengths:
                 runners[Configuration(TARGET, 0, n, temperature=mode[0], verify=mode[1],
                                       variant=variant)] = suite_runner(engine, True)
         for method in plan.methods:
-            _build_method(plan, method, variant, targets[variant].model.n_layers, device, runners, not_run)
+            _build_method(plan, method, variant, targets[variant].model.n_layers, variant.on(device), runners,
+                          not_run)
     _check_explicit_ran(plan, runners, not_run)
     primary = plan.targets()[0]
     target = targets[primary]

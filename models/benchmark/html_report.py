@@ -6,8 +6,9 @@ Sampled configurations carry their temperature and verify mode in their labels. 
 sampling is distributed as target-only sampling, not equal to it token for token: its runs are
 never shown as differing from target-only, nor counted against the runs equal to their reference.
 
-A sweep of several backends gets a backend column in its tables (each row held to and timed against
-its own backend's target-only) and its backend in each generation's label."""
+A sweep of several variants (backends, weight formats) gets a backend column naming each ("torch+gguf")
+in its tables (each row held to and timed against its own variant's target-only) and the variant in each
+generation's label."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import base64
 import html
 from collections import defaultdict
 
-from models.benchmark.configurations import LLAMA_GREEDY, LLAMA_PROMPT_LOOKUP, TARGET
+from models.benchmark.configurations import LLAMA_GREEDY, LLAMA_PROMPT_LOOKUP, TARGET, Variant
 from models.benchmark.runlog import RunLog, RunRecord
-from models.benchmark.summary import OVERALL, REJECTION, Row, backends_text, by_source, several_backends, shown_label
+from models.benchmark.summary import OVERALL, REJECTION, Row, backends_text, by_source, several_variants, shown_label
 from models.benchmark.token_view import PEER, token_sources
 from models.common.metrics import summarize
 
@@ -136,7 +137,7 @@ def header(log: RunLog, rows: list[Row]) -> str:
     meta, done = log.meta, log.done
     overall = [r for r in rows if r.category == OVERALL and r.method != TARGET and r.speedup is not None]
     best = max(overall, key=lambda r: r.speedup, default=None)
-    several = several_backends(rows)
+    several = several_variants(rows)
     runs, skipped = len(log.records), meta.get("skipped_prompts", 0)
     judged = [r for r in log.records if _judged(r)]  # quantized weights, rejection: differences expected
     mismatched = sum(not r.matches_target_only for r in judged)
@@ -166,24 +167,25 @@ def header(log: RunLog, rows: list[Row]) -> str:
 
 
 def spec_bench(rows: list[Row], not_run: list[dict] | None = None) -> str:
-    """Several backends: a backend column, each group with its own target-only row, then what it could not run."""
+    """Several variants: a backend column naming each, each group with its own target-only row, then what it
+    could not run."""
     categories = list(dict.fromkeys(r.category for r in rows))
-    several = several_backends(rows)
+    several = several_variants(rows)
     table: dict[tuple[str, str], dict[str, Row]] = defaultdict(dict)
     for r in rows:
         if r.method != TARGET or several:
-            table[r.backend, r.label][r.category] = r
-    backends = list(dict.fromkeys(r.backend for r in rows))
-    skipped = [(n.get("backend"), n.get("label")) for n in not_run or [] if several and isinstance(n, dict)]
-    keys = sorted(dict.fromkeys([*table, *skipped]), key=lambda k: backends.index(k[0]) if k[0] in backends else 0)
+            table[r.variant.text, r.label][r.category] = r
+    variants = list(dict.fromkeys(r.variant.text for r in rows))
+    skipped = [(Variant.of(n).text, n.get("label")) for n in not_run or [] if several and isinstance(n, dict)]
+    keys = sorted(dict.fromkeys([*table, *skipped]), key=lambda k: variants.index(k[0]) if k[0] in variants else 0)
     head = ("<th>backend</th>" if several else "") + "".join(f"<th>{esc(c)}</th>" for c in categories)
     body = []
-    for backend, label in keys:
-        tds = [f"<td>{esc(backend)}</td>"] if several else []
-        if (backend, label) not in table:
+    for variant, label in keys:
+        tds = [f"<td>{esc(variant)}</td>"] if several else []
+        if (variant, label) not in table:
             body.append(f"<tr><td>{esc(label)}</td>{''.join(tds)}{'<td>not run</td>' * len(categories)}</tr>")
             continue
-        cells = table[backend, label]
+        cells = table[variant, label]
         for c in categories:
             r = cells.get(c)
             if r is None:
@@ -258,14 +260,14 @@ def _result_cells(r: Row, several: bool = False) -> str:
         (f"{r.matches_target_only}/{r.prompts}", str(r.matches_target_only / r.prompts)),
     ]
     return "".join([
-        f"<td>{esc(r.label)}</td>", *([_text_cell(r.backend)] if several else []), *map(_number_cell, shape),
+        f"<td>{esc(r.label)}</td>", *([_text_cell(r.variant.text)] if several else []), *map(_number_cell, shape),
         _text_cell(r.category), *map(_number_cell, counts),
         _text_cell(by_source(r.accepted_by_source) or "-"), *map(_number_cell, speeds),
     ])
 
 
 def results(rows: list[Row]) -> str:
-    several = several_backends(rows)
+    several = several_variants(rows)
     body = [f"<tr data-category='{esc(r.category)}'>{_result_cells(r, several)}</tr>" for r in rows]
     columns = [RESULT_COLUMNS[0], *(["backend"] if several else []), *RESULT_COLUMNS[1:]]
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)

@@ -1,6 +1,6 @@
 """The report's plots, drawn once with matplotlib (Agg) and kept as PNG bytes: the same images
-go into report.html (inline) and beside it as files for CI artifacts. A sweep of several backends
-names each line's and bar's backend ("prompt_lookup on transformers")."""
+go into report.html (inline) and beside it as files for CI artifacts. A sweep of several variants
+names each line's and bar's ("prompt_lookup on transformers", "prompt_lookup on torch+gguf")."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from models.benchmark.configurations import GREEDY, HF_GREEDY, PEERS, TARGET, mode_text
-from models.benchmark.summary import OVERALL, Row, several_backends, shown_label
+from models.benchmark.summary import OVERALL, Row, several_variants, shown_label
 
 DPI = 110
 LEGEND = dict(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)  # below the axes
@@ -30,22 +30,22 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _series_name(r: Row, several_lengths: bool, several_backends: bool = False) -> str:
-    """A method's line: one per length, decoding mode (sampled rows: 'T=0.7 coupled') and backend."""
+def _series_name(r: Row, several_lengths: bool, several_variants: bool = False) -> str:
+    """A method's line: one per length, decoding mode (sampled rows: 'T=0.7 coupled') and variant."""
     name = r.method + (f" n={r.max_generated_tokens}" if several_lengths else "")
     name = name if r.verify == GREEDY else f"{name} {mode_text(r.temperature, r.verify)}"
-    return f"{name} on {r.backend}" if several_backends and r.method not in PEERS else name
+    return f"{name} on {r.variant.text}" if several_variants and r.method not in PEERS else name
 
 
 def speedup_vs_k(rows: list[Row]) -> bytes:
     """Overall speedup per method as the chain grows (trees are in the budget plot); 1.0 is
     target-only, dashed lines are transformers greedy."""
     overall = [r for r in rows if r.category == OVERALL and r.speedup is not None]
-    several, backends = len({r.max_generated_tokens for r in overall}) > 1, several_backends(rows)
+    several, variants = len({r.max_generated_tokens for r in overall}) > 1, several_variants(rows)
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in overall:
         if r.k and r.tree_topk in (1, None):
-            series[_series_name(r, several, backends)].append((r.k, r.speedup))
+            series[_series_name(r, several, variants)].append((r.k, r.speedup))
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.0, 3.6))
         for name, points in series.items():
@@ -54,7 +54,7 @@ def speedup_vs_k(rows: list[Row]) -> bytes:
         ax.axhline(1.0, color="black", lw=1, label="target-only (suite)")
         for r in overall:
             if r.method == HF_GREEDY:
-                label = _series_name(r, several, backends).replace("hf_", "transformers ")
+                label = _series_name(r, several, variants).replace("hf_", "transformers ")
                 ax.axhline(r.speedup, color="grey", ls="--", lw=1, label=label)
         ks = sorted({k for points in series.values() for k, _ in points})
         ax.set_xticks(ks or [1])
@@ -68,7 +68,7 @@ def speedup_vs_k(rows: list[Row]) -> bytes:
 def acceptance_by_position(rows: list[Row]) -> bytes:
     """Per-position acceptance: of the drafts that reached position i, the share accepted."""
     curves = [r for r in rows if r.category == OVERALL and r.per_position_acceptance]
-    several = several_backends(rows)
+    several = several_variants(rows)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.0, 3.6))
         for r in curves:
@@ -90,7 +90,7 @@ def mean_accepted_by_category(rows: list[Row]) -> bytes:
     """Mean accepted tokens per target call (tau) by category, one bar per drafting configuration."""
     drafting = [r for r in rows if r.method != TARGET and r.mean_accepted_tokens is not None]
     categories = list(dict.fromkeys(r.category for r in drafting)) or [OVERALL]
-    several = several_backends(rows)
+    several = several_variants(rows)
     labels = list(dict.fromkeys(shown_label(r, several) for r in drafting))
     value = {(shown_label(r, several), r.category): r.mean_accepted_tokens for r in drafting}
     width = 0.8 / max(len(labels), 1)
@@ -112,11 +112,11 @@ def mean_accepted_by_category(rows: list[Row]) -> bytes:
 def _budget_points(rows: list[Row], value: str) -> dict[str, list[tuple[int, float, bool]]]:
     """Per method: (nodes verified per call, value, is a tree) for each drafting configuration."""
     overall = [r for r in rows if r.category == OVERALL and r.tree_budget and getattr(r, value) is not None]
-    several, backends = len({r.max_generated_tokens for r in overall}) > 1, several_backends(rows)
+    several, variants = len({r.max_generated_tokens for r in overall}) > 1, several_variants(rows)
     series: dict[str, list[tuple[int, float, bool]]] = defaultdict(list)
     for r in overall:
         nodes = r.tree_budget if isinstance(r.tree_budget, int) else round(r.mean_tree_nodes or 0)  # auto: as used
-        series[_series_name(r, several, backends)].append((nodes, getattr(r, value), r.tree_topk > 1))
+        series[_series_name(r, several, variants)].append((nodes, getattr(r, value), r.tree_topk > 1))
     return series
 
 

@@ -21,7 +21,8 @@ trees (no shape, no depth/source per iteration) still load: their drafts are cha
 also says how it decoded (temperature, verify, top_k, top_p, seed); logs from before sampling
 load as greedy. Each line names the backend its target ran on; logs from before a sweep could hold
 several backends take their sweep's one backend (meta.json's options), and their ids the suffix
-today's ids of that backend carry, so old and new logs pair.
+today's ids of that backend carry, so old and new logs pair. Each line names its weight format too
+(fp32 or gguf, as the backend resolved it); logs from before --weights take their backend's own.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class RunRecord:
     # the target it ran on (configurations.MODEL_AXES); a log from before sweeps of several backends
     # has none: read_run_log fills in its sweep's one backend
     backend: str = DEFAULT_BACKEND
+    weights: str | None = None  # fp32 or gguf; None (a log from before --weights): read_run_log gives the backend's own
 
     @property
     def generated_tokens(self) -> int:
@@ -281,6 +283,13 @@ def _name_old_backend(meta: dict, records: list[RunRecord], lines: list[dict]) -
             c["id"] += variant.suffix
 
 
+def _name_old_weights(records: list[RunRecord]) -> None:
+    """Records from before --weights read their backend's own format (their ids already say nothing of it)."""
+    for record in records:
+        if record.weights is None:
+            record.weights = Variant(record.backend).weights
+
+
 def newest_finished_sweep(folder: Path) -> Path | None:
     """The most recently finished sweep directly under `folder` (e.g. logs/), if any."""
     finished = [d for d in folder.iterdir() if d.is_dir() and (d / DONE).is_file() and (d / RUNS).is_file()]
@@ -309,6 +318,7 @@ def read_run_log(folder: str | Path) -> RunLog:
         data = [json.loads(line) for line in lines if line.strip()]
         records = [RunRecord(**d) for d in data]
         _name_old_backend(meta, records, data)
+        _name_old_weights(records)
     except (json.JSONDecodeError, TypeError) as exc:
         raise UserError(f"{folder}: malformed run log ({exc})") from None
     if not records:

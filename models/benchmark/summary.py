@@ -23,7 +23,10 @@ the calls whose accepted path ended on each proposer's branch.
 A sweep of several backends (--backend torch,transformers) gives each row its backend; its speedup
 and matches are against that backend's own target-only, and the tables get a backend column, rows
 grouped by backend, each group with its own target-only row, and "not run" where a backend cannot
-run a configuration (meta.json's not_run). The peers sit in the first backend's group.
+run a configuration (meta.json's not_run). The peers sit in the first backend's group. A sweep of
+several weight formats (--weights fp32,gguf) is the same over its variants: each row has its format,
+and the column and groups name the variant ("torch", "torch+gguf": a format other than the
+backend's own is added).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import io
 from collections import defaultdict
 
 from models.benchmark.configurations import (
-    GREEDY, LLAMA_GREEDY, LLAMA_PEERS, LLAMA_PROMPT_LOOKUP, MODEL_AXES, PEERS, REJECTION, TARGET, Configuration,
+    GREEDY, LLAMA_GREEDY, LLAMA_PEERS, LLAMA_PROMPT_LOOKUP, PEERS, REJECTION, TARGET, Configuration,
     Variant, mode_text,
 )
 from models.benchmark.runlog import RunRecord, backend_of, backends_of
@@ -78,6 +81,11 @@ class Row:
     matches_target_only: int  # prompts whose output ids equal the reference's (compared_with)
     compared_with: str = TARGET  # the reference's method: target, or llama_cpp_greedy for llama.cpp prompt lookup
     backend: str = Variant().backend  # the target it ran on; speedup and matches are against its target-only
+    weights: str = Variant().weights  # fp32 or gguf, as the backend resolved it
+
+    @property
+    def variant(self) -> Variant:
+        return Variant.of(vars(self))
 
 
 def configuration_of(record: RunRecord) -> Configuration:
@@ -86,7 +94,7 @@ def configuration_of(record: RunRecord) -> Configuration:
     budget = (record.tree_budget or 0) if topk > 1 else 0
     return Configuration(record.method, record.k, record.max_generated_tokens, topk, budget,
                          float(record.temperature or 0.0), record.verify or GREEDY,
-                         Variant(**{axis: getattr(record, axis) for axis in MODEL_AXES}))
+                         Variant.of(vars(record)))
 
 
 def categories_in_order(records: list[RunRecord]) -> list[str]:
@@ -129,7 +137,7 @@ def _row(config: Configuration, label: str, category: str, runs: list[RunRecord]
         ttft_ms=m["ttft_s"] * 1e3 if m else None,
         matches_target_only=sum(r.matches_target_only for r in runs),
         compared_with=LLAMA_GREEDY if config.method == LLAMA_PROMPT_LOOKUP else TARGET,
-        backend=config.variant.backend,
+        backend=config.variant.backend, weights=config.variant.weights,
     )
 
 
@@ -189,14 +197,15 @@ def shape_text(row: Row) -> str:
     return f"tree {row.tree_topk}x{row.tree_depth}/{row.tree_budget}"
 
 
-def several_backends(rows: list[Row]) -> bool:
-    return len({r.backend for r in rows}) > 1
+def several_variants(rows: list[Row]) -> bool:
+    """Whether the rows ran on several targets (backends or weight formats): the tables then name each."""
+    return len({r.variant for r in rows}) > 1
 
 
 def shown_label(row: Row, several: bool) -> str:
-    """The row's label, naming its backend where a sweep has several (plots and the report's legends);
-    a peer runs once, on no backend of ours."""
-    return f"{row.label} on {row.backend}" if several and row.method not in PEERS else row.label
+    """The row's label, naming its variant where a sweep has several (plots and the report's legends);
+    a peer runs once, on no target of ours."""
+    return f"{row.label} on {row.variant.text}" if several and row.method not in PEERS else row.label
 
 
 def matches_text(row: Row) -> str:
@@ -220,15 +229,16 @@ def _markdown(header: list[str], body: list[list[str]]) -> str:
 
 def spec_bench_table(rows: list[Row], not_run: list[dict] | None = None) -> str:
     """Spec-Bench's layout: a row per method, a column per category and overall; each cell is
-    speedup over target-only, then mean accepted tokens (tau). Several backends: a backend column,
-    each backend's rows together under its own target-only row, "not run" where it could not run one."""
+    speedup over target-only, then mean accepted tokens (tau). Several variants (backends, weight formats): a
+    backend column naming each, its rows together under its own target-only row, "not run" where it could not
+    run one."""
     categories = list(dict.fromkeys(r.category for r in rows))
-    several = several_backends(rows)
+    several = several_variants(rows)
     cells: dict[tuple[str, str], dict[str, Row]] = defaultdict(dict)
     for r in rows:
         if r.method != TARGET or several:
-            cells[r.backend, r.label][r.category] = r
-    skipped = {(n.get("backend"), n.get("label")) for n in not_run or [] if several and isinstance(n, dict)}
+            cells[r.variant.text, r.label][r.category] = r
+    skipped = {(Variant.of(n).text, n.get("label")) for n in not_run or [] if several and isinstance(n, dict)}
     labels = list(dict.fromkeys([label for _, label in cells] + [label for _, label in skipped]))
 
     def cell(r: Row | None) -> str:
@@ -237,7 +247,7 @@ def spec_bench_table(rows: list[Row], not_run: list[dict] | None = None) -> str:
         return f"{_fmt(r.speedup, '.2f', '-')}x / {_fmt(r.mean_accepted_tokens, '.2f', '-')}"
 
     body = []
-    for backend in dict.fromkeys(r.backend for r in rows):
+    for backend in dict.fromkeys(r.variant.text for r in rows):
         for label in labels:
             if (backend, label) in cells:
                 body.append([backend, label] + [cell(cells[backend, label].get(c)) for c in categories])
@@ -249,7 +259,7 @@ def spec_bench_table(rows: list[Row], not_run: list[dict] | None = None) -> str:
 
 
 def full_table(rows: list[Row]) -> str:
-    several = several_backends(rows)
+    several = several_variants(rows)
     header = ["configuration", "shape", "category", "prompts", "tokens", "seconds", "speedup", "mean accepted",
               "acceptance", "nodes/call", "mean depth", "branching", "calls", "accepted", "bonus",
               "accepted by proposer", "decode tok/s", "e2e tok/s", "TTFT ms", "matches target-only"]
@@ -263,21 +273,23 @@ def full_table(rows: list[Row]) -> str:
         matches_text(r),
     ] for r in rows]
     if several:
-        return _markdown(["backend", *header], [[r.backend, *line] for r, line in zip(rows, body, strict=True)])
+        return _markdown(["backend", *header], [[r.variant.text, *line] for r, line in zip(rows, body, strict=True)])
     return _markdown(header, body)
 
 
 def backends_note(rows: list[Row], meta: dict) -> list[str]:
-    """A paragraph for a sweep of several backends: what each row is held to, and what did not run."""
-    if not several_backends(rows):
+    """A paragraph for a sweep of several variants (backends, weight formats): what each row is held to, and
+    what did not run."""
+    if not several_variants(rows):
         return []
-    text = (f"Backends {', '.join(backends_of(meta))}: each loads its own target and runs the same methods, "
-            "interleaved in one loop; a row's speedup and matches are against its own backend's target-only "
-            f"(its group's `target` row). Peers, if any, are timed against {backend_of(meta)}'s.")
-    skipped: dict[tuple, list[str]] = defaultdict(list)  # (backend, why) -> labels
+    names = list(dict.fromkeys(r.variant.text for r in rows))  # the peers' (the first one's) first
+    text = (f"Targets {', '.join(names)}: each is loaded on its own and runs the same methods, interleaved in one "
+            "loop; a row's speedup and matches are against its own target's target-only (its group's `target` "
+            f"row). Peers, if any, are timed against {names[0]}'s.")
+    skipped: dict[tuple, list[str]] = defaultdict(list)  # (variant, why) -> labels
     for n in meta.get("not_run") or []:
         if isinstance(n, dict):
-            skipped[n.get("backend"), n.get("reason")].append(str(n.get("label")))
+            skipped[Variant.of(n).text, n.get("reason")].append(str(n.get("label")))
     for (backend, why), labels in skipped.items():
         text += f" Not run on {backend}: {', '.join(dict.fromkeys(labels))} ({why})."
     return [text, ""]
@@ -329,9 +341,12 @@ def sampling_note(rows: list[Row], meta: dict) -> list[str]:
 
 
 def backends_text(meta: dict) -> str:
-    """'backend: torch', or 'backends: torch, transformers'."""
+    """'backend: torch', 'backends: torch, transformers', and '; weights: fp32, gguf' where --weights was given."""
     names = backends_of(meta)
-    return f"backend{'s' if len(names) > 1 else ''}: {', '.join(names)}"
+    options = meta.get("options") if isinstance(meta.get("options"), dict) else {}
+    weights = [w.strip() for w in str(options.get("weights") or "").split(",") if w.strip()]
+    return f"backend{'s' if len(names) > 1 else ''}: {', '.join(names)}" + (
+        f"; weights: {', '.join(weights)}" if weights else "")
 
 
 def summary_markdown(rows: list[Row], meta: dict) -> str:

@@ -65,7 +65,7 @@ class RunOptions:
     weights: str | None = option(None, "the weights as decoding reads them: fp32, or gguf (the GGUF's own Q8_0 / "
                                  "Q4_1 blocks, the same outputs from a fraction of the bytes: CPU, torch backend); "
                                  "default: the backend's own (torch and transformers fp32, llama_cpp gguf)",
-                                 choices=WEIGHT_FORMATS, match=True)
+                                 choices=WEIGHT_FORMATS, match=True, swept=True, per_method=False)
     method: str = option("prompt_lookup", _method_help, match=True)
     n_draft_tokens: int = option(4, "draft tokens verified per target call (k)", parse=int, match=True, swept=True)
     draft_layers: int | None = option(None, "self_draft: target layers used to draft; draft_model: the draft's layers",

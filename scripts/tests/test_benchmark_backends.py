@@ -200,7 +200,7 @@ def test_config_file_takes_a_backend_list_and_bad_backend_lists_are_one_line(tmp
         (["--backend", "torch,tpu9"], "unknown --backend 'tpu9'; choose from torch, transformers, llama_cpp"),
         (["--backend", ","], "--backend is empty"),
         (["--backend", "torch,ttnn"], "--backend ttnn: needs a Tenstorrent device"),
-        (["--backend", "torch,transformers", "--batch_sizes", "1,2"], "--batch_sizes measures one backend"),
+        (["--backend", "torch,transformers", "--batch_sizes", "1,2"], "measures one target; give one --backend"),
         (["--config", str(config)], "method_options.prompt_lookup.backend is sweep-wide; use --backend"),
     ]:
         out = tmp_path / "run"
