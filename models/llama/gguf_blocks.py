@@ -59,8 +59,9 @@ class _Blocks:
 Spots = dict[tuple[int, int], list[tuple[int, int]]]  # (row length, fingerprint) -> [(matrix, row)]
 
 
-def _gguf_blocks(gguf: Path, mix: torch.Tensor) -> tuple[list[_Blocks], Spots]:
-    """Every Q8_0 / Q4_1 matrix in the file, and where each fingerprint's rows are."""
+def _gguf_blocks(gguf: Path, mix: torch.Tensor, lengths: set[int]) -> tuple[list[_Blocks], Spots]:
+    """Every Q8_0 / Q4_1 matrix in the file whose rows are as long as some weight's (lengths), and
+    where each fingerprint's rows are."""
     from gguf import GGUFReader
 
     found: list[_Blocks] = []
@@ -70,6 +71,8 @@ def _gguf_blocks(gguf: Path, mix: torch.Tensor) -> tuple[list[_Blocks], Spots]:
         if kind is None or len(tensor.shape) != 2:
             continue
         k = int(tensor.shape[0])
+        if k not in lengths:
+            continue
         raw = torch.from_numpy(np.array(tensor.data, copy=True)).reshape(int(tensor.shape[1]), -1)
         hashes = _row_hashes(quantized.kernels().dequantize(raw, kind[0], k), mix).tolist()
         index = len(found)
@@ -126,7 +129,7 @@ def _match(params: dict[str, nn.Parameter], gguf: Path) -> dict[str, torch.Tenso
     mix = torch.randint(1, 2**62, (FINGERPRINT_COLUMNS,), generator=torch.Generator().manual_seed(_HASH_SEED),
                         dtype=torch.int64) | 1
     logger.info(f"matching the model's weights to {gguf.name}'s blocks (once; cached beside the checkpoint)")
-    found, where = _gguf_blocks(gguf, mix)
+    found, where = _gguf_blocks(gguf, mix, {p.shape[1] for p in params.values() if p.dim() == 2})
     matched = {}
     for name, p in params.items():
         blocks = _blocks_for(p, found, where, mix) if p.dim() == 2 else None
@@ -173,6 +176,9 @@ def use_gguf_blocks(model: nn.Module, gguf: Path, cache_folder: Path | None = No
     matched = _cached(path, params)
     if matched is None:
         matched = _match(params, gguf)
+        if not matched:
+            raise UserError(f"--weights gguf: {gguf.name} holds none of this model's weights as Q8_0 or Q4_1 blocks, "
+                            f"the kinds the CPU kernels read; use --weights fp32")
         if path is not None:
             _save(path, matched, params)
     swapped = {id(params[n]): nn.Parameter(b, requires_grad=False) for n, b in matched.items()}

@@ -198,9 +198,9 @@ namespace {
 // GGUF weight blocks, read as they are stored (gguf-py's quants.py layouts): 32 weights a block,
 // a row of K weights is K / 32 blocks. Q8_0: fp16 d, 32 int8 q; w = q * d. Q4_1: fp16 d, fp16 m,
 // 16 bytes of nibbles (weight i < 16 the low nibble of byte i, weight 16 + i its high nibble);
-// w = (d * q) + m. The loader dequantizes with exactly these float operations, two roundings for
-// Q4_1 (this file is built with -ffp-contract=off, so the compiler fuses no mul and add into an
-// fma), so a weight read here has the very bits of the fp32 checkpoint's.
+// w = (d * q) + m. The loader dequantizes with these float operations (see dequant_chunk for the
+// one fma that stands for a mul and an add, exactly), so a weight read here has the very bits of
+// the fp32 checkpoint's.
 enum QuantKind : int64_t { Q8_0 = 0, Q4_1 = 1 };
 constexpr int64_t QK = 32;
 
@@ -223,7 +223,10 @@ __attribute__((always_inline)) inline __m256 dequant_chunk(const uint8_t* b, int
     const __m256i bytes =
         _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 4 + 8 * (c & 1))));
     const __m256i q = c < 2 ? _mm256_and_si256(bytes, _mm256_set1_epi32(0x0F)) : _mm256_srli_epi32(bytes, 4);
-    return _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(q)), m);
+    // One fma for the loader's mul-then-add, and the same bits: d (an fp16 value, 11 significant
+    // bits) times q (< 16, 4 bits) is exact in fp32's 24, so rounding it first changes nothing,
+    // and both round d * q + m once.
+    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), m);
   }
 }
 

@@ -86,3 +86,17 @@ def test_bad_requests_are_one_line():
         open_device("cpu", "bfloat16", weights="gguf")
     with pytest.raises(UserError, match="tensor-parallel"):
         RunConfig(weights="gguf", device="cpu:1x2").validate()
+
+
+def test_a_gguf_that_holds_none_of_the_models_weights_is_one_line():
+    from models.llama.packaged import PACKAGED_MODELS, gguf_path
+
+    try:
+        other = gguf_path("gemma3-270m")
+    except UserError:
+        pytest.skip("Gemma-3-270M is not installed (bash scripts/setup.sh --with-gemma3)")
+    assert "gemma3-270m" in PACKAGED_MODELS
+    model = load_model(DEFAULT_MODEL, n_layers=1).model
+    with pytest.raises(UserError, match="holds none of this model's weights"):
+        use_gguf_blocks(model, other)  # no cache folder: nothing is written
+    assert not any(quantized.is_quantized(p) for p in model.parameters())
