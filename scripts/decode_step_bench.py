@@ -138,8 +138,8 @@ def roofline_ms(model: torch.nn.Module, q: int, kv_bytes: int, bandwidth: float,
     the kernel's peak, whichever is longer."""
     params = unique_params(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in params)
-    n_weights = sum(p.shape[0] * quantized.weights_per_row(p) if quantized.is_quantized(p) else p.numel()
-                    for p in params if p.dim() == 2)
+    n_weights = sum(p.shape[0] * quantized.row_weights(p) if quantized.is_quantized(p) else p.numel()
+                    for p in params if p.dim() == 2 or quantized.is_quantized(p))
     compute = 2 * n_weights * q / peak if peak else 0.0
     return max((weight_bytes + kv_bytes) / bandwidth, compute) * 1e3
 

@@ -1,11 +1,11 @@
 """Weights held as a GGUF stores them: Q8_0 and Q4_1 blocks read by the CPU kernels as they are.
 
-A quantized weight is an ordinary uint8 tensor [N, K / 32 * block bytes], one row of blocks per
-output row, so it shares, slices and counts like any parameter; the block bytes per row tell its
-kind (34 bytes a block: Q8_0, 20: Q4_1) once the row length K is known, which every use knows
-(the input's last dimension, or the model's width). The kernels dequantize with the loader's own
-float operations, so everything computed from a quantized weight has the bits the fp32 weight
-would give: the kernels' linear for few rows, torch's on the dequantized weight for prefill.
+A quantized weight is an ordinary uint8 tensor [N, K / 32, block bytes]: one row of blocks per
+output row, so it shares, slices and counts like any parameter, and its shape says what it is
+(34 bytes a block: Q8_0, 20: Q4_1; K = 32 x its blocks). The kernels dequantize with the loader's
+own float operations, so everything computed from a quantized weight has the bits the fp32
+weight would give: the kernels' linear for few rows, torch's on the dequantized weight for
+prefill.
 """
 
 from __future__ import annotations
@@ -24,21 +24,22 @@ def is_quantized(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.uint8
 
 
-def kind_of(weight: torch.Tensor, k: int) -> int:
-    """The kernels' kind of a quantized weight whose rows hold k weights."""
-    nbytes = weight.shape[-1] * BLOCK // k if k % BLOCK == 0 else None
-    if nbytes not in _KIND_OF_BYTES or weight.shape[-1] * BLOCK != nbytes * k:
-        raise ValueError(f"a quantized weight of {weight.shape[-1]} bytes a row does not hold rows of {k} weights")
-    return _KIND_OF_BYTES[nbytes]
+def kind_of(weight: torch.Tensor) -> int:
+    """The kernels' kind of a quantized weight."""
+    if weight.dim() != 3 or weight.shape[-1] not in _KIND_OF_BYTES:
+        raise ValueError(f"a quantized weight is [N, blocks, {' or '.join(map(str, _KIND_OF_BYTES))}], "
+                         f"not {list(weight.shape)}")
+    return _KIND_OF_BYTES[weight.shape[-1]]
 
 
-def weights_per_row(weight: torch.Tensor) -> int:
-    """How many weights a quantized row holds, from its bytes alone (for counting FLOPs; a row
-    length both kinds could hold is refused)."""
-    fits = {weight.shape[-1] // n * BLOCK for _, n in KINDS.values() if weight.shape[-1] % n == 0}
-    if len(fits) != 1:
-        raise ValueError(f"{weight.shape[-1]} bytes a row do not tell the block kind")
-    return fits.pop()
+def row_weights(weight: torch.Tensor) -> int:
+    """K: the weights a row holds."""
+    return weight.shape[-2] * BLOCK
+
+
+def of_blocks(raw: torch.Tensor, kind: str) -> torch.Tensor:
+    """A GGUF matrix's raw bytes [N, K / 32 x block bytes] of GGML type `kind` as a quantized weight."""
+    return raw.reshape(raw.shape[0], -1, KINDS[kind][1])
 
 
 def kernels():
@@ -49,22 +50,24 @@ def kernels():
     return ext
 
 
-def dequantize(weight: torch.Tensor, k: int) -> torch.Tensor:
-    """The fp32 weight [N, k] a quantized one stands for, bit for bit."""
-    return kernels().dequantize(weight.contiguous(), kind_of(weight, k), k)
+def dequantize(weight: torch.Tensor) -> torch.Tensor:
+    """The fp32 weight [N, K] a quantized one stands for, bit for bit."""
+    kind = kind_of(weight)
+    return kernels().dequantize(weight.reshape(weight.shape[0], -1).contiguous(), kind, row_weights(weight))
 
 
 def linear(x2: torch.Tensor, weight: torch.Tensor, few_rows: bool) -> torch.Tensor:
     """x2 [M, K] against a quantized weight: the kernels' linear for few rows, else torch's on the
     dequantized weight (prefill: the same bits as the fp32 path, which takes torch's there too)."""
-    k = x2.shape[-1]
+    if x2.shape[-1] != row_weights(weight):
+        raise ValueError(f"input of {x2.shape[-1]} features against a weight of rows of {row_weights(weight)}")
     if few_rows:
-        return kernels().skinny_linear_q(x2, weight, kind_of(weight, k))
-    return F.linear(x2, dequantize(weight, k))
+        return kernels().skinny_linear_q(x2, weight.reshape(weight.shape[0], -1), kind_of(weight))
+    return F.linear(x2, dequantize(weight))
 
 
-def rows(weight: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
-    """weight[index] as fp32 rows of k: an embedding lookup in either format."""
+def rows(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """weight[index] as fp32 rows: an embedding lookup in either format."""
     if not is_quantized(weight):
         return weight[index]
-    return dequantize(weight[index.reshape(-1)], k).reshape(*index.shape, k)
+    return dequantize(weight[index.reshape(-1)]).reshape(*index.shape, row_weights(weight))

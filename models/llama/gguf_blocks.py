@@ -49,22 +49,15 @@ def _row_hashes(rows: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     return (rows[:, cols].contiguous().view(torch.int32).to(torch.int64) * mix[: len(cols)]).sum(dim=1)
 
 
-@dataclasses.dataclass
-class _Blocks:
-    raw: torch.Tensor  # [rows, bytes a row]
-    kind: int
-    k: int
-
-
 Spots = dict[tuple[int, int], list[tuple[int, int]]]  # (row length, fingerprint) -> [(matrix, row)]
 
 
-def _gguf_blocks(gguf: Path, mix: torch.Tensor, lengths: set[int]) -> tuple[list[_Blocks], Spots]:
-    """Every Q8_0 / Q4_1 matrix in the file whose rows are as long as some weight's (lengths), and
-    where each fingerprint's rows are."""
+def _gguf_blocks(gguf: Path, mix: torch.Tensor, lengths: set[int]) -> tuple[list[torch.Tensor], Spots]:
+    """Every Q8_0 / Q4_1 matrix in the file whose rows are as long as some weight's (lengths), as a
+    quantized weight (models/common/quantized.py), and where each fingerprint's rows are."""
     from gguf import GGUFReader
 
-    found: list[_Blocks] = []
+    found: list[torch.Tensor] = []
     where: Spots = {}
     for tensor in GGUFReader(gguf).tensors:
         kind = quantized.KINDS.get(tensor.tensor_type.name)
@@ -74,44 +67,43 @@ def _gguf_blocks(gguf: Path, mix: torch.Tensor, lengths: set[int]) -> tuple[list
         if k not in lengths:
             continue
         raw = torch.from_numpy(np.array(tensor.data, copy=True)).reshape(int(tensor.shape[1]), -1)
-        hashes = _row_hashes(quantized.kernels().dequantize(raw, kind[0], k), mix).tolist()
+        blocks = quantized.of_blocks(raw, tensor.tensor_type.name)
+        hashes = _row_hashes(quantized.dequantize(blocks), mix).tolist()
         index = len(found)
-        found.append(_Blocks(raw, kind[0], k))
+        found.append(blocks)
         for row, h in enumerate(hashes):
             where.setdefault((k, h), []).append((index, row))
     return found, where
 
 
-def _pick(row: torch.Tensor, candidates: list[tuple[int, int]], found: list[_Blocks]) -> tuple[int, int] | None:
+def _pick(row: torch.Tensor, candidates: list[tuple[int, int]], found: list[torch.Tensor]) -> tuple[int, int] | None:
     """The candidate GGUF row that dequantizes to exactly this row (rows that share a fingerprint)."""
     if len(candidates) == 1:
         return candidates[0]
     for m, r in candidates:
-        b = found[m]
-        if torch.equal(quantized.kernels().dequantize(b.raw[r : r + 1], b.kind, b.k)[0], row):
+        if torch.equal(quantized.dequantize(found[m][r : r + 1])[0], row):
             return m, r
     return None
 
 
-def _blocks_for(weight: torch.Tensor, found: list[_Blocks], where: Spots, mix: torch.Tensor) -> torch.Tensor | None:
+def _blocks_for(weight: torch.Tensor, found: list[torch.Tensor], where: Spots, mix: torch.Tensor) -> torch.Tensor | None:
     """The blocks that dequantize to exactly this fp32 weight, or None."""
     k, weight = weight.shape[1], weight.detach()
     spots = []
     for i, h in enumerate(_row_hashes(weight, mix).tolist()):
         candidates = where.get((k, h))
         spots.append(_pick(weight[i], candidates, found) if candidates else None)
-    if not spots or None in spots or len({found[m].kind for m, _ in spots}) != 1:
+    if not spots or None in spots or len({found[m].shape[1:] for m, _ in spots}) != 1:
         return None
     by_matrix: dict[int, list[int]] = {}
     for m, r in spots:
         by_matrix.setdefault(m, []).append(r)
     if len(by_matrix) == 1:  # the common case: one GGUF matrix, maybe with its rows permuted
         (m, picked), = by_matrix.items()
-        blocks = found[m].raw[torch.tensor(picked)]
+        blocks = found[m][torch.tensor(picked)]
     else:
-        blocks = torch.stack([found[m].raw[r] for m, r in spots])
-    kind = found[spots[0][0]].kind
-    if not torch.equal(quantized.kernels().dequantize(blocks, kind, k), weight):
+        blocks = torch.stack([found[m][r] for m, r in spots])
+    if not torch.equal(quantized.dequantize(blocks), weight):
         return None  # a fingerprint collision: keep the fp32 weight
     return blocks
 
@@ -149,7 +141,9 @@ def _cached(path: Path | None, params: dict[str, nn.Parameter]) -> dict[str, tor
         if not {n for n, p in params.items() if p.dim() == 2} <= checked:
             return None
         blocks = {n: f.get_tensor(n) for n in f.keys() if n in params}
-    return blocks if all(b.shape[0] == params[n].shape[0] for n, b in blocks.items()) else None
+    fits = all(quantized.is_quantized(b) and b.dim() == 3 and (b.shape[0], quantized.row_weights(b)) ==
+               tuple(params[n].shape) for n, b in blocks.items())
+    return blocks if fits else None
 
 
 def _save(path: Path, matched: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> None:

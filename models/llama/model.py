@@ -206,7 +206,7 @@ class Transformer(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """The tokens' input vectors (Gemma scales its embeddings, in the weights' dtype)."""
-        h = quantized.rows(self.tok_embeddings, tokens, self.args.dim)
+        h = quantized.rows(self.tok_embeddings, tokens)
         scale = self.args.embed_scale
         return h if scale is None else h * torch.tensor(scale).to(h.dtype)
 

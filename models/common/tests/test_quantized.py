@@ -26,12 +26,12 @@ def random_blocks(kind: str, n: int, k: int, seed: int = 0) -> torch.Tensor:
     scales.flat[:3] = np.array([6e-8, -0.5, 0.0], dtype=np.float16)
     heads = 4 if kind == "Q4_1" else 2
     raw[:, :, :heads] = scales[:, :, : heads // 2].view(np.uint8).reshape(n, nb, heads)
-    return torch.from_numpy(raw.reshape(n, nb * nbytes))
+    return torch.from_numpy(raw)
 
 
 def loader_dequantize(blocks: torch.Tensor, kind: str, k: int) -> torch.Tensor:
     """gguf-py's dequantization, the one transformers' GGUF reader (our fp32 loader) runs."""
-    out = gguf_quants.dequantize(blocks.numpy(), GGMLQuantizationType[kind])
+    out = gguf_quants.dequantize(blocks.reshape(blocks.shape[0], -1).numpy(), GGMLQuantizationType[kind])
     return torch.from_numpy(np.ascontiguousarray(out)).reshape(blocks.shape[0], k)
 
 
@@ -39,8 +39,8 @@ def loader_dequantize(blocks: torch.Tensor, kind: str, k: int) -> torch.Tensor:
 @pytest.mark.parametrize("n, k", [(130, 576), (49, 1536), (7, 32), (1000, 64)])
 def test_dequantize_has_the_loaders_bits(kind, n, k):
     blocks = random_blocks(kind, n, k)
-    assert quantized.kind_of(blocks, k) == quantized.KINDS[kind][0]
-    got = quantized.dequantize(blocks, k)
+    assert quantized.kind_of(blocks) == quantized.KINDS[kind][0] and quantized.row_weights(blocks) == k
+    got = quantized.dequantize(blocks)
     want = loader_dequantize(blocks, kind, k)
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))  # bits, not values (-0.0, subnormals)
 
@@ -49,10 +49,10 @@ def test_dequantize_has_the_loaders_bits(kind, n, k):
 @pytest.mark.parametrize("n, k", [(960, 576), (49, 1536), (130, 64), (7, 32)])
 def test_quantized_linear_has_the_fp32_paths_bits_at_every_row_count(kind, n, k):
     blocks = random_blocks(kind, n, k, seed=1)
-    dense = quantized.dequantize(blocks, k)
+    dense = quantized.dequantize(blocks)
     x = torch.randn(64, k, generator=torch.Generator().manual_seed(2))
     for m in range(1, 65):
-        assert torch.equal(kernels.skinny_linear_q(x[:m], blocks, quantized.kind_of(blocks, k)),
+        assert torch.equal(kernels.skinny_linear_q(x[:m], blocks.reshape(n, -1), quantized.kind_of(blocks)),
                            kernels.skinny_linear(x[:m], dense)), f"{m} rows"
     # through ops.linear: few rows take the kernels, many (prefill) torch's on the dequantized weight
     for rows in (1, 5, 64, 100):
@@ -63,26 +63,22 @@ def test_quantized_linear_has_the_fp32_paths_bits_at_every_row_count(kind, n, k)
 
 def test_rows_is_an_embedding_lookup_in_either_format():
     blocks = random_blocks("Q8_0", 50, 64)
-    dense = quantized.dequantize(blocks, 64)
+    dense = quantized.dequantize(blocks)
     index = torch.tensor([[3, 49, 0], [3, 3, 7]])
-    assert torch.equal(quantized.rows(blocks, index, 64), dense[index])
-    assert torch.equal(quantized.rows(dense, index, 64), dense[index])
+    assert torch.equal(quantized.rows(blocks, index), dense[index])
+    assert torch.equal(quantized.rows(dense, index), dense[index])
 
 
 def test_bad_shapes_are_refused():
     blocks = random_blocks("Q4_1", 4, 64)
-    with pytest.raises(ValueError, match="does not hold rows of 96"):
-        quantized.kind_of(blocks, 96)
+    with pytest.raises(ValueError, match="not \\[4, 40\\]"):
+        quantized.kind_of(blocks.reshape(4, -1))
+    with pytest.raises(ValueError, match="input of 96 features against a weight of rows of 64"):
+        linear(torch.randn(1, 96), blocks)
     with pytest.raises(RuntimeError, match="multiple of 32"):
         kernels.skinny_linear_q(torch.randn(1, 48), torch.zeros(4, 30, dtype=torch.uint8), 1)
     with pytest.raises(RuntimeError, match="kind must be"):
-        kernels.dequantize(blocks, 7, 64)
+        kernels.dequantize(blocks.reshape(4, -1), 7, 64)
     with pytest.raises(RuntimeError, match="uint8"):
-        kernels.dequantize(blocks.float(), 1, 64)
+        kernels.dequantize(blocks.reshape(4, -1).float(), 1, 64)
 
-
-def test_weights_per_row_counts_from_bytes():
-    assert quantized.weights_per_row(random_blocks("Q4_1", 3, 576)) == 576
-    assert quantized.weights_per_row(random_blocks("Q8_0", 3, 576)) == 576
-    with pytest.raises(ValueError, match="do not tell"):
-        quantized.weights_per_row(torch.zeros(2, 340, dtype=torch.uint8))

@@ -145,7 +145,7 @@ class EagleHead(nn.Module):
 
     def inputs(self, next_tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """[embedding of the token after position t ; feature at t] -> the layer's input."""
-        x = torch.cat([quantized.rows(self.layer.tok_embeddings, next_tokens, self.layer.args.dim), features], dim=-1)
+        x = torch.cat([quantized.rows(self.layer.tok_embeddings, next_tokens), features], dim=-1)
         return linear(x, self.fc_weight) + self.fc_bias
 
     def target_features(self, hidden: torch.Tensor) -> torch.Tensor:
