@@ -86,7 +86,8 @@ def _pick(row: torch.Tensor, candidates: list[tuple[int, int]], found: list[torc
     return None
 
 
-def _blocks_for(weight: torch.Tensor, found: list[torch.Tensor], where: Spots, mix: torch.Tensor) -> torch.Tensor | None:
+def _blocks_for(weight: torch.Tensor, found: list[torch.Tensor], where: Spots,
+                mix: torch.Tensor) -> torch.Tensor | None:
     """The blocks that dequantize to exactly this fp32 weight, or None."""
     k, weight = weight.shape[1], weight.detach()
     spots = []
