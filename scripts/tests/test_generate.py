@@ -334,10 +334,10 @@ def test_the_options_are_checked_and_the_device_opened_once(run_script, prompts_
     checks, opens = [], []
     check, open_device = RunConfig._check, engine.open_device
     monkeypatch.setattr(RunConfig, "_check", lambda self: checks.append(1) or check(self))
-    monkeypatch.setattr(engine, "open_device", lambda *a: opens.append(a) or open_device(*a))
+    monkeypatch.setattr(engine, "open_device", lambda *a, **kw: opens.append((*a, kw)) or open_device(*a, **kw))
     code, err = generate(run_script, prompts_file, tmp_path / "out.json", "--method", "prompt_lookup")
     assert code == 0, err
-    assert (len(checks), opens) == (1, [("cpu", None)])
+    assert (len(checks), opens) == (1, [("cpu", None, {"weights": "fp32"})])
     config = RunConfig(method="target")
     config.prepare()
     config.max_generated_tokens = 0
