@@ -215,6 +215,9 @@ PLOT_CAPTIONS = {
     "acceptance_by_position.png": "Per-depth acceptance: of the drafts that reached depth i, the share that "
     "accepted a token there (a chain's depth is its position).",
     "mean_accepted_by_category.png": "Mean accepted tokens per target call by category.",
+    "speedup_vs_tau.png": "Speedup vs mean accepted tokens per target call, per configuration and category; "
+    "dashed: each target's break-even tau (a configuration's draft + verify in its target-only's decode steps), "
+    "right of which speculation pays.",
 }
 
 

@@ -160,11 +160,37 @@ def tau_and_speedup_vs_budget(rows: list[Row]) -> bytes:
         return _png(fig)
 
 
+def speedup_vs_tau(rows: list[Row]) -> bytes:
+    """Speedup against tau, one point per drafting configuration and category, one colour per
+    target (variant): a configuration pays right of its target's break-even tau (dashed: the
+    median over its configurations), and its speedup is about tau / break-even there."""
+    points = [r for r in rows if r.method not in (TARGET, *PEERS) and r.speedup is not None
+              and r.mean_accepted_tokens is not None]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.0, 3.6))
+        for i, variant in enumerate(dict.fromkeys(r.variant for r in points)):
+            mine = [r for r in points if r.variant == variant]
+            colour = f"C{i}"
+            ax.scatter([r.mean_accepted_tokens for r in mine], [r.speedup for r in mine], s=14, color=colour,
+                       label=variant.text)
+            evens = sorted(r.break_even_tau for r in mine if r.break_even_tau is not None)
+            if evens:
+                even = evens[len(evens) // 2]
+                ax.axvline(even, color=colour, ls="--", lw=1, label=f"{variant.text} break-even tau {even:.2f}")
+        ax.axhline(1.0, color="black", lw=1, label="target-only")
+        ax.set_xlabel("mean accepted tokens per target call (tau)")
+        ax.set_ylabel("speedup over target-only")
+        ax.set_title("speedup vs tau, per category")
+        ax.legend(fontsize=7, loc="upper left")
+        return _png(fig)
+
+
 PLOTS = {
     "speedup_vs_k.png": speedup_vs_k,
     "tau_speedup_vs_budget.png": tau_and_speedup_vs_budget,
     "acceptance_by_position.png": acceptance_by_position,
     "mean_accepted_by_category.png": mean_accepted_by_category,
+    "speedup_vs_tau.png": speedup_vs_tau,
 }
 
 

@@ -41,7 +41,7 @@ from models.benchmark.configurations import (
     Variant, mode_text,
 )
 from models.benchmark.runlog import RunRecord, backend_of, backends_of
-from models.common.metrics import SequenceStats, summarize
+from models.common.metrics import SequenceStats, break_even_tau, summarize
 
 OVERALL = "overall"
 NOT_TOKEN_EQUAL = "rejection: distribution-equal, not token-equal"
@@ -82,6 +82,9 @@ class Row:
     compared_with: str = TARGET  # the reference's method: target, or llama_cpp_greedy for llama.cpp prompt lookup
     backend: str = Variant().backend  # the target it ran on; speedup and matches are against its target-only
     weights: str = Variant().weights  # fp32 or gguf, as the backend resolved it
+    # the tau at which this configuration would only break even: its mean iteration (draft +
+    # verify) in its own target-only's decode steps, both from this sweep (metrics.break_even_tau)
+    break_even_tau: float | None = None
 
     @property
     def variant(self) -> Variant:
@@ -113,6 +116,8 @@ def _row(config: Configuration, label: str, category: str, runs: list[RunRecord]
     stats = [s for s in (r.stats() for r in runs) if s is not None]
     drafted = bool(stats) and config.method != TARGET
     m = summarize(stats) if stats else None
+    base_stats = [s for s in (b.stats() for b in base if b is not None) if s is not None]
+    even = break_even_tau(m, summarize(base_stats)) if drafted and len(base_stats) == len(stats) else None
     generated = sum(r.generated_tokens for r in runs)
     topk, depth, budget = config.shape or (None, None, None)
     return Row(
@@ -137,7 +142,7 @@ def _row(config: Configuration, label: str, category: str, runs: list[RunRecord]
         ttft_ms=m["ttft_s"] * 1e3 if m else None,
         matches_target_only=sum(r.matches_target_only for r in runs),
         compared_with=LLAMA_GREEDY if config.method == LLAMA_PROMPT_LOOKUP else TARGET,
-        backend=config.variant.backend, weights=config.variant.weights,
+        backend=config.variant.backend, weights=config.variant.weights, break_even_tau=even,
     )
 
 
@@ -261,11 +266,12 @@ def spec_bench_table(rows: list[Row], not_run: list[dict] | None = None) -> str:
 def full_table(rows: list[Row]) -> str:
     several = several_variants(rows)
     header = ["configuration", "shape", "category", "prompts", "tokens", "seconds", "speedup", "mean accepted",
-              "acceptance", "nodes/call", "mean depth", "branching", "calls", "accepted", "bonus",
+              "break-even tau", "acceptance", "nodes/call", "mean depth", "branching", "calls", "accepted", "bonus",
               "accepted by proposer", "decode tok/s", "e2e tok/s", "TTFT ms", "matches target-only"]
     body = [[
         r.label, shape_text(r), r.category, str(r.prompts), str(r.generated_tokens), f"{r.seconds:.2f}",
-        _fmt(r.speedup, ".2f", "-"), _fmt(r.mean_accepted_tokens, ".2f", "-"), _fmt(r.acceptance_rate, ".3f", "-"),
+        _fmt(r.speedup, ".2f", "-"), _fmt(r.mean_accepted_tokens, ".2f", "-"), _fmt(r.break_even_tau, ".2f", "-"),
+        _fmt(r.acceptance_rate, ".3f", "-"),
         _fmt(r.mean_tree_nodes, ".2f", "-"), _fmt(r.mean_tree_depth, ".2f", "-"), _fmt(r.mean_branching, ".2f", "-"),
         _fmt(r.target_calls, "d", "-"), _fmt(r.accepted_tokens, "d", "-"), _fmt(r.bonus_tokens, "d", "-"),
         by_source(r.accepted_by_source) or "-",

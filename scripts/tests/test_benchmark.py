@@ -98,6 +98,14 @@ def test_summary_has_speedup_acceptance_and_matches(benchmark_run):
         len(r.output_ids) for r in runs if r.config_id == "prompt_lookup-k2-n16")
     md = (folder / "summary.md").read_text()
     assert "## Spec-Bench table" in md and "| prompt_lookup k=2 |" in md and "| method | tiny_prompts | overall |" in md
+    # break-even tau: the configuration's mean iteration in its target-only's mean decode steps
+    def step_seconds(config_id: str) -> float:
+        its = [it for r in runs if r.config_id == config_id for it in r.stats().iterations]
+        return sum(it.seconds for it in its) / len(its)
+    assert float(by_id["prompt_lookup-k2-n16"]["break_even_tau"]) == pytest.approx(
+        step_seconds("prompt_lookup-k2-n16") / step_seconds("target-n16"), rel=1e-5)
+    assert by_id["target-n16"]["break_even_tau"] == "" and by_id["hf_greedy-n16"]["break_even_tau"] == ""
+    assert "| break-even tau |" in md
 
 
 def test_default_methods_are_every_registered_proposer_but_multi():

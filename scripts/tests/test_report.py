@@ -19,7 +19,7 @@ from models.common.cli import run_cli
 from .conftest import load_script
 
 PNGS = ("speedup_vs_k.png", "tau_speedup_vs_budget.png", "acceptance_by_position.png",
-        "mean_accepted_by_category.png")
+        "mean_accepted_by_category.png", "speedup_vs_tau.png")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
