@@ -52,7 +52,8 @@ def subject(request) -> Subject:
     device_name = requested_device_name(request.config.getoption("--device"))
     try:
         impl = backend(name).implementation()
-        device = open_device(device_name, request.config.getoption("--dtype"))
+        weights = backend(name).weight_format(request.config.getoption("--weights"))
+        device = open_device(device_name, request.config.getoption("--dtype"), weights=weights)
     except UserError as exc:  # asked for by name: a failure; the default's absence (no device): a skip
         if request.config.getoption("--backend"):
             pytest.fail(str(exc), pytrace=False)
