@@ -37,7 +37,7 @@ from models.common.device import Device
 from models.common.errors import UserError
 from models.common.tokenizer import Tokenizer
 from models.llama.config import eos_ids
-from models.llama.packaged import PACKAGED_MODELS, gguf_path
+from models.llama import weights
 from models.llama.weights import LoadedModel, checkpoint_folder, folder_tokenizer
 
 NAME = "llama_cpp"
@@ -47,13 +47,7 @@ _LOADED: dict[str, LoadedModel] = {}
 
 def gguf_of(spec: str) -> Path:
     """The GGUF a spec names, or one line saying this backend reads only GGUFs."""
-    if spec in PACKAGED_MODELS:
-        return gguf_path(spec)
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return path
-    raise UserError(f"backend {NAME} decodes a GGUF: give {' or '.join(PACKAGED_MODELS)} or a .gguf file, "
-                    f"not {spec!r}")
+    return weights.gguf_of(spec, f"backend {NAME} decodes a GGUF", otherwise="")
 
 
 class LlamaCppCache:

@@ -414,15 +414,17 @@ def load_model(
     return loaded
 
 
-def gguf_of(spec: str) -> Path:
-    """The GGUF file a spec is read from (--weights gguf reads its blocks)."""
+def gguf_of(spec: str, needs: str = "--weights gguf reads a GGUF's blocks",
+            otherwise: str = "; or use --weights fp32") -> Path:
+    """The GGUF file a spec is read from; for one that is not a GGUF, one line saying what
+    `needs` one (and what to do `otherwise`)."""
     if spec in PACKAGED_MODELS:
         return gguf_path(spec)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return path
-    raise UserError(f"--weights gguf reads a GGUF's blocks, and model {spec!r} is not a GGUF; give "
-                    f"{' or '.join(PACKAGED_MODELS)} or a .gguf file, or --weights fp32")
+    raise UserError(f"{needs}: give {' or '.join(PACKAGED_MODELS)} or a .gguf file, not {spec!r} (not a GGUF)"
+                    f"{otherwise}")
 
 
 def checkpoint_folder(spec: str, any_architecture: bool = False) -> Path | None:
