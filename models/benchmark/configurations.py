@@ -242,6 +242,7 @@ class Outcome:
     tokens: list[int]
     seconds: float  # wall time of the whole call, the same clock for suite and peers
     stats: SequenceStats | None  # per-iteration records; None for peers, which expose none
+    ttft_s: float | None = None  # a peer's own time to its first token, where it tells (llama.cpp)
 
 
 Runner = Callable[..., Outcome]  # run(prompt_ids, max_new_tokens, prompt_index=0) -> Outcome
@@ -263,16 +264,16 @@ def suite_runner(engine: Engine, baseline: bool) -> Runner:
     return run
 
 
-def peer_runner(decode: Callable[[list[int], int], list[int]], device: torch.device) -> Runner:
-    """A peer's decode(prompt_ids, max_new_tokens) -> tokens, timed as a Runner (greedy: no
-    random stream; peers expose no per-iteration records)."""
+def peer_runner(decode: Callable[[list[int], int], tuple[list[int], float | None]], device: torch.device) -> Runner:
+    """A peer's decode(prompt_ids, max_new_tokens) -> (tokens, its time to the first token or
+    None), timed as a Runner (greedy: no random stream; peers expose no per-iteration records)."""
 
     def run(prompt_ids: list[int], max_new_tokens: int, prompt_index: int = 0) -> Outcome:
         synchronize(device)
         t0 = time.perf_counter()
-        tokens = decode(prompt_ids, max_new_tokens)
+        tokens, ttft = decode(prompt_ids, max_new_tokens)
         synchronize(device)
-        return Outcome(tokens, time.perf_counter() - t0, None)
+        return Outcome(tokens, time.perf_counter() - t0, None, ttft)
 
     return run
 
@@ -280,8 +281,8 @@ def peer_runner(decode: Callable[[list[int], int], list[int]], device: torch.dev
 def hf_runner(
     reference: HFReference, eos_token_ids: tuple[int, ...], device: torch.device, **generate_kwargs
 ) -> Runner:
-    return peer_runner(lambda prompt_ids, max_new_tokens: reference.greedy(
-        prompt_ids, max_new_tokens, eos_token_id=list(eos_token_ids), **generate_kwargs), device)
+    return peer_runner(lambda prompt_ids, max_new_tokens: (reference.greedy(
+        prompt_ids, max_new_tokens, eos_token_id=list(eos_token_ids), **generate_kwargs), None), device)
 
 
 def llama_cpp_runners(peer: llama_cpp_peer.LlamaCppPeer, ks: list[int], lengths: list[int],

@@ -17,6 +17,8 @@ or for another model or device, the benchmark says so in one line and runs witho
 
 from __future__ import annotations
 
+import time
+
 import importlib.util
 import re
 from collections.abc import Callable
@@ -92,25 +94,31 @@ class LlamaCppPeer:
         return {"gguf": self.gguf.name, "weights": quantization(self.gguf), "llama_cpp_python": self.version,
                 "n_threads": self.n_threads}
 
-    def generate(self, llm, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    def generate(self, llm, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
+        """The tokens, and the seconds to the first (the prefill): llama.cpp's decode rate is then
+        the tokens after the first over the time after it."""
+        t0 = time.perf_counter()
         llm.reset()  # an empty KV cache: no reuse of the previous call's prompt
         out: list[int] = []
+        ttft = 0.0
         for token in llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, typical_p=1.0, temp=0.0,
                                   repeat_penalty=1.0, reset=True):
             out.append(int(token))
+            if len(out) == 1:
+                ttft = time.perf_counter() - t0
             if out[-1] in self.eos or len(out) >= max_new_tokens:
                 break
-        return out
+        return out, ttft
 
-    def decoder(self, k: int | None, max_ngram_size: int) -> Callable[[list[int], int], list[int]]:
-        """decode(prompt_ids, max_new_tokens) -> tokens: greedy when k is None, else prompt lookup
+    def decoder(self, k: int | None, max_ngram_size: int) -> Callable[[list[int], int], tuple[list[int], float]]:
+        """decode(prompt_ids, max_new_tokens) -> (tokens, ttft): greedy when k is None, else prompt lookup
         drafting up to k tokens per target call (configurations times it as a peer's runner)."""
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
         llm = self.greedy_llm if k is None else self.lookup_llm
         draft = None if k is None else LlamaPromptLookupDecoding(max_ngram_size=max_ngram_size, num_pred_tokens=k)
 
-        def decode(prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        def decode(prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
             llm.draft_model = draft
             return self.generate(llm, prompt_ids, max_new_tokens)
 

@@ -109,6 +109,21 @@ def _bonus_tokens(stats: list[SequenceStats]) -> int:
     return sum(it.emitted - it.accepted for s in stats for it in s.iterations)
 
 
+def _peer_decode_rate(runs: list[RunRecord]) -> float | None:
+    """A peer that told its time to the first token (llama.cpp): the tokens after the first over
+    the time after it. None for one that did not (transformers)."""
+    if not runs or any(r.ttft_s is None for r in runs):
+        return None
+    after = sum(r.total_s - r.ttft_s for r in runs)
+    return sum(r.generated_tokens - 1 for r in runs) / after if after > 0 else None
+
+
+def _peer_ttft_ms(runs: list[RunRecord]) -> float | None:
+    if not runs or any(r.ttft_s is None for r in runs):
+        return None
+    return sum(r.ttft_s for r in runs) / len(runs) * 1e3
+
+
 def _row(config: Configuration, label: str, category: str, runs: list[RunRecord], baseline: dict) -> Row:
     seconds = sum(r.total_s for r in runs)
     base = [baseline.get((config.baseline_id, r.prompt_index)) for r in runs]
@@ -137,9 +152,9 @@ def _row(config: Configuration, label: str, category: str, runs: list[RunRecord]
         accepted_tokens=m["accepted_tokens"] if m else None,
         bonus_tokens=_bonus_tokens(stats) if m else None,
         accepted_by_source=m["accepted_by_source"] if m else {},
-        decode_tokens_per_s=m["decode_tokens_per_s"] if m else None,
+        decode_tokens_per_s=m["decode_tokens_per_s"] if m else _peer_decode_rate(runs),
         e2e_tokens_per_s=generated / seconds if seconds else 0.0,
-        ttft_ms=m["ttft_s"] * 1e3 if m else None,
+        ttft_ms=m["ttft_s"] * 1e3 if m else _peer_ttft_ms(runs),
         matches_target_only=sum(r.matches_target_only for r in runs),
         compared_with=LLAMA_GREEDY if config.method == LLAMA_PROMPT_LOOKUP else TARGET,
         backend=config.variant.backend, weights=config.variant.weights, break_even_tau=even,

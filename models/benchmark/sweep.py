@@ -59,7 +59,7 @@ def _record(
         prompt_index=index, run_order=order, category=prompt.category, source=prompt.source,
         question_id=prompt.question_id,
         prompt_tokens=len(ids), output_ids=outcome.tokens, token_strings=token_strings(outcome.tokens),
-        total_s=outcome.seconds, ttft_s=outcome.stats.ttft_s if outcome.stats else None,
+        total_s=outcome.seconds, ttft_s=outcome.stats.ttft_s if outcome.stats else outcome.ttft_s,
         iterations=iteration_dicts(outcome.stats), matches_target_only=mismatch is None, first_mismatch=mismatch,
         tree_topk=topk, tree_depth=depth, tree_budget=budget,
         temperature=config.temperature, verify=config.verify, top_k=sampling.top_k, top_p=sampling.top_p,

@@ -390,7 +390,7 @@ def test_llama_cpp_peers_on_the_default_model(run_script, tmp_path):
         if not r.method.startswith("llama_cpp"):
             assert r.matches_target_only, r.config_id
             continue
-        assert r.iterations is None and r.ttft_s is None and r.total_s > 0
+        assert r.iterations is None and 0 < r.ttft_s < r.total_s  # llama.cpp tells its first token's time
         reference = "llama_cpp_greedy-n16" if r.method == "llama_cpp_prompt_lookup" else "target-n16"
         assert r.matches_target_only == (r.output_ids == out_of[reference, r.prompt_index]), r.config_id
     # the same chat-templated prompt ids: the quantized model starts the answer as the fp32 one does
@@ -401,6 +401,10 @@ def test_llama_cpp_peers_on_the_default_model(run_script, tmp_path):
         assert int(row["prompts"]) == 2 and 0 <= int(row["matches_target_only"]) <= 2
         assert int(row["generated_tokens"]) == sum(len(out_of[config_id, i]) for i in range(2))
         assert float(row["e2e_tokens_per_s"]) > 0 and row["mean_accepted_tokens"] == ""
+        # its decode rate: the tokens after the first over the time after the first
+        after = [r for r in runs if r.config_id == config_id]
+        assert float(row["decode_tokens_per_s"]) == pytest.approx(
+            sum(len(r.output_ids) - 1 for r in after) / sum(r.total_s - r.ttft_s for r in after), rel=1e-4)
     assert rows["llama_cpp_prompt_lookup-k2-n16"]["compared_with"] == "llama_cpp_greedy"
     assert rows["llama_cpp_greedy-n16"]["compared_with"] == rows["target-n16"]["compared_with"] == "target"
     lookup_mismatches = sum(not r.matches_target_only for r in runs if r.method == "llama_cpp_prompt_lookup")
