@@ -133,15 +133,17 @@ def load_targets(args, device) -> dict[str, torch.nn.Module]:
             for w in formats}
 
 
-def roofline_ms(model: torch.nn.Module, q: int, kv_bytes: int, bandwidth: float, peak: float | None) -> float:
+def linear_weights(model: torch.nn.Module) -> int:
+    """The weights its linears multiply by (a quantized one counts the weights its blocks hold)."""
+    return sum(p.shape[0] * quantized.row_weights(p) if quantized.is_quantized(p) else p.numel()
+               for p in unique_params(model) if p.dim() == 2 or quantized.is_quantized(p))
+
+
+def roofline_ms(q: int, step_bytes: int, n_weights: int, bandwidth: float, peak: float | None) -> float:
     """The step's floor: its weight and KV bytes over the copy bandwidth, or its linears' FLOPs over
     the kernel's peak, whichever is longer."""
-    params = unique_params(model)
-    weight_bytes = sum(p.numel() * p.element_size() for p in params)
-    n_weights = sum(p.shape[0] * quantized.row_weights(p) if quantized.is_quantized(p) else p.numel()
-                    for p in params if p.dim() == 2 or quantized.is_quantized(p))
     compute = 2 * n_weights * q / peak if peak else 0.0
-    return max((weight_bytes + kv_bytes) / bandwidth, compute) * 1e3
+    return max(step_bytes / bandwidth, compute) * 1e3
 
 
 def main(argv=None) -> int:
@@ -190,12 +192,12 @@ def main(argv=None) -> int:
                 times[key].append(timer.once(fn))
     bandwidth = copy_bandwidth(dev, args.copy_mb * 2**20, timer, max(5, args.repeats // 5))
     peak = kernel_peak_flops(timer, args.repeats) if dev.type == "cpu" else None
+    kv_bytes = next(iter(models.values())).cache_bytes_per_token() * args.context  # the same in every format
     formats = {}
     for w, model in models.items():
         median = {q: statistics.median(times[w, q]) for q in [1, *qs]}
         weight_bytes = sum(t.numel() * t.element_size() for t in unique_params(model))
-        kv_bytes = model.cache_bytes_per_token() * args.context
-        roof = {q: roofline_ms(model, q, kv_bytes, bandwidth, peak) for q in [1, *qs]}
+        roof = {q: roofline_ms(q, weight_bytes + kv_bytes, linear_weights(model), bandwidth, peak) for q in [1, *qs]}
         formats[w] = {
             "weight_bytes": weight_bytes,
             "decode_step_ms": median[1] * 1e3,
@@ -211,7 +213,6 @@ def main(argv=None) -> int:
             "break_even_tau": {str(q): median[q] / median[1] for q in qs},
         }
     first = formats[next(iter(models))]
-    kv_bytes = next(iter(models.values())).cache_bytes_per_token() * args.context
     result = {
         "date": datetime.date.today().isoformat(),
         "device": device.describe(),

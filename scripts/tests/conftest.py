@@ -31,6 +31,14 @@ def run_script(capsys):
     return run
 
 
+def assert_refused_in_one_line(run_script, name: str, argv: list[str], message: str, out: Path) -> None:
+    """The script exits 2 with one line (beside INFO logs) holding message, and writes no out."""
+    code, err = run_script(name, argv)
+    lines = [line for line in err.splitlines() if line.strip() and " | INFO " not in line]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not out.exists()
+
+
 BENCH_MODEL = "random:tiny-llama:1"
 BENCH_PROMPTS = [
     {"prompt": "count: one two three one two three one two"},

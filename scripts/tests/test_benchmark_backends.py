@@ -22,7 +22,7 @@ from models.benchmark.summary import spec_bench_table, summary_markdown, summary
 from models.benchmark.sweep import sweep as timed_sweep
 from models.llama.weights import DEFAULT_GGUF_PACKAGE
 
-from .conftest import BENCH_MODEL, BENCH_PROMPTS, load_script, sweep
+from .conftest import BENCH_MODEL, BENCH_PROMPTS, assert_refused_in_one_line, load_script, sweep
 from .test_benchmark import TimedCalls, read_runs, read_summary
 
 BACKENDS_ARGV = ["--backend", "torch,transformers", "--methods", "prompt_lookup,self_draft", "--n_draft_tokens", "2",
@@ -204,10 +204,7 @@ def test_config_file_takes_a_backend_list_and_bad_backend_lists_are_one_line(tmp
         (["--config", str(config)], "method_options.prompt_lookup.backend is sweep-wide; use --backend"),
     ]:
         out = tmp_path / "run"
-        code, err = run_script("benchmark", [*base, *extra, "--output_dir", str(out)])
-        lines = [line for line in err.splitlines() if line.strip() and " | INFO " not in line]
-        assert code == 2 and len(lines) == 1 and message in lines[0], err
-        assert not out.exists()
+        assert_refused_in_one_line(run_script, "benchmark", [*base, *extra, "--output_dir", str(out)], message, out)
 
 
 @pytest.fixture

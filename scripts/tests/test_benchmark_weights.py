@@ -23,7 +23,7 @@ from models.common.cli import run_cli
 from models.llama.weights import DEFAULT_GGUF_PACKAGE
 from models.speculative.engine import RunConfig
 
-from .conftest import BENCH_MODEL, SCRIPTS, load_script
+from .conftest import BENCH_MODEL, SCRIPTS, assert_refused_in_one_line, load_script
 from .test_benchmark import read_runs, read_summary
 
 WEIGHTS_ARGV = ["--weights", "fp32,gguf", "--methods", "prompt_lookup", "--n_draft_tokens", "2",
@@ -202,10 +202,7 @@ def test_weights_lists_in_a_config_file_and_bad_ones_are_one_line(tmp_path, run_
         (["--config", str(config)], "method_options.prompt_lookup.weights is sweep-wide; use --weights"),
     ]:
         out = tmp_path / "run"
-        code, err = run_script("benchmark", [*base, *extra, "--output_dir", str(out)])
-        lines = [line for line in err.splitlines() if line.strip() and " | INFO " not in line]
-        assert code == 2 and len(lines) == 1 and message in lines[0], err
-        assert not out.exists()
+        assert_refused_in_one_line(run_script, "benchmark", [*base, *extra, "--output_dir", str(out)], message, out)
 
 
 def test_the_weights_config_sweeps_both_formats_and_skips_a_missing_llama_cpp_peer(monkeypatch, log_lines):

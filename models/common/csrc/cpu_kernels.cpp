@@ -230,18 +230,13 @@ __attribute__((always_inline)) inline __m256 dequant_chunk(const uint8_t* b, int
   }
 }
 
-template <int64_t KIND>
-inline __m256 block_offset(const uint8_t* b) {
-  return KIND == Q4_1 ? _mm256_set1_ps(half_at(b + 2)) : _mm256_setzero_ps();
-}
-
 // The 32 weights of one block into out[0, 32).
 inline void dequant_block(int64_t kind, const uint8_t* b, float* out) {
   const __m256 d = _mm256_set1_ps(half_at(b));
   if (kind == Q8_0) {
     for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + 8 * c, dequant_chunk<Q8_0>(b, c, d, d));
   } else {
-    const __m256 m = block_offset<Q4_1>(b);
+    const __m256 m = _mm256_set1_ps(half_at(b + 2));
     for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + 8 * c, dequant_chunk<Q4_1>(b, c, d, m));
   }
 }
