@@ -133,6 +133,22 @@ def load_targets(args, device) -> dict[str, torch.nn.Module]:
             for w in formats}
 
 
+def kernel_isas(requested: str, dev: torch.device) -> list[str]:
+    """--kernel_isa as a list ([""]: the CPU's own, unchanged); one the CPU lacks is one line."""
+    isas = [i.strip() for i in requested.split(",") if i.strip()]
+    if not isas:
+        return [""]
+    if dev.type != "cpu":
+        raise UserError(f"--kernel_isa is for the CPU kernels, not {dev.type}")
+    for isa in isas:
+        try:
+            quantized.kernel_isa(isa)
+        except RuntimeError as exc:
+            raise UserError(f"--kernel_isa {isa}: {str(exc).splitlines()[0]}") from None
+    quantized.kernel_isa(isas[0])
+    return isas
+
+
 def linear_weights(model: torch.nn.Module) -> int:
     """The weights its linears multiply by (a quantized one counts the weights its blocks hold)."""
     return sum(p.shape[0] * quantized.row_weights(p) if quantized.is_quantized(p) else p.numel()
@@ -152,6 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="a real model spec instead of --shape (smollm2-135m, a .gguf, ...)")
     p.add_argument("--weights", default="fp32", help="comma list of weight formats, timed interleaved: fp32, gguf "
                    "(gguf needs --model)")
+    p.add_argument("--kernel_isa", default="", help="comma list of the CPU kernels' instruction sets to time "
+                   "interleaved, each format under each: avx512, avx2 (default: the CPU's widest)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--q", default="2,4,6,8,16", help="verify block sizes compared with q = 1")
@@ -169,15 +187,20 @@ def main(argv=None) -> int:
         raise UserError("--q values, --context and --repeats must be >= 1")
     device = open_device(requested_device_name(args.device), args.dtype)
     dev = device.torch_device
-    models = load_targets(args, device)
+    isas = kernel_isas(args.kernel_isa, dev)
+    loaded = load_targets(args, device)
+    # each format under each instruction set ("gguf avx2"), or the formats alone with the CPU's own
+    models = {f"{w} {isa}" if len(isas) > 1 else w: (model, isa) for w, model in loaded.items() for isa in isas}
     steps = {}
-    for w, model in models.items():
+    for w, (model, isa) in models.items():
         traced = torch_backend.runner(model, device, max(qs))
         cache = model.new_cache(args.context + max(qs) + 1)
         with torch.inference_mode():
             model(torch.ones(1, args.context, dtype=torch.int64, device=dev), cache, 0, logits_for="none")
         for q in [1, *qs]:
-            def run(traced=traced, cache=cache, tokens=torch.ones(1, q, dtype=torch.int64, device=dev)):
+            def run(traced=traced, cache=cache, tokens=torch.ones(1, q, dtype=torch.int64, device=dev), isa=isa):
+                if isa:
+                    quantized.kernel_isa(isa)
                 cache.length = args.context  # each timed call rewrites the same slots
                 return traced(tokens, cache, args.context)
             steps[w, q] = run
@@ -192,14 +215,15 @@ def main(argv=None) -> int:
                 times[key].append(timer.once(fn))
     bandwidth = copy_bandwidth(dev, args.copy_mb * 2**20, timer, max(5, args.repeats // 5))
     peak = kernel_peak_flops(timer, args.repeats) if dev.type == "cpu" else None
-    kv_bytes = next(iter(models.values())).cache_bytes_per_token() * args.context  # the same in every format
+    kv_bytes = next(iter(loaded.values())).cache_bytes_per_token() * args.context  # the same in every format
     formats = {}
-    for w, model in models.items():
+    for w, (model, isa) in models.items():
         median = {q: statistics.median(times[w, q]) for q in [1, *qs]}
         weight_bytes = sum(t.numel() * t.element_size() for t in unique_params(model))
         roof = {q: roofline_ms(q, weight_bytes + kv_bytes, linear_weights(model), bandwidth, peak) for q in [1, *qs]}
         formats[w] = {
             "weight_bytes": weight_bytes,
+            "kernel_isa": isa or None,
             "decode_step_ms": median[1] * 1e3,
             "decode_spread_ms": spread(times[w, 1]),
             "decode_achieved_gb_s": (weight_bytes + kv_bytes) / median[1] / 1e9,

@@ -50,6 +50,13 @@ def kernels():
     return ext
 
 
+def kernel_isa(name: str = "") -> str:
+    """The instruction set the quantized kernels use: AVX-512 where the CPU has it, else AVX2.
+    Give "avx2" or "avx512" to choose (a test or benchmark comparing both in one process); the
+    bits are the same either way."""
+    return kernels().kernel_isa(name)
+
+
 def dequantize(weight: torch.Tensor) -> torch.Tensor:
     """The fp32 weight [N, K] a quantized one stands for, bit for bit."""
     kind = kind_of(weight)

@@ -326,6 +326,31 @@ def test_decode_step_bench_times_both_weight_formats_against_their_rooflines(run
         assert f["break_even_tau"]["4"] == f["verify_over_decode"]["4"]
 
 
+def test_decode_step_bench_times_each_kernel_instruction_set(run_script, tmp_path, default_model):
+    from models.common import quantized
+
+    isas = ["avx2"]
+    try:
+        chosen = quantized.kernel_isa("")
+        quantized.kernel_isa("avx512")
+        quantized.kernel_isa(chosen)
+        isas.append("avx512")
+    except RuntimeError as exc:
+        if "kernels" in str(exc):
+            pytest.skip("no CPU kernels here")
+    out = tmp_path / "step.json"
+    code, err = run_script("decode_step_bench", ["--model", "smollm2-135m", "--weights", "gguf", "--kernel_isa",
+                                                 ",".join(isas), "--device", "cpu", "--q", "2", "--context", "16",
+                                                 "--repeats", "2", "--copy_mb", "16", "--output", str(out)])
+    assert code == 0, err
+    formats = json.loads(out.read_text())["formats"]
+    assert set(formats) == {f"gguf {isa}" for isa in isas}
+    assert {f["kernel_isa"] for f in formats.values()} == set(isas)
+    code, err = run_script("decode_step_bench", ["--model", "smollm2-135m", "--weights", "gguf", "--kernel_isa",
+                                                 "sse", "--output", str(tmp_path / "x.json")])
+    assert code == 2 and "--kernel_isa sse: " in err and len(err.strip().splitlines()) == 1
+
+
 def test_the_options_are_checked_and_the_device_opened_once(run_script, prompts_file, tmp_path, monkeypatch):
     """generate.py checks its options and opens the device before any work; the Engine it then
     builds in this process reuses both, and a changed value is checked again."""

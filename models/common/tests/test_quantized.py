@@ -45,9 +45,42 @@ def test_dequantize_has_the_loaders_bits(kind, n, k):
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))  # bits, not values (-0.0, subnormals)
 
 
+def _available_isas() -> list[str]:
+    if kernels is None:
+        return []
+    chosen, isas = kernels.kernel_isa(""), ["avx2"]
+    try:
+        kernels.kernel_isa("avx512")
+        isas.append("avx512")
+    except RuntimeError:
+        pass
+    kernels.kernel_isa(chosen)
+    return isas
+
+
+ISAS = _available_isas()
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def isa(request):
+    """Each instruction set the quantized kernels have, where this CPU has it; restored after."""
+    if request.param not in ISAS:
+        pytest.skip(f"this CPU has no {request.param}")
+    chosen = quantized.kernel_isa("")
+    quantized.kernel_isa(request.param)
+    yield request.param
+    quantized.kernel_isa(chosen)
+
+
+def test_kernel_isa_is_chosen_and_refused_in_one_line():
+    assert quantized.kernel_isa("") == ISAS[-1]  # the widest the CPU has, by default
+    with pytest.raises(RuntimeError, match="avx512, avx2"):
+        quantized.kernel_isa("sse")
+
+
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_1"])
-@pytest.mark.parametrize("n, k", [(960, 576), (49, 1536), (130, 64), (7, 32)])
-def test_quantized_linear_has_the_fp32_paths_bits_at_every_row_count(kind, n, k):
+@pytest.mark.parametrize("n, k", [(960, 576), (49, 1536), (130, 64), (7, 32), (1, 64)])
+def test_quantized_linear_has_the_fp32_paths_bits_at_every_row_count(kind, n, k, isa):
     blocks = random_blocks(kind, n, k, seed=1)
     dense = quantized.dequantize(blocks)
     x = torch.randn(64, k, generator=torch.Generator().manual_seed(2))
