@@ -275,7 +275,8 @@ def temperature_list(value: str) -> list[float]:
 def model_variants(args) -> list[Variant]:
     """The targets every method runs on: each combination of the model axes' comma lists
     (--backend torch,transformers --weights fp32,gguf); an unknown value is one line naming it and
-    the valid ones. An axis left at None (--weights not given) takes each backend's own value."""
+    the valid ones. --weights not given: each backend's default for this target and device (torch:
+    gguf for a GGUF target on the CPU, the format scripts/generate.py and the demo run)."""
     lists: list[list[str | None]] = []
     for axis in MODEL_AXES:
         if getattr(args, axis) is None:
@@ -289,7 +290,12 @@ def model_variants(args) -> list[Variant]:
         if bad:
             raise UserError(f"unknown --{axis} {bad[0]!r}; choose from {', '.join(choices)}")
         lists.append(values)
-    return list(dict.fromkeys(Variant(*values) for values in itertools.product(*lists)))
+    device = requested_device_name(args.device)
+    combos = [dict(zip(MODEL_AXES, values, strict=True)) for values in itertools.product(*lists)]
+    for combo in combos:
+        if combo["weights"] is None:
+            combo["weights"] = backend_named(combo["backend"]).weight_format(None, args.model, device, args.dtype)
+    return list(dict.fromkeys(Variant(**combo) for combo in combos))
 
 
 def runnable_variants(variants: list[Variant], config: RunConfig) -> list[Variant]:

@@ -102,16 +102,26 @@ def copy_bandwidth(device: torch.device, n_bytes: int, timer: Timer, repeats: in
     return 2 * n_bytes / seconds  # read + write
 
 
-def kernel_peak_flops(timer: Timer, repeats: int) -> float | None:
+def kernel_peak_flops(timer: Timer, repeats: int, weights: str = "fp32", isa: str = "") -> float | None:
     """The CPU kernel's own FLOP rate where it is compute-bound: 64 rows against an L2-sized weight
-    (the roofline's compute roof). None where the kernels do not run (CUDA, or not built)."""
+    of the format (gguf: Q4_1 blocks, dequantized as it multiplies, under `isa`), the roofline's
+    compute roof. None where the kernels do not run (CUDA, or not built)."""
     from models.common.cpu_kernels import skinny_kernels
 
     kernels = skinny_kernels()
     if kernels is None:
         return None
     x, w = torch.randn(64, 576), torch.randn(192, 576)
-    return 2 * 64 * 576 * 192 / timer(lambda: kernels.skinny_linear(x, w), max(repeats, 20))
+    if weights == "fp32":
+        return 2 * 64 * 576 * 192 / timer(lambda: kernels.skinny_linear(x, w), max(repeats, 20))
+    blocks = torch.randint(0, 256, (192, 576 // quantized.BLOCK * quantized.KINDS["Q4_1"][1]), dtype=torch.uint8)
+    blocks.view(192, -1, 20)[:, :, :4] = torch.tensor([0, 0x20, 0, 0], dtype=torch.uint8)  # d = 2^-7, m = 0: finite
+
+    def run():
+        if isa:
+            quantized.kernel_isa(isa)
+        kernels.skinny_linear_q(x, blocks, quantized.KINDS["Q4_1"][0])
+    return 2 * 64 * 576 * 192 / timer(run, max(repeats, 20))
 
 
 def unique_params(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -214,16 +224,19 @@ def main(argv=None) -> int:
             for key, fn in steps.items():
                 times[key].append(timer.once(fn))
     bandwidth = copy_bandwidth(dev, args.copy_mb * 2**20, timer, max(5, args.repeats // 5))
-    peak = kernel_peak_flops(timer, args.repeats) if dev.type == "cpu" else None
+    peaks = {w: kernel_peak_flops(timer, args.repeats, w.split()[0], isa) if dev.type == "cpu" else None
+             for w, (_, isa) in models.items()}
     kv_bytes = next(iter(loaded.values())).cache_bytes_per_token() * args.context  # the same in every format
     formats = {}
     for w, (model, isa) in models.items():
         median = {q: statistics.median(times[w, q]) for q in [1, *qs]}
         weight_bytes = sum(t.numel() * t.element_size() for t in unique_params(model))
+        peak = peaks[w]
         roof = {q: roofline_ms(q, weight_bytes + kv_bytes, linear_weights(model), bandwidth, peak) for q in [1, *qs]}
         formats[w] = {
             "weight_bytes": weight_bytes,
             "kernel_isa": isa or None,
+            "kernel_peak_gflop_s": peak / 1e9 if peak else None,
             "decode_step_ms": median[1] * 1e3,
             "decode_spread_ms": spread(times[w, 1]),
             "decode_achieved_gb_s": (weight_bytes + kv_bytes) / median[1] / 1e9,
@@ -244,9 +257,8 @@ def main(argv=None) -> int:
         "shape": args.model or args.shape,
         "kv_bytes_read": kv_bytes,
         "copy_bandwidth_gb_s": bandwidth / 1e9,
-        "kernel_peak_gflop_s": peak / 1e9 if peak else None,
         # the first format's figures at the top level, as before --weights
-        **{k: first[k] for k in ("weight_bytes", "decode_step_ms", "decode_achieved_gb_s",
+        **{k: first[k] for k in ("weight_bytes", "kernel_peak_gflop_s", "decode_step_ms", "decode_achieved_gb_s",
                                  "decode_fraction_of_copy_bandwidth", "verify_ms", "verify_over_decode")},
         "formats": formats,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from loguru import logger
 from transformers import PretrainedConfig
 
 from models.backends.interface import TargetModel
@@ -18,7 +19,7 @@ from models.llama.config import args_from_hf_config
 from models.llama.model import Transformer
 from models.llama.tensor_parallel import TensorParallel, shard
 from models.llama.trace import TracedModel
-from models.llama.weights import LoadedModel, load_model, load_tokenizer  # noqa: F401 (load_tokenizer: this backend's)
+from models.llama.weights import LoadedModel, has_gguf, load_model, load_tokenizer  # noqa: F401 (load_tokenizer: this backend's)
 
 NAME = "torch"
 _LOADED: dict[tuple, LoadedModel] = {}
@@ -27,10 +28,14 @@ _LOADED: dict[tuple, LoadedModel] = {}
 def load(spec: str, n_layers: int | None, device: Device, tp: TensorParallel | None = None) -> LoadedModel:
     """A model spec loaded once per process (the demo's parametrizations share one target); on a
     tensor-parallel mesh (tp), this rank's shard of it."""
-    key = (spec, n_layers, device.dtype, str(device.torch_device), device.weights)
+    weights = device.weights
+    if weights == "gguf" and not has_gguf(spec):  # a draft model (RunConfig refuses such a target)
+        logger.info(f"{spec} is not a GGUF: read as fp32 beside the gguf target")
+        weights = "fp32"
+    key = (spec, n_layers, device.dtype, str(device.torch_device), weights)
     if key not in _LOADED:
         _LOADED[key] = load_model(spec, n_layers=n_layers, dtype=device.dtype, device=device.torch_device,
-                                  weights=device.weights)
+                                  weights=weights)
     loaded = _LOADED[key]
     if tp is None or tp.size == 1:
         return loaded

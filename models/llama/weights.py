@@ -414,15 +414,18 @@ def load_model(
     return loaded
 
 
+def has_gguf(spec: str) -> bool:
+    """Whether a spec is read from a GGUF (so --weights gguf can read its blocks)."""
+    path = Path(spec).expanduser()
+    return spec in PACKAGED_MODELS or (path.suffix == ".gguf" and path.is_file())
+
+
 def gguf_of(spec: str, needs: str = "--weights gguf reads a GGUF's blocks",
             otherwise: str = "; or use --weights fp32") -> Path:
     """The GGUF file a spec is read from; for one that is not a GGUF, one line saying what
     `needs` one (and what to do `otherwise`)."""
-    if spec in PACKAGED_MODELS:
-        return gguf_path(spec)
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return path
+    if has_gguf(spec):
+        return gguf_path(spec) if spec in PACKAGED_MODELS else Path(spec).expanduser()
     raise UserError(f"{needs}: give {' or '.join(PACKAGED_MODELS)} or a .gguf file, not {spec!r} (not a GGUF)"
                     f"{otherwise}")
 

@@ -20,7 +20,7 @@ from models.common.mesh import Mesh, MeshShape
 from models.common.prompts import Prompt
 from models.llama.tensor_parallel import TensorParallel
 from models.common.paths import cache_dir
-from models.llama.weights import LoadedModel
+from models.llama.weights import LoadedModel, gguf_of
 from models.speculative import proposers as _proposers  # noqa: F401  (fills the registry)
 from models.speculative.batch_budget import BatchCost
 from models.speculative.budget import AutoBudget, cached_verify_cost
@@ -72,15 +72,23 @@ class RunConfig(RunOptions):
         return {k: v for k, v in self.__dict__.items() if k != "_opened"}
 
     @property
+    def tp(self) -> int:
+        """The widest tensor-parallel group of the run (target or draft mesh)."""
+        return max(self.mesh.tp, self.draft_mesh.tp if self.draft_mesh is not None else 1)
+
+    @property
     def weight_format(self) -> str:
-        """--weights as the backend runs it (its own default when not given)."""
-        return backend(self.backend).weight_format(self.weights)
+        """--weights as the backend runs it: when not given, its default for this target and device
+        (torch: gguf for a GGUF target on the CPU in float32, else fp32)."""
+        return backend(self.backend).weight_format(self.weights, self.model, self.device, self.dtype, self.tp)
 
     def _check(self) -> None:
         backend(self.backend).check()
-        tp = max(self.mesh.tp, self.draft_mesh.tp if self.draft_mesh is not None else 1)
-        if self.weight_format == "gguf" and tp > 1:
+        tp = self.tp
+        if self.weight_format == "gguf" and tp > 1:  # asked for: the default is fp32 there
             raise UserError(f"--weights gguf has no tensor-parallel sharding yet; a tp {tp} mesh needs --weights fp32")
+        if self.weights == "gguf" and self.backend == "torch":
+            gguf_of(self.model)  # a target that is not a GGUF: one line now, not after the device opens
         if tp > 1 and not backend(self.backend).tensor_parallel:
             raise UserError(f"--backend {self.backend} has no tensor-parallel sharding; a tp {tp} mesh needs "
                             f"--backend torch")
@@ -189,7 +197,8 @@ class RunConfig(RunOptions):
             raise UserError(f"--tree_budget {budget} cannot fit --max_seq_len {self.max_seq_len}")
 
     def describe(self) -> dict:
-        return dataclasses.asdict(self)
+        """The options as they ran: --weights as resolved, so a record or perf target names the format."""
+        return {**dataclasses.asdict(self), "weights": self.weight_format}
 
     def tree_spec(self, device_type: str) -> TreeSpec:
         """The draft shape: a chain of n_draft_tokens unless --tree_topk > 1."""

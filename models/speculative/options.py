@@ -38,6 +38,9 @@ class Option:
     swept: bool = False  # the benchmark sweeps a comma list of its values
     per_method: bool = True  # a benchmark's method_options may set it (False: the decoding mode, sweep-wide)
     resolved: bool = False  # a script's flag defaults to None, which the script resolves ($MESH_DEVICE)
+    # what a perf target's entry that leaves it out stands for, where not the default (entries
+    # written before --weights existed measured fp32; runs now record the resolved format)
+    entry_default: Any = None
 
     def text(self) -> str:
         return self.help() if callable(self.help) else self.help
@@ -64,8 +67,9 @@ class RunOptions:
         per_method=False)
     weights: str | None = option(None, "the weights as decoding reads them: fp32, or gguf (the GGUF's own Q8_0 / "
                                  "Q4_1 blocks, the same outputs from a fraction of the bytes: CPU, torch backend); "
-                                 "default: the backend's own (torch and transformers fp32, llama_cpp gguf)",
-                                 choices=WEIGHT_FORMATS, match=True, swept=True, per_method=False)
+                                 "default: the backend's own (torch: gguf for a GGUF target on the CPU in float32, "
+                                 "else fp32; transformers fp32; llama_cpp gguf)",
+                                 choices=WEIGHT_FORMATS, match=True, swept=True, per_method=False, entry_default="fp32")
     method: str = option("prompt_lookup", _method_help, match=True)
     n_draft_tokens: int = option(4, "draft tokens verified per target call (k)", parse=int, match=True, swept=True)
     draft_layers: int | None = option(None, "self_draft: target layers used to draft; draft_model: the draft's layers",
@@ -190,7 +194,8 @@ def match_keys() -> tuple[str, ...]:
 
 def match_defaults() -> dict[str, Any]:
     """What an entry that leaves a match key out stands for: the option's default."""
-    return {name: default for name, opt, default in _all() if opt.match}
+    return {name: default if opt.entry_default is None else opt.entry_default
+            for name, opt, default in _all() if opt.match}
 
 
 def swept() -> tuple[str, ...]:

@@ -39,6 +39,15 @@ def assert_refused_in_one_line(run_script, name: str, argv: list[str], message: 
     assert not out.exists()
 
 
+def default_variant():
+    """The torch variant a sweep of the default model runs without --weights: gguf where the CPU
+    kernels are built (its ids then end in @gguf), else fp32."""
+    from models.benchmark.configurations import Variant
+    from models.speculative.engine import RunConfig
+
+    return Variant("torch", RunConfig().weight_format)
+
+
 BENCH_MODEL = "random:tiny-llama:1"
 BENCH_PROMPTS = [
     {"prompt": "count: one two three one two three one two"},

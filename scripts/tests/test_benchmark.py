@@ -26,7 +26,7 @@ from models.common.metrics import Iteration, SequenceStats
 from models.llama.weights import DEFAULT_GGUF_PACKAGE, DEFAULT_MODEL
 from models.speculative.engine import DEFAULT_TREE_BUDGET, RunConfig
 
-from .conftest import BENCH_MODEL, BENCH_PROMPTS, SAMPLED_PROMPTS, load_script, sweep
+from .conftest import BENCH_MODEL, BENCH_PROMPTS, SAMPLED_PROMPTS, default_variant, load_script, sweep
 
 CONFIGS = ["target-n16", "draft_model-k2-n16", "self_draft-k2-n16", "prompt_lookup-k2-n16",
            "hf_greedy-n16", "hf_prompt_lookup-k2-n16"]
@@ -378,7 +378,9 @@ def test_llama_cpp_peers_on_the_default_model(run_script, tmp_path):
         "--input_prompts", str(prompts), "--methods", "prompt_lookup", "--n_draft_tokens", "2",
         "--max_generated_tokens", "16", "--max_seq_len", "256", "--hf_peers", "0", "--output_dir", str(out)])
     assert code == 0, err
-    ids = ["target-n16", "prompt_lookup-k2-n16", "llama_cpp_greedy-n16", "llama_cpp_prompt_lookup-k2-n16"]
+    suffix = default_variant().suffix  # the peers are timed against it, and say so
+    ids = [i + suffix for i in ("target-n16", "prompt_lookup-k2-n16", "llama_cpp_greedy-n16",
+                                "llama_cpp_prompt_lookup-k2-n16")]
     meta = json.loads((out / "meta.json").read_text())
     assert [c["id"] for c in meta["configurations"]] == ids
     assert meta["llama_cpp"]["weights"] == "Q4_1" and meta["llama_cpp"]["n_threads"] == torch.get_num_threads()
@@ -391,10 +393,10 @@ def test_llama_cpp_peers_on_the_default_model(run_script, tmp_path):
             assert r.matches_target_only, r.config_id
             continue
         assert r.iterations is None and 0 < r.ttft_s < r.total_s  # llama.cpp tells its first token's time
-        reference = "llama_cpp_greedy-n16" if r.method == "llama_cpp_prompt_lookup" else "target-n16"
+        reference = ids[2] if r.method == "llama_cpp_prompt_lookup" else ids[0]
         assert r.matches_target_only == (r.output_ids == out_of[reference, r.prompt_index]), r.config_id
-    # the same chat-templated prompt ids: the quantized model starts the answer as the fp32 one does
-    assert any(out_of["llama_cpp_greedy-n16", i][0] == out_of["target-n16", i][0] for i in range(len(LLAMA_PROMPTS)))
+    # the same chat-templated prompt ids: llama.cpp's arithmetic starts the answer as ours does
+    assert any(out_of[ids[2], i][0] == out_of[ids[0], i][0] for i in range(len(LLAMA_PROMPTS)))
     rows = {r["config_id"]: r for r in read_summary(out) if r["category"] == "overall"}
     for config_id in ids[2:]:
         row = rows[config_id]
@@ -405,8 +407,8 @@ def test_llama_cpp_peers_on_the_default_model(run_script, tmp_path):
         after = [r for r in runs if r.config_id == config_id]
         assert float(row["decode_tokens_per_s"]) == pytest.approx(
             sum(len(r.output_ids) - 1 for r in after) / sum(r.total_s - r.ttft_s for r in after), rel=1e-4)
-    assert rows["llama_cpp_prompt_lookup-k2-n16"]["compared_with"] == "llama_cpp_greedy"
-    assert rows["llama_cpp_greedy-n16"]["compared_with"] == rows["target-n16"]["compared_with"] == "target"
+    assert rows[ids[3]]["compared_with"] == "llama_cpp_greedy"
+    assert rows[ids[2]]["compared_with"] == rows[ids[0]]["compared_with"] == "target"
     lookup_mismatches = sum(not r.matches_target_only for r in runs if r.method == "llama_cpp_prompt_lookup")
     assert json.loads((out / "done.json").read_text())["mismatches"] == lookup_mismatches  # greedy may differ
     md = (out / "summary.md").read_text()

@@ -22,7 +22,7 @@ from models.benchmark.summary import spec_bench_table, summary_markdown, summary
 from models.benchmark.sweep import sweep as timed_sweep
 from models.llama.weights import DEFAULT_GGUF_PACKAGE
 
-from .conftest import BENCH_MODEL, BENCH_PROMPTS, assert_refused_in_one_line, load_script, sweep
+from .conftest import BENCH_MODEL, BENCH_PROMPTS, assert_refused_in_one_line, default_variant, load_script, sweep
 from .test_benchmark import TimedCalls, read_runs, read_summary
 
 BACKENDS_ARGV = ["--backend", "torch,transformers", "--methods", "prompt_lookup,self_draft", "--n_draft_tokens", "2",
@@ -188,7 +188,7 @@ def test_config_file_takes_a_backend_list_and_bad_backend_lists_are_one_line(tmp
     config.write_text(json.dumps({"backend": ["torch", "transformers"]}))
     args = module.parse_args(["--config", str(config)])
     assert args.backend == "torch,transformers"
-    assert module.model_variants(args) == [Variant("torch"), Variant("transformers")]
+    assert module.model_variants(args) == [default_variant(), Variant("transformers")]
     config.write_text(json.dumps({"backend": "transformers"}))  # a single string still works
     assert module.model_variants(module.parse_args(["--config", str(config)])) == [Variant("transformers")]
     prompts = tmp_path / "p.json"
@@ -265,9 +265,10 @@ def test_torch_and_llama_cpp_side_by_side_on_the_default_model(run_script, tmp_p
         "--output_dir", str(out)])
     assert code == 0, err
     meta = json.loads((out / "meta.json").read_text())
+    suffix = default_variant().suffix
     assert [c["id"] for c in meta["configurations"]] == [
-        "target-n16", "prompt_lookup-k2-n16", "prompt_lookup-t2d2b4-n16", "target-n16@llama_cpp",
-        "prompt_lookup-k2-n16@llama_cpp"]
+        f"target-n16{suffix}", f"prompt_lookup-k2-n16{suffix}", f"prompt_lookup-t2d2b4-n16{suffix}",
+        "target-n16@llama_cpp", "prompt_lookup-k2-n16@llama_cpp"]
     assert [n["id"] for n in meta["not_run"]] == ["prompt_lookup-t2d2b4-n16@llama_cpp"]
     runs = read_runs(out)
     target = {(r.backend, r.prompt_index): r.output_ids for r in runs if r.method == "target"}

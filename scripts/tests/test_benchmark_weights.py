@@ -23,7 +23,7 @@ from models.common.cli import run_cli
 from models.llama.weights import DEFAULT_GGUF_PACKAGE
 from models.speculative.engine import RunConfig
 
-from .conftest import BENCH_MODEL, SCRIPTS, assert_refused_in_one_line, load_script
+from .conftest import BENCH_MODEL, SCRIPTS, assert_refused_in_one_line, default_variant, load_script
 from .test_benchmark import read_runs, read_summary
 
 WEIGHTS_ARGV = ["--weights", "fp32,gguf", "--methods", "prompt_lookup", "--n_draft_tokens", "2",
@@ -179,7 +179,7 @@ def test_a_combination_a_backend_cannot_run_is_skipped_in_one_line(log_lines):
     args = module.parse_args(["--backend", "torch,transformers", "--weights", "fp32,gguf"])
     assert module.runnable_variants(module.model_variants(args), RunConfig()) == [
         Variant(), Variant("torch", "gguf"), Variant("transformers")]
-    assert module.model_variants(module.parse_args([])) == [Variant()]  # no --weights: as before
+    assert module.model_variants(module.parse_args([])) == [default_variant()]  # no --weights: the default format
 
 
 def test_weights_lists_in_a_config_file_and_bad_ones_are_one_line(tmp_path, run_script):
@@ -197,8 +197,8 @@ def test_weights_lists_in_a_config_file_and_bad_ones_are_one_line(tmp_path, run_
     for extra, message in [
         (["--backend", "transformers", "--weights", "gguf"], "--weights gguf: backend transformers runs fp32"),
         (["--weights", "fp32,fp16"], "unknown --weights 'fp16'; choose from fp32, gguf"),
-        (["--weights", "fp32,gguf", "--batch_sizes", "1,2"],
-         "--batch_sizes measures one target; give one --weights, not 'fp32,gguf'"),
+        (["--backend", "torch,transformers", "--batch_sizes", "1,2"],
+         "--batch_sizes measures one target; give one --backend, not 'torch,transformers'"),
         (["--config", str(config)], "method_options.prompt_lookup.weights is sweep-wide; use --weights"),
     ]:
         out = tmp_path / "run"

@@ -146,7 +146,9 @@ def case(id: str, method: str, k: int, tokens: int, prompts: str, *, draft_layer
 
 
 GEMMA3 = {"model": "gemma3-270m", "instruct": False}  # a base model: no chat template
-GGUF = {"weights": "gguf"}  # the default model's linears as its GGUF's Q8_0 / Q4_1 blocks
+# Every other CPU id reads the default model's GGUF blocks (--weights gguf, the CPU default); these
+# read its fp32 weights, held to the same golden outputs.
+FP32 = {"weights": "fp32"}
 
 
 CASES = [
@@ -182,10 +184,10 @@ CASES = [
     case("gemma3-self-draft", "self_draft", 2, 48, DEFAULT_PROMPTS, draft_layers=6, target=GEMMA3),
     case("gemma3-tree-prompt-lookup", "prompt_lookup", 6, 64, DEFAULT_PROMPTS, tree=(4, 24, None), target=GEMMA3),
     case("ci-gemma3-suffix", "suffix", 6, 32, LOOKUP_PROMPTS, tree=(4, 24, None), target=GEMMA3, ci=True),
-    # The GGUF's own blocks (--weights gguf): held to the same golden outputs as fp32, bit for bit.
-    case("gguf-prompt-lookup-copying", "prompt_lookup", 4, 64, LOOKUP_PROMPTS, target=GGUF),
-    case("gguf-suffix", "suffix", 6, 64, LOOKUP_PROMPTS, tree=(4, 24, None), target=GGUF),
-    case("ci-gguf-suffix", "suffix", 6, 32, LOOKUP_PROMPTS, tree=(4, 24, None), target=GGUF, ci=True),
+    # fp32 weights (--weights fp32): the same golden outputs as the GGUF's blocks, bit for bit.
+    case("fp32-prompt-lookup-copying", "prompt_lookup", 4, 64, LOOKUP_PROMPTS, target=FP32),
+    case("fp32-suffix", "suffix", 6, 64, LOOKUP_PROMPTS, tree=(4, 24, None), target=FP32),
+    case("ci-fp32-suffix", "suffix", 6, 32, LOOKUP_PROMPTS, tree=(4, 24, None), target=FP32, ci=True),
 ]
 
 

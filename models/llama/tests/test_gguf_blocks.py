@@ -86,6 +86,35 @@ def test_bad_requests_are_one_line():
         open_device("cpu", "bfloat16", weights="gguf")
     with pytest.raises(UserError, match="tensor-parallel"):
         RunConfig(weights="gguf", device="cpu:1x2").validate()
+    with pytest.raises(UserError, match="not 'random:tiny-llama' \\(not a GGUF\\); or use --weights fp32"):
+        RunConfig(model="random:tiny-llama", weights="gguf").validate()  # before any device opens
+
+
+def test_the_default_format_is_gguf_where_it_runs_and_fp32_elsewhere():
+    from models.backends.registry import backend
+
+    torch_backend = backend("torch")
+    assert torch_backend.weight_format(None, DEFAULT_MODEL, "cpu", None, 1) == "gguf"
+    assert torch_backend.weight_format(None, DEFAULT_MODEL, "cpu:2x1", "float32", 1) == "gguf"  # data-parallel
+    for model, device, dtype, tp in [("random:tiny-llama", "cpu", None, 1), (DEFAULT_MODEL, "cuda", None, 1),
+                                     (DEFAULT_MODEL, "cpu", "bfloat16", 1), (DEFAULT_MODEL, "cpu:1x2", None, 2)]:
+        assert torch_backend.weight_format(None, model, device, dtype, tp) == "fp32", (model, device, dtype, tp)
+    assert torch_backend.weight_format("fp32", DEFAULT_MODEL) == "fp32"  # asked for: as asked
+    assert backend("transformers").weight_format(None, DEFAULT_MODEL) == "fp32"
+    assert backend("llama_cpp").weight_format(None, DEFAULT_MODEL) == "gguf"
+    assert RunConfig().weight_format == "gguf" and RunConfig(device="cpu:1x2").weight_format == "fp32"
+    assert RunConfig(model="random:tiny-llama").weight_format == "fp32"
+    assert RunConfig().describe()["weights"] == "gguf"  # what ran, in records and perf keys
+
+
+def test_a_draft_model_that_is_not_a_gguf_is_read_as_fp32_beside_a_gguf_target():
+    from models.backends import torch_backend
+    from models.common.device import with_weights
+
+    device = with_weights(open_device("cpu"), "gguf")
+    draft = torch_backend.load("random:tiny-llama", None, device)
+    assert draft.model.weights == "fp32"
+    assert torch_backend.load(DEFAULT_MODEL, 2, device).model.weights == "gguf"
 
 
 def test_a_gguf_that_holds_none_of_the_models_weights_is_one_line():

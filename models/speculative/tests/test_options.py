@@ -44,7 +44,9 @@ def load_generate():
 def test_run_config_is_the_declared_options():
     """A field added to RunConfig itself would bypass every derivation."""
     assert [f.name for f in dataclasses.fields(RunConfig)] == [f.name for f in dataclasses.fields(RunOptions)]
-    assert RunConfig().describe() == options.defaults()
+    config = RunConfig()  # describe() records --weights as resolved (the default model on the CPU: gguf, kernels built)
+    assert config.describe() == {**options.defaults(), "weights": config.weight_format}
+    assert config.weights is None and config.weight_format in ("gguf", "fp32")
 
 
 def test_every_option_is_a_generate_flag_that_reaches_the_run_config():
