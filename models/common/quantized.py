@@ -1,8 +1,9 @@
-"""Weights held as a GGUF stores them: Q8_0 and Q4_1 blocks read by the CPU kernels as they are.
+"""Weights held as a GGUF stores them: Q8_0 and Q4_1 blocks (and BF16, a shipped speculator
+head's) read by the CPU kernels as they are.
 
 A quantized weight is an ordinary uint8 tensor [N, K / 32, block bytes]: one row of blocks per
 output row, so it shares, slices and counts like any parameter, and its shape says what it is
-(34 bytes a block: Q8_0, 20: Q4_1; K = 32 x its blocks). The kernels dequantize with the loader's
+(34 bytes a block: Q8_0, 20: Q4_1, 64: BF16; K = 32 x its blocks). The kernels dequantize with the loader's
 own float operations, so everything computed from a quantized weight has the bits the fp32
 weight would give: the kernels' linear for few rows, torch's on the dequantized weight for
 prefill.
@@ -15,8 +16,10 @@ import torch.nn.functional as F
 
 from models.common.cpu_kernels import skinny_kernels
 
-BLOCK = 32  # weights per block, for both kinds
-KINDS = {"Q8_0": (0, 34), "Q4_1": (1, 20)}  # GGML type name -> (the kernels' kind, bytes per block)
+BLOCK = 32  # weights per block, for every kind
+# GGML type name -> (the kernels' kind, bytes per block). BF16 is no GGUF kind here: the shipped
+# speculator heads' bfloat16 weights, read as stored (an exact widening to fp32).
+KINDS = {"Q8_0": (0, 34), "Q4_1": (1, 20), "BF16": (2, 64)}
 _KIND_OF_BYTES = {nbytes: kind for kind, nbytes in KINDS.values()}
 
 
@@ -40,6 +43,17 @@ def row_weights(weight: torch.Tensor) -> int:
 def of_blocks(raw: torch.Tensor, kind: str) -> torch.Tensor:
     """A GGUF matrix's raw bytes [N, K / 32 x block bytes] of GGML type `kind` as a quantized weight."""
     return raw.reshape(raw.shape[0], -1, KINDS[kind][1])
+
+
+def bf16_blocks(weight: torch.Tensor) -> torch.Tensor | None:
+    """A 2-D fp32 weight as BF16 blocks when every value is a bfloat16 (a shipped head's weights
+    widened on load), so the kernels read half the bytes for the same bits; else None."""
+    if weight.dim() != 2 or weight.dtype != torch.float32 or weight.shape[1] % BLOCK:
+        return None
+    narrow = weight.detach().to(torch.bfloat16)
+    if not torch.equal(narrow.float().view(torch.int32), weight.detach().view(torch.int32)):
+        return None
+    return narrow.contiguous().view(torch.uint8).reshape(weight.shape[0], -1, KINDS["BF16"][1])
 
 
 def kernels():

@@ -161,6 +161,27 @@ def _save(path: Path, matched: dict[str, torch.Tensor], params: dict[str, nn.Par
         tmp.unlink(missing_ok=True)
 
 
+def swap_parameters(model: nn.Module, new: dict[int, torch.Tensor]) -> None:
+    """Replace, in place, each parameter whose id is a key by its frozen new tensor (a parameter
+    shared by several modules stays shared)."""
+    swapped = {key: nn.Parameter(t, requires_grad=False) for key, t in new.items()}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and id(p) in swapped:
+                module._parameters[name] = swapped[id(p)]
+
+
+def use_bf16_blocks(model: nn.Module) -> int:
+    """Swap, in place, every 2-D fp32 weight of model whose values are all bfloat16 (a shipped
+    speculator head's, widened on load) for BF16 blocks: half the bytes, the same bits. Returns
+    how many were swapped."""
+    params = [p for p in {id(p): p for p in model.parameters()}.values() if not quantized.is_quantized(p)]
+    _check_runs_here(params)
+    blocks = {id(p): b for p in params if (b := quantized.bf16_blocks(p)) is not None}
+    swap_parameters(model, blocks)
+    return len(blocks)
+
+
 def use_gguf_blocks(model: nn.Module, gguf: Path, cache_folder: Path | None = None) -> SwapReport:
     """Swap, in place, every 2-D fp32 weight of model that the GGUF holds as Q8_0 / Q4_1 blocks
     (tied weights stay tied). The match is cached in cache_folder (the GGUF's converted
@@ -176,11 +197,7 @@ def use_gguf_blocks(model: nn.Module, gguf: Path, cache_folder: Path | None = No
                             f"the kinds the CPU kernels read; use --weights fp32")
         if path is not None:
             _save(path, matched, params)
-    swapped = {id(params[n]): nn.Parameter(b, requires_grad=False) for n, b in matched.items()}
-    for module in model.modules():
-        for name, p in list(module._parameters.items()):
-            if p is not None and id(p) in swapped:
-                module._parameters[name] = swapped[id(p)]
+    swap_parameters(model, {id(params[n]): b for n, b in matched.items()})
     report = SwapReport(len(matched), sum(p.dim() == 2 for p in params.values()) - len(matched),
                         sum(p.numel() * p.element_size() for p in params.values()),
                         sum(p.numel() * p.element_size() for p in model.parameters()))

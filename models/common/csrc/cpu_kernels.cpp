@@ -202,10 +202,13 @@ namespace {
 // w = (d * q) + m. The loader dequantizes with these float operations (see dequant_chunk for the
 // one fma that stands for a mul and an add, exactly), so a weight read here has the very bits of
 // the fp32 checkpoint's.
-enum QuantKind : int64_t { Q8_0 = 0, Q4_1 = 1 };
+// BF16 (not a GGUF kind: the shipped speculator heads' weights): 32 bfloat16 a block, no scale;
+// w = the bf16 bits shifted into an fp32's high half, which is exactly the value torch's
+// .to(float32) gives.
+enum QuantKind : int64_t { Q8_0 = 0, Q4_1 = 1, BF16 = 2 };
 constexpr int64_t QK = 32;
 
-inline int64_t quant_block_bytes(int64_t kind) { return kind == Q8_0 ? 34 : 20; }
+inline int64_t quant_block_bytes(int64_t kind) { return kind == Q8_0 ? 34 : kind == Q4_1 ? 20 : 64; }
 
 inline float half_at(const uint8_t* p) {
   uint16_t h;
@@ -220,6 +223,9 @@ __attribute__((always_inline)) inline __m256 dequant_chunk(const uint8_t* b, int
   if constexpr (KIND == Q8_0) {
     const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + 8 * c));
     return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), d);
+  } else if constexpr (KIND == BF16) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * c));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   } else {  // bytes 8 (c & 1) .. + 7: weights c = 0, 1 are their low nibbles, c = 2, 3 their high ones
     const __m256i bytes =
         _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 4 + 8 * (c & 1))));
@@ -236,6 +242,8 @@ inline void dequant_block(int64_t kind, const uint8_t* b, float* out) {
   const __m256 d = _mm256_set1_ps(half_at(b));
   if (kind == Q8_0) {
     for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + 8 * c, dequant_chunk<Q8_0>(b, c, d, d));
+  } else if (kind == BF16) {
+    for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + 8 * c, dequant_chunk<BF16>(b, c, d, d));
   } else {
     const __m256 m = _mm256_set1_ps(half_at(b + 2));
     for (int c = 0; c < 4; ++c) _mm256_storeu_ps(out + 8 * c, dequant_chunk<Q4_1>(b, c, d, m));
@@ -250,7 +258,7 @@ inline void dequant_rows(int64_t kind, const uint8_t* src, int64_t row_bytes, in
 }
 
 void check_quantized(const torch::Tensor& w, int64_t kind, int64_t K, const char* what) {
-  TORCH_CHECK(kind == Q8_0 || kind == Q4_1, what, ": kind must be 0 (Q8_0) or 1 (Q4_1)");
+  TORCH_CHECK(kind == Q8_0 || kind == Q4_1 || kind == BF16, what, ": kind must be 0 (Q8_0), 1 (Q4_1) or 2 (BF16)");
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous(), what,
               ": weight must be contiguous uint8 blocks [N, K / 32 * block bytes]");
   TORCH_CHECK(K % QK == 0 && w.size(1) == K / QK * quant_block_bytes(kind), what, ": K must be a multiple of 32 "
@@ -347,7 +355,11 @@ __attribute__((always_inline)) inline void pair_scales(const uint8_t* a, const u
 template <int64_t KIND>
 __attribute__((always_inline)) inline __m512 dequant_pair(const uint8_t* a, const uint8_t* b, int c, __m128i nib,
                                                           __m512 d, __m512 m) {
-  if constexpr (KIND == Q8_0) {
+  if constexpr (KIND == BF16) {
+    const __m256i h = _mm256_setr_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 16 * c)),
+                                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * c)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else if constexpr (KIND == Q8_0) {
     const __m128i q8 = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a + 2 + 8 * c)),
                                           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + 8 * c)));
     return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q8)), d);
@@ -371,7 +383,7 @@ __attribute__((always_inline)) inline void qtile512(const float* x, const uint8_
     const uint8_t* a[NP];
     const uint8_t* b[NP];
     __m512 d[NP], m[NP];
-    __m128i lo[NP], hi[NP];  // Q4_1: the nibble bytes of chunks 0 and 2, and of 1 and 3
+    __m128i lo[NP] = {}, hi[NP] = {};  // Q4_1: the nibble bytes of chunks 0 and 2, and of 1 and 3
     for (int p = 0; p < NP; ++p) {
       a[p] = w + 2 * p * row_bytes + blk * bb;
       b[p] = odd && p == NP - 1 ? a[p] : a[p] + row_bytes;
@@ -528,7 +540,8 @@ torch::Tensor skinny_linear_q(torch::Tensor x, torch::Tensor w, int64_t kind) {
       for (int64_t n0 = first; n0 < end; n0 += nblk) {
         const int64_t count = std::min(nblk, end - n0);
         if (kind == Q8_0) few_rows_q512<Q8_0>(xp, M, wp + n0 * row_bytes, row_bytes, K, count, yp + n0, N);
-        else few_rows_q512<Q4_1>(xp, M, wp + n0 * row_bytes, row_bytes, K, count, yp + n0, N);
+        else if (kind == Q4_1) few_rows_q512<Q4_1>(xp, M, wp + n0 * row_bytes, row_bytes, K, count, yp + n0, N);
+        else few_rows_q512<BF16>(xp, M, wp + n0 * row_bytes, row_bytes, K, count, yp + n0, N);
       }
       return;
     }
@@ -537,8 +550,11 @@ torch::Tensor skinny_linear_q(torch::Tensor x, torch::Tensor w, int64_t kind) {
         const int64_t count = std::min(nblk, end - n0);
         for (int64_t m = 0; m < M; m += 4) {
           const int64_t rows = std::min<int64_t>(4, M - m);
-          if (kind == Q8_0) few_rows_q<Q8_0>(xp + m * K, rows, wp + n0 * row_bytes, row_bytes, K, count, yp + m * N + n0, N);
-          else few_rows_q<Q4_1>(xp + m * K, rows, wp + n0 * row_bytes, row_bytes, K, count, yp + m * N + n0, N);
+          const uint8_t* wb = wp + n0 * row_bytes;
+          float* yb = yp + m * N + n0;
+          if (kind == Q8_0) few_rows_q<Q8_0>(xp + m * K, rows, wb, row_bytes, K, count, yb, N);
+          else if (kind == Q4_1) few_rows_q<Q4_1>(xp + m * K, rows, wb, row_bytes, K, count, yb, N);
+          else few_rows_q<BF16>(xp + m * K, rows, wb, row_bytes, K, count, yb, N);
         }
       }
       return;
@@ -843,8 +859,8 @@ std::string kernel_isa(const std::string& name) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("kernel_isa", &kernel_isa, "the quantized kernels' instruction set: set avx512 / avx2, or ask with \"\"");
   m.def("skinny_linear", &skinny_linear, "x @ w.T for few rows, fp32, batch-invariant");
-  m.def("skinny_linear_q", &skinny_linear_q, "skinny_linear over GGUF Q8_0 / Q4_1 weight blocks, the same bits");
-  m.def("dequantize", &dequantize, "GGUF Q8_0 / Q4_1 weight blocks as fp32, the loader's bits");
+  m.def("skinny_linear_q", &skinny_linear_q, "skinny_linear over Q8_0 / Q4_1 / BF16 weight blocks, the same bits");
+  m.def("dequantize", &dequantize, "Q8_0 / Q4_1 / BF16 weight blocks as fp32, the loader's bits");
   m.def("attend", &attend, "few-row attention over a KV cache, fp32, batch-invariant");
   m.def("attend_rows", &attend_rows, "attention of several sequences' rows over their caches, fp32, batch-invariant");
 }

@@ -20,6 +20,10 @@ def random_blocks(kind: str, n: int, k: int, seed: int = 0) -> torch.Tensor:
     """n rows of k weights as random blocks of kind, with scales like a real GGUF's (and a few
     extremes: a subnormal, a negative and a zero scale)."""
     gen = np.random.default_rng(seed)
+    if kind == "BF16":  # finite values, a zero and a subnormal among them
+        values = torch.from_numpy(gen.normal(0, 0.05, size=(n, k)).astype(np.float32)).to(torch.bfloat16)
+        values.view(-1)[:2] = torch.tensor([0.0, 1e-39], dtype=torch.bfloat16)
+        return values.view(torch.uint8).reshape(n, k // 32, 64)
     nb, nbytes = k // 32, quantized.KINDS[kind][1]
     raw = gen.integers(0, 256, size=(n, nb, nbytes), dtype=np.uint8)
     scales = gen.normal(0, 0.02, size=(n, nb, 2)).astype(np.float16)
@@ -35,7 +39,7 @@ def loader_dequantize(blocks: torch.Tensor, kind: str, k: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out)).reshape(blocks.shape[0], k)
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1", "BF16"])
 @pytest.mark.parametrize("n, k", [(130, 576), (49, 1536), (7, 32), (1000, 64)])
 def test_dequantize_has_the_loaders_bits(kind, n, k):
     blocks = random_blocks(kind, n, k)
@@ -78,7 +82,7 @@ def test_kernel_isa_is_chosen_and_refused_in_one_line():
         quantized.kernel_isa("sse")
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1", "BF16"])
 @pytest.mark.parametrize("n, k", [(960, 576), (49, 1536), (130, 64), (7, 32), (1, 64)])
 def test_quantized_linear_has_the_fp32_paths_bits_at_every_row_count(kind, n, k, isa):
     blocks = random_blocks(kind, n, k, seed=1)
@@ -92,6 +96,21 @@ def test_quantized_linear_has_the_fp32_paths_bits_at_every_row_count(kind, n, k,
         xs = torch.randn(1, rows, k)
         assert torch.equal(linear(xs, blocks), linear(xs, dense)), f"{rows} rows via ops.linear"
     assert torch.equal(linear(torch.ones(1, 100, k), blocks), F.linear(torch.ones(1, 100, k), dense))
+
+
+def test_bf16_blocks_are_a_bf16_valued_weight_read_as_stored():
+    weight = torch.randn(40, 96).to(torch.bfloat16).float()
+    blocks = quantized.bf16_blocks(weight)
+    assert blocks.shape == (40, 3, 64) and quantized.kind_of(blocks) == quantized.KINDS["BF16"][0]
+    assert torch.equal(quantized.dequantize(blocks).view(torch.int32), weight.view(torch.int32))
+    assert torch.equal(blocks, loader_free_bf16(weight))
+    assert quantized.bf16_blocks(weight + 1e-4) is None  # not every value a bfloat16: kept fp32
+    assert quantized.bf16_blocks(torch.zeros(4, 48)) is None  # K not a multiple of 32
+    assert quantized.bf16_blocks(torch.zeros(4, 2, 32)) is None
+
+
+def loader_free_bf16(weight: torch.Tensor) -> torch.Tensor:
+    return weight.to(torch.bfloat16).view(torch.uint8).reshape(weight.shape[0], -1, 64)
 
 
 def test_rows_is_an_embedding_lookup_in_either_format():

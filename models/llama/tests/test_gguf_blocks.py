@@ -74,6 +74,10 @@ def test_each_method_decodes_the_same_tokens_in_both_formats(name):
         outputs[weights] = [r.tokens for r in engine.run_batch(ids).results] if engine.config.rows > 1 else [
             engine.run(p, prompt_index=i).tokens for i, p in enumerate(ids)]
         assert engine.target.model.weights == weights
+        if name == "eagle":  # the shipped head's bf16 linears read as stored beside a gguf target
+            bf16 = [p for p in engine.proposer.head.parameters()
+                    if quantized.is_quantized(p) and quantized.kind_of(p) == quantized.KINDS["BF16"][0]]
+            assert (len(bf16) >= 5) == (weights == "gguf"), len(bf16)  # fc + the layer's 4 linears
     assert outputs["gguf"] == outputs["fp32"]
 
 

@@ -32,6 +32,7 @@ from models.common.cli import read_json_file, write_json_atomic
 from models.common.errors import UserError
 from models.backends.interface import TorchWeights, hidden_layers_fit
 from models.common.ops import linear
+from models.llama.gguf_blocks import use_bf16_blocks
 from models.llama.weights import DEFAULT_MODEL, read_safetensors_file
 
 KINDS = ("multi_projection", "eagle")
@@ -293,4 +294,6 @@ def load_configured(speculator: str | None, model: str, target: TorchWeights, ki
     head = load(folder, target.unsharded or target)
     if head.config.kind != kind:
         raise UserError(f"--speculator {folder} holds a {head.config.kind} speculator, not {kind}")
+    if getattr(target, "weights", "fp32") == "gguf":  # its linears read as stored (bf16 when shipped so): same bits
+        use_bf16_blocks(head)
     return head, folder
