@@ -171,15 +171,12 @@ def swap_parameters(model: nn.Module, new: dict[int, torch.Tensor]) -> None:
                 module._parameters[name] = swapped[id(p)]
 
 
-def use_bf16_blocks(model: nn.Module) -> int:
+def use_bf16_blocks(model: nn.Module) -> None:
     """Swap, in place, every 2-D fp32 weight of model whose values are all bfloat16 (a shipped
-    speculator head's, widened on load) for BF16 blocks: half the bytes, the same bits. Returns
-    how many were swapped."""
-    params = [p for p in {id(p): p for p in model.parameters()}.values() if not quantized.is_quantized(p)]
+    speculator head's, widened on load) for BF16 blocks: half the bytes, the same bits."""
+    params = [p for p in model.parameters() if not quantized.is_quantized(p)]  # each shared one once
     _check_runs_here(params)
-    blocks = {id(p): b for p in params if (b := quantized.bf16_blocks(p)) is not None}
-    swap_parameters(model, blocks)
-    return len(blocks)
+    swap_parameters(model, {id(p): b for p in params if (b := quantized.bf16_blocks(p)) is not None})
 
 
 def use_gguf_blocks(model: nn.Module, gguf: Path, cache_folder: Path | None = None) -> SwapReport:

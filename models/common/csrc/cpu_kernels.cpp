@@ -430,7 +430,8 @@ template <int64_t KIND, int MB, int NP>
 __attribute__((noinline)) void qrows512_over(const float* x, const uint8_t* w, int64_t row_bytes, int64_t K,
                                              int64_t count, float* y, int64_t ldy) {
   int64_t n = 0;
-  for (; n + 2 * NP <= count; n += 2 * NP) qtile512<KIND, MB, NP>(x, w + n * row_bytes, row_bytes, K, y + n, ldy, false);
+  for (; n + 2 * NP <= count; n += 2 * NP)
+    qtile512<KIND, MB, NP>(x, w + n * row_bytes, row_bytes, K, y + n, ldy, false);
   const int64_t left = count - n;
   if (left == 0) return;
   if constexpr (NP > 1) {
@@ -445,27 +446,27 @@ __attribute__((noinline)) void qrows512_over(const float* x, const uint8_t* w, i
 // for dequantizing once into a buffer and running AVX2's fp32 tiles over it (Zen 5).
 constexpr int64_t REGISTER_ROWS_512 = 64;
 
+// Weight-row pairs per register tile for MB x rows: MB x NP accumulators of at most 24 registers.
+template <int MB>
+constexpr int pairs_for() {
+  return MB <= 2 ? 4 : MB <= 8 ? 3 : 2;
+}
+
+// MB = M x rows (M <= 12) in one pass: the tile shape for MB rows, found by counting up to M.
+template <int64_t KIND, int MB = 1>
+void one_pass_q512(const float* x, int64_t M, const uint8_t* w, int64_t row_bytes, int64_t K, int64_t count,
+                   float* y, int64_t ldy) {
+  if (M == MB) return qrows512_over<KIND, MB, pairs_for<MB>()>(x, w, row_bytes, K, count, y, ldy);
+  if constexpr (MB < 12) one_pass_q512<KIND, MB + 1>(x, M, w, row_bytes, K, count, y, ldy);
+}
+
 template <int64_t KIND>
 void few_rows_q512(const float* x, int64_t M, const uint8_t* w, int64_t row_bytes, int64_t K, int64_t count,
                    float* y, int64_t ldy) {
-  switch (M) {
-    case 1: qrows512_over<KIND, 1, 4>(x, w, row_bytes, K, count, y, ldy); break;
-    case 2: qrows512_over<KIND, 2, 4>(x, w, row_bytes, K, count, y, ldy); break;
-    case 3: qrows512_over<KIND, 3, 3>(x, w, row_bytes, K, count, y, ldy); break;
-    case 4: qrows512_over<KIND, 4, 3>(x, w, row_bytes, K, count, y, ldy); break;
-    case 5: qrows512_over<KIND, 5, 3>(x, w, row_bytes, K, count, y, ldy); break;
-    case 6: qrows512_over<KIND, 6, 3>(x, w, row_bytes, K, count, y, ldy); break;
-    case 7: qrows512_over<KIND, 7, 3>(x, w, row_bytes, K, count, y, ldy); break;
-    case 8: qrows512_over<KIND, 8, 3>(x, w, row_bytes, K, count, y, ldy); break;
-    case 9: qrows512_over<KIND, 9, 2>(x, w, row_bytes, K, count, y, ldy); break;
-    case 10: qrows512_over<KIND, 10, 2>(x, w, row_bytes, K, count, y, ldy); break;
-    case 11: qrows512_over<KIND, 11, 2>(x, w, row_bytes, K, count, y, ldy); break;
-    case 12: qrows512_over<KIND, 12, 2>(x, w, row_bytes, K, count, y, ldy); break;
-    default:  // passes of 8 rows, the last one (up to 12) in one
-      for (; M > 12; M -= 8, x += 8 * K, y += 8 * ldy) qrows512_over<KIND, 8, 3>(x, w, row_bytes, K, count, y, ldy);
-      few_rows_q512<KIND>(x, M, w, row_bytes, K, count, y, ldy);
-      break;
-  }
+  // passes of 8 rows while more than 12 remain, the last one (up to 12) in one
+  for (; M > 12; M -= 8, x += 8 * K, y += 8 * ldy)
+    qrows512_over<KIND, 8, pairs_for<8>()>(x, w, row_bytes, K, count, y, ldy);
+  one_pass_q512<KIND>(x, M, w, row_bytes, K, count, y, ldy);
 }
 
 #pragma GCC pop_options
